@@ -1,0 +1,86 @@
+# Copyright 2026 The hf-imgcap authors. Apache-2.0.
+"""Configuration of the Show, Attend and Tell captioning model."""
+
+import math
+
+from transformers import PreTrainedConfig, ResNetConfig
+from transformers.configuration_utils import SubConfigSpec
+
+
+# ResNet-152: the encoder of the original Show-Attend-Tell reimplementations.
+RESNET152_KWARGS = {
+    "depths": [3, 8, 36, 3],
+    "hidden_sizes": [256, 512, 1024, 2048],
+    "layer_type": "bottleneck",
+    "embedding_size": 64,
+}
+
+
+class ShowAttendTellConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`ShowAttendTellForConditionalGeneration`]: a frozen ResNet encoder and an attention
+    LSTM decoder (Xu et al., 2015, "Show, Attend and Tell"). The defaults are the paper's sizes with a
+    ResNet-152 encoder and the bert-base-uncased WordPiece vocabulary.
+
+    Args:
+        encoder_config (`ResNetConfig` or `dict`, *optional*):
+            The image encoder. Defaults to ResNet-152 (depths 3/8/36/3, bottleneck, 2048 channels).
+        vocab_size (`int`, defaults to 30522): size of the output vocabulary.
+        embedding_size (`int`, defaults to 512): word embedding size.
+        attention_size (`int`, defaults to 512): size of the additive attention layer.
+        hidden_size (`int`, defaults to 512): LSTM hidden size.
+        dropout (`float`, defaults to 0.5): dropout before the output layer.
+        attention_regularization (`float`, defaults to 1.0): weight λ of the doubly stochastic
+            attention term λ·Σ_regions(1 − Σ_t α)².
+        freeze_encoder (`bool`, defaults to `True`): no gradients for the encoder and its BatchNorm
+            statistics never move.
+        image_size (`int`, defaults to 224): side of the (square, center-cropped) images the processor makes;
+            the encoder turns them into a ceil(image_size/32)² region map (7×7 = 49 at 224).
+        pad_token_id / bos_token_id / eos_token_id: BERT's [PAD]=0, [CLS]=101 (start), [SEP]=102 (end).
+    """
+
+    model_type = "show_attend_tell"
+    sub_configs_defaults = {
+        "encoder_config": SubConfigSpec(config_class=ResNetConfig, init_kwargs=RESNET152_KWARGS),
+    }
+
+    encoder_config: dict | PreTrainedConfig | None = None
+    vocab_size: int = 30522
+    embedding_size: int = 512
+    attention_size: int = 512
+    hidden_size: int = 512
+    dropout: float = 0.5
+    attention_regularization: float = 1.0
+    freeze_encoder: bool = True
+    image_size: int = 224
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 101
+    eos_token_id: int | None = 102
+    decoder_start_token_id: int | None = 101
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        for name in ("vocab_size", "embedding_size", "attention_size", "hidden_size", "image_size"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise ValueError(f"{name}={value} is outside the vocabulary (vocab_size={self.vocab_size})")
+
+    @property
+    def num_regions(self) -> int:
+        """Regions of the encoder's feature map: the ResNet downsamples by 32 (with rounding up)."""
+        return math.ceil(self.image_size / 32) ** 2
+
+    @property
+    def encoder_hidden_size(self) -> int:
+        """Channels of the encoder's last feature map (2048 for ResNet-152)."""
+        return self.encoder_config.hidden_sizes[-1]
+
+
+__all__ = ["ShowAttendTellConfig"]

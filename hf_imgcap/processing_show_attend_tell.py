@@ -1,0 +1,122 @@
+# Copyright 2026 The hf-imgcap authors. Apache-2.0.
+"""Processor of the Show, Attend and Tell captioner: ImageNet preprocessing + BERT WordPiece tokenizer."""
+
+from pathlib import Path
+
+from transformers import BertTokenizerFast, ConvNextImageProcessor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from transformers.processing_utils import ProcessorMixin
+
+from .image_loading import MAX_IMAGE_PIXELS, describe, load_image
+
+# bert-base-uncased vocab.txt, shipped with the package so the default tokenizer works offline.
+BUNDLED_TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer"
+
+
+def default_image_processor(image_size: int = 224) -> ConvNextImageProcessor:
+    """torchvision's ImageNet evaluation transform (as for `microsoft/resnet-152`): resize the short side
+    to image_size/0.875 (256 for 224), center-crop image_size, normalise with the ImageNet mean/std."""
+    return ConvNextImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_pct=0.875,
+        resample=3,  # bicubic
+        image_mean=list(IMAGENET_DEFAULT_MEAN),
+        image_std=list(IMAGENET_DEFAULT_STD),
+    )
+
+
+def default_tokenizer() -> BertTokenizerFast:
+    """The bert-base-uncased WordPiece tokenizer from the vocabulary bundled with hf-imgcap."""
+    if not (BUNDLED_TOKENIZER_DIR / "vocab.txt").is_file():
+        raise ValueError(
+            f"the bundled bert-base-uncased vocabulary is missing at {BUNDLED_TOKENIZER_DIR}; pass tokenizer= "
+            "explicitly (e.g. BertTokenizerFast.from_pretrained('bert-base-uncased'))"
+        )
+    # from_pretrained(folder), not BertTokenizerFast(vocab_file=...): in transformers 5 the latter silently
+    # builds a 5-token vocabulary.
+    return BertTokenizerFast.from_pretrained(str(BUNDLED_TOKENIZER_DIR))
+
+
+class ShowAttendTellProcessor(ProcessorMixin):
+    r"""
+    Pairs an image processor (resize, center-crop 224, ImageNet mean/std) with a `BertTokenizerFast`.
+
+    `processor(images=..., text=...)` returns a `BatchFeature` with `pixel_values` and/or `input_ids` and
+    `attention_mask` (right-padded to the longest caption in the batch). Images may be paths, PIL images
+    or arrays; they are opened as a viewer shows them (EXIF rotation, transparency on white, 16-bit,
+    CMYK, ...), and an unreadable one raises a `ValueError` naming it. `batch_decode` gives clean captions.
+
+    Args:
+        image_processor: defaults to [`default_image_processor`].
+        tokenizer: defaults to the bundled bert-base-uncased WordPiece tokenizer.
+        max_caption_length: captions are truncated to this many tokens, [CLS] and [SEP] included.
+        max_image_pixels: larger images are refused before decoding (decompression-bomb guard).
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, max_caption_length: int = 40, max_image_pixels: int = MAX_IMAGE_PIXELS, **kwargs):
+        self.max_caption_length = int(max_caption_length)
+        self.max_image_pixels = int(max_image_pixels)
+        super().__init__(
+            image_processor if image_processor is not None else default_image_processor(),
+            tokenizer if tokenizer is not None else default_tokenizer(),
+            **kwargs,
+        )
+
+    @property
+    def model_input_names(self):
+        return ["pixel_values", "input_ids", "attention_mask"]
+
+    def load_images(self, images) -> list:
+        """Open every image as 8-bit RGB; a `ValueError` names the first one that cannot be used."""
+        if images is None:
+            return []
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        if len(images) == 0:
+            raise ValueError("images is an empty list")
+        return [load_image(image, self.max_image_pixels, describe(image, index)) for index, image in enumerate(images)]
+
+    def __call__(self, images=None, text=None, return_tensors="pt", max_length=None, **kwargs) -> BatchFeature:
+        if images is None and text is None:
+            raise ValueError("pass images=..., text=... or both")
+        data = {}
+        if images is not None:
+            data.update(self.image_processor(self.load_images(images), return_tensors=return_tensors))
+        if text is not None:
+            if isinstance(text, str):
+                text = [text]
+            if len(text) == 0:
+                raise ValueError("text is an empty list")
+            encoded = self.tokenizer(
+                list(text),
+                padding=kwargs.pop("padding", "longest"),
+                truncation=True,
+                max_length=max_length or self.max_caption_length,
+                return_token_type_ids=False,
+                return_tensors=return_tensors,
+            )
+            data.update(encoded)
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def batch_decode(self, sequences, **kwargs) -> list[str]:
+        """Token ids to captions without special tokens or stray whitespace."""
+        kwargs.setdefault("skip_special_tokens", True)
+        kwargs.setdefault("clean_up_tokenization_spaces", True)
+        return [caption.strip() for caption in self.tokenizer.batch_decode(sequences, **kwargs)]
+
+    def decode(self, sequence, **kwargs) -> str:
+        return self.batch_decode([sequence], **kwargs)[0]
+
+    # The built-in `image-text-to-text` pipeline calls these: a caption has no prompt, so the pipeline's
+    # text is the (empty) start of the caption and the output is the caption itself.
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs):
+        return self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens)
+
+    def post_process_multimodal_output(self, generated_outputs, skip_special_tokens=True, generation_mode=None, **kwargs):
+        return self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens)
+
+
+ShowAttendTellProcessor.register_for_auto_class()  # save_pretrained writes auto_map and copies this file
+
+__all__ = ["ShowAttendTellProcessor"]

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny configs so that the whole suite runs in minutes on 2 CPU cores."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, ShowAttendTellProcessor
+from hf_imgcap.processing_show_attend_tell import default_image_processor
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_IMAGE_SIZE = 64  # a 2×2 region map with the tiny ResNet below
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_config(**overrides) -> ShowAttendTellConfig:
+    """A 4-stage bottleneck ResNet with one block per stage and 16-unit decoder."""
+    values = dict(
+        encoder_config=dict(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], embedding_size=8),
+        embedding_size=16,
+        attention_size=16,
+        hidden_size=16,
+        dropout=0.0,
+        image_size=TINY_IMAGE_SIZE,
+    )
+    values.update(overrides)
+    return ShowAttendTellConfig(**values)
+
+
+def tiny_model(seed=0, **overrides) -> ShowAttendTellForConditionalGeneration:
+    """A tiny model with non-trivial feature statistics, so every path exercises the standardisation."""
+    torch.manual_seed(seed)
+    model = ShowAttendTellForConditionalGeneration(tiny_config(**overrides)).eval()
+    model.set_feature_statistics(torch.randn_like(model.feature_mean) * 0.1, 0.5)
+    return model
+
+
+def tiny_processor() -> ShowAttendTellProcessor:
+    return ShowAttendTellProcessor(image_processor=default_image_processor(TINY_IMAGE_SIZE))
+
+
+# Makes `import hf_imgcap` fail in a child process although the package is installed: proves that a saved
+# folder loads through its own copied code files alone.
+BLOCK_HF_IMGCAP = """
+import sys
+class _BlockHfImgcap:
+    def find_spec(self, name, path=None, target=None):
+        if name == "hf_imgcap" or name.startswith("hf_imgcap."):
+            raise ImportError("hf_imgcap is blocked in this process")
+sys.meta_path.insert(0, _BlockHfImgcap())
+"""
+
+
+def run_fresh_python(code: str, cwd, extra_env=None, timeout=300, block_package=False) -> subprocess.CompletedProcess:
+    """Run code in a new interpreter, offline, from `cwd`; with `block_package`, `hf_imgcap` cannot be imported."""
+    if block_package:
+        code = BLOCK_HF_IMGCAP + code
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    env.update(extra_env or {})
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def processor():
+    return tiny_processor()

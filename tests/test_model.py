@@ -1,0 +1,330 @@
+"""The model: teacher-forced == step-by-step, exact beam search, frozen encoder, input validation."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration
+
+from conftest import tiny_config, tiny_model
+
+PAD, BOS, EOS = 0, 101, 102
+
+
+def ragged_batch(vocab_size=30522, seed=0):
+    """Three right-padded captions of different lengths, with labels = input_ids, padding -100."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = [7, 3, 5]
+    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        words = torch.randint(1000, vocab_size, (length - 2,), generator=generator)
+        ids[row, :length] = torch.cat([torch.tensor([BOS]), words, torch.tensor([EOS])])
+    mask = (torch.arange(ids.shape[1]) < torch.tensor(lengths)[:, None]).long()
+    return ids, mask, ids.masked_fill(mask == 0, -100)
+
+
+def test_config_round_trips_through_config_json(tmp_path):
+    config = ShowAttendTellConfig(hidden_size=256, attention_regularization=0.5, freeze_encoder=False)
+    config.save_pretrained(tmp_path)
+    loaded = ShowAttendTellConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    assert loaded.encoder_config.depths == [3, 8, 36, 3]
+    assert loaded.encoder_config.layer_type == "bottleneck"
+    assert loaded.encoder_hidden_size == 2048
+    default = ShowAttendTellConfig()
+    assert (default.embedding_size, default.attention_size, default.hidden_size, default.dropout) == (512, 512, 512, 0.5)
+    assert (default.pad_token_id, default.bos_token_id, default.eos_token_id) == (0, 101, 102)
+    assert default.freeze_encoder and default.attention_regularization == 1.0
+
+
+def test_default_model_is_resnet152():
+    with torch.device("meta"):
+        model = ShowAttendTellForConditionalGeneration(ShowAttendTellConfig())
+    encoder_params = sum(p.numel() for p in model.encoder.parameters())
+    assert 58.0e6 < encoder_params < 58.2e6  # ResNet-152 without the classifier: 58.1 M
+
+
+def test_teacher_forced_logits_equal_step_by_step_decoding():
+    model = tiny_model()
+    ids, mask, labels = ragged_batch()
+    pixels = torch.randn(3, 3, 64, 64)
+    out = model(pixel_values=pixels, input_ids=ids, attention_mask=mask, labels=labels, output_attentions=True)
+
+    features = model.get_image_features(pixels)
+    state, step_logits, step_alphas = None, [], []
+    for position in range(ids.shape[1]):
+        step = model(
+            input_ids=ids[:, position : position + 1],
+            encoder_hidden_states=features if state is None else None,
+            past_key_values=state,
+            use_cache=True,
+            output_attentions=True,
+        )
+        state = step.past_key_values
+        step_logits.append(step.logits[:, 0])
+        step_alphas.append(step.attentions[:, 0])
+    step_logits, step_alphas = torch.stack(step_logits, 1), torch.stack(step_alphas, 1)
+
+    real = mask.bool()
+    torch.testing.assert_close(out.logits[real], step_logits[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.attentions[real], step_alphas[real], rtol=1e-5, atol=1e-6)
+    assert (out.logits[~real] == 0).all()  # padding is never computed
+
+    # The loss is cross-entropy of the real next tokens, from the step-by-step logits.
+    expected_ce = torch.nn.functional.cross_entropy(step_logits[:, :-1][real[:, 1:]], ids[:, 1:][real[:, 1:]])
+    torch.testing.assert_close(out.caption_loss, expected_ce, rtol=1e-5, atol=1e-6)
+    # Doubly stochastic term: per caption, attention summed over the positions that predict a real token.
+    scored = torch.zeros_like(real)
+    scored[:, :-1] = real[:, 1:]
+    per_region = (step_alphas * scored[..., None]).sum(1)
+    torch.testing.assert_close(out.attention_loss, ((1 - per_region) ** 2).mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.loss, out.caption_loss + out.attention_loss)
+
+
+def test_loss_does_not_depend_on_padding_and_skipping_logits_changes_nothing():
+    model = tiny_model()
+    ids, mask, labels = ragged_batch()
+    features = torch.randn(3, 4, 64)
+    base = model(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels)
+    pad = torch.zeros(3, 4, dtype=torch.long)
+    padded = model(
+        encoder_hidden_states=features,
+        input_ids=torch.cat([ids, pad], 1),
+        attention_mask=torch.cat([mask, pad], 1),
+        labels=torch.cat([labels, pad - 100], 1),
+    )
+    lean = model(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels, return_logits=False)
+    torch.testing.assert_close(padded.loss, base.loss)
+    torch.testing.assert_close(lean.loss, base.loss)
+    assert lean.logits is None
+
+
+def test_features_of_any_scale_give_the_same_outputs():
+    """Random-init ResNet-152 features are ~1e7 times larger than pretrained ones: the decoder must not care."""
+    model = tiny_model()
+    ids, mask, labels = ragged_batch()
+    features = torch.rand(3, 4, 64)
+    small = model(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels)
+    huge = model(encoder_hidden_states=features * 6e7, input_ids=ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(huge.logits, small.logits, rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(huge.loss)
+
+
+def test_learns_from_random_resnet152_features():
+    """The real ResNet-152 architecture with random weights (features ~1e7): a decoder still fits captions to images."""
+    torch.manual_seed(0)
+    config = ShowAttendTellConfig(vocab_size=40, embedding_size=32, attention_size=32, hidden_size=32, dropout=0.0,
+                                  pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, image_size=64)
+    model = ShowAttendTellForConditionalGeneration(config)
+    pixels = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        raw = model.encoder(pixels).last_hidden_state
+        features = model.get_image_features(pixels)
+    assert raw.abs().mean() > 1e4  # the scale problem is real...
+    assert torch.isfinite(features).all() and features.abs().max() < 100
+    flat = features.flatten(1)
+    assert torch.nn.functional.cosine_similarity(flat[0], flat[1], dim=0) > 0.99  # ...and so is the shared part
+    centered = features - features.mean(0)
+    model.set_feature_statistics(features.mean(0), centered.pow(2).mean().sqrt())
+    ids = torch.tensor([[1, 5, 6, 7, 2], [1, 8, 9, 10, 2], [1, 11, 12, 13, 2], [1, 14, 15, 16, 2]])
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(300):
+        loss = model(encoder_hidden_states=features, input_ids=ids, labels=ids).caption_loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.05 * losses[0]
+    model.eval()
+    generated = model.generate(encoder_hidden_states=features, max_new_tokens=5)
+    assert torch.equal(generated, ids)  # each image gets its own caption back
+
+
+def test_frozen_encoder_stays_frozen_through_training():
+    model = tiny_model()
+    encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    decoder_before = model.lm_head.weight.clone()
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    model.train()
+    assert not model.encoder.training and model.lstm.training
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=1e-2)
+    ids, mask, labels = ragged_batch()
+    for _ in range(5):
+        loss = model(pixel_values=torch.randn(3, 3, 64, 64) * 3 + 1, input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    for key, value in model.encoder.state_dict().items():
+        assert torch.equal(value, encoder_before[key]), key  # weights and BatchNorm running stats
+    assert not torch.equal(model.lm_head.weight, decoder_before)
+
+
+def test_unfrozen_encoder_trains():
+    model = tiny_model(freeze_encoder=False)
+    model.train()
+    assert model.encoder.training
+    ids, mask, labels = ragged_batch()
+    loss = model(pixel_values=torch.randn(3, 3, 64, 64), input_ids=ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    assert model.encoder.embedder.embedder.convolution.weight.grad is not None
+
+
+# ---------------------------------------------------------------------------------------------- generation
+def tiny_vocab_model(seed=3):
+    """Vocabulary of 5 (pad, start, end, two words): small enough to enumerate every caption."""
+    return tiny_model(seed=seed, vocab_size=5, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+
+
+def brute_force_captions(model, features, max_new_tokens, length_penalty):
+    """Every caption of up to max_new_tokens tokens (ended by the end token or by the length limit), with
+    beam search's score: sum of log-probabilities / length ** length_penalty."""
+    vocab, eos = model.config.vocab_size, model.config.eos_token_id
+    results = []
+    for length in range(1, max_new_tokens + 1):
+        for words in itertools.product(range(vocab), repeat=length):
+            if eos in words[:-1] or (length < max_new_tokens and words[-1] != eos):
+                continue
+            ids = torch.tensor([[1, *words]])
+            prefix = ids[:, :-1]
+            logits = model(encoder_hidden_states=features, input_ids=prefix, attention_mask=torch.ones_like(prefix)).logits
+            logprob = torch.log_softmax(logits[0], -1).gather(1, ids[0, 1:, None]).sum().item()
+            results.append((logprob / length**length_penalty, words))
+    return sorted(results, reverse=True)
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0])
+def test_beam_search_equals_brute_force_enumeration(length_penalty):
+    model = tiny_vocab_model()
+    features = torch.randn(1, 4, 64)
+    steps, vocab = 3, 5
+    out = model.generate(
+        encoder_hidden_states=features,
+        max_new_tokens=steps,
+        num_beams=vocab ** (steps - 1),
+        num_return_sequences=6,
+        length_penalty=length_penalty,
+        early_stopping="never",
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    expected = brute_force_captions(model, features, steps, length_penalty)[:6]
+    for row, (score, words) in enumerate(expected):
+        got = out.sequences[row, 1 : 1 + len(words)].tolist()
+        assert got == list(words), (row, got, words)
+        assert out.sequences_scores[row].item() == pytest.approx(score, abs=1e-5)
+
+
+def test_greedy_generation_follows_the_teacher_forced_argmax():
+    model = tiny_model()
+    features = torch.randn(3, 4, 64)
+    generated = model.generate(encoder_hidden_states=features, max_new_tokens=6, do_sample=False)
+    for row in range(3):
+        ids = torch.tensor([[BOS]])
+        while ids.shape[1] < generated.shape[1] and ids[0, -1] != EOS:
+            logits = model(encoder_hidden_states=features[row : row + 1], input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], 1)
+        assert generated[row, : ids.shape[1]].tolist() == ids[0].tolist()
+
+
+def test_greedy_equals_one_beam_and_shapes():
+    model = tiny_model()
+    pixels = torch.randn(3, 3, 64, 64)
+    greedy = model.generate(pixel_values=pixels, max_new_tokens=6, do_sample=False)
+    one_beam = model.generate(pixel_values=pixels, max_new_tokens=6, num_beams=1)
+    assert torch.equal(greedy, one_beam)
+    assert greedy.shape[0] == 3 and greedy.shape[1] <= 7 and (greedy[:, 0] == BOS).all()
+    beams = model.generate(pixel_values=pixels, max_new_tokens=6, num_beams=4, num_return_sequences=3)
+    assert beams.shape[0] == 9
+    torch.manual_seed(0)
+    sampled = model.generate(pixel_values=pixels, max_new_tokens=6, do_sample=True, top_k=50, num_return_sequences=2)
+    torch.manual_seed(0)
+    again = model.generate(pixel_values=pixels, max_new_tokens=6, do_sample=True, top_k=50, num_return_sequences=2)
+    assert sampled.shape[0] == 6 and torch.equal(sampled, again)
+
+
+def test_generate_encodes_each_image_once_and_features_give_the_same_captions():
+    model = tiny_model()
+    pixels = torch.randn(2, 3, 64, 64)
+    encoded = []
+    hook = model.encoder.register_forward_hook(lambda module, args, output: encoded.append(args[0].shape[0]))
+    from_pixels = model.generate(pixel_values=pixels, max_new_tokens=6, num_beams=5, num_return_sequences=2)
+    hook.remove()
+    assert encoded == [2]  # once per image, not once per beam or per step
+    from_features = model.generate(
+        encoder_hidden_states=model.get_image_features(pixels), max_new_tokens=6, num_beams=5, num_return_sequences=2
+    )
+    assert torch.equal(from_pixels, from_features)
+
+
+def test_generate_returns_attention_of_the_chosen_tokens():
+    model = tiny_model()
+    features = torch.randn(2, 4, 64)
+    for options in ({}, {"num_beams": 3, "num_return_sequences": 2}):
+        out = model.generate(
+            encoder_hidden_states=features, max_new_tokens=5, output_attentions=True, return_dict_in_generate=True, **options
+        )
+        sequences, attentions = out.sequences, out.attentions
+        assert attentions.shape == (sequences.shape[0], sequences.shape[1] - 1, 4)
+        # Replay each chosen sequence step by step: the attention behind every generated token must match.
+        per_image = sequences.shape[0] // 2
+        for row in range(sequences.shape[0]):
+            state = None
+            for position in range(sequences.shape[1] - 1):
+                step = model(
+                    input_ids=sequences[row : row + 1, position : position + 1],
+                    encoder_hidden_states=features[row // per_image : row // per_image + 1] if state is None else None,
+                    past_key_values=state,
+                    use_cache=True,
+                    output_attentions=True,
+                )
+                state = step.past_key_values
+                if sequences[row, 1 : position + 1].eq(EOS).any():
+                    assert attentions[row, position].abs().sum() == 0  # after the end
+                else:
+                    torch.testing.assert_close(attentions[row, position], step.attentions[0, 0], rtol=1e-5, atol=1e-6)
+                    assert attentions[row, position].sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(input_ids=torch.tensor([[BOS, 5]])), "No image given"),
+        (dict(pixel_values=torch.randn(1, 1, 64, 64), input_ids=torch.tensor([[BOS, 5]])), "1 channels"),
+        (dict(pixel_values=torch.randn(3, 64, 64), input_ids=torch.tensor([[BOS, 5]])), "pixel_values must be"),
+        (dict(pixel_values=torch.randn(0, 3, 64, 64), input_ids=torch.zeros(0, 2, dtype=torch.long)), "non-empty"),
+        (dict(encoder_hidden_states=torch.randn(0, 4, 64), input_ids=torch.tensor([[BOS]])), "empty batch"),
+        (dict(encoder_hidden_states=torch.randn(1, 4, 64), input_ids=torch.tensor([[BOS, 40000]])), "40000 outside the vocabulary"),
+        (dict(encoder_hidden_states=torch.randn(1, 4, 64), input_ids=torch.tensor([[BOS, -3]])), "-3 outside the vocabulary"),
+        (dict(encoder_hidden_states=torch.randn(1, 4, 32), input_ids=torch.tensor([[BOS]])), "64 channels"),
+        (dict(encoder_hidden_states=torch.randn(2, 4, 64), input_ids=torch.tensor([[BOS]])), "2 images but 1 captions"),
+        (
+            dict(encoder_hidden_states=torch.randn(1, 4, 64), input_ids=torch.tensor([[BOS, 5, 6]]), attention_mask=torch.tensor([[1, 0, 1]])),
+            "right-padded",
+        ),
+    ],
+)
+def test_wrong_inputs_raise_a_clear_value_error(kwargs, message):
+    model = tiny_model()
+    with pytest.raises(ValueError, match=message):
+        model(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(), "No image given"),
+        (dict(pixel_values=torch.randn(0, 3, 64, 64)), "empty batch"),
+        (dict(pixel_values=torch.randn(2, 4, 64, 64)), "4 channels"),
+        (dict(encoder_hidden_states=torch.randn(1, 4, 64), input_ids=torch.tensor([[99999]])), "outside the vocabulary"),
+    ],
+)
+def test_generate_rejects_wrong_inputs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model().generate(max_new_tokens=3, **kwargs)

@@ -1,0 +1,62 @@
+"""The processor: bundled tokenizer, BatchFeature, clean decoding, bad input."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import BatchFeature
+
+from hf_imgcap import ShowAttendTellProcessor
+from hf_imgcap.processing_show_attend_tell import BUNDLED_TOKENIZER_DIR
+
+
+def test_bundled_vocabulary_is_bert_base_uncased():
+    vocab = (BUNDLED_TOKENIZER_DIR / "vocab.txt").read_bytes()
+    assert hashlib.md5(vocab).hexdigest() == "64800d5d8528ce344256daf115d4965e"
+    tokenizer = ShowAttendTellProcessor().tokenizer
+    assert len(tokenizer) == 30522
+    assert (tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id) == (0, 101, 102)
+
+
+def test_default_processor_makes_224_imagenet_tensors_and_padded_captions():
+    processor = ShowAttendTellProcessor()
+    images = [Image.new("RGB", (500, 375), (255, 0, 0)), Image.new("RGB", (300, 400), (0, 0, 0))]
+    batch = processor(images=images, text=["A dog runs on the grass.", "Two men"])
+    assert isinstance(batch, BatchFeature)
+    assert batch.pixel_values.shape == (2, 3, 224, 224)
+    # ImageNet normalisation: pure red -> ((1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (0 - 0.406) / 0.225)
+    torch.testing.assert_close(batch.pixel_values[0, :, 100, 100], torch.tensor([2.2489, -2.0357, -1.8044]), atol=1e-3, rtol=0)
+    assert batch.input_ids.shape == batch.attention_mask.shape
+    assert batch.input_ids.shape[1] == 9  # padded to the longest caption, not to a fixed length
+    assert batch.input_ids[1].tolist()[:4] == [101, 2048, 2273, 102] and batch.attention_mask[1].sum() == 4
+    assert processor.batch_decode(batch.input_ids) == ["a dog runs on the grass.", "two men"]
+
+
+def test_captions_are_truncated_at_the_configured_maximum(processor):
+    batch = processor(text=[" ".join(["dog"] * 100)])
+    assert batch.input_ids.shape[1] == processor.max_caption_length
+    assert batch.input_ids[0, -1].item() == 102  # still ends with [SEP]
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        ("/nonexistent/photo.jpg", "photo.jpg: no such image file"),
+        ([], "empty list"),
+        (np.zeros((0, 5, 3), dtype=np.uint8), "empty image"),
+        (np.zeros((5, 5, 2), dtype=np.uint8), "is not an"),
+        (42, "expected a file path"),
+    ],
+)
+def test_bad_images_raise_value_errors(processor, images, message):
+    with pytest.raises(ValueError, match=message):
+        processor(images=images)
+
+
+def test_nothing_to_process_raises(processor):
+    with pytest.raises(ValueError, match="pass images"):
+        processor()
+    with pytest.raises(ValueError, match="text is an empty list"):
+        processor(text=[])

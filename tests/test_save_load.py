@@ -1,0 +1,123 @@
+"""Saving, loading, auto classes and remote code; pretrained encoder weights."""
+
+import json
+
+import torch
+import torchvision
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    ResNetConfig,
+    ResNetForImageClassification,
+    ResNetModel,
+)
+
+from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, ShowAttendTellProcessor
+from hf_imgcap.pretrained_encoder import build_captioner, convert_torchvision_resnet_state_dict, load_encoder
+
+from conftest import REPO_ROOT, run_fresh_python, tiny_model, tiny_processor
+
+
+def save_tiny(folder):
+    model, processor = tiny_model(), tiny_processor()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return model, processor
+
+
+def test_saved_folder_is_safetensors_with_code_files(tmp_path):
+    save_tiny(tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert "model.safetensors" in names and not any(n.endswith((".bin", ".pt", ".pth")) for n in names)
+    for code_file in ("configuration_show_attend_tell.py", "modeling_show_attend_tell.py",
+                      "processing_show_attend_tell.py", "image_loading.py"):
+        assert code_file in names
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForImageTextToText"}
+    assert "AutoProcessor" in json.loads((tmp_path / "processor_config.json").read_text())["auto_map"]
+
+
+def test_save_load_in_package_gives_identical_generations(tmp_path):
+    model, processor = save_tiny(tmp_path)
+    pixels = torch.randn(2, 3, 64, 64)
+    expected = model.generate(pixel_values=pixels, max_new_tokens=6, num_beams=3)
+    for auto_class in (AutoModel, AutoModelForImageTextToText, ShowAttendTellForConditionalGeneration):
+        loaded = auto_class.from_pretrained(tmp_path).eval()
+        assert type(loaded) is ShowAttendTellForConditionalGeneration
+        assert torch.equal(loaded.generate(pixel_values=pixels, max_new_tokens=6, num_beams=3), expected)
+        assert torch.equal(loaded.feature_mean, model.feature_mean)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), ShowAttendTellConfig)
+    loaded_processor = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(loaded_processor, ShowAttendTellProcessor)
+    assert loaded_processor.tokenizer("a dog").input_ids == processor.tokenizer("a dog").input_ids
+
+
+def test_remote_code_loads_in_a_fresh_offline_process_without_the_package(tmp_path):
+    model, processor = save_tiny(tmp_path / "model")
+    torch.manual_seed(1)
+    image = torch.randint(0, 255, (80, 90, 3), dtype=torch.uint8).numpy()
+    pixels = processor(images=image).pixel_values
+    expected = model.generate(pixel_values=pixels, max_new_tokens=6, num_beams=3)
+    torch.save({"image": torch.from_numpy(image), "expected": expected}, tmp_path / "reference.pt")
+    code = f"""
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+folder = {str(tmp_path / "model")!r}
+reference = torch.load({str(tmp_path / "reference.pt")!r})
+try:
+    import hf_imgcap
+    raise SystemExit("hf_imgcap should not be importable here")
+except ImportError:
+    pass
+config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+assert type(config).__name__ == "ShowAttendTellConfig", type(config)
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+pixels = processor(images=reference["image"].numpy()).pixel_values
+for auto_class in (AutoModel, AutoModelForImageTextToText):
+    model = auto_class.from_pretrained(folder, trust_remote_code=True).eval()
+    out = model.generate(pixel_values=pixels, max_new_tokens=6, num_beams=3)
+    assert torch.equal(out, reference["expected"]), (out, reference["expected"])
+print("REMOTE-OK", type(model).__module__)
+"""
+    result = run_fresh_python(code, cwd=tmp_path, block_package=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REMOTE-OK transformers_modules" in result.stdout
+
+
+def test_torchvision_resnet152_converts_to_identical_encoder_outputs():
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet152(weights=None).eval()
+    # Non-trivial BatchNorm statistics, so that a misplaced buffer would show.
+    for module in reference.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    state_dict = reference.state_dict()
+    converted = convert_torchvision_resnet_state_dict(state_dict)
+    assert len(converted) == len(state_dict) - 2  # everything but fc.weight / fc.bias
+    model = build_captioner(state_dict).eval()  # through post_init(): weights must survive it
+    image = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        trunk = torch.nn.Sequential(*list(reference.children())[:-2])  # up to layer4, before pooling
+        expected = trunk(image)
+        got = model.encoder(image).last_hidden_state
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    assert model.config.encoder_config.depths == [3, 8, 36, 3]
+
+
+def test_encoder_from_a_transformers_resnet_folder_survives_post_init(tmp_path):
+    """`microsoft/resnet-152` is a ResNetForImageClassification checkpoint; a local folder of one works the same."""
+    torch.manual_seed(0)
+    classifier = ResNetForImageClassification(
+        ResNetConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], embedding_size=8, layer_type="bottleneck")
+    ).eval()
+    classifier.save_pretrained(tmp_path)
+    model = build_captioner(str(tmp_path), image_size=64, embedding_size=16, attention_size=16, hidden_size=16).eval()
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = classifier.resnet(image).last_hidden_state
+        torch.testing.assert_close(model.encoder(image).last_hidden_state, expected)
+    assert isinstance(load_encoder(str(tmp_path)), ResNetModel)
+    assert not any(p.requires_grad for p in model.encoder.parameters())
