@@ -1,7 +1,11 @@
 # Copyright 2026 The hf-imgcap authors. Apache-2.0.
 """Processor of the Show, Attend and Tell captioner: ImageNet preprocessing + BERT WordPiece tokenizer."""
 
+import os
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from transformers import BertTokenizerFast, ConvNextImageProcessor
 from transformers.feature_extraction_utils import BatchFeature
@@ -71,8 +75,9 @@ class ShowAttendTellProcessor(ProcessorMixin):
         """Open every image as 8-bit RGB; a `ValueError` names the first one that cannot be used."""
         if images is None:
             return []
-        if not isinstance(images, (list, tuple)):
+        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)) or not hasattr(images, "__iter__"):
             images = [images]
+        images = list(images)  # also a datasets Column or any other iterable of images
         if len(images) == 0:
             raise ValueError("images is an empty list")
         return [load_image(image, self.max_image_pixels, describe(image, index)) for index, image in enumerate(images)]

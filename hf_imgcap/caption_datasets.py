@@ -1,0 +1,384 @@
+# Copyright 2026 The hf-imgcap authors. Apache-2.0.
+"""Flickr8k (and Flickr30k / COCO in Karpathy's format) as a `datasets.DatasetDict`, from wherever users got it.
+
+One call, `load_caption_dataset(source)`, returns train / validation / test splits with the columns
+`image` (an `Image()` feature over the files on disk, decoded lazily), `image_id` and `captions` (a list of
+strings). `source` is a Hub dataset id (default `jxie/flickr8k`) or a local folder in one of three published
+layouts, detected automatically:
+
+* the original text release: `Flicker8k_Dataset/*.jpg`, `Flickr8k.token.txt` (`name.jpg#k<TAB>caption`),
+  `Flickr_8k.{train,dev,test}Images.txt`;
+* Kaggle: `Images/`, `captions.txt` (CSV `image,caption`), no split files: a seeded split by image;
+* Karpathy: `dataset_flickr8k.json` / `dataset_flickr30k.json` / `dataset_coco.json` with its own split.
+
+Bad data is skipped, counted and logged with file and line (see `LoadReport`); a split left empty stops
+the load with an error that says why.
+"""
+
+import csv
+import html
+import json
+import logging
+import random
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, Features, Image, Sequence, Value
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATASET = "jxie/flickr8k"
+SPLITS = ("train", "validation", "test")
+IMAGE_DIR_NAMES = ("Flicker8k_Dataset", "Flickr8k_Dataset", "Images", "images", "flickr30k-images", "flickr30k_images")
+KAGGLE_SPLIT_SIZES = (6000, 1000)  # train, validation; the rest is test (the original release's sizes)
+MAX_LOGGED_PER_KIND = 20  # then one summary line per kind, so a broken file does not flood the log
+
+
+@dataclass
+class LoadReport:
+    """What was read and what was skipped, with the reason for each skip."""
+
+    source: str
+    layout: str
+    counts: Counter = field(default_factory=Counter)
+    messages: list = field(default_factory=list)
+
+    def skip(self, kind: str, message: str):
+        self.counts[kind] += 1
+        self.messages.append(message)
+        if self.counts[kind] <= MAX_LOGGED_PER_KIND:
+            logger.warning("%s", message)
+        elif self.counts[kind] == MAX_LOGGED_PER_KIND + 1:
+            logger.warning("more '%s' problems: only the total is reported from here on", kind)
+
+    def summary(self) -> str:
+        if not self.counts:
+            return f"{self.source} ({self.layout}): no problems found"
+        kinds = ", ".join(f"{count} × {kind}" for kind, count in sorted(self.counts.items()))
+        return f"{self.source} ({self.layout}): skipped {kinds}"
+
+
+def normalize_caption(text: str) -> str:
+    """Clean a caption as written by annotators: HTML entities decoded (`&amp;` -> `&`), Unicode NFC, runs of
+    whitespace (tabs, newlines, non-breaking spaces) collapsed to one space, ends stripped. A caption that is
+    empty or whitespace-only comes back as "" (callers reject it)."""
+    text = unicodedata.normalize("NFC", html.unescape(text))
+    return " ".join(text.split())
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def load_caption_dataset(
+    source: str = DEFAULT_DATASET,
+    *,
+    image_dir: str | None = None,
+    seed: int = 0,
+    verify_images: bool = True,
+    num_threads: int = 4,
+    return_report: bool = False,
+):
+    """Load a captioning dataset as a `DatasetDict` with `train` / `validation` / `test` splits.
+
+    Args:
+        source: a Hub dataset id in the `jxie/flickr8k` format (`image`, `caption_0..caption_4`) or a local
+            folder in the original Flickr8k, Kaggle or Karpathy layout (detected from the files present).
+        image_dir: where the images are, if not in one of the usual folders next to the caption file.
+        seed: seeds the split of layouts that have none (Kaggle).
+        verify_images: decode every image once (at reduced JPEG scale: ~1 ms each) and skip those that do
+            not decode, so that no DataLoader worker meets a broken file later.
+        return_report: also return the `LoadReport`.
+    """
+    path = Path(source)
+    layout = detect_layout(path) if path.is_dir() else None
+    if layout is None:
+        dataset, report = _load_hub(source)
+    else:
+        report = LoadReport(str(path), layout)
+        reader = {"flickr8k": _read_flickr8k, "kaggle": _read_kaggle, "karpathy": _read_karpathy}[layout]
+        records = reader(path, Path(image_dir) if image_dir else None, report, seed)
+        if verify_images:
+            records = _drop_undecodable(records, report, num_threads)
+        dataset = DatasetDict({split: _records_to_dataset(records[split]) for split in SPLITS})
+    for split in SPLITS:
+        if len(dataset[split]) == 0:
+            raise ValueError(f"split '{split}' of {source} is empty after loading. {report.summary()}")
+    logger.info(
+        "%s: %s; %s", source, ", ".join(f"{s} {len(dataset[s])} images" for s in SPLITS), report.summary()
+    )
+    return (dataset, report) if return_report else dataset
+
+
+def detect_layout(root: Path) -> str | None:
+    """`flickr8k`, `kaggle` or `karpathy` from the files in `root` (or one folder down), else None."""
+    if _find(root, "Flickr8k.token.txt"):
+        return "flickr8k"
+    if _find(root, "dataset_*.json"):
+        return "karpathy"
+    if _find(root, "captions.txt"):
+        return "kaggle"
+    return None
+
+
+def _find(root: Path, pattern: str) -> Path | None:
+    for candidate in sorted(root.glob(pattern)) + sorted(root.glob(f"*/{pattern}")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _find_image_dir(root: Path, caption_file: Path, image_dir: Path | None) -> Path:
+    if image_dir is not None:
+        if not image_dir.is_dir():
+            raise ValueError(f"image_dir {image_dir} is not a folder")
+        return image_dir
+    for base in dict.fromkeys([caption_file.parent, root]):
+        for name in IMAGE_DIR_NAMES:
+            if (base / name).is_dir():
+                return base / name
+    raise ValueError(
+        f"no image folder found next to {caption_file} (looked for {', '.join(IMAGE_DIR_NAMES)}); pass image_dir="
+    )
+
+
+# ---------------------------------------------------------------------------------------------- local layouts
+def _read_lines(path: Path, report: LoadReport):
+    """Yield (line number, text) of a text file, skipping (and reporting) lines that are not UTF-8."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as error:
+                report.skip(
+                    "not_utf8",
+                    f"{path.name}:{number}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1}); skipped",
+                )
+
+
+def _add_caption(captions: dict, image_names: set, name: str, caption: str, where: str, report: LoadReport):
+    if not name:
+        report.skip("no_image_name", f"{where}: no image name; skipped")
+        return
+    caption = normalize_caption(caption)
+    if not caption:
+        report.skip("empty_caption", f"{where}: empty caption for {name}; skipped")
+        return
+    if name not in image_names:
+        report.skip("missing_image", f"{where}: image '{name}' is not in the image folder; caption skipped")
+        return
+    captions[name].append(caption)
+
+
+def _read_flickr8k(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
+    token_file = _find(root, "Flickr8k.token.txt")
+    image_dir = _find_image_dir(root, token_file, image_dir)
+    image_names = {p.name for p in image_dir.iterdir() if p.is_file()}
+    captions = defaultdict(list)
+    for number, line in _read_lines(token_file, report):
+        where = f"{token_file.name}:{number}"
+        if not line.strip():
+            continue
+        if "\t" not in line:
+            report.skip("no_tab", f"{where}: no tab between image and caption; skipped")
+            continue
+        key, caption = line.split("\t", 1)
+        name = re.sub(r"#\d+$", "", key.strip())  # "name.jpg#3" -> "name.jpg"
+        _add_caption(captions, image_names, name, caption, where, report)
+
+    records = {}
+    for split, file_split in zip(SPLITS, ("train", "dev", "test")):
+        split_file = _find(token_file.parent, f"Flickr_8k.{file_split}Images.txt") or _find(
+            root, f"Flickr_8k.{file_split}Images.txt"
+        )
+        if split_file is None:
+            raise ValueError(f"{root}: split file Flickr_8k.{file_split}Images.txt not found")
+        names = []
+        for number, line in _read_lines(split_file, report):
+            name = line.strip()
+            if not name:
+                continue
+            where = f"{split_file.name}:{number}"
+            if name not in image_names:
+                report.skip("split_missing_image", f"{where}: image '{name}' is not in {image_dir.name}/; skipped")
+            elif not captions.get(name):
+                report.skip("split_image_without_captions", f"{where}: image '{name}' has no captions; skipped")
+            else:
+                names.append(name)
+        records[split] = [(image_dir / name, name, captions[name]) for name in names]
+    return records
+
+
+def _read_kaggle(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
+    caption_file = _find(root, "captions.txt")
+    image_dir = _find_image_dir(root, caption_file, image_dir)
+    image_names = {p.name for p in image_dir.iterdir() if p.is_file()}
+    captions = defaultdict(list)
+    lines = ((number, line) for number, line in _read_lines(caption_file, report))
+    for number, line in lines:
+        if number == 1 and line.strip().lower().replace(" ", "") == "image,caption":
+            continue  # header
+        if not line.strip():
+            continue
+        where = f"{caption_file.name}:{number}"
+        try:
+            row = next(csv.reader([line]))
+        except csv.Error as error:
+            report.skip("bad_csv_row", f"{where}: not a CSV row ({error}); skipped")
+            continue
+        if len(row) < 2:
+            report.skip("no_caption", f"{where}: expected 'image,caption'; skipped")
+            continue
+        # An unquoted caption with commas splits into more fields: join them back.
+        _add_caption(captions, image_names, row[0].strip(), ",".join(row[1:]), where, report)
+
+    names = sorted(captions)
+    random.Random(seed).shuffle(names)
+    train_size, val_size = KAGGLE_SPLIT_SIZES
+    if train_size + val_size >= len(names):  # a smaller collection: keep the proportions of 6000/1000/rest of 8091
+        train_size, val_size = round(len(names) * 6000 / 8091), round(len(names) * 1000 / 8091)
+        logger.info("%s: %d images, split %d/%d/rest by the Flickr8k proportions", caption_file, len(names), train_size, val_size)
+    bounds = {"train": (0, train_size), "validation": (train_size, train_size + val_size), "test": (train_size + val_size, None)}
+    return {
+        split: [(image_dir / name, name, captions[name]) for name in names[start:stop]]
+        for split, (start, stop) in bounds.items()
+    }
+
+
+def _read_karpathy(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
+    json_file = _find(root, "dataset_*.json")
+    try:
+        data = json.loads(json_file.read_text(encoding="utf-8"))
+        images = data["images"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{json_file}: not a Karpathy split file ({type(error).__name__}: {error})") from None
+    split_names = {"train": "train", "restval": "train", "val": "validation", "test": "test"}
+    records = {split: [] for split in SPLITS}
+    default_dir = None
+    for index, entry in enumerate(images):
+        where = f"{json_file.name}: images[{index}]"
+        filename = entry.get("filename") if isinstance(entry, dict) else None
+        if not filename:
+            report.skip("no_image_name", f"{where}: no filename; skipped")
+            continue
+        split = split_names.get(entry.get("split"))
+        if split is None:
+            report.skip("unknown_split", f"{where}: unknown split {entry.get('split')!r} for {filename}; skipped")
+            continue
+        if image_dir is not None:
+            path = image_dir / entry.get("filepath", "") / filename
+        elif entry.get("filepath"):  # COCO: train2014/ or val2014/
+            path = root / entry["filepath"] / filename
+        else:
+            default_dir = default_dir or _find_image_dir(root, json_file, None)
+            path = default_dir / filename
+        if not path.is_file():
+            report.skip("missing_image", f"{where}: image file {path} not found; skipped")
+            continue
+        captions = []
+        for k, sentence in enumerate(entry.get("sentences", [])):
+            caption = normalize_caption(sentence.get("raw", "") if isinstance(sentence, dict) else "")
+            if caption:
+                captions.append(caption)
+            else:
+                report.skip("empty_caption", f"{where}.sentences[{k}]: empty caption for {filename}; skipped")
+        if not captions:
+            report.skip("image_without_captions", f"{where}: {filename} has no captions; skipped")
+            continue
+        records[split].append((path, str(entry.get("cocoid", filename)), captions))
+    return records
+
+
+# ---------------------------------------------------------------------------------------------- images
+def _decodes(path: Path) -> str | None:
+    """None if the image decodes, else the reason."""
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(path) as image:
+            image.draft("RGB", (64, 64))  # JPEG: decode at 1/8 scale; still reads every byte of the scan
+            image.load()
+        return None
+    except Exception as error:  # PIL raises many types for broken files
+        return f"{type(error).__name__}: {error}"
+
+
+def _drop_undecodable(records: dict, report: LoadReport, num_threads: int) -> dict:
+    paths = [path for split in SPLITS for path, _, _ in records[split]]
+    with ThreadPoolExecutor(max_workers=num_threads) as pool:  # Pillow releases the GIL while decoding
+        reasons = dict(zip(paths, pool.map(_decodes, paths)))
+    kept = {}
+    for split in SPLITS:
+        kept[split] = []
+        for path, image_id, captions in records[split]:
+            if reasons[path] is None:
+                kept[split].append((path, image_id, captions))
+            else:
+                report.skip(
+                    "undecodable_image", f"{path}: cannot decode ({reasons[path]}); its {len(captions)} captions skipped"
+                )
+    return kept
+
+
+def _records_to_dataset(records: list) -> Dataset:
+    data = {
+        "image": [str(path) for path, _, _ in records],
+        "image_id": [image_id for _, image_id, _ in records],
+        "captions": [captions for _, _, captions in records],
+    }
+    features = Features({"image": Value("string"), "image_id": Value("string"), "captions": Sequence(Value("string"))})
+    return Dataset.from_dict(data, features=features).cast_column("image", Image())
+
+
+# ---------------------------------------------------------------------------------------------- the Hub
+def _load_hub(source: str):
+    """A dataset in the `jxie/flickr8k` format: `image` + `caption_0..caption_N` columns, splits train /
+    validation / test (or `val` / `dev`)."""
+    from datasets import load_dataset
+
+    report = LoadReport(source, "hub")
+    loaded = load_dataset(source)
+    aliases = {"train": ("train",), "validation": ("validation", "val", "dev"), "test": ("test",)}
+    result = {}
+    for split, names in aliases.items():
+        name = next((n for n in names if n in loaded), None)
+        if name is None:
+            raise ValueError(f"{source} has no '{split}' split (found {sorted(loaded)})")
+        result[split] = _hub_split_to_captions(loaded[name], source, split, report)
+    return DatasetDict(result), report
+
+
+def _hub_split_to_captions(split_data: Dataset, source: str, split: str, report: LoadReport) -> Dataset:
+    """Reshape caption_0..caption_N into a `captions` list. Only the caption columns are read: the image
+    column stays where it is (a memory-mapped Arrow file), so nothing copies or decodes the images."""
+    import pyarrow.compute as pc
+
+    caption_columns = sorted((c for c in split_data.column_names if re.fullmatch(r"caption_\d+", c)), key=lambda c: int(c[8:]))
+    if "image" not in split_data.column_names or not caption_columns:
+        raise ValueError(
+            f"{source}/{split}: expected an 'image' column and caption_0..caption_N columns, found {split_data.column_names}"
+        )
+    columns = split_data.select_columns(caption_columns).to_dict()
+    table = split_data.data if split_data._indices is None else split_data.flatten_indices().data
+    image_column = table.column("image")
+    paths = pc.struct_field(image_column, "path").to_pylist() if image_column.type.num_fields else [None] * len(split_data)
+    all_captions, image_ids, keep = [], [], []
+    for index in range(len(split_data)):
+        captions = []
+        for column in caption_columns:
+            caption = normalize_caption(columns[column][index] or "")
+            if caption:
+                captions.append(caption)
+            else:
+                report.skip("empty_caption", f"{source}/{split} row {index}: {column} is empty; skipped")
+        if captions:
+            keep.append(index)
+        else:
+            report.skip("image_without_captions", f"{source}/{split} row {index}: no captions; skipped")
+        all_captions.append(captions)
+        image_ids.append(Path(paths[index]).name if paths[index] else f"{split}-{index}")
+    reshaped = split_data.remove_columns(caption_columns)
+    reshaped = reshaped.add_column("image_id", image_ids, feature=Value("string"))
+    reshaped = reshaped.add_column("captions", all_captions, feature=Sequence(Value("string")))
+    return reshaped.cast_column("image", Image()).select(keep) if len(keep) < len(reshaped) else reshaped.cast_column("image", Image())

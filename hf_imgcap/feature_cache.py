@@ -1,0 +1,264 @@
+# Copyright 2026 The hf-imgcap authors. Apache-2.0.
+"""Run the frozen encoder once per image and keep its output on disk.
+
+The encoder is frozen, so its output is a pure function of the image: compute it once per image (not per
+caption, not per epoch), store the `(regions, channels)` map in fp16 (7×7×2048×2 B = 200 KB per image:
+1.6 GB for Flickr8k, 25 GB for COCO) and memory-map it when reading, so it is never all in RAM.
+
+A cache lives in `<cache_dir>/<encoder key>/<images key>/` where the encoder key hashes the encoder weights,
+the image preprocessing and the feature format, and the images key hashes the image files (path, size,
+modification time). A changed encoder or preprocessing never reuses stale features; an interrupted build
+resumes where it stopped; a cache is only used once its `meta.json` says it is complete.
+"""
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from datasets import Dataset, Image
+from tqdm.auto import tqdm
+
+from .image_loading import load_image
+
+logger = logging.getLogger(__name__)
+
+# Bump when what is stored changes meaning (e.g. the normalisation in get_image_features).
+FEATURE_FORMAT_VERSION = "rms-normalized-fp16-v1"
+
+
+# ---------------------------------------------------------------------------------------------- keys
+def encoder_fingerprint(model, image_processor) -> str:
+    """Hash of everything that determines the features: encoder weights, preprocessing, feature format."""
+    digest = hashlib.sha256(FEATURE_FORMAT_VERSION.encode())
+    digest.update(str(model.config.image_size).encode())
+    digest.update(image_processor.to_json_string().encode())
+    for name, tensor in sorted(model.encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def images_fingerprint(dataset: Dataset) -> str:
+    """Hash of a split's images: each file's path, size and modification time (images stored inline in
+    Arrow, as on the Hub, are identified by the dataset's own fingerprint)."""
+    column = _image_structs(dataset)
+    digest = hashlib.sha256()
+    if pc.struct_field(column, "bytes").null_count == len(column):
+        for path in pc.struct_field(column, "path").to_pylist():
+            stat = os.stat(path)
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    else:
+        digest.update(f"{dataset._fingerprint}\0{len(dataset)}".encode())
+    return digest.hexdigest()
+
+
+def _image_structs(dataset: Dataset):
+    """The `image` column as Arrow `{bytes, path}` structs, without reading the bytes into Python."""
+    undecoded = dataset.cast_column("image", Image(decode=False))
+    table = undecoded.data if undecoded._indices is None else undecoded.flatten_indices().data
+    return table.column("image")
+
+
+# ---------------------------------------------------------------------------------------------- reading
+class FeatureCache:
+    """A complete cache: `cache[i]` is image i's `(regions, channels)` fp16 tensor, read from a memory map."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        meta_file = self.folder / "meta.json"
+        try:
+            self.meta = json.loads(meta_file.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{self.folder} is not a feature cache ({error})") from None
+        if not self.meta.get("complete"):
+            raise ValueError(f"feature cache {self.folder} is incomplete ({self.meta.get('done', 0)} of {self.meta.get('num_images')} images)")
+        self.features = np.load(self.folder / "features.npy", mmap_mode="r")
+        self.valid = np.load(self.folder / "valid.npy").astype(bool)
+        if self.features.shape[0] != self.meta["num_images"] or self.valid.shape[0] != self.meta["num_images"]:
+            raise ValueError(f"feature cache {self.folder} is corrupt: array sizes do not match meta.json")
+
+    def __len__(self):
+        return self.features.shape[0]
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.features[index]))
+
+    def batch(self, indices) -> torch.Tensor:
+        """Features of several images as one `(batch, regions, channels)` fp16 tensor (sorted reads are faster)."""
+        return torch.from_numpy(self.features[np.asarray(indices)])
+
+    def statistics(self, chunk_size: int = 256):
+        """Per-(region, channel) mean and the RMS of what is left, over the valid images: what
+        `model.set_feature_statistics` takes. Computed once in a streaming pass, then kept in the cache."""
+        stats_file = self.folder / "statistics.npz"
+        if stats_file.is_file():
+            with np.load(stats_file) as stats:
+                return torch.from_numpy(stats["mean"]), float(stats["scale"])
+        valid = np.flatnonzero(self.valid)
+        if len(valid) == 0:
+            raise ValueError(f"feature cache {self.folder} has no valid image to compute statistics from")
+        total = np.zeros(self.features.shape[1:], dtype=np.float64)
+        total_sq = 0.0
+        for start in range(0, len(valid), chunk_size):
+            chunk = self.features[valid[start : start + chunk_size]].astype(np.float64)
+            total += chunk.sum(0)
+            total_sq += float(np.square(chunk).sum())
+        mean = total / len(valid)
+        variance = total_sq / (len(valid) * mean.size) - float(np.square(mean).mean())
+        scale = float(np.sqrt(max(variance, 0.0))) or 1.0  # all-equal features (e.g. a blind baseline): no scaling
+        _atomic_save_npz(stats_file, mean=mean.astype(np.float32), scale=np.float64(scale))
+        return torch.from_numpy(mean.astype(np.float32)), scale
+
+    @property
+    def invalid_images(self) -> list:
+        return self.meta.get("invalid", [])
+
+
+# ---------------------------------------------------------------------------------------------- building
+class _ImageLoading(torch.utils.data.Dataset):
+    """Decodes images in DataLoader workers; a bad image becomes an error message, never an exception.
+    Rows are read one at a time from the (memory-mapped) dataset, so memory does not grow with its size."""
+
+    def __init__(self, dataset: Dataset, start: int, max_pixels: int):
+        self.images = dataset.select_columns(["image"]).cast_column("image", Image(decode=False))
+        self.start = start
+        self.max_pixels = max_pixels
+
+    def __len__(self):
+        return len(self.images) - self.start
+
+    def __getitem__(self, index):
+        struct = self.images[self.start + index]["image"]
+        name = struct.get("path") or f"image #{index}"
+        try:
+            source = struct["path"] if struct.get("bytes") is None else _named_bytes(struct["bytes"], name)
+            return index, load_image(source, self.max_pixels, name), None
+        except ValueError as error:
+            return index, None, str(error)
+
+
+def _named_bytes(data: bytes, name: str):
+    from PIL import Image as PILImage
+
+    image = PILImage.open(io.BytesIO(data))
+    image.filename = name
+    return image
+
+
+def _preprocess_batch(image_processor):
+    def collate(items):
+        good = [(index, image) for index, image, error in items if error is None]
+        errors = [(index, error) for index, image, error in items if error is not None]
+        pixels = image_processor([image for _, image in good], return_tensors="pt").pixel_values if good else None
+        return [index for index, _ in good], pixels, errors
+
+    return collate
+
+
+def build_feature_cache(
+    model,
+    image_processor,
+    dataset: Dataset,
+    cache_dir,
+    *,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    max_image_pixels: int = 89_478_485,
+    description: str = "caching features",
+    show_progress: bool = True,
+) -> FeatureCache:
+    """Encode every image of `dataset` once with `model.get_image_features` and store the result; return the
+    cache. A complete cache with the same keys is reused without running the encoder."""
+    folder = Path(cache_dir) / encoder_fingerprint(model, image_processor)[:16] / images_fingerprint(dataset)[:16]
+    meta_file = folder / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else None
+    if meta and meta.get("complete"):
+        logger.info("%s: reusing the feature cache in %s", description, folder)
+        return FeatureCache(folder)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    num_images = len(dataset)
+    shape = (num_images, model.config.num_regions, model.config.encoder_hidden_size)
+    features_file, valid_file = folder / "features.npy", folder / "valid.npy"
+    if meta is None or tuple(meta.get("shape", ())) != shape or not features_file.is_file():
+        # Preallocate the .npy (sparse on disk); batches are then written in place, never all held in RAM.
+        np.lib.format.open_memmap(features_file, mode="w+", dtype=np.float16, shape=shape).flush()
+        np.save(valid_file, np.zeros(num_images, dtype=np.uint8))
+        meta = {"complete": False, "done": 0, "num_images": num_images, "shape": list(shape), "invalid": [],
+                "format": FEATURE_FORMAT_VERSION, "seconds": 0.0}
+        _atomic_write_json(meta_file, meta)
+    elif meta["done"]:
+        logger.info("%s: resuming an interrupted build at image %d of %d", description, meta["done"], num_images)
+
+    valid = np.load(valid_file)
+    done = processed = meta["done"]
+    loader = torch.utils.data.DataLoader(
+        _ImageLoading(dataset, done, max_image_pixels),
+        batch_size=batch_size,
+        num_workers=_default_workers() if num_workers is None else num_workers,
+        collate_fn=_preprocess_batch(image_processor),
+    )
+    header_size = np.load(features_file, mmap_mode="r").offset
+    row_bytes = int(np.prod(shape[1:])) * 2
+    started = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    progress = tqdm(total=num_images, initial=done, desc=description, unit="img", disable=not show_progress)
+    try:
+        with open(features_file, "r+b") as out, torch.inference_mode():
+            for indices, pixels, errors in loader:
+                for index, error in errors:
+                    meta["invalid"].append({"index": done + index, "reason": error})
+                    logger.warning("%s: skipped %s", description, error)
+                if indices:
+                    features = model.get_image_features(pixels.to(model.device)).to("cpu", torch.float16).numpy()
+                    for row, index in enumerate(indices):
+                        out.seek(header_size + (done + index) * row_bytes)
+                        out.write(features[row].tobytes())
+                        valid[done + index] = 1
+                processed += len(indices) + len(errors)
+                meta["done"] = processed
+                out.flush()
+                np.save(valid_file, valid)
+                meta["seconds"] += time.perf_counter() - started
+                started = time.perf_counter()
+                _atomic_write_json(meta_file, meta)
+                progress.update(len(indices) + len(errors))
+            os.fsync(out.fileno())
+    finally:
+        progress.close()
+        model.train(was_training)
+    meta["complete"] = True
+    _atomic_write_json(meta_file, meta)
+    per_image = meta["seconds"] / max(num_images - done, 1)
+    logger.info(
+        "%s: %d images in %.1f s (%.3f s/image), %d skipped, cache in %s",
+        description, num_images - done, meta["seconds"], per_image, len(meta["invalid"]), folder,
+    )
+    return FeatureCache(folder)
+
+
+def _default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def _atomic_write_json(path: Path, data: dict):
+    temporary = path.with_suffix(".json.tmp")
+    with open(temporary, "w") as handle:
+        json.dump(data, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _atomic_save_npz(path: Path, **arrays):
+    temporary = path.with_suffix(".tmp.npz")
+    np.savez(temporary, **arrays)
+    os.replace(temporary, path)

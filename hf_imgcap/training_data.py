@@ -1,0 +1,93 @@
+# Copyright 2026 The hf-imgcap authors. Apache-2.0.
+"""Training examples: every (image, caption) pair, tokenised once, with labels that ignore padding.
+
+The image side comes either from a `FeatureCache` (the default: the frozen encoder never runs during
+training) or from the image files through the processor (to fine-tune the encoder).
+"""
+
+import logging
+
+import torch
+from datasets import Dataset
+
+logger = logging.getLogger(__name__)
+
+
+def tokenize_captions(split: Dataset, tokenizer, max_length: int, valid_images=None) -> tuple[Dataset, dict]:
+    """One row per (image, caption): `image_index` and `input_ids` ([CLS] caption [SEP]), and counts.
+
+    Captions longer than `max_length` tokens are cut (keeping the final [SEP]) and counted in the log.
+    Pairs whose image is marked invalid (e.g. it failed to decode while caching) are left out, counted.
+    """
+    image_indices, captions = [], []
+    skipped = 0
+    for index, image_captions in enumerate(split["captions"]):
+        if valid_images is not None and not valid_images[index]:
+            skipped += len(image_captions)
+            continue
+        image_indices.extend([index] * len(image_captions))
+        captions.extend(image_captions)
+    if skipped:
+        logger.warning("left out %d captions of images that could not be used", skipped)
+    if not captions:
+        raise ValueError("no (image, caption) pairs left to train on")
+    encoded = tokenizer(captions, add_special_tokens=True, truncation=False, return_attention_mask=False)["input_ids"]
+    truncated = 0
+    for row, ids in enumerate(encoded):
+        if len(ids) > max_length:
+            encoded[row] = ids[: max_length - 1] + [ids[-1]]
+            truncated += 1
+    if truncated:
+        logger.warning("%d of %d captions were longer than %d tokens and were truncated", truncated, len(encoded), max_length)
+    pairs = Dataset.from_dict({"image_index": image_indices, "input_ids": encoded})
+    return pairs, {"captions": len(encoded), "truncated": truncated, "left_out_invalid_image": skipped}
+
+
+class CaptionPairs(torch.utils.data.Dataset):
+    """(image, caption) pairs for a DataLoader. Give `features` (a `FeatureCache`) to read cached encoder
+    output, or `images` (the split's `Dataset`) with an `image_processor` to return `pixel_values`."""
+
+    def __init__(self, pairs: Dataset, features=None, images: Dataset | None = None, image_processor=None):
+        if (features is None) == (images is None):
+            raise ValueError("give exactly one of features= (a FeatureCache) or images= (a Dataset)")
+        self.image_index = list(pairs["image_index"])
+        self.input_ids = list(pairs["input_ids"])
+        self.features = features
+        self.images = images
+        self.image_processor = image_processor
+
+    def __len__(self):
+        return len(self.input_ids)
+
+    def __getitem__(self, index):
+        image_index = self.image_index[index]
+        item = {"input_ids": self.input_ids[index], "image_index": image_index}
+        if self.features is not None:
+            item["encoder_hidden_states"] = self.features[image_index]
+        else:
+            from .image_loading import load_image
+
+            image = self.images[image_index]["image"]
+            item["pixel_values"] = self.image_processor(load_image(image), return_tensors="pt").pixel_values[0]
+        return item
+
+
+def collate_captions(items: list, pad_token_id: int = 0) -> dict:
+    """Pad to the longest caption of this batch (not a global maximum); labels are -100 on padding."""
+    longest = max(len(item["input_ids"]) for item in items)
+    input_ids = torch.full((len(items), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
+    for row, item in enumerate(items):
+        ids = torch.as_tensor(item["input_ids"], dtype=torch.long)
+        input_ids[row, : len(ids)] = ids
+        attention_mask[row, : len(ids)] = 1
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": input_ids.masked_fill(attention_mask == 0, -100),
+        "image_index": torch.tensor([item["image_index"] for item in items]),
+    }
+    for key in ("encoder_hidden_states", "pixel_values"):
+        if key in items[0]:
+            batch[key] = torch.stack([item[key] for item in items])
+    return batch

@@ -1,0 +1,182 @@
+"""Loading Flickr8k in every published layout, and every kind of bad data."""
+
+import json
+import logging
+import os
+
+import datasets
+import pytest
+from PIL import Image
+
+from hf_imgcap.caption_datasets import detect_layout, load_caption_dataset, normalize_caption
+from hf_imgcap.synthetic import write_synthetic_flickr8k
+
+SIZES = dict(num_train=12, num_val=3, num_test=3, image_size=48)
+
+
+def as_rows(dataset_dict):
+    """split -> sorted (image file name, captions) rows: what must agree between layouts."""
+    return {
+        split: sorted((os.path.basename(row["image"]["path"]), tuple(row["captions"])) for row in data.cast_column("image", datasets.Image(decode=False)))
+        for split, data in dataset_dict.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("layouts")
+    return {layout: write_synthetic_flickr8k(root / layout, layout=layout, **SIZES) for layout in ("flickr8k", "kaggle", "karpathy")}
+
+
+def test_every_layout_is_detected_and_loads_to_the_same_datasetdict(layouts):
+    loaded = {}
+    for layout, root in layouts.items():
+        assert detect_layout(root) == layout
+        dataset, report = load_caption_dataset(str(root), return_report=True)
+        assert set(dataset) == {"train", "validation", "test"}
+        assert dataset["train"].features["image"] == datasets.Image()
+        assert dataset["train"].features["captions"] == datasets.Sequence(datasets.Value("string"))
+        assert not report.counts
+        first = dataset["train"][0]
+        assert isinstance(first["image"], Image.Image) and len(first["captions"]) == 5
+        # Images stay where they are: the column holds the original paths, no bytes were copied.
+        assert dataset["train"].cast_column("image", datasets.Image(decode=False))[0]["image"]["bytes"] is None
+        loaded[layout] = as_rows(dataset)
+    # Official splits (original + Karpathy) agree exactly; Kaggle has none, so compare the images overall.
+    assert loaded["flickr8k"] == loaded["karpathy"]
+    everything = lambda rows: sorted(r for split in rows.values() for r in split)
+    assert everything(loaded["kaggle"]) == everything(loaded["flickr8k"])
+
+
+def test_official_split_files_are_honoured(layouts):
+    root = layouts["flickr8k"]
+    dataset = load_caption_dataset(str(root))
+    for split, file_split in (("train", "train"), ("validation", "dev"), ("test", "test")):
+        listed = (root / f"Flickr_8k.{file_split}Images.txt").read_text().split()
+        assert dataset[split]["image_id"] == listed
+
+
+def test_kaggle_split_is_seeded_and_deterministic(layouts):
+    first = load_caption_dataset(str(layouts["kaggle"]), seed=0)
+    again = load_caption_dataset(str(layouts["kaggle"]), seed=0)
+    other = load_caption_dataset(str(layouts["kaggle"]), seed=1)
+    assert first["train"]["image_id"] == again["train"]["image_id"]
+    assert first["train"]["image_id"] != other["train"]["image_id"]
+    assert (len(first["train"]), len(first["validation"]), len(first["test"])) == (13, 2, 3)  # 6000/1000/rest of 8091
+
+
+def test_text_files_one_folder_down_are_found(tmp_path):
+    root = write_synthetic_flickr8k(tmp_path / "ds", **SIZES)
+    (root / "Flickr8k_text").mkdir()
+    for name in ("Flickr8k.token.txt", "Flickr_8k.trainImages.txt", "Flickr_8k.devImages.txt", "Flickr_8k.testImages.txt"):
+        (root / name).rename(root / "Flickr8k_text" / name)
+    assert len(load_caption_dataset(str(root))["train"]) == 12
+
+
+def test_hub_format_parquet_loads_without_copying_images(layouts, tmp_path):
+    """`jxie/flickr8k` format (image + caption_0..caption_4), here from a local folder, which takes the same
+    `datasets.load_dataset` path as the Hub id."""
+    reference = load_caption_dataset(str(layouts["flickr8k"]))
+    features = datasets.Features({"image": datasets.Image(), **{f"caption_{k}": datasets.Value("string") for k in range(5)}})
+    (tmp_path / "data").mkdir()
+    for split in ("train", "validation", "test"):
+        rows = {"image": [], **{f"caption_{k}": [] for k in range(5)}}
+        for row in reference[split].cast_column("image", datasets.Image(decode=False)):
+            path = row["image"]["path"]
+            rows["image"].append({"path": os.path.basename(path), "bytes": open(path, "rb").read()})
+            for k in range(5):
+                rows[f"caption_{k}"].append(row["captions"][k])
+        rows["caption_3"][0] = "   "  # one empty caption: skipped and counted
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "data" / f"{split}-00000-of-00001.parquet")
+    hub, report = load_caption_dataset(str(tmp_path), return_report=True)
+    assert report.layout == "hub" and report.counts == {"empty_caption": 3}
+    assert hub["train"]["image_id"] == reference["train"]["image_id"]
+    assert hub["train"][1]["captions"] == reference["train"][1]["captions"]
+    assert len(hub["train"][0]["captions"]) == 4
+    assert isinstance(hub["test"][0]["image"], Image.Image)
+
+
+# ---------------------------------------------------------------------------------------------- bad data
+@pytest.fixture
+def broken_flickr8k(tmp_path):
+    """The original layout with every kind of problem the real world has."""
+    root = write_synthetic_flickr8k(tmp_path / "Flickr8k", **SIZES)
+    images = root / "Flicker8k_Dataset"
+    train = (root / "Flickr_8k.trainImages.txt").read_text().split()
+    token_file = root / "Flickr8k.token.txt"
+    lines = token_file.read_bytes().splitlines(keepends=True)
+    extra = [
+        b"no tab in this line at all\n",                                   # no tab
+        b"\tcaption without an image name\n",                              # no image name
+        b"2258277193_586949ec62.jpg.1#0\tthe bogus key of the real file\n",  # bogus .jpg.1 key
+        f"{train[0]}#5\t   \n".encode(),                                   # whitespace-only caption
+        f"{train[0]}#6\tcaf\xe9 in latin-1\n".encode("latin-1"),            # not UTF-8
+        f"{train[1]}#5\ta dog &amp; a cat\n".encode(),                     # HTML entity: kept, decoded
+    ]
+    token_file.write_bytes(b"".join(lines[:10] + extra + lines[10:]))
+    # A split file naming a missing image.
+    with open(root / "Flickr_8k.trainImages.txt", "a") as handle:
+        handle.write("9999999999_nothere.jpg\n")
+    # An image that does not decode (truncated) and a text file named .jpg.
+    data = (images / train[2]).read_bytes()
+    (images / train[2]).write_bytes(data[: len(data) // 2])
+    (images / train[3]).write_text("this is not a jpeg")
+    return root, train
+
+
+def test_bad_data_is_counted_logged_and_the_good_rows_stay(broken_flickr8k, caplog):
+    root, train = broken_flickr8k
+    with caplog.at_level(logging.WARNING):
+        dataset, report = load_caption_dataset(str(root), return_report=True)
+    assert report.counts == {
+        "no_tab": 1,
+        "no_image_name": 1,
+        "missing_image": 1,
+        "empty_caption": 1,
+        "not_utf8": 1,
+        "split_missing_image": 1,
+        "undecodable_image": 2,
+    }
+    log = caplog.text
+    assert "Flickr8k.token.txt:11: no tab" in log
+    assert "Flickr8k.token.txt:12: no image name" in log
+    assert "Flickr8k.token.txt:13: image '2258277193_586949ec62.jpg.1' is not in the image folder" in log
+    assert "Flickr8k.token.txt:14: empty caption" in log
+    assert "Flickr8k.token.txt:15: not valid UTF-8 (byte 0xe9" in log
+    assert "Flickr_8k.trainImages.txt:13: image '9999999999_nothere.jpg' is not in Flicker8k_Dataset/" in log
+    assert f"{train[2]}: cannot decode" in log and f"{train[3]}: cannot decode" in log
+    ids = dataset["train"]["image_id"]
+    assert ids == [name for name in train if name not in (train[2], train[3])]  # the good rows, in order
+    by_id = dict(zip(ids, dataset["train"]["captions"]))
+    assert len(by_id[train[0]]) == 5  # its two bad extra lines were dropped, its five good captions stay
+    assert by_id[train[1]][-1] == "a dog & a cat"
+
+
+def test_an_empty_split_stops_with_a_reason(tmp_path):
+    root = write_synthetic_flickr8k(tmp_path / "ds", **SIZES)
+    (root / "Flickr_8k.devImages.txt").write_text("missing_1.jpg\nmissing_2.jpg\n")
+    with pytest.raises(ValueError, match=r"split 'validation' .* is empty.*2 × split_missing_image"):
+        load_caption_dataset(str(root))
+
+
+def test_karpathy_json_for_coco_style_filepaths(tmp_path):
+    root = write_synthetic_flickr8k(tmp_path / "coco", layout="karpathy", **SIZES)
+    data = json.loads((root / "dataset_flickr8k.json").read_text())
+    (root / "val2014").mkdir()
+    for entry in data["images"]:  # COCO keeps images under filepath/ and has a 'restval' split
+        (root / "images" / entry["filename"]).rename(root / "val2014" / entry["filename"])
+        entry["filepath"] = "val2014"
+        entry["cocoid"] = entry["imgid"] + 1000
+        if entry["split"] == "train" and entry["imgid"] % 2:
+            entry["split"] = "restval"
+    (root / "dataset_flickr8k.json").unlink()
+    (root / "dataset_coco.json").write_text(json.dumps(data))
+    dataset = load_caption_dataset(str(root))
+    assert len(dataset["train"]) == 12  # restval counts as training data
+    assert dataset["train"][0]["image_id"] == "1000"
+
+
+def test_normalize_caption():
+    assert normalize_caption("  A dog\t&amp;\u00a0a  cat.\n") == "A dog & a cat."
+    assert normalize_caption("Cafe\u0301") == "Caf\u00e9"  # NFC
+    assert normalize_caption(" \t \n") == ""

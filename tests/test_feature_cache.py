@@ -1,0 +1,121 @@
+"""The feature cache and the training examples built on it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hf_imgcap.caption_datasets import load_caption_dataset
+from hf_imgcap.feature_cache import FeatureCache, build_feature_cache
+from hf_imgcap.synthetic import write_synthetic_flickr8k
+from hf_imgcap.training_data import CaptionPairs, collate_captions, tokenize_captions
+
+from conftest import tiny_model, tiny_processor
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = write_synthetic_flickr8k(tmp_path_factory.mktemp("data") / "ds", num_train=10, num_val=2, num_test=2, image_size=48)
+    return load_caption_dataset(str(root))
+
+
+def build(model, processor, split, cache_dir, **kwargs):
+    return build_feature_cache(model, processor.image_processor, split, cache_dir, batch_size=4, num_workers=0, show_progress=False, **kwargs)
+
+
+def test_cache_equals_a_direct_encoder_run_and_is_fp16_memory_mapped(dataset, tmp_path):
+    model, processor = tiny_model(), tiny_processor()
+    cache = build(model, processor, dataset["train"], tmp_path)
+    assert isinstance(cache.features, np.memmap) and cache.features.dtype == np.float16
+    assert cache.features.shape == (10, model.config.num_regions, model.config.encoder_hidden_size)
+    with torch.no_grad():
+        direct = model.get_image_features(processor(images=dataset["train"]["image"]).pixel_values)
+    torch.testing.assert_close(cache.batch(range(10)).float(), direct.half().float(), rtol=0, atol=0)
+    assert cache.valid.all()
+
+
+def test_second_run_reads_instead_of_recomputing(dataset, tmp_path):
+    model, processor = tiny_model(), tiny_processor()
+    first = build(model, processor, dataset["train"], tmp_path)
+    calls = []
+    hook = model.encoder.register_forward_hook(lambda *args: calls.append(1))
+    second = build(model, processor, dataset["train"], tmp_path)
+    hook.remove()
+    assert calls == [] and second.folder == first.folder
+
+
+def test_a_different_encoder_or_preprocessing_gets_a_different_cache(dataset, tmp_path):
+    processor = tiny_processor()
+    first = build(tiny_model(seed=0), processor, dataset["train"], tmp_path)
+    other_weights = build(tiny_model(seed=1), processor, dataset["train"], tmp_path)
+    processor.image_processor.image_mean = [0.5, 0.5, 0.5]
+    other_preprocessing = build(tiny_model(seed=0), processor, dataset["train"], tmp_path)
+    folders = {first.folder, other_weights.folder, other_preprocessing.folder}
+    assert len(folders) == 3
+    assert not torch.equal(first[0], other_weights[0])
+
+
+def test_an_interrupted_build_resumes_and_an_incomplete_cache_is_refused(dataset, tmp_path):
+    model, processor = tiny_model(), tiny_processor()
+    complete = build(model, processor, dataset["train"], tmp_path / "a")
+    meta_file = complete.folder / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta.update(complete=False, done=4)  # as if killed after the first batch
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="incomplete"):
+        FeatureCache(complete.folder)
+    encoded = []
+    hook = model.encoder.register_forward_hook(lambda module, args, output: encoded.append(args[0].shape[0]))
+    resumed = build(model, processor, dataset["train"], tmp_path / "a")
+    hook.remove()
+    assert sum(encoded) == 6  # only the images after the interruption
+    torch.testing.assert_close(resumed.batch(range(10)), build(model, processor, dataset["train"], tmp_path / "b").batch(range(10)))
+
+
+def test_bad_images_are_reported_by_path_and_counted_the_rest_go_on(tmp_path, caplog):
+    root = write_synthetic_flickr8k(tmp_path / "ds", num_train=6, num_val=1, num_test=1, image_size=48)
+    dataset = load_caption_dataset(str(root), verify_images=False)
+    broken = dataset["train"][2]["image"].filename
+    with open(broken, "wb") as handle:
+        handle.write(b"not an image at all")
+    cache = build(tiny_model(), tiny_processor(), dataset["train"], tmp_path / "cache")
+    assert cache.valid.tolist() == [True, True, False, True, True, True]
+    assert len(cache.invalid_images) == 1 and broken in cache.invalid_images[0]["reason"]
+    assert broken in caplog.text
+    pairs, counts = tokenize_captions(dataset["train"], tiny_processor().tokenizer, 40, valid_images=cache.valid)
+    assert counts["left_out_invalid_image"] == 5 and len(pairs) == 25
+    assert 2 not in pairs["image_index"]
+
+
+def test_statistics_are_the_mean_and_residual_rms_of_valid_images(dataset, tmp_path):
+    cache = build(tiny_model(), tiny_processor(), dataset["train"], tmp_path)
+    mean, scale = cache.statistics()
+    features = cache.batch(range(10)).double()
+    torch.testing.assert_close(mean.double(), features.mean(0), rtol=0, atol=1e-5)
+    assert scale == pytest.approx((features - features.mean(0)).pow(2).mean().sqrt().item(), rel=1e-5)
+    assert cache.statistics()[1] == scale  # kept with the cache
+
+
+def test_training_pairs_pad_per_batch_with_labels_ignoring_padding(dataset, tmp_path):
+    model, processor = tiny_model(), tiny_processor()
+    cache = build(model, processor, dataset["train"], tmp_path)
+    pairs, counts = tokenize_captions(dataset["train"], processor.tokenizer, max_length=8)
+    assert counts["captions"] == len(pairs) == 50  # every (image, caption) pair
+    assert counts["truncated"] > 0 and max(len(ids) for ids in pairs["input_ids"]) == 8
+    assert all(ids[0] == 101 and ids[-1] == 102 for ids in pairs["input_ids"])
+    examples = CaptionPairs(pairs, features=cache)
+    batch = collate_captions([examples[i] for i in (0, 1, 2)])
+    lengths = [len(pairs["input_ids"][i]) for i in (0, 1, 2)]
+    assert batch["input_ids"].shape == (3, max(lengths))  # per-batch padding
+    assert (batch["labels"] == -100).sum() == sum(max(lengths) - n for n in lengths)
+    assert torch.equal(batch["labels"][batch["attention_mask"] == 1], batch["input_ids"][batch["attention_mask"] == 1])
+    assert batch["encoder_hidden_states"].shape == (3, model.config.num_regions, model.config.encoder_hidden_size)
+    loss = model(**{k: v for k, v in batch.items() if k != "image_index"}).loss
+    assert torch.isfinite(loss)
+    # From images instead of the cache: the same model input, as pixel_values.
+    from_images = CaptionPairs(pairs, images=dataset["train"], image_processor=processor.image_processor)
+    pixel_batch = collate_captions([from_images[i] for i in (0, 1, 2)])
+    with torch.no_grad():
+        features = model.get_image_features(pixel_batch["pixel_values"])
+    torch.testing.assert_close(features.half(), batch["encoder_hidden_states"], rtol=0, atol=0)
