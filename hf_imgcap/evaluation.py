@@ -1,0 +1,91 @@
+# Copyright 2026 The hf-imgcap authors. Apache-2.0.
+"""Score a captioner by real generation on held-out images (never by teacher-forced outputs).
+
+Works in one process or many: each process captions its share of the images, the captions are gathered
+(`gather_for_metrics` drops the duplicates that even sharding adds), and every image is counted once.
+"""
+
+import logging
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from .caption_metrics import compute_caption_metrics
+from .image_loading import load_image
+
+logger = logging.getLogger(__name__)
+
+
+class _ImageInputs(torch.utils.data.Dataset):
+    """Index i -> (i, model input for image i): cached features, or pixels from the image file."""
+
+    def __init__(self, num_images, features=None, images=None, image_processor=None, blind=False):
+        self.num_images = num_images
+        self.features, self.images, self.image_processor, self.blind = features, images, image_processor, blind
+
+    def __len__(self):
+        return self.num_images
+
+    def __getitem__(self, index):
+        if self.features is not None:
+            features = self.features[index]
+            return index, torch.zeros_like(features) if self.blind else features
+        image = load_image(self.images[index]["image"])
+        return index, self.image_processor(image, return_tensors="pt").pixel_values[0]
+
+
+@torch.no_grad()
+def generate_captions(
+    model,
+    tokenizer,
+    split,
+    *,
+    features=None,
+    image_processor=None,
+    accelerator: Accelerator | None = None,
+    batch_size: int = 32,
+    blind: bool = False,
+    show_progress: bool = True,
+    **generate_kwargs,
+) -> list[str]:
+    """Caption every image of `split` (in order) with `model.generate(**generate_kwargs)`.
+
+    Image inputs come from `features` (a `FeatureCache` of this split) or from the images through
+    `image_processor`. `blind=True` replaces the features with zeros: the image-blind baseline.
+    """
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    inputs = _ImageInputs(len(split), features, None if features is not None else split, image_processor, blind)
+    loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(inputs, batch_size=batch_size))
+    unwrapped = accelerator.unwrap_model(model)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    input_name = "encoder_hidden_states" if features is not None else "pixel_values"
+    pad = unwrapped.config.pad_token_id
+    collected_indices, collected_sequences = [], []
+    for indices, image_inputs in tqdm(loader, desc="captioning", disable=not (show_progress and accelerator.is_main_process)):
+        sequences = unwrapped.generate(**{input_name: image_inputs.to(accelerator.device)}, **generate_kwargs)
+        per_image = sequences.shape[0] // len(indices)
+        sequences = sequences[::per_image]  # the best sequence of each image
+        sequences = accelerator.pad_across_processes(sequences, dim=1, pad_index=pad)
+        indices, sequences = accelerator.gather_for_metrics((indices.to(accelerator.device), sequences))
+        collected_indices.append(indices.cpu())
+        collected_sequences.extend(sequences.cpu())
+    unwrapped.train(was_training)
+    order = torch.cat(collected_indices).tolist()
+    if sorted(order) != list(range(len(split))):
+        raise RuntimeError(f"evaluation gathered {len(order)} captions for {len(split)} images")
+    captions = [None] * len(split)
+    decoded = tokenizer.batch_decode(collected_sequences, skip_special_tokens=True)
+    for index, caption in zip(order, decoded):
+        captions[index] = caption.strip()
+    return captions
+
+
+def evaluate_captioner(model, tokenizer, split, *, meteor=None, **kwargs) -> tuple[dict, list[str]]:
+    """Generate captions for `split` (see `generate_captions`) and score them against its references."""
+    predictions = generate_captions(model, tokenizer, split, **kwargs)
+    references = [list(captions) for captions in split["captions"]]
+    metrics = compute_caption_metrics(predictions, references, meteor=meteor)
+    metrics["num_images"] = len(predictions)
+    return metrics, predictions

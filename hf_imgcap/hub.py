@@ -1,0 +1,129 @@
+# Copyright 2026 The hf-imgcap authors. Apache-2.0.
+"""The model card (rendered from the run's metrics file, never typed by hand) and the upload to the Hub."""
+
+import json
+import logging
+import math
+from pathlib import Path
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"
+METRIC_LABELS = {
+    "bleu_1": ("bleu", "BLEU-1"),
+    "bleu_2": ("bleu", "BLEU-2"),
+    "bleu_3": ("bleu", "BLEU-3"),
+    "bleu_4": ("bleu", "BLEU-4"),
+    "cider": ("cider", "CIDEr-D"),
+    "rouge_l": ("rouge", "ROUGE-L"),
+    "meteor": ("meteor", "METEOR"),
+}
+# What a Hub repository of ours holds: everything from_pretrained(..., trust_remote_code=True) needs, the card and
+# the run's records. Checkpoints, logs and caches in the output folder stay local.
+HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.py", "*.txt", "README.md", "*.png"]
+
+
+def _dataset_name(dataset: str) -> str:
+    return Path(dataset).name if Path(dataset).exists() else dataset
+
+
+def render_model_card(results: dict, model_args: dict, training_args: dict, data_args: dict, repo_id: str | None = None) -> ModelCard:
+    """The Hub model card of a training run, from its `metrics.json` content (`results`) and arguments."""
+    test = results.get("test") or {}
+    dataset = _dataset_name(data_args.get("dataset") or "unknown")
+    is_hub_dataset = "/" in dataset and not Path(data_args.get("dataset", "")).exists()
+    metric_keys = [k for k in METRIC_LABELS if isinstance(test.get(k), (int, float)) and math.isfinite(test[k])]
+    eval_results = [
+        EvalResult(
+            task_type="image-to-text",
+            task_name="Image Captioning",
+            dataset_type=dataset if is_hub_dataset else dataset.lower(),
+            dataset_name=dataset,
+            dataset_split=results.get("eval", {}).get("split", "test"),
+            metric_type=METRIC_LABELS[key][0],
+            metric_name=METRIC_LABELS[key][1],
+            metric_value=round(float(test[key]), 4),
+        )
+        for key in metric_keys
+    ]
+    model_name = (repo_id or "show-attend-tell-captioner").split("/")[-1]
+    card_data = ModelCardData(
+        language="en",
+        license="apache-2.0",
+        library_name="transformers",
+        pipeline_tag="image-to-text",
+        tags=["image-captioning", "show-attend-tell", "resnet", "lstm", "attention", "hf-imgcap"],
+        datasets=[dataset] if is_hub_dataset else None,
+        metrics=sorted({METRIC_LABELS[k][0] for k in metric_keys}) or None,
+        model_name=model_name,
+        eval_results=eval_results or None,
+    )
+    encoder = model_args.get("encoder", "microsoft/resnet-152")
+    encoder_description = "ResNet-152 with random weights (a demo: no pretrained weights)" if encoder == "random" else f"ResNet ({encoder})"
+    tokenizer = model_args.get("tokenizer", "bert-base-uncased")
+    eval_settings = results.get("eval", {})
+    grid = math.ceil(model_args.get("image_size", 224) / 32)
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=model_name,
+        repo_id=repo_id or "path/to/this/folder",
+        example_image="photo.jpg",
+        encoder_description=encoder_description,
+        encoder_channels=2048,
+        image_size=model_args.get("image_size", 224),
+        grid=grid,
+        vocab_size=results.get("vocab_size", "?"),
+        tokenizer_description="bert-base-uncased" if tokenizer == "bert-base-uncased" else (
+            "trained on the training captions" if tokenizer == "captions" else tokenizer),
+        test_metrics=bool(metric_keys),
+        metric_rows=[{"name": METRIC_LABELS[k][1], "value": f"{test[k]:.4f}"} for k in metric_keys],
+        num_beams=eval_settings.get("num_beams", training_args.get("eval_num_beams", 3)),
+        max_new_tokens=eval_settings.get("max_new_tokens", training_args.get("eval_max_new_tokens", 40)),
+        num_test_images=test.get("num_images", 0),
+        split=eval_settings.get("split", "test"),
+        dataset=dataset,
+        blind=bool(eval_settings.get("blind")),
+        num_train_images=results.get("num_train_images", "?"),
+        best_bleu_4=f"{results['validation_best_bleu_4']:.4f}" if isinstance(results.get("validation_best_bleu_4"), (int, float)) else "n/a",
+        steps=results.get("steps", "?"),
+        **{k: model_args.get(k) for k in ("embedding_size", "attention_size", "hidden_size", "dropout", "attention_regularization")},
+        **{k: training_args.get(k) for k in ("learning_rate", "encoder_learning_rate", "finetune_encoder", "batch_size",
+                                             "gradient_accumulation_steps", "grad_clip", "lr_decay_factor", "lr_decay_patience",
+                                             "early_stopping_patience", "mixed_precision")},
+    )
+
+
+def write_model_card(folder, results: dict, model_args: dict, training_args: dict, data_args: dict, repo_id: str | None = None) -> Path:
+    card = render_model_card(results, model_args, training_args, data_args, repo_id=repo_id or training_args.get("hub_model_id"))
+    path = Path(folder) / "README.md"
+    card.save(path)
+    return path
+
+
+def write_model_card_from_folder(folder, repo_id: str | None = None) -> Path:
+    """Re-render `README.md` of a training output folder from its `metrics.json` and `training_args.json`."""
+    folder = Path(folder)
+    results = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+    arguments = json.loads((folder / "training_args.json").read_text()) if (folder / "training_args.json").is_file() else {}
+    return write_model_card(folder, results, arguments.get("model", {}), arguments.get("training", {}), arguments.get("data", {}), repo_id)
+
+
+def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool | None = None, commit_message: str | None = None):
+    """Upload a training output folder to `repo_id` in one commit: weights, config, code files, processor, card,
+    metrics and the example attention image. The token comes from `token`, `HF_TOKEN` or `hf auth login`."""
+    folder = Path(folder)
+    write_model_card_from_folder(folder, repo_id=repo_id)  # usage snippets name the real repository
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        allow_patterns=HUB_FILE_PATTERNS,
+        ignore_patterns=["checkpoints/**", "runs/**", "blind_baseline/**", "feature_cache/**", "synthetic_flickr8k/**"],
+        commit_message=commit_message or "Upload Show-Attend-Tell captioner (hf-imgcap)",
+    )
+    logger.info("pushed %s to https://huggingface.co/%s", folder, repo_id)
+    return commit

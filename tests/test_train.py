@@ -1,0 +1,145 @@
+"""train.py end to end: training, Hub-ready output, exact resume, checkpoint integrity, real 2-process DDP, --help."""
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_imgcap import ShowAttendTellForConditionalGeneration
+from hf_imgcap.checkpointing import CheckpointError
+from hf_imgcap.synthetic import write_synthetic_flickr8k
+
+from conftest import REPO_ROOT
+
+spec = importlib.util.spec_from_file_location("train_script", REPO_ROOT / "train.py")
+train_script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train_script)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train") / "flickr8k"
+    return write_synthetic_flickr8k(root, num_train=16, num_val=5, num_test=5, image_size=64, seed=3)
+
+
+def tiny_args(data, output_dir, cache_dir, *extra):
+    """The real ResNet-152 architecture (random weights) at 64×64, a small decoder and vocabulary."""
+    return [
+        "--dataset", str(data), "--output_dir", str(output_dir), "--cache_dir", str(cache_dir),
+        "--encoder", "random", "--image_size", "64", "--tokenizer", "captions", "--caption_vocab_size", "80",
+        "--embedding_size", "24", "--attention_size", "24", "--hidden_size", "24", "--dropout", "0",
+        "--batch_size", "8", "--learning_rate", "3e-3", "--eval_num_beams", "2", "--eval_max_new_tokens", "12",
+        "--report_to", "none", "--seed", "7", *extra,
+    ]
+
+
+def run(argv):
+    model_args, data_args, args = train_script.parse_args(argv)
+    return train_script.train(model_args, data_args, args)
+
+
+def last_checkpoint_weights(output_dir):
+    checkpoints = sorted((output_dir / "checkpoints").glob("step_*"))
+    return checkpoints[-1].name, load_file(checkpoints[-1] / "model.safetensors")
+
+
+def test_short_training_reduces_the_loss_and_writes_a_loadable_hub_folder(data, tmp_path):
+    results = run(tiny_args(data, tmp_path / "out", tmp_path / "cache", "--num_epochs", "3"))
+    history = results["history"]
+    assert len(history) == 3 and all(entry["num_images"] == 5 for entry in history)
+    out = tmp_path / "out"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"bleu_1", "bleu_4", "cider", "rouge_l"} and metrics["test"]["num_images"] == 5
+    for name in ("model.safetensors", "config.json", "modeling_show_attend_tell.py", "processor_config.json",
+                 "tokenizer.json", "training_args.json", "README.md"):
+        assert (out / name).is_file(), name
+    model = ShowAttendTellForConditionalGeneration.from_pretrained(out)
+    assert model.config.vocab_size == results["vocab_size"]
+    # The loss went down: the first and last training losses of a fresh run with logged steps.
+    losses = json.loads((out / "metrics.json").read_text())["train_loss_by_epoch"]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_stop_mid_epoch_and_resume_equals_an_uninterrupted_run(data, tmp_path):
+    cache = tmp_path / "cache"
+    run(tiny_args(data, tmp_path / "straight", cache, "--num_epochs", "2"))
+    # 16 images × 5 captions / batch 8 = 10 steps per epoch: stop at step 13, in the middle of epoch 2.
+    run(tiny_args(data, tmp_path / "resumed", cache, "--num_epochs", "2", "--max_steps", "13", "--checkpoint_every_steps", "13"))
+    run(tiny_args(data, tmp_path / "resumed", cache, "--num_epochs", "2", "--resume"))
+    straight_name, straight = last_checkpoint_weights(tmp_path / "straight")
+    resumed_name, resumed = last_checkpoint_weights(tmp_path / "resumed")
+    assert straight_name == resumed_name == "step_00000020"
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
+
+
+def test_corrupt_or_partial_checkpoints_are_refused_with_a_clear_error(data, tmp_path):
+    out = tmp_path / "out"
+    run(tiny_args(data, out, tmp_path / "cache", "--num_epochs", "1"))
+    latest = sorted((out / "checkpoints").glob("step_*"))[-1]
+    with open(latest / "optimizer.bin", "r+b") as handle:  # flip bytes in the middle
+        handle.seek(100)
+        handle.write(b"\x00\xff\x00\xff")
+    with pytest.raises(CheckpointError, match=r"optimizer.bin does not match its checksum"):
+        run(tiny_args(data, out, tmp_path / "cache", "--num_epochs", "2", "--resume"))
+    (latest / "manifest.json").unlink()  # as if the save had been cut off before sealing
+    with pytest.raises(CheckpointError, match="is partial"):
+        run(tiny_args(data, out, tmp_path / "cache", "--num_epochs", "2", "--resume_from", str(latest)))
+
+
+def test_help_documents_every_flag_and_each_is_accepted():
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    flags = sorted(set(re.findall(r"--([a-z_]+)", result.stdout)) - {"help"})
+    fields = {f.name: f for cls in (train_script.ModelArguments, train_script.DataArguments, train_script.TrainingArguments)
+              for f in cls.__dataclass_fields__.values()}
+    assert set(flags) >= set(fields), set(fields) - set(flags)
+    for name, field in fields.items():
+        assert field.metadata.get("help"), f"--{name} has no help text"
+        default = field.default
+        if isinstance(default, bool):
+            argv = [f"--{name}"] if not default else [f"--no_{name}"]
+            expected = not default
+        else:
+            value = {int: "3", float: "0.25", str: "x"}.get(type(default), "3")
+            argv, expected = [f"--{name}", value], None
+        parsed = train_script.parse_args(argv)
+        got = next(getattr(a, name) for a in parsed if hasattr(a, name))
+        if expected is not None:
+            assert got == expected, name
+
+
+@pytest.mark.skipif(os.cpu_count() is None, reason="needs processes")
+def test_two_process_ddp_equals_one_process_with_double_batch(data, tmp_path):
+    """Real DDP: two gloo ranks on the CPU, launched the way users launch it."""
+    cache = tmp_path / "cache"
+    common = ["--num_epochs", "1", "--max_steps", "3", "--checkpoint_every_steps", "3"]
+    single = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train.py"), *tiny_args(data, tmp_path / "one", cache, *common)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    double = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "train.py"),
+         *tiny_args(data, tmp_path / "two", cache, *common, "--batch_size", "4")],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert double.returncode == 0, double.stdout[-3000:] + double.stderr[-3000:]
+    # The single run used batch 8; the two ranks used 4 each (batch_size is per process).
+    _, one = last_checkpoint_weights(tmp_path / "one")
+    _, two = last_checkpoint_weights(tmp_path / "two")
+    # Equal up to float summation order (one process uses 2 threads, each rank 1), which Adam can amplify on
+    # near-zero gradients to a small fraction of one step (lr 3e-3).
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-4, msg=key)
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["test"]["num_images"] == 5  # 5 images over 2 ranks: each counted once
+    assert len(json.loads((tmp_path / "two" / "test_captions.json").read_text())) == 5

@@ -1,0 +1,473 @@
+#!/usr/bin/env python
+# Copyright 2026 The hf-imgcap authors. Apache-2.0.
+"""Train a Show, Attend and Tell captioner with 🤗 Accelerate; evaluate it by generation; write a Hub-ready folder.
+
+    python train.py --dataset /path/to/Flickr8k                       # 1 CPU or 1 GPU
+    accelerate launch --multi_gpu --num_processes 8 train.py ...      # N GPUs (DDP)
+    python train.py --demo                                            # offline demo on synthetic data
+
+By default the frozen encoder runs once per image into an fp16 feature cache and the decoder trains on that;
+`--finetune_encoder` trains end to end from the images instead. After every epoch the model captions the
+validation images with beam search and is selected on BLEU-4; at the end the best model is scored on the
+test split with every metric. `python train.py --help` documents every option.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+
+from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, ShowAttendTellProcessor
+from hf_imgcap.caption_datasets import DEFAULT_DATASET, load_caption_dataset
+from hf_imgcap.checkpointing import CheckpointManager, verify_checkpoint
+from hf_imgcap.evaluation import evaluate_captioner
+from hf_imgcap.feature_cache import build_feature_cache
+from hf_imgcap.hub import METRIC_LABELS, write_model_card
+from hf_imgcap.preemption import StopRequest
+from hf_imgcap.pretrained_encoder import build_captioner
+from hf_imgcap.processing_show_attend_tell import default_image_processor, default_tokenizer
+from hf_imgcap.tokenizer_training import train_caption_tokenizer
+from hf_imgcap.training_data import CaptionPairs, collate_captions, tokenize_captions
+
+logger = logging.getLogger("train")
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+@dataclass
+class DataArguments:
+    dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "Hub dataset id (jxie/flickr8k format) or a local Flickr8k folder (original, Kaggle or Karpathy layout)."})
+    image_dir: str | None = field(default=None, metadata={"help": "Folder of the images, if not next to the caption file."})
+    cache_dir: str = field(default="~/.cache/hf_imgcap/features", metadata={"help": "Where the encoder feature cache lives (reused across runs)."})
+    max_train_images: int | None = field(default=None, metadata={"help": "Use only the first N training images (quick runs)."})
+    max_eval_images: int | None = field(default=None, metadata={"help": "Use only the first N validation and test images."})
+    verify_images: bool = field(default=True, metadata={"help": "Decode every image once at load time and skip the broken ones."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes for training batches."})
+
+
+@dataclass
+class ModelArguments:
+    encoder: str = field(default="microsoft/resnet-152", metadata={"help": "Pretrained encoder: Hub id or folder of a transformers ResNet, 'torchvision:resnet152', a .pth state dict, or 'random' (untrained ResNet-152)."})
+    tokenizer: str = field(default="bert-base-uncased", metadata={"help": "'bert-base-uncased' (bundled, offline), 'captions' (WordPiece trained on the training captions), or a tokenizer folder / Hub id."})
+    caption_vocab_size: int = field(default=8000, metadata={"help": "Vocabulary size for --tokenizer captions."})
+    embedding_size: int = field(default=512, metadata={"help": "Word embedding size."})
+    attention_size: int = field(default=512, metadata={"help": "Additive attention size."})
+    hidden_size: int = field(default=512, metadata={"help": "LSTM hidden size."})
+    dropout: float = field(default=0.5, metadata={"help": "Dropout before the output layer."})
+    attention_regularization: float = field(default=1.0, metadata={"help": "Weight λ of the doubly stochastic attention term."})
+    image_size: int = field(default=224, metadata={"help": "Center-crop size of the images (224 -> 7x7 regions)."})
+    max_caption_length: int = field(default=40, metadata={"help": "Captions are truncated to this many tokens ([CLS] and [SEP] included)."})
+
+
+@dataclass
+class TrainingArguments:
+    output_dir: str = field(default="outputs/show-attend-tell", metadata={"help": "The Hub-ready output folder (checkpoints/ and runs/ inside)."})
+    seed: int = field(default=42, metadata={"help": "Random seed (data order, dropout, initialisation)."})
+    num_epochs: int = field(default=120, metadata={"help": "Maximum number of epochs (early stopping usually ends sooner)."})
+    max_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimizer steps in total."})
+    batch_size: int = field(default=32, metadata={"help": "Captions per batch per process."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    learning_rate: float = field(default=4e-4, metadata={"help": "Adam learning rate of the decoder."})
+    encoder_learning_rate: float = field(default=1e-4, metadata={"help": "Adam learning rate of the encoder when fine-tuned."})
+    finetune_encoder: bool = field(default=False, metadata={"help": "Train the encoder too, from the images (no feature cache)."})
+    grad_clip: float = field(default=5.0, metadata={"help": "Clip the gradient norm to this value (0: off)."})
+    lr_decay_factor: float = field(default=0.8, metadata={"help": "Multiply the learning rates by this when validation BLEU-4 stalls."})
+    lr_decay_patience: int = field(default=8, metadata={"help": "Epochs without BLEU-4 improvement before decaying the learning rate."})
+    early_stopping_patience: int = field(default=20, metadata={"help": "Epochs without BLEU-4 improvement before stopping."})
+    mixed_precision: str = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16' (through Accelerate)."})
+    report_to: str = field(default="tensorboard", metadata={"help": "Tracker(s) for Accelerate, comma separated ('tensorboard', 'wandb', ...), or 'none'."})
+    eval_num_beams: int = field(default=3, metadata={"help": "Beam size for validation and test captions."})
+    eval_max_new_tokens: int = field(default=40, metadata={"help": "Longest caption generated during evaluation."})
+    eval_batch_size: int = field(default=32, metadata={"help": "Images per generation batch per process."})
+    checkpoint_every_steps: int = field(default=0, metadata={"help": "Also checkpoint every N optimizer steps (0: only at epoch ends)."})
+    checkpoints_to_keep: int = field(default=2, metadata={"help": "Newest checkpoints kept; older ones are deleted."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the newest complete checkpoint in output_dir/checkpoints."})
+    resume_from: str | None = field(default=None, metadata={"help": "Continue from this checkpoint folder (verified first)."})
+    max_nonfinite_steps: int = field(default=10, metadata={"help": "Stop after this many non-finite losses in a row (each is skipped)."})
+    blind: bool = field(default=False, metadata={"help": "Image-blind baseline: the same training with the image features zeroed."})
+    demo: bool = field(default=False, metadata={"help": "Offline demo: synthetic Flickr8k, random ResNet-152, image vs blind BLEU table."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the output folder to the Hub at the end."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository for --push_to_hub (user/name)."})
+
+
+# The demo: every real code path, sized to finish in minutes on 2 CPU cores without a network.
+DEMO_OVERRIDES = {
+    "dataset": None,  # written by the demo
+    "encoder": "random",
+    "tokenizer": "captions",
+    "caption_vocab_size": 300,
+    "embedding_size": 256,
+    "attention_size": 256,
+    "hidden_size": 256,
+    "dropout": 0.2,
+    "output_dir": "outputs/demo",
+    "num_epochs": 12,
+    "learning_rate": 2e-3,
+    "lr_decay_patience": 3,
+    "early_stopping_patience": 5,
+    "eval_num_beams": 3,
+    "eval_max_new_tokens": 20,
+    "report_to": "none",
+}
+DEMO_DATASET_SIZES = dict(num_train=500, num_val=60, num_test=60)
+
+
+# ---------------------------------------------------------------------------------------------- building blocks
+def build_processor(model_args, train_split, output_dir: Path, accelerator) -> ShowAttendTellProcessor:
+    """The processor, reused from an earlier run of this output_dir when there is one (resume)."""
+    saved = output_dir / "checkpoints" / "processor"
+    with accelerator.main_process_first():  # the main process builds and saves it; the others then load it
+        if not (saved / "processor_config.json").is_file():
+            processor = _new_processor(model_args, train_split)
+            if accelerator.is_main_process:
+                processor.save_pretrained(saved)
+        processor = ShowAttendTellProcessor.from_pretrained(saved)
+    return processor
+
+
+def _new_processor(model_args, train_split) -> ShowAttendTellProcessor:
+    if model_args.tokenizer == "bert-base-uncased":
+        tokenizer = default_tokenizer()
+    elif model_args.tokenizer == "captions":
+        captions = [caption for captions in train_split["captions"] for caption in captions]
+        tokenizer = train_caption_tokenizer(captions, vocab_size=model_args.caption_vocab_size)
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer)
+    return ShowAttendTellProcessor(
+        image_processor=default_image_processor(model_args.image_size),
+        tokenizer=tokenizer,
+        max_caption_length=model_args.max_caption_length,
+    )
+
+
+def build_model(model_args, tokenizer, finetune_encoder: bool) -> ShowAttendTellForConditionalGeneration:
+    config_kwargs = dict(
+        vocab_size=len(tokenizer),
+        embedding_size=model_args.embedding_size,
+        attention_size=model_args.attention_size,
+        hidden_size=model_args.hidden_size,
+        dropout=model_args.dropout,
+        attention_regularization=model_args.attention_regularization,
+        image_size=model_args.image_size,
+        freeze_encoder=not finetune_encoder,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        decoder_start_token_id=tokenizer.cls_token_id,
+    )
+    if model_args.encoder == "random":
+        return ShowAttendTellForConditionalGeneration(ShowAttendTellConfig(**config_kwargs))
+    return build_captioner(model_args.encoder, **config_kwargs)
+
+
+def subset(split, limit):
+    return split if limit is None or limit >= len(split) else split.select(range(limit))
+
+
+def training_state(progress: dict, scheduler) -> dict:
+    return {**progress, "scheduler": scheduler.state_dict()}
+
+
+# ---------------------------------------------------------------------------------------------- training
+def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to.split(","),
+        project_dir=str(output_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        cpu=not torch.cuda.is_available(),
+    )
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    log = logger.info if accelerator.is_main_process else logger.debug
+
+    # 1. Data: a DatasetDict of images + reference captions.
+    with accelerator.main_process_first():
+        dataset = load_caption_dataset(data_args.dataset, image_dir=data_args.image_dir, seed=args.seed, verify_images=data_args.verify_images)
+    train_split = subset(dataset["train"], data_args.max_train_images)
+    val_split, test_split = subset(dataset["validation"], data_args.max_eval_images), subset(dataset["test"], data_args.max_eval_images)
+    log("data: %d / %d / %d images (train / validation / test) from %s", len(train_split), len(val_split), len(test_split), data_args.dataset)
+
+    # 2. Processor and model.
+    processor = build_processor(model_args, train_split, output_dir, accelerator)
+    model = build_model(model_args, processor.tokenizer, args.finetune_encoder)
+    model.generation_config.num_beams = args.eval_num_beams
+    model.generation_config.max_new_tokens = args.eval_max_new_tokens
+
+    # 3. Encoder features, computed once per image (the encoder is frozen); statistics to standardise them.
+    cache_dir = Path(data_args.cache_dir).expanduser()
+    caches = {}
+    with accelerator.main_process_first():
+        for name, split in (("train", train_split), ("validation", val_split), ("test", test_split)):
+            caches[name] = build_feature_cache(
+                model, processor.image_processor, split, cache_dir, description=f"encoding {name} images",
+                show_progress=accelerator.is_main_process,
+            )
+    if not args.blind:
+        model.set_feature_statistics(*caches["train"].statistics())
+    feature_source = None if args.finetune_encoder else caches  # fine-tuning reads the images instead
+
+    # 4. Training pairs, optimizer, scheduler.
+    pairs, counts = tokenize_captions(train_split, processor.tokenizer, model_args.max_caption_length, valid_images=caches["train"].valid)
+    log("training pairs: %s", counts)
+    examples = (
+        CaptionPairs(pairs, features=caches["train"])
+        if feature_source
+        else CaptionPairs(pairs, images=train_split, image_processor=processor.image_processor)
+    )
+    loader = torch.utils.data.DataLoader(
+        examples,
+        batch_size=args.batch_size,
+        shuffle=True,
+        collate_fn=lambda items: collate_captions(items, processor.tokenizer.pad_token_id),
+        num_workers=data_args.num_workers,
+        generator=torch.Generator().manual_seed(args.seed),  # not the global RNG: resuming must not shift it
+    )
+    parameter_groups = [{"params": [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("encoder.")], "lr": args.learning_rate}]
+    if args.finetune_encoder:
+        parameter_groups.append({"params": list(model.encoder.parameters()), "lr": args.encoder_learning_rate})
+    optimizer = torch.optim.Adam(parameter_groups)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=args.lr_decay_factor, patience=args.lr_decay_patience - 1)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+
+    # 5. Resume: model, optimizer and RNG states from Accelerate; our progress and scheduler from JSON.
+    checkpoints = CheckpointManager(output_dir / "checkpoints", keep=args.checkpoints_to_keep)
+    progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_bleu_4": -1.0, "epochs_without_improvement": 0,
+                "nonfinite_in_a_row": 0, "nonfinite_total": 0, "history": []}
+    latest = Path(args.resume_from) if args.resume_from else checkpoints.latest() if args.resume else None
+    if latest is not None:
+        state = verify_checkpoint(latest)
+        accelerator.load_state(str(latest))
+        scheduler.load_state_dict(state.pop("scheduler"))
+        progress.update(state)
+        log("resumed from %s (epoch %d, step %d)", latest, progress["epoch"], progress["global_step"])
+    elif args.resume:
+        log("--resume: no checkpoint in %s yet, starting from scratch", checkpoints.folder)
+
+    def save_checkpoint():
+        # Every process writes its part (each its own RNG state) into one temporary folder; the main process then
+        # seals it with checksums and renames it into place, so a failure never leaves a half checkpoint.
+        temporary = checkpoints.folder / f".tmp-step_{progress['global_step']:08d}"
+        if accelerator.is_main_process:
+            checkpoints.start(progress["global_step"])
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(temporary))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            checkpoints.seal(temporary, progress["global_step"], training_state(progress, scheduler))
+        accelerator.wait_for_everyone()
+
+    hyperparameters = {k: v for a in (model_args, data_args, args) for k, v in dataclasses.asdict(a).items() if isinstance(v, (int, float, str, bool))}
+    accelerator.init_trackers("hf_imgcap", config=hyperparameters)  # on every process; only the main one starts trackers
+    evaluation = dict(tokenizer=processor.tokenizer, accelerator=accelerator, batch_size=args.eval_batch_size, blind=args.blind,
+                      image_processor=processor.image_processor, num_beams=args.eval_num_beams, max_new_tokens=args.eval_max_new_tokens,
+                      show_progress=False)
+    best_dir = output_dir / "checkpoints" / "best"
+
+    # 6. The loop.
+    stopped_by = None
+    with StopRequest() as stop:
+        for epoch in range(progress["epoch"], args.num_epochs):
+            progress["epoch"] = epoch
+            loader.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(loader, progress["step_in_epoch"]) if progress["step_in_epoch"] else loader
+            model.train()
+            bar = tqdm(total=len(loader), initial=progress["step_in_epoch"], desc=f"epoch {epoch + 1}/{args.num_epochs}",
+                       disable=not accelerator.is_main_process, unit="batch")
+            started, seen = time.perf_counter(), 0
+            loss_sum, loss_steps = 0.0, 0
+            for batch in batches:
+                batch.pop("image_index")
+                if args.blind:
+                    batch["encoder_hidden_states"].zero_()
+                num_targets = accelerator.reduce((batch["labels"][:, 1:] != -100).sum().to(accelerator.device), "sum")
+                with accelerator.accumulate(model):
+                    outputs = model(**batch, return_logits=False, num_items_in_batch=num_targets / accelerator.num_processes)
+                    # Decided together: every process skips the step if any process's loss is not finite.
+                    finite = accelerator.reduce((~torch.isfinite(outputs.loss.detach())).float(), "sum").item() == 0
+                    if finite:
+                        accelerator.backward(outputs.loss)
+                        if accelerator.sync_gradients and args.grad_clip > 0:
+                            accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
+                        optimizer.step()
+                    optimizer.zero_grad()
+                progress["step_in_epoch"] += 1
+                bar.update(1)
+                if not finite:  # skipped, counted; too many in a row stops the run with the last good checkpoint intact
+                    progress["nonfinite_in_a_row"] += 1
+                    progress["nonfinite_total"] += 1
+                    logger.warning("non-finite loss at step %d: step skipped (%d in a row)", progress["global_step"], progress["nonfinite_in_a_row"])
+                    if progress["nonfinite_in_a_row"] >= args.max_nonfinite_steps:
+                        last_good = checkpoints.latest()
+                        raise RuntimeError(
+                            f"{progress['nonfinite_in_a_row']} non-finite losses in a row: stopping. "
+                            + (f"The last good checkpoint is {last_good}; lower the learning rate or check the data, then --resume."
+                               if last_good else "There is no checkpoint yet; lower the learning rate or check the data.")
+                        )
+                    continue
+                progress["nonfinite_in_a_row"] = 0
+                if not accelerator.sync_gradients:
+                    continue
+                progress["global_step"] += 1
+                seen += len(batch["input_ids"]) * accelerator.num_processes * args.gradient_accumulation_steps
+                loss = outputs.loss.item()
+                loss_sum, loss_steps = loss_sum + loss, loss_steps + 1
+                bar.set_postfix(loss=f"{loss:.3f}", captions_per_s=f"{seen / (time.perf_counter() - started):.0f}")
+                accelerator.log({"train/loss": loss, "train/caption_loss": outputs.caption_loss.item(),
+                                 "train/lr": optimizer.param_groups[0]["lr"]}, step=progress["global_step"])
+                stop_now = accelerator.reduce(torch.tensor(float(stop.requested), device=accelerator.device), "max").item() > 0
+                out_of_steps = args.max_steps is not None and progress["global_step"] >= args.max_steps
+                if stop_now or (args.checkpoint_every_steps and progress["global_step"] % args.checkpoint_every_steps == 0):
+                    save_checkpoint()
+                if stop_now:
+                    stopped_by = stop.signal_name or "signal"
+                    break
+                if out_of_steps:
+                    break
+            bar.close()
+            if stopped_by or (args.max_steps is not None and progress["global_step"] >= args.max_steps and progress["step_in_epoch"] < len(loader)):
+                break
+
+            # End of epoch: caption the validation images, select on BLEU-4.
+            metrics, _ = evaluate_captioner(model, split=val_split, features=None if args.finetune_encoder else caches["validation"], meteor=False, **evaluation)
+            bleu_4 = metrics["bleu_4"]
+            scheduler.step(bleu_4)
+            improved = bleu_4 > progress["best_bleu_4"]
+            progress["epochs_without_improvement"] = 0 if improved else progress["epochs_without_improvement"] + 1
+            train_loss = loss_sum / max(loss_steps, 1)  # of this process's batches since the epoch (re)started
+            progress["history"].append({"epoch": epoch + 1, "step": progress["global_step"], "train_loss": round(train_loss, 4),
+                                        **{k: round(v, 4) for k, v in metrics.items()}})
+            log("epoch %d: validation BLEU-1..4 %s, CIDEr-D %.3f%s", epoch + 1,
+                " / ".join(f"{metrics[f'bleu_{n}']:.3f}" for n in range(1, 5)), metrics["cider"], " (best so far)" if improved else "")
+            accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=progress["global_step"])
+            if improved:
+                progress["best_bleu_4"] = bleu_4
+                if accelerator.is_main_process:
+                    accelerator.unwrap_model(model).save_pretrained(best_dir)
+                    processor.save_pretrained(best_dir)
+            progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
+            save_checkpoint()
+            if progress["epochs_without_improvement"] >= args.early_stopping_patience:
+                log("early stopping: no BLEU-4 improvement for %d epochs", progress["epochs_without_improvement"])
+                break
+            if args.max_steps is not None and progress["global_step"] >= args.max_steps:
+                break
+
+    accelerator.wait_for_everyone()
+    if stopped_by:
+        log("stopped by %s after step %d; continue with --resume", stopped_by, progress["global_step"])
+        accelerator.end_training()
+        return {"stopped_by": stopped_by, "global_step": progress["global_step"]}
+
+    # 7. The best model on the test split, with every metric; the Hub-ready folder.
+    final = ShowAttendTellForConditionalGeneration.from_pretrained(best_dir) if best_dir.is_dir() else accelerator.unwrap_model(model)
+    final.to(accelerator.device)
+    test_metrics, test_captions = evaluate_captioner(final, split=test_split, features=None if args.finetune_encoder else caches["test"], **evaluation)
+    results = {
+        "test": test_metrics,
+        "validation_best_bleu_4": progress["best_bleu_4"],
+        "history": progress["history"],
+        "train_loss_by_epoch": [entry["train_loss"] for entry in progress["history"]],
+        "steps": progress["global_step"],
+        "nonfinite_steps_skipped": progress["nonfinite_total"],
+        "eval": {"split": "test", "num_beams": args.eval_num_beams, "max_new_tokens": args.eval_max_new_tokens,
+                 "bleu": "COCO-caption BLEU (pycocoevalcap), closest reference length", "blind": args.blind},
+        "dataset": data_args.dataset,
+        "num_train_images": len(train_split),
+        "vocab_size": len(processor.tokenizer),
+    }
+    test_examples = [{"image_id": i, "caption": c, "references": list(r)}
+                     for i, c, r in zip(test_split["image_id"], test_captions, test_split["captions"])]
+    if accelerator.is_main_process:
+        final.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+        (output_dir / "metrics.json").write_text(json.dumps(results, indent=1))
+        (output_dir / "training_args.json").write_text(json.dumps(
+            {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), "training": dataclasses.asdict(args)}, indent=1))
+        (output_dir / "test_captions.json").write_text(json.dumps(test_examples, indent=1))
+        write_model_card(output_dir, results, model_args=dataclasses.asdict(model_args), training_args=dataclasses.asdict(args), data_args=dataclasses.asdict(data_args))
+        log("test (beam %d): %s", args.eval_num_beams, ", ".join(f"{k} {v:.4f}" for k, v in test_metrics.items() if isinstance(v, float)))
+        log("wrote the model, processor, metrics.json and model card to %s", output_dir)
+    accelerator.end_training()
+    results["test_examples"] = test_examples
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- the demo
+def run_demo(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
+    """Synthetic Flickr8k -> random ResNet-152 -> train -> BLEU beside an image-blind baseline."""
+    from hf_imgcap.synthetic import write_synthetic_flickr8k
+
+    started = time.perf_counter()
+    output_dir = Path(args.output_dir)
+    if data_args.dataset is None:
+        data_args.dataset = str(output_dir / "synthetic_flickr8k")
+        if not (Path(data_args.dataset) / "Flickr8k.token.txt").is_file():
+            write_synthetic_flickr8k(data_args.dataset, seed=args.seed, **DEMO_DATASET_SIZES)
+    if data_args.cache_dir == DataArguments.cache_dir:
+        data_args.cache_dir = str(output_dir / "feature_cache")
+    print(f"demo: synthetic Flickr8k-layout dataset in {data_args.dataset}; ResNet-152 with random weights (no pretrained weights offline)")
+
+    with_images = train(model_args, data_args, args)
+    if "test" not in with_images:
+        return with_images
+    blind_args = dataclasses.replace(args, blind=True, output_dir=str(output_dir / "blind_baseline"), resume=args.resume)
+    blind = train(model_args, data_args, blind_args)
+    if "test" not in blind:
+        return blind
+
+    names = [n for n in METRIC_LABELS if n in with_images["test"]]
+    header = f"{'test split (' + str(with_images['test']['num_images']) + ' images)':<28}" + "".join(f"{METRIC_LABELS[n][1]:>9}" for n in names)
+    print("\n" + header)
+    for label, result in (("with images", with_images), ("image-blind baseline", blind)):
+        print(f"{label:<28}" + "".join(f"{result['test'][n]:>9.3f}" for n in names))
+    print(f"\nBLEU-4 {with_images['test']['bleu_4']:.3f} with images vs {blind['test']['bleu_4']:.3f} blind "
+          f"(COCO-caption BLEU, beam {args.eval_num_beams})")
+    print("\nA few test images:")
+    for example, blind_example in list(zip(with_images["test_examples"], blind["test_examples"]))[:4]:
+        print(f"  {example['image_id']}: {example['caption']!r}   (blind: {blind_example['caption']!r}; "
+              f"a reference: {example['references'][0]!r})")
+    print(f"\nHub-ready folder: {output_dir}   (demo wall time {time.perf_counter() - started:.0f} s)")
+    return {"with_images": with_images, "blind": blind}
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def parse_args(argv=None):
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), description=__doc__)
+    model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    if args.demo:  # demo presets apply to every option left at its default
+        for target in (model_args, data_args, args):
+            for name, value in DEMO_OVERRIDES.items():
+                if hasattr(target, name) and getattr(target, name) == getattr(type(target), name):
+                    setattr(target, name, value)
+    return model_args, data_args, args
+
+
+def main(argv=None):
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stdout)
+    for noisy in ("httpx", "accelerate", "datasets", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    model_args, data_args, args = parse_args(argv)
+    if args.demo:
+        run_demo(model_args, data_args, args)
+    else:
+        train(model_args, data_args, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
