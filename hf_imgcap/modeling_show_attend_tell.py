@@ -74,7 +74,7 @@ class ShowAttendTellAttention(nn.Module):
         super().__init__()
         self.encoder_proj = nn.Linear(encoder_size, attention_size)
         self.decoder_proj = nn.Linear(hidden_size, attention_size)
-        self.score = nn.Linear(attention_size, 1)
+        self.score = nn.Linear(attention_size, 1, bias=False)  # a bias would be a no-op under the softmax
 
     def project_regions(self, features: torch.Tensor) -> torch.Tensor:
         # Once per image: (batch, regions, encoder_size) -> (batch, regions, attention_size).
@@ -161,8 +161,15 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         self._apply_encoder_freeze()
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained` (safetensors), plus the code files and `auto_map` for remote loading."""
+        """`PreTrainedModel.save_pretrained` (safetensors), plus the code files and `auto_map` for remote loading,
+        and the captioning pipeline (`custom_pipelines`), so that `pipeline(model=folder, trust_remote_code=True)` works."""
+        # Imported here, not at the top: only saving needs it. This relative import is also what puts
+        # pipeline_show_attend_tell.py next to the weights: transformers copies every file the modeling file
+        # imports relatively (custom_object_save), inside the base save, so push_to_hub uploads it too.
+        from .pipeline_show_attend_tell import custom_pipelines_config
+
         self.config.auto_map = dict(AUTO_MAP)
+        self.config.custom_pipelines = custom_pipelines_config()
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     # ------------------------------------------------------------------ encoder
@@ -357,6 +364,7 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         return_logits: bool = True,
+        num_items_in_batch: int | torch.Tensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> ShowAttendTellOutput:
@@ -369,6 +377,9 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         past_key_values / use_cache: step-by-step decoding with a [`ShowAttendTellState`] (as `generate()` does).
         return_logits: set False in training loops to skip materialising the `(batch, seq_len, vocab)`
             logits; the output layer then runs only where the loss needs it.
+        num_items_in_batch: divide the summed token cross-entropy by this instead of this batch's token
+            count (as transformers' Trainer does), so that several processes or accumulated micro-batches
+            weigh every token of the global batch equally.
         """
         if input_ids is None:
             raise ValueError("input_ids is required (start with the start token, e.g. [CLS] = %d)" % self.config.bos_token_id)
@@ -428,7 +439,10 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
                 scored_logits = packed_logits[scored]
             else:
                 scored_logits = self.lm_head(self.dropout(hiddens[scored]))
-            caption_loss = F.cross_entropy(scored_logits.float(), packed_target[scored])
+            if num_items_in_batch is None:
+                caption_loss = F.cross_entropy(scored_logits.float(), packed_target[scored])
+            else:
+                caption_loss = F.cross_entropy(scored_logits.float(), packed_target[scored], reduction="sum") / num_items_in_batch
             # Doubly stochastic attention: every region should receive about one unit of attention over the
             # steps that write the caption.
             attention_per_region = alphas.new_zeros(batch_size, alphas.shape[1]).index_add_(
@@ -532,6 +546,41 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         if want_attentions and not torch.is_tensor(outputs):
             outputs["attentions"] = self.attention_for_sequences(outputs.sequences, features, prompt_length=input_ids.shape[1])
         return outputs
+
+    @torch.no_grad()
+    def caption(self, images, processor, batch_size: int = 16, return_attentions: bool = False, **generate_kwargs):
+        """Captions for images (paths, PIL images or arrays; one or a list), the short path for notebooks.
+
+        `processor` is the model's `ShowAttendTellProcessor`; `generate_kwargs` go to `generate()` (e.g.
+        `num_beams=5`, `max_new_tokens=30`). Returns a list of strings, or with `return_attentions=True` a list of
+        dicts with `caption`, `tokens` (the generated word pieces) and `attentions` (`(len(tokens), h, w)`).
+        An image that cannot be read raises a `ValueError` naming it.
+        """
+        single = not isinstance(images, (list, tuple))
+        images = [images] if single else list(images)
+        side = math.isqrt(self.config.num_regions)
+        results = []
+        for start in range(0, len(images), batch_size):
+            pixel_values = processor(images=images[start : start + batch_size]).pixel_values.to(self.device)
+            if not return_attentions:
+                results.extend(processor.batch_decode(self.generate(pixel_values=pixel_values, **generate_kwargs)))
+                continue
+            out = self.generate(
+                pixel_values=pixel_values, output_attentions=True, return_dict_in_generate=True, **generate_kwargs
+            )
+            per_image = out.sequences.shape[0] // pixel_values.shape[0]
+            for row in range(0, out.sequences.shape[0], per_image):
+                generated = out.sequences[row, 1:]
+                special = set(processor.tokenizer.all_special_ids)
+                keep = [i for i, token in enumerate(generated.tolist()) if token not in special]
+                results.append(
+                    {
+                        "caption": processor.decode(out.sequences[row]),
+                        "tokens": processor.tokenizer.convert_ids_to_tokens(generated[keep].tolist()),
+                        "attentions": out.attentions[row, keep].reshape(len(keep), side, side).cpu(),
+                    }
+                )
+        return results[0] if single else results
 
     @torch.no_grad()
     def attention_for_sequences(self, sequences, features, prompt_length=1):
