@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -126,13 +127,18 @@ def test_two_process_ddp_equals_one_process_with_double_batch(data, tmp_path):
     )
     assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    double = subprocess.run(
+    launch = subprocess.Popen(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
          "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "train.py"),
          *tiny_args(data, tmp_path / "two", cache, *common, "--batch_size", "4")],
-        capture_output=True, text=True, timeout=600, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
     )
-    assert double.returncode == 0, double.stdout[-3000:] + double.stderr[-3000:]
+    try:
+        stdout, stderr = launch.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(launch.pid, signal.SIGKILL)  # the launcher and both ranks: never leave a hung rank behind
+        stdout, stderr = launch.communicate()
+    assert launch.returncode == 0, stdout[-3000:] + stderr[-3000:]
     # The single run used batch 8; the two ranks used 4 each (batch_size is per process).
     _, one = last_checkpoint_weights(tmp_path / "one")
     _, two = last_checkpoint_weights(tmp_path / "two")
