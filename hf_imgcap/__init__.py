@@ -2,6 +2,7 @@
 """hf-imgcap: Show, Attend and Tell image captioning, native to transformers / datasets / accelerate."""
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_show_attend_tell import ShowAttendTellConfig
 from .modeling_show_attend_tell import (
@@ -9,6 +10,7 @@ from .modeling_show_attend_tell import (
     ShowAttendTellPreTrainedModel,
     ShowAttendTellState,
 )
+from .pipeline_show_attend_tell import PIPELINE_TASK, ShowAttendTellCaptioningPipeline
 from .processing_show_attend_tell import ShowAttendTellProcessor
 
 __version__ = "0.1.0"
@@ -18,8 +20,16 @@ AutoConfig.register(ShowAttendTellConfig.model_type, ShowAttendTellConfig, exist
 AutoModel.register(ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(ShowAttendTellConfig, ShowAttendTellProcessor, exist_ok=True)
+# `pipeline("image-captioning", model=model, processor=processor)` for models in memory. Saved folders carry their
+# own entry (config.json `custom_pipelines`, with the pipeline file): `pipeline(model=folder, trust_remote_code=True)`.
+if PIPELINE_TASK not in PIPELINE_REGISTRY.supported_tasks:
+    PIPELINE_REGISTRY.register_pipeline(
+        PIPELINE_TASK, pipeline_class=ShowAttendTellCaptioningPipeline, pt_model=AutoModel, type="multimodal"
+    )
 
 __all__ = [
+    "PIPELINE_TASK",
+    "ShowAttendTellCaptioningPipeline",
     "ShowAttendTellConfig",
     "ShowAttendTellForConditionalGeneration",
     "ShowAttendTellPreTrainedModel",

@@ -159,6 +159,10 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         self.register_buffer("feature_scale", torch.ones(()))
         self.post_init()
         self._apply_encoder_freeze()
+        # Captions are short: without this, generate() warns and stops at 20 tokens, and image-text-to-text at 256.
+        # A saved generation_config.json (e.g. the settings a model was evaluated with) overrides it on loading.
+        if self.generation_config.max_new_tokens is None:
+            self.generation_config.max_new_tokens = 40
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained` (safetensors), plus the code files and `auto_map` for remote loading,

@@ -82,7 +82,11 @@ class ShowAttendTellProcessor(ProcessorMixin):
             raise ValueError("images is an empty list")
         return [load_image(image, self.max_image_pixels, describe(image, index)) for index, image in enumerate(images)]
 
-    def __call__(self, images=None, text=None, return_tensors="pt", max_length=None, **kwargs) -> BatchFeature:
+    def __call__(self, images=None, text=None, return_tensors="pt", max_length=None, padding="longest", **kwargs) -> BatchFeature:
+        # Unknown options are an error, not silently dropped: e.g. the image-text-to-text pipeline hands its call
+        # options to the processor, so `num_beams=3` there must not quietly mean greedy decoding.
+        if kwargs:
+            raise TypeError(f"ShowAttendTellProcessor got unexpected options {sorted(kwargs)} (generation options go to generate())")
         if images is None and text is None:
             raise ValueError("pass images=..., text=... or both")
         data = {}
@@ -93,9 +97,16 @@ class ShowAttendTellProcessor(ProcessorMixin):
                 text = [text]
             if len(text) == 0:
                 raise ValueError("text is an empty list")
+            if images is not None and all(caption == "" for caption in text):
+                # No prompt (the image-text-to-text pipeline passes text=""): the caption starts from the start
+                # token alone; "[CLS] [SEP]" would be a caption that has already ended.
+                rows = len(data["pixel_values"]) if len(text) == 1 else len(text)  # one "" serves every image
+                data["input_ids"] = [[self.tokenizer.cls_token_id]] * rows
+                data["attention_mask"] = [[1]] * rows
+                return BatchFeature(data=data, tensor_type=return_tensors)
             encoded = self.tokenizer(
                 list(text),
-                padding=kwargs.pop("padding", "longest"),
+                padding=padding,
                 truncation=True,
                 max_length=max_length or self.max_caption_length,
                 return_token_type_ids=False,

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -116,6 +117,12 @@ def test_help_documents_every_flag_and_each_is_accepted():
             assert got == expected, name
 
 
+def free_port() -> int:
+    with socket.socket() as probe:  # not the default 29500: another run on this machine may hold it
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.mark.skipif(os.cpu_count() is None, reason="needs processes")
 def test_two_process_ddp_equals_one_process_with_double_batch(data, tmp_path):
     """Real DDP: two gloo ranks on the CPU, launched the way users launch it."""
@@ -129,7 +136,7 @@ def test_two_process_ddp_equals_one_process_with_double_batch(data, tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     launch = subprocess.Popen(
         [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "train.py"),
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(REPO_ROOT / "train.py"),
          *tiny_args(data, tmp_path / "two", cache, *common, "--batch_size", "4")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
     )

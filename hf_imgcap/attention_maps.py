@@ -1,0 +1,145 @@
+# Copyright 2026 The hf-imgcap authors. Apache-2.0.
+"""The classic Show, Attend and Tell figure: where the model looked for each word it wrote. Pillow + NumPy only.
+
+Layout of the PNG written by `render_attention_map` (all sizes in pixels; see `grid_size`):
+
+* a grid of square panels of `panel_size`, `columns` per row (fewer when there are fewer panels), rows as
+  many as needed, `margin` between panels and around the grid, on a white background;
+* panel 0 is the image; panel i (1..n) is the image under the attention of word piece i as a heat map
+  (blue = little attention, red = most; scaled to each word's own maximum), with the word piece written
+  on a dark band at the top of the panel.
+
+The image shown is the square center crop the model saw (`crop_fraction` of the shorter side, 0.875 for the
+default ImageNet preprocessing), so each attention cell lies over the part of the image it describes.
+"""
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .image_loading import load_image
+
+PANEL_SIZE = 224
+COLUMNS = 5
+MARGIN = 4
+OVERLAY_OPACITY = 0.55  # how much of a panel is heat map; the rest is the image
+LABEL_HEIGHT_FRACTION = 0.13  # height of the word's band, relative to the panel
+
+# "jet"-like colour map: (position, RGB) anchors, interpolated linearly.
+_COLORMAP_ANCHORS = np.array([0.0, 0.125, 0.375, 0.625, 0.875, 1.0])
+_COLORMAP_COLORS = np.array(
+    [[0, 0, 128], [0, 0, 255], [0, 255, 255], [255, 255, 0], [255, 0, 0], [128, 0, 0]], dtype=np.float64
+)
+
+
+def grid_size(num_word_panels: int, panel_size: int = PANEL_SIZE, columns: int = COLUMNS, margin: int = MARGIN) -> tuple[int, int]:
+    """`(width, height)` of the PNG for `num_word_panels` words (the image panel comes on top of these)."""
+    panels = num_word_panels + 1
+    used_columns = min(columns, panels)
+    rows = math.ceil(panels / columns)
+    return used_columns * panel_size + (used_columns + 1) * margin, rows * panel_size + (rows + 1) * margin
+
+
+def render_attention_map(
+    image,
+    tokens: list[str],
+    attentions,
+    path: str | os.PathLike,
+    *,
+    panel_size: int = PANEL_SIZE,
+    columns: int = COLUMNS,
+    margin: int = MARGIN,
+    crop_fraction: float = 0.875,
+) -> tuple[Path, int]:
+    """Write the attention figure of one caption to `path` (a PNG) and return `(path, number of word panels)`.
+
+    Args:
+        image: the captioned image (path, PIL image or array).
+        tokens: the generated word pieces, in order (e.g. `model.caption(..., return_attentions=True)["tokens"]`).
+        attentions: `(len(tokens), h, w)` attention weights (tensor or array), one map per token.
+        crop_fraction: the share of the shorter side that the model's center crop keeps (1.0: the whole side).
+    """
+    maps = _as_maps(attentions, len(tokens))
+    if panel_size < 16 or columns < 1 or margin < 0:
+        raise ValueError(f"panel_size must be >= 16, columns >= 1 and margin >= 0 (got {panel_size}, {columns}, {margin})")
+    base = _center_crop(load_image(image), crop_fraction).resize((panel_size, panel_size), Image.Resampling.BICUBIC)
+    base_pixels = np.asarray(base, dtype=np.float64)
+
+    canvas = Image.new("RGB", grid_size(len(tokens), panel_size, columns, margin), "white")
+    canvas.paste(base, _panel_origin(0, panel_size, columns, margin))
+    font = _font(max(8, int(panel_size * LABEL_HEIGHT_FRACTION * 0.75)))
+    for index, (token, attention) in enumerate(zip(tokens, maps), start=1):
+        panel = _overlay(base_pixels, _upsample(attention, panel_size))
+        _write_label(panel, token, font)
+        canvas.paste(panel, _panel_origin(index, panel_size, columns, margin))
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path, format="PNG")
+    return path, len(tokens)
+
+
+def _as_maps(attentions, num_tokens: int) -> np.ndarray:
+    # Accepts torch tensors without importing torch here.
+    if hasattr(attentions, "detach"):
+        attentions = attentions.detach().float().cpu().numpy()
+    maps = np.asarray(attentions, dtype=np.float64)
+    if maps.ndim != 3 or maps.shape[0] != num_tokens:
+        raise ValueError(f"attentions must be (len(tokens)={num_tokens}, h, w), got shape {maps.shape}")
+    if not np.isfinite(maps).all():
+        raise ValueError("attentions contain NaN or infinite values")
+    return maps
+
+
+def _center_crop(image: Image.Image, fraction: float) -> Image.Image:
+    if not 0 < fraction <= 1:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {fraction}")
+    width, height = image.size
+    side = max(1, round(min(width, height) * fraction))
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+def _upsample(attention: np.ndarray, size: int) -> np.ndarray:
+    """`(h, w)` weights -> `(size, size)` in [0, 1], smooth (bicubic), scaled to this word's maximum."""
+    peak = attention.max()
+    scaled = attention / peak if peak > 0 else np.zeros_like(attention)
+    smooth = Image.fromarray(scaled.astype(np.float32)).resize((size, size), Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(smooth, dtype=np.float64), 0.0, 1.0)
+
+
+def _colormap(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> RGB floats in [0, 255]."""
+    return np.stack(
+        [np.interp(values, _COLORMAP_ANCHORS, _COLORMAP_COLORS[:, channel]) for channel in range(3)], axis=-1
+    )
+
+
+def _overlay(base_pixels: np.ndarray, heat: np.ndarray) -> Image.Image:
+    blended = (1 - OVERLAY_OPACITY) * base_pixels + OVERLAY_OPACITY * _colormap(heat)
+    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)  # scalable when Pillow has FreeType
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()  # Pillow's small bitmap font
+
+
+def _write_label(panel: Image.Image, text: str, font) -> None:
+    band_height = max(10, int(panel.height * LABEL_HEIGHT_FRACTION))
+    draw = ImageDraw.Draw(panel)
+    draw.rectangle((0, 0, panel.width, band_height), fill=(0, 0, 0))
+    draw.text((4, band_height / 2), text, fill=(255, 255, 255), font=font, anchor="lm")
+
+
+def _panel_origin(index: int, panel_size: int, columns: int, margin: int) -> tuple[int, int]:
+    row, column = divmod(index, columns)
+    return margin + column * (panel_size + margin), margin + row * (panel_size + margin)
+
+
+__all__ = ["COLUMNS", "MARGIN", "PANEL_SIZE", "grid_size", "render_attention_map"]

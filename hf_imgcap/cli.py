@@ -1,0 +1,332 @@
+# Copyright 2026 The hf-imgcap authors. Apache-2.0.
+"""`hf-imgcap`: caption images and evaluate captioners from a shell.
+
+    hf-imgcap caption photos/ dog.jpg --model path/or/repo --num-beams 5 --json
+    hf-imgcap evaluate --model path/or/repo --dataset path/to/flickr8k --split test
+
+Memory stays flat however many images there are: paths are found lazily, images are opened and preprocessed one
+batch at a time, and each result is written (and flushed) as soon as its batch is done.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .attention_maps import render_attention_map
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
+MAX_PATH_COLUMN = 60  # table mode: longer paths push their caption to the right instead of widening every row
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A problem the user can fix (missing model, no images, ...): one line on stderr, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-imgcap", description="Show, Attend and Tell image captioning (transformers-native)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    caption = commands.add_parser(
+        "caption",
+        help="caption images and folders of images",
+        description="Caption image files and the images in folders, in batches.",
+        epilog="Exit status: 0 if every image was captioned, 1 if some could not be read (each is reported on "
+        "stderr with the reason; the others are still captioned), 2 for a usage error (e.g. model not found, "
+        "no images found).",
+    )
+    caption.add_argument("images", nargs="+", metavar="IMAGES", help="image files and/or folders of images")
+    _add_model_arguments(caption)
+    caption.add_argument("--num-beams", type=_positive_int, default=5, help="beam width (default: 5; 1 = greedy)")
+    caption.add_argument("--max-new-tokens", type=_positive_int, default=30, help="longest caption in tokens (default: 30)")
+    caption.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch (default: 16)")
+    caption.add_argument("--recursive", action="store_true", help="also look for images in sub-folders")
+    caption.add_argument("--json", action="store_true", help='write JSON lines {"image": ..., "caption": ...} instead of a table')
+    caption.add_argument(
+        "--attention-map", metavar="DIR", type=Path,
+        help="also write, per image, DIR/<image name>_attention.png: the attention behind each word",
+    )
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a model on a dataset split (BLEU, METEOR, ROUGE-L, CIDEr)",
+        description="Caption every image of a dataset split by generation and score the captions against the "
+        "references (COCO-caption metrics).",
+    )
+    _add_model_arguments(evaluate)
+    evaluate.add_argument("--dataset", required=True, help="Hub dataset id or local folder (Flickr8k, Kaggle or Karpathy layout)")
+    evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"], help="(default: test)")
+    evaluate.add_argument("--num-beams", type=_positive_int, default=3, help="(default: 3)")
+    evaluate.add_argument("--max-new-tokens", type=_positive_int, default=40, help="(default: 40)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=32, help="(default: 32)")
+    evaluate.add_argument("--max-images", type=_positive_int, help="score only the first N images of the split")
+    evaluate.add_argument(
+        "--meteor", action=argparse.BooleanOptionalAction, default=None,
+        help="run METEOR (needs Java); default: when Java is found",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    return parser
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="PATH_OR_REPO", help="saved model folder or Hub repo id")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="run the code files of a model folder (only needed for models that are not hf-imgcap's own)",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- model
+def resolve_device(name: str | None):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available on this machine")
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def load_model_and_processor(model: str, device, trust_remote_code: bool = False):
+    """Our classes through the auto classes (registered by `import hf_imgcap`): no remote code needed."""
+    import hf_imgcap  # noqa: F401  registers the config, model and processor with the auto classes
+    from transformers import AutoModel, AutoProcessor
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # the "Loading weights" bar: noise next to ours
+
+    model = os.path.expanduser(model)
+    if _looks_like_a_path(model) and not Path(model).is_dir():
+        raise UsageError(f"model folder not found: {model}")
+    try:
+        loaded = AutoModel.from_pretrained(model, trust_remote_code=trust_remote_code)
+        processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:  # missing files, unknown repo, offline, not a captioning model
+        where = "the folder" if Path(model).is_dir() else "the Hub (no local folder of that name)"
+        raise UsageError(f"cannot load model {model!r} from {where}: {_first_line(error)}") from None
+    if not hasattr(loaded, "caption") or not hasattr(processor, "load_images"):
+        raise UsageError(f"{model!r} is not a Show, Attend and Tell captioner ({type(loaded).__name__})")
+    return loaded.to(device).eval(), processor
+
+
+def _looks_like_a_path(name: str) -> bool:
+    # Hub ids are "owner/name"; anything else (or anything that exists) is meant as a local folder, so that a
+    # mistyped folder gets "not found" at once rather than Hub retries.
+    return os.path.exists(name) or name.count("/") != 1 or name.startswith((".", "/")) or "\\" in name
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# ---------------------------------------------------------------------------------------------- images
+def iter_image_paths(inputs: Iterable[str], recursive: bool = False) -> Iterator[Path]:
+    """Files as given (even without an image extension: the user named them), then each folder's images, sorted.
+
+    A path that does not exist is yielded as well, so that it is reported as a failed image like the others.
+    Hidden files (".DS_Store", macOS "._name.jpg" resource forks) are skipped inside folders.
+    """
+    for item in inputs:
+        path = Path(item)
+        if not path.is_dir():
+            yield path
+            continue
+        walker = os.walk(path) if recursive else [(str(path), [], [e.name for e in os.scandir(path) if e.is_file()])]
+        for folder, subfolders, files in walker:
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))  # walk order = sorted
+            for name in sorted(files):
+                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                    yield Path(folder) / name
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# ---------------------------------------------------------------------------------------------- caption
+@dataclass
+class CaptionRun:
+    """Counts and output formatting of one `caption` command."""
+
+    as_json: bool
+    path_width: int
+    out: object = field(default_factory=lambda: sys.stdout)  # looked up when the run starts (tests swap it)
+    captioned: int = 0
+    failed: int = 0
+    _header_written: bool = False
+    _used_map_names: set = field(default_factory=set)
+
+    def write(self, path: Path, caption: str, attention_map: Path | None = None) -> None:
+        if self.as_json:
+            record = {"image": str(path), "caption": caption}
+            if attention_map is not None:
+                record["attention_map"] = str(attention_map)
+            line = json.dumps(record, ensure_ascii=False)
+        else:
+            if not self._header_written:
+                print(f"{'image':<{self.path_width}}  caption", file=self.out)
+                self._header_written = True
+            line = f"{str(path):<{self.path_width}}  {caption}"
+        print(line, file=self.out, flush=True)  # results appear as they are made
+        self.captioned += 1
+
+    def attention_map_path(self, folder: Path, image_path: Path) -> Path:
+        """`<stem>_attention.png`, with `-1`, `-2`, ... when two images share a stem (a.jpg, a.png, x/a.jpg)."""
+        name, counter = f"{image_path.stem}_attention.png", 0
+        while name in self._used_map_names:
+            counter += 1
+            name = f"{image_path.stem}_attention-{counter}.png"
+        self._used_map_names.add(name)
+        return folder / name
+
+
+def caption_command(args) -> int:
+    from tqdm.auto import tqdm
+
+    # One cheap pass over the names (no file is opened) for the progress bar's total and the table's width.
+    total, longest = 0, 0
+    for path in iter_image_paths(args.images, args.recursive):
+        total, longest = total + 1, max(longest, len(str(path)))
+    if total == 0:
+        raise UsageError(f"no images found in {' '.join(args.images)} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}"
+                         + ("" if args.recursive else "; use --recursive for sub-folders") + ")")
+    if args.attention_map is not None and args.attention_map.exists() and not args.attention_map.is_dir():
+        raise UsageError(f"--attention-map {args.attention_map}: exists and is not a folder")
+    model, processor = load_model_and_processor(args.model, resolve_device(args.device), args.trust_remote_code)
+    generate_kwargs = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}
+    run = CaptionRun(as_json=args.json, path_width=min(max(longest, len("image")), MAX_PATH_COLUMN))
+    crop = model_view_crop_fraction(processor.image_processor)
+
+    with tqdm(total=total, unit="image", desc="captioning", file=sys.stderr, disable=None) as progress:
+        for paths in batched(iter_image_paths(args.images, args.recursive), args.batch_size):
+            good_paths, images = _open_batch(paths, processor, run, progress)
+            if images:
+                _caption_batch(model, processor, good_paths, images, run, args.attention_map, crop, generate_kwargs)
+            progress.update(len(paths))
+
+    summary = f"captioned {run.captioned} of {total} images"
+    if run.failed:
+        summary += f"; {run.failed} could not be read (see above)"
+    print(f"hf-imgcap: {summary}", file=sys.stderr)
+    return EXIT_SOME_FAILED if run.failed else EXIT_OK
+
+
+def _caption_batch(model, processor, paths, images, run: CaptionRun, map_folder, crop: float, generate_kwargs) -> None:
+    """Caption one batch of opened images and write each result (and its attention figure) at once."""
+    if map_folder is None:
+        for path, caption in zip(paths, model.caption(images, processor, batch_size=len(images), **generate_kwargs)):
+            run.write(path, caption)
+        return
+    results = model.caption(images, processor, batch_size=len(images), return_attentions=True, **generate_kwargs)
+    for path, image, result in zip(paths, images, results):
+        target = run.attention_map_path(map_folder, path)
+        render_attention_map(image, result["tokens"], result["attentions"], target, crop_fraction=crop)
+        run.write(path, result["caption"], target)
+
+
+def _open_batch(paths: list[Path], processor, run: CaptionRun, progress) -> tuple[list[Path], list]:
+    """Open each image on its own, so that a bad one is reported and skipped instead of failing the batch."""
+    good_paths, images = [], []
+    for path in paths:
+        try:
+            images.extend(processor.load_images([str(path)]))
+            good_paths.append(path)
+        except ValueError as error:  # the message is "<path>: <reason>"
+            run.failed += 1
+            progress.write(f"hf-imgcap: skipped {error}", file=sys.stderr)
+    return good_paths, images
+
+
+def model_view_crop_fraction(image_processor) -> float:
+    """The share of the shorter side that the processor's center crop keeps (ConvNext-style `crop_pct`)."""
+    crop_pct = getattr(image_processor, "crop_pct", None)
+    shortest_edge = (getattr(image_processor, "size", None) or {}).get("shortest_edge")
+    if crop_pct and shortest_edge and shortest_edge < 384:  # ConvNext crops only below 384 pixels
+        return float(crop_pct)
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+def evaluate_command(args) -> int:
+    from accelerate import Accelerator
+
+    from .caption_datasets import load_caption_dataset
+    from .evaluation import evaluate_captioner
+
+    if _looks_like_a_path(args.dataset) and not Path(args.dataset).exists():  # before the slow loads
+        raise UsageError(f"dataset folder not found: {args.dataset}")
+    device = resolve_device(args.device)
+    model, processor = load_model_and_processor(args.model, device, args.trust_remote_code)
+    try:
+        split = load_caption_dataset(args.dataset)[args.split]
+    except (OSError, ValueError) as error:  # unreadable layout, empty split, unknown Hub dataset, offline
+        raise UsageError(f"cannot load dataset {args.dataset!r}: {_first_line(error)}") from None
+    if args.max_images is not None:
+        split = split.select(range(min(args.max_images, len(split))))
+
+    metrics, _ = evaluate_captioner(
+        model,
+        processor.tokenizer,
+        split,
+        image_processor=processor.image_processor,
+        accelerator=Accelerator(cpu=device.type == "cpu"),
+        batch_size=args.batch_size,
+        num_beams=args.num_beams,
+        max_new_tokens=args.max_new_tokens,
+        meteor=args.meteor,
+    )
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"{args.model} on {args.dataset} [{args.split}], {metrics['num_images']} images, "
+              f"beam {args.num_beams}, max {args.max_new_tokens} new tokens")
+        for name, value in metrics.items():
+            shown = value if isinstance(value, int) or not math.isfinite(value) else f"{value:.4f}"
+            print(f"  {name:<10} {shown}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> int:
+    """Run the `hf-imgcap` command line; returns the exit status (0 ok, 1 some images failed, 2 usage error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # --help (0) or an argparse error (2, message already printed)
+        return int(exit_request.code or 0)
+    command = {"caption": caption_command, "evaluate": evaluate_command}[args.command]
+    try:
+        return command(args)
+    except UsageError as error:
+        print(f"hf-imgcap: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("hf-imgcap: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

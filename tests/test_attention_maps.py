@@ -1,0 +1,86 @@
+"""The attention figure: one PNG per image, a grid of the image plus one heat-map panel per word piece."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_imgcap.attention_maps import COLUMNS, MARGIN, PANEL_SIZE, grid_size, render_attention_map
+
+from test_pipeline import save_captioner, write_test_images
+
+
+def panel(figure: np.ndarray, index: int, panel_size: int, columns: int, margin: int = MARGIN) -> np.ndarray:
+    """Pixels of panel `index` (0 = the image), from the documented layout."""
+    row, column = divmod(index, columns)
+    top, left = margin + row * (panel_size + margin), margin + column * (panel_size + margin)
+    return figure[top : top + panel_size, left : left + panel_size].astype(int)
+
+
+def test_grid_size_follows_the_documented_layout():
+    assert grid_size(0) == (PANEL_SIZE + 2 * MARGIN, PANEL_SIZE + 2 * MARGIN)  # the image alone
+    # 4 words + the image = 5 panels = one full row of COLUMNS (5); the 6th panel starts a second row.
+    assert COLUMNS == 5
+    assert grid_size(4) == (5 * PANEL_SIZE + 6 * MARGIN, PANEL_SIZE + 2 * MARGIN)
+    assert grid_size(5) == (5 * PANEL_SIZE + 6 * MARGIN, 2 * PANEL_SIZE + 3 * MARGIN)
+    assert grid_size(2, panel_size=50, columns=2, margin=1) == (2 * 50 + 3, 2 * 50 + 3)
+
+
+@pytest.mark.parametrize("num_tokens", [0, 1, 4, 5, 11])
+def test_one_panel_per_word_plus_the_image(tmp_path, num_tokens):
+    tokens = [f"w{i}" for i in range(num_tokens)]
+    attentions = torch.softmax(torch.randn(num_tokens, 7, 7), dim=-1)
+    image = Image.new("RGB", (90, 70), (30, 160, 60))
+    path, count = render_attention_map(image, tokens, attentions, tmp_path / "out" / "map.png", panel_size=40)
+    assert count == num_tokens and path == tmp_path / "out" / "map.png"
+    with Image.open(path) as figure:
+        assert figure.format == "PNG"
+        assert figure.size == grid_size(num_tokens, panel_size=40)
+
+
+def test_panels_show_the_image_then_each_words_attention(tmp_path):
+    size, columns = 64, 3
+    image = Image.new("RGB", (80, 64), (120, 120, 120))
+    attentions = np.zeros((2, 2, 2))
+    attentions[0, 0, 1] = 1.0  # word 1: top-right region
+    attentions[1, 1, 0] = 1.0  # word 2: bottom-left region
+    path, _ = render_attention_map(image, ["dog", "##s"], attentions, tmp_path / "map.png", panel_size=size, columns=columns)
+    figure = np.asarray(Image.open(path).convert("RGB"))
+    assert (panel(figure, 0, size, columns) == 120).all()  # panel 0: the (cropped, resized) image itself
+    assert (figure[:MARGIN] == 255).all()  # white margin
+
+    def redness(pixels):
+        return (pixels[..., 0] - pixels[..., 2]).mean()
+
+    half = size // 2
+    first, second = panel(figure, 1, size, columns), panel(figure, 2, size, columns)
+    # Below the word's label band: the attended quadrant is hot (red), the opposite one cold (blue).
+    assert redness(first[half // 2 : half, half:]) > redness(first[half:, :half]) + 50
+    assert redness(second[half:, :half]) > redness(second[half // 2 : half, half:]) + 50
+    # The word is written on a dark band at the top: white text pixels on black.
+    band = first[: size // 8]
+    assert (band.sum(-1) == 0).mean() > 0.5 and (band.min(-1) > 200).any()
+
+
+def test_with_the_models_own_attentions(tmp_path):
+    model, processor = save_captioner(tmp_path / "model")
+    image_paths = write_test_images(tmp_path / "images")
+    results = model.caption(image_paths, processor, return_attentions=True, num_beams=3, max_new_tokens=6)
+    for image_path, result in zip(image_paths, results):
+        assert result["attentions"].shape == (len(result["tokens"]), 2, 2)  # the tiny model's 2×2 regions
+        path, count = render_attention_map(image_path, result["tokens"], result["attentions"], tmp_path / f"{image_path.stem}.png")
+        assert count == len(result["tokens"])
+        with Image.open(path) as figure:
+            assert figure.size == grid_size(count)
+    assert sum(len(result["tokens"]) for result in results) > 0
+
+
+def test_mismatched_inputs_are_refused(tmp_path):
+    image = Image.new("RGB", (64, 64))
+    with pytest.raises(ValueError, match="len\\(tokens\\)=2"):
+        render_attention_map(image, ["a", "b"], np.ones((3, 2, 2)) / 4, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="NaN"):
+        render_attention_map(image, ["a"], np.full((1, 2, 2), np.nan), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="missing.jpg"):
+        render_attention_map(tmp_path / "missing.jpg", ["a"], np.ones((1, 2, 2)) / 4, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
