@@ -242,7 +242,7 @@ def test_builtin_image_text_to_text_pipeline(saved):
     """transformers' own pipeline: `text=""` (a caption has no prompt), generation options via `generate_kwargs`.
 
     Call-time keywords other than `max_new_tokens` / `generate_kwargs` go to the *processor* in this pipeline, not
-    to generate(): `pipe(image, text="", num_beams=3)` does not beam-search.
+    to generate(): our processor refuses them, so `pipe(image, text="", num_beams=3)` fails loudly.
     """
     model, processor, folder, paths = saved
     pipe = pipeline("image-text-to-text", model=str(folder), trust_remote_code=True)
@@ -252,12 +252,9 @@ def test_builtin_image_text_to_text_pipeline(saved):
     short = pipe(str(paths[0]), text="", max_new_tokens=2, return_tensors=True)[0]["generated_token_ids"]
     assert len(prompt_ids[0]) < len(short) <= len(prompt_ids[0]) + 2
 
-    if prompt_ids != [[model.config.bos_token_id]]:
-        pytest.xfail(
-            f'the processor encodes text="" as {prompt_ids} ([CLS] [SEP]): the decoder then continues a caption '
-            "that has already ended, so captions differ from generate(). Needs the processor to encode an empty "
-            "text as the start token alone."
-        )
+    assert prompt_ids == [[model.config.bos_token_id]]  # no prompt: the caption starts from [CLS] alone
+    with pytest.raises(TypeError, match="num_beams"):  # a generation option in the wrong place is an error
+        pipe(str(paths[0]), text="", num_beams=3)
     expected = one_by_one(model, processor, paths, **BEAM)
     assert out == [{"input_text": "", "generated_text": expected[0]}]
     assert [r["generated_text"] for r in pipe([str(p) for p in paths], text=[""] * 3, generate_kwargs=BEAM)] == expected
