@@ -52,7 +52,8 @@ def ours(vocab):
     )
     torch.manual_seed(0)
     model = ShowAttendTellForConditionalGeneration(config).train()
-    return model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=4e-4)
+    # As train.py does: the fused Adam kernel (one pass over the 31 M decoder parameters instead of several).
+    return model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=4e-4, fused=True)
 
 
 def step_ours(model, optimizer, data, dtype=None):

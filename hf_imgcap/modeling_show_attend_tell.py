@@ -5,6 +5,7 @@ Only same-folder relative imports here: `save_pretrained` copies this file next 
 `AutoModel.from_pretrained(folder, trust_remote_code=True)` works without the package installed.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -65,6 +66,92 @@ class ShowAttendTellState:
 
     def __len__(self):
         return self.hidden.shape[0]
+
+
+class _StepLinear(torch.autograd.Function):
+    """`x @ weight.T` for one time step whose weight gradient is left to `_DeferredWeightGrad`: backward only
+    returns the input gradient and records `(x, grad)`. Per-step weight gradients have an inner dimension of one
+    batch (≤ 32) and must be summed over the steps; one matmul over all steps at the end is several times faster."""
+
+    @staticmethod
+    def forward(ctx, x, weight, records):
+        # Custom functions are not autocast: follow the autocast dtype (e.g. bf16) by hand, as F.linear would.
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        ctx.input_dtype = x.dtype
+        x, weight = x.to(dtype), weight.to(dtype)
+        ctx.save_for_backward(x, weight)
+        ctx.records = records
+        return x @ weight.t()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, weight = ctx.saved_tensors
+        grad_output = grad_output.to(weight.dtype)
+        ctx.records.append((x, grad_output))
+        return (grad_output @ weight).to(ctx.input_dtype), None, None
+
+
+class _DeferredWeightGrad(torch.autograd.Function):
+    """Identity on `anchor` (the recurrence's initial state) that returns `weight`'s gradient from everything the
+    `_StepLinear` calls recorded. Every step depends on the initial state, so backpropagation reaches this node
+    only after all steps have recorded their part."""
+
+    @staticmethod
+    def forward(ctx, anchor, weight, records):
+        ctx.records = records
+        ctx.weight_dtype = weight.dtype
+        return anchor.view_as(anchor)
+
+    @staticmethod
+    def backward(ctx, grad_anchor):
+        if not ctx.records:  # no step reached the loss
+            return grad_anchor, None, None
+        inputs = torch.cat([x for x, _ in ctx.records])
+        grads = torch.cat([g for _, g in ctx.records])
+        ctx.records.clear()
+        return grad_anchor, (grads.t() @ inputs).to(ctx.weight_dtype), None
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T + bias` against `targets`, for training.
+
+    Same value and gradients as `F.cross_entropy(F.linear(...), reduction="sum")`, with less memory traffic over
+    the `(tokens, vocab)` logits, the largest tensor of a step: no log-probabilities are materialised, and the
+    backward turns the saved logits into softmax − one-hot in place.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets):
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype)
+        hidden, weight, bias = hidden.to(dtype), weight.to(dtype), bias.to(dtype)
+        logits = torch.addmm(bias, hidden, weight.t()).float()  # the loss in fp32, as autocast does
+        log_normalizer = torch.logsumexp(logits, dim=-1)
+        loss = (log_normalizer - logits.gather(1, targets.unsqueeze(1)).squeeze(1)).sum()
+        ctx.save_for_backward(hidden, weight, logits, log_normalizer, targets)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        hidden, weight, logits, log_normalizer, targets = ctx.saved_tensors
+        grad = logits.sub_(log_normalizer.unsqueeze(1)).exp_()  # softmax, in place of the logits
+        grad[torch.arange(len(targets), device=grad.device), targets] -= 1.0
+        grad = grad.mul_(grad_loss).to(weight.dtype)
+        hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        return (grad @ weight).to(hidden_dtype), (grad.t() @ hidden).to(weight_dtype), grad.sum(0).to(bias_dtype), None
+
+
+class _RecordingProjection:
+    """A per-step `x @ weight.T` whose weight gradient `_DeferredWeightGrad` computes from `records`."""
+
+    def __init__(self, weight):
+        self.weight = weight.detach().contiguous()  # one contiguous copy per forward, not a strided read per step
+        self.records = []
+
+    def __call__(self, x):
+        return _StepLinear.apply(x, self.weight, self.records)
 
 
 class ShowAttendTellAttention(nn.Module):
@@ -328,24 +415,34 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         embedding_size, feature_size = self.config.embedding_size, self.config.encoder_hidden_size
         attention_size = self.config.attention_size
 
-        lstm_w_embed = self.lstm.weight_ih[:, :embedding_size]
-        lstm_w_context = self.lstm.weight_ih[:, embedding_size:]
+        # split, not two slices: its backward concatenates the two gradients instead of zero-filling twice.
+        lstm_w_embed, lstm_w_context = self.lstm.weight_ih.split([embedding_size, feature_size], dim=1)
+        # Time-major, so that each step reads (and backpropagates into) its own slice, not the whole tensor.
         embed_gates = F.linear(self.embed_tokens(input_ids), lstm_w_embed, self.lstm.bias_ih + self.lstm.bias_hh)
+        embed_gates = embed_gates.transpose(0, 1).unbind(0)
         hidden_weight = torch.cat([self.attention.decoder_proj.weight, self.context_gate.weight, self.lstm.weight_hh])
         hidden_bias = torch.cat(
             [self.attention.decoder_proj.bias, self.context_gate.bias, self.lstm.weight_hh.new_zeros(4 * hidden.shape[1])]
         )
+        if torch.is_grad_enabled() and hidden_weight.requires_grad and lstm_w_context.requires_grad:
+            # Training: the two per-step weight gradients are computed once, when backprop reaches h0.
+            project_hidden, project_context = _RecordingProjection(hidden_weight), _RecordingProjection(lstm_w_context)
+            hidden = _DeferredWeightGrad.apply(hidden, hidden_weight, project_hidden.records)
+            hidden = _DeferredWeightGrad.apply(hidden, lstm_w_context, project_context.records)
+        else:
+            project_hidden = functools.partial(F.linear, weight=hidden_weight)
+            project_context = functools.partial(F.linear, weight=lstm_w_context)
 
         active_per_step = (lengths.unsqueeze(0) > torch.arange(int(lengths[0]), device=lengths.device).unsqueeze(1)).sum(1)
         hiddens, alphas = [], []
         for position, active in enumerate(active_per_step.tolist()):
             hidden, cell = hidden[:active], cell[:active]
-            query, gate, recurrent = F.linear(hidden, hidden_weight, hidden_bias).split(
+            query, gate, recurrent = (project_hidden(hidden) + hidden_bias).split(
                 [attention_size, feature_size, 4 * hidden.shape[1]], dim=-1
             )
             alpha = self.attention.weights(state.projected_features[:active], query)
             context = torch.bmm(alpha.unsqueeze(1), features[:active]).squeeze(1) * torch.sigmoid(gate)
-            gates = embed_gates[:active, position] + F.linear(context, lstm_w_context) + recurrent
+            gates = embed_gates[position][:active] + project_context(context) + recurrent
             in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=-1)
             cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
             hidden = torch.sigmoid(out_gate) * torch.tanh(cell)
@@ -438,15 +535,15 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         if target is not None:
             packed_target = target[rows, positions]
             scored = packed_target != -100
+            scored_target = packed_target[scored]
             if return_logits:
                 packed_logits = self.lm_head(self.dropout(hiddens))
-                scored_logits = packed_logits[scored]
+                summed = F.cross_entropy(packed_logits[scored].float(), scored_target, reduction="sum")
+            elif torch.is_grad_enabled():  # training: the output layer and the loss in one pass
+                summed = _LinearCrossEntropy.apply(self.dropout(hiddens[scored]), self.lm_head.weight, self.lm_head.bias, scored_target)
             else:
-                scored_logits = self.lm_head(self.dropout(hiddens[scored]))
-            if num_items_in_batch is None:
-                caption_loss = F.cross_entropy(scored_logits.float(), packed_target[scored])
-            else:
-                caption_loss = F.cross_entropy(scored_logits.float(), packed_target[scored], reduction="sum") / num_items_in_batch
+                summed = F.cross_entropy(self.lm_head(self.dropout(hiddens[scored])).float(), scored_target, reduction="sum")
+            caption_loss = summed / (scored_target.numel() if num_items_in_batch is None else num_items_in_batch)
             # Doubly stochastic attention: every region should receive about one unit of attention over the
             # steps that write the caption.
             attention_per_region = alphas.new_zeros(batch_size, alphas.shape[1]).index_add_(

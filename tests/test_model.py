@@ -83,6 +83,35 @@ def test_teacher_forced_logits_equal_step_by_step_decoding():
     torch.testing.assert_close(out.loss, out.caption_loss + out.attention_loss)
 
 
+def test_fast_training_path_has_the_gradients_of_step_by_step_decoding():
+    """The training forward (fused projections, shrinking batch, deferred weight gradients) must give the same
+    gradient as the plain reference step, for every trainable parameter."""
+    model = tiny_model(dropout=0.0).train()
+    ids, mask, labels = ragged_batch()
+    features = torch.randn(3, 4, 64)
+    fast = model(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels, return_logits=False)
+    fast.loss.backward()
+    fast_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+
+    state, logits, alphas = None, [], []
+    for position in range(ids.shape[1]):
+        step = model(input_ids=ids[:, position : position + 1], encoder_hidden_states=features if state is None else None,
+                     past_key_values=state, use_cache=True, output_attentions=True)
+        state = step.past_key_values
+        logits.append(step.logits[:, 0])
+        alphas.append(step.attentions[:, 0])
+    logits, alphas = torch.stack(logits, 1), torch.stack(alphas, 1)
+    scored = torch.zeros_like(mask, dtype=torch.bool)
+    scored[:, :-1] = mask[:, 1:].bool()
+    caption_loss = torch.nn.functional.cross_entropy(logits[scored], ids[:, 1:][mask[:, 1:].bool()])
+    attention_loss = ((1 - (alphas * scored[..., None]).sum(1)) ** 2).mean()
+    (caption_loss + attention_loss).backward()
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(fast_grads[name], parameter.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_loss_does_not_depend_on_padding_and_skipping_logits_changes_nothing():
     model = tiny_model()
     ids, mask, labels = ragged_batch()
