@@ -42,24 +42,28 @@ class ShowAttendTellOutput(ModelOutput):
 class ShowAttendTellState:
     """Recurrent decoding state carried by `generate()` in `past_key_values`.
 
-    Holds the image features and their attention projection (computed once per image) next to the
-    LSTM state, so that later steps need neither `pixel_values` nor a re-encoding.
+    Holds the image features and their attention projection (computed once per image, kept once per image)
+    next to the LSTM state of every caption being decoded: `rows_per_image` consecutive rows (beams, returned
+    sequences) share an image, so later steps need neither `pixel_values`, nor a re-encoding, nor a copy of the
+    features per beam.
     """
 
-    _tensor_names = ("features", "projected_features", "hidden", "cell")
-
-    def __init__(self, features, projected_features, hidden, cell, seen_tokens=0):
-        self.features = features
-        self.projected_features = projected_features
-        self.hidden = hidden
+    def __init__(self, features, projected_features, hidden, cell, rows_per_image=1, seen_tokens=0):
+        self.features = features  # (images, regions, channels)
+        self.projected_features = projected_features  # (images, regions, attention)
+        self.hidden = hidden  # (images * rows_per_image, hidden)
         self.cell = cell
+        self.rows_per_image = rows_per_image
         self.seen_tokens = seen_tokens
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
-        """Beam search: keep the rows of the surviving beams (in place)."""
-        for name in self._tensor_names:
-            tensor = getattr(self, name)
-            setattr(self, name, tensor.index_select(0, beam_idx.to(tensor.device)))
+        """Beam search: keep the rows of the surviving beams (in place). Beams never move between images."""
+        beam_idx = beam_idx.to(self.hidden.device)
+        rows = torch.arange(len(beam_idx), device=beam_idx.device)
+        if not torch.equal(beam_idx // self.rows_per_image, rows // self.rows_per_image):
+            raise ValueError("reorder_cache: a beam index moves a caption to another image's features")
+        self.hidden = self.hidden.index_select(0, beam_idx)
+        self.cell = self.cell.index_select(0, beam_idx)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
@@ -172,10 +176,15 @@ class ShowAttendTellAttention(nn.Module):
         return torch.softmax(self.score(energy).squeeze(-1), dim=-1)
 
     def forward(self, features, projected_features, hidden):
-        """One query: returns the context vector `(batch, encoder_size)` and the weights `(batch, regions)`."""
-        alpha = self.weights(projected_features, self.decoder_proj(hidden))
-        context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)
-        return context, alpha
+        """One query per caption: the context vectors `(captions, encoder_size)` and weights `(captions, regions)`.
+        `features` / `projected_features` hold one row per image; each image has `captions / images`
+        consecutive captions (e.g. its beams)."""
+        images = features.shape[0]
+        query = self.decoder_proj(hidden).view(images, -1, 1, self.decoder_proj.out_features)
+        energy = torch.tanh(projected_features.unsqueeze(1) + query)  # (images, captions per image, regions, attention)
+        alpha = torch.softmax(self.score(energy).squeeze(-1), dim=-1)
+        context = torch.bmm(alpha, features)  # (images, captions per image, channels)
+        return context.flatten(0, 1), alpha.flatten(0, 1)
 
 
 class ShowAttendTellPreTrainedModel(PreTrainedModel):
@@ -365,14 +374,15 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         self.feature_scale.fill_(scale)
 
     # ------------------------------------------------------------------ decoder
-    def _initial_state(self, features) -> ShowAttendTellState:
+    def _initial_state(self, features, rows_per_image: int = 1) -> ShowAttendTellState:
         features = self._standardize_features(features)
         mean_feature = features.mean(dim=1)
         return ShowAttendTellState(
             features=features,
             projected_features=self.attention.project_regions(features),
-            hidden=self.init_hidden(mean_feature),
-            cell=self.init_cell(mean_feature),
+            hidden=self.init_hidden(mean_feature).repeat_interleave(rows_per_image, dim=0),
+            cell=self.init_cell(mean_feature).repeat_interleave(rows_per_image, dim=0),
+            rows_per_image=rows_per_image,
         )
 
     def _decode_step(self, token_ids, state: ShowAttendTellState):
@@ -386,7 +396,7 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
 
     def _decode_with_cache(self, input_ids, features, state):
         if state is None:
-            state = self._initial_state(features)
+            state = self._initial_state(features, rows_per_image=input_ids.shape[0] // features.shape[0])
         hiddens, alphas = [], []
         for position in range(input_ids.shape[1]):
             hidden, alpha = self._decode_step(input_ids[:, position], state)
@@ -471,7 +481,8 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
     ) -> ShowAttendTellOutput:
         r"""
         pixel_values (`(batch, 3, H, W)`): images from the processor. Or pass `encoder_hidden_states`
-            (`(batch, regions, channels)`, e.g. from the feature cache or `get_image_features`).
+            (`(batch, regions, channels)`, e.g. from the feature cache or `get_image_features`). There may be
+            fewer images than captions: k captions per image, in consecutive rows of `input_ids`.
         input_ids (`(batch, seq_len)`): captions starting with the start token ([CLS]); right-padded.
         attention_mask: 1 for real tokens; if omitted, tokens equal to `pad_token_id` are padding.
         labels: usually `input_ids` with padding set to -100; position t is scored against label t+1.
@@ -493,7 +504,7 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
             features = None
             if past_key_values is None:
                 features = self._features_from_inputs(pixel_values, encoder_hidden_states)
-                self._check_batch(features, input_ids)
+                self._check_batch(features, input_ids, allow_several_per_image=True)
             logits, alphas, state = self._decode_with_cache(input_ids, features, past_key_values)
             loss = caption_loss = attention_loss = None
             if labels is not None:
@@ -508,7 +519,9 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
             )
 
         features = self._features_from_inputs(pixel_values, encoder_hidden_states)
-        self._check_batch(features, input_ids)
+        self._check_batch(features, input_ids, allow_several_per_image=True)
+        if features.shape[0] != input_ids.shape[0]:  # consecutive captions of the same image
+            features = features.repeat_interleave(input_ids.shape[0] // features.shape[0], dim=0)
         lengths = self._caption_lengths(input_ids, attention_mask)
         batch_size, seq_len = input_ids.shape
 
@@ -577,9 +590,10 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
             raise ValueError(f"{name} contains token id {int(ids[bad][0])} outside the vocabulary (0..{vocab_size - 1})")
 
     @staticmethod
-    def _check_batch(features, input_ids):
-        if features.shape[0] != input_ids.shape[0]:
-            raise ValueError(f"{features.shape[0]} images but {input_ids.shape[0]} captions in input_ids")
+    def _check_batch(features, input_ids, allow_several_per_image=False):
+        images, captions = features.shape[0], input_ids.shape[0]
+        if captions != images and not (allow_several_per_image and captions % images == 0):
+            raise ValueError(f"{images} images but {captions} captions in input_ids")
 
     def _caption_lengths(self, input_ids, attention_mask):
         if attention_mask is None:
@@ -614,6 +628,13 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
             return {"input_ids": input_ids[:, -1:], "past_key_values": past_key_values, "use_cache": True}
         # First step, or no cache: the whole prefix, with the (already encoded) images.
         return {"input_ids": input_ids, "encoder_hidden_states": encoder_hidden_states, "use_cache": use_cache}
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        # Beams and returned sequences of an image share its features: keep one copy per image, not one per beam.
+        features = model_kwargs.pop("encoder_hidden_states", None)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
+        model_kwargs["encoder_hidden_states"] = features
+        return input_ids, model_kwargs
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, num_new_tokens)
