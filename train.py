@@ -32,7 +32,8 @@ from hf_imgcap.caption_datasets import DEFAULT_DATASET, load_caption_dataset
 from hf_imgcap.checkpointing import CheckpointManager, verify_checkpoint
 from hf_imgcap.evaluation import evaluate_captioner
 from hf_imgcap.feature_cache import build_feature_cache
-from hf_imgcap.hub import METRIC_LABELS, write_model_card
+from hf_imgcap.attention_maps import render_attention_map
+from hf_imgcap.hub import METRIC_LABELS, push_to_hub, write_model_card
 from hf_imgcap.preemption import StopRequest
 from hf_imgcap.pretrained_encoder import build_captioner
 from hf_imgcap.processing_show_attend_tell import default_image_processor, default_tokenizer
@@ -171,6 +172,12 @@ def build_model(model_args, tokenizer, finetune_encoder: bool) -> ShowAttendTell
     return build_captioner(model_args.encoder, **config_kwargs)
 
 
+def write_attention_example(model, processor, image, path: Path, num_beams: int):
+    """The Show-Attend-Tell picture for one test image: where the model looked for each word it wrote."""
+    result = model.caption(image, processor=processor, return_attentions=True, num_beams=num_beams)
+    render_attention_map(image, result["tokens"], result["attentions"], path)
+
+
 def subset(split, limit):
     return split if limit is None or limit >= len(split) else split.select(range(limit))
 
@@ -181,6 +188,8 @@ def training_state(progress: dict, scheduler) -> dict:
 
 # ---------------------------------------------------------------------------------------------- training
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id user/name")  # before hours of training, not after
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -263,14 +272,20 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         # Every process writes its part (each its own RNG state) into one temporary folder; the main process then
         # seals it with checksums and renames it into place, so a failure never leaves a half checkpoint.
         temporary = checkpoints.folder / f".tmp-step_{progress['global_step']:08d}"
-        if accelerator.is_main_process:
-            checkpoints.start(progress["global_step"])
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(temporary))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            checkpoints.seal(temporary, progress["global_step"], training_state(progress, scheduler))
-        accelerator.wait_for_everyone()
+        try:
+            if accelerator.is_main_process:
+                checkpoints.start(progress["global_step"])
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(temporary))
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                checkpoints.seal(temporary, progress["global_step"], training_state(progress, scheduler))
+            accelerator.wait_for_everyone()
+        except OSError as error:  # e.g. a full disk: say what is safe before stopping
+            raise RuntimeError(
+                f"could not write the checkpoint of step {progress['global_step']} ({error}); the newest complete "
+                f"checkpoint, {checkpoints.latest()}, is intact: free space, then --resume"
+            ) from error
 
     hyperparameters = {k: v for a in (model_args, data_args, args) for k, v in dataclasses.asdict(a).items() if isinstance(v, (int, float, str, bool))}
     accelerator.init_trackers("hf_imgcap", config=hyperparameters)  # on every process; only the main one starts trackers
@@ -400,9 +415,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         (output_dir / "training_args.json").write_text(json.dumps(
             {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), "training": dataclasses.asdict(args)}, indent=1))
         (output_dir / "test_captions.json").write_text(json.dumps(test_examples, indent=1))
+        write_attention_example(final, processor, test_split[0]["image"], output_dir / "attention_example.png", args.eval_num_beams)
         write_model_card(output_dir, results, model_args=dataclasses.asdict(model_args), training_args=dataclasses.asdict(args), data_args=dataclasses.asdict(data_args))
         log("test (beam %d): %s", args.eval_num_beams, ", ".join(f"{k} {v:.4f}" for k, v in test_metrics.items() if isinstance(v, float)))
-        log("wrote the model, processor, metrics.json and model card to %s", output_dir)
+        log("wrote the model, processor, metrics.json, model card and attention_example.png to %s", output_dir)
+        if args.push_to_hub:
+            push_to_hub(output_dir, args.hub_model_id)
+            log("pushed %s to https://huggingface.co/%s", output_dir, args.hub_model_id)
     accelerator.end_training()
     results["test_examples"] = test_examples
     return results

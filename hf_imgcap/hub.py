@@ -29,7 +29,8 @@ def _dataset_name(dataset: str) -> str:
     return Path(dataset).name if Path(dataset).exists() else dataset
 
 
-def render_model_card(results: dict, model_args: dict, training_args: dict, data_args: dict, repo_id: str | None = None) -> ModelCard:
+def render_model_card(results: dict, model_args: dict, training_args: dict, data_args: dict, repo_id: str | None = None,
+                      example_image: str = "photo.jpg") -> ModelCard:
     """The Hub model card of a training run, from its `metrics.json` content (`results`) and arguments."""
     test = results.get("test") or {}
     dataset = _dataset_name(data_args.get("dataset") or "unknown")
@@ -44,7 +45,7 @@ def render_model_card(results: dict, model_args: dict, training_args: dict, data
             dataset_split=results.get("eval", {}).get("split", "test"),
             metric_type=METRIC_LABELS[key][0],
             metric_name=METRIC_LABELS[key][1],
-            metric_value=round(float(test[key]), 4),
+            metric_value=float(test[key]),
         )
         for key in metric_keys
     ]
@@ -70,7 +71,7 @@ def render_model_card(results: dict, model_args: dict, training_args: dict, data
         template_path=str(TEMPLATE),
         model_name=model_name,
         repo_id=repo_id or "path/to/this/folder",
-        example_image="photo.jpg",
+        example_image=example_image,
         encoder_description=encoder_description,
         encoder_channels=2048,
         image_size=model_args.get("image_size", 224),
@@ -96,19 +97,22 @@ def render_model_card(results: dict, model_args: dict, training_args: dict, data
     )
 
 
-def write_model_card(folder, results: dict, model_args: dict, training_args: dict, data_args: dict, repo_id: str | None = None) -> Path:
-    card = render_model_card(results, model_args, training_args, data_args, repo_id=repo_id or training_args.get("hub_model_id"))
+def write_model_card(folder, results: dict, model_args: dict, training_args: dict, data_args: dict, repo_id: str | None = None,
+                     example_image: str = "photo.jpg") -> Path:
+    card = render_model_card(results, model_args, training_args, data_args, repo_id=repo_id or training_args.get("hub_model_id"),
+                             example_image=example_image)
     path = Path(folder) / "README.md"
     card.save(path)
     return path
 
 
-def write_model_card_from_folder(folder, repo_id: str | None = None) -> Path:
+def write_model_card_from_folder(folder, repo_id: str | None = None, example_image: str = "photo.jpg") -> Path:
     """Re-render `README.md` of a training output folder from its `metrics.json` and `training_args.json`."""
     folder = Path(folder)
     results = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
     arguments = json.loads((folder / "training_args.json").read_text()) if (folder / "training_args.json").is_file() else {}
-    return write_model_card(folder, results, arguments.get("model", {}), arguments.get("training", {}), arguments.get("data", {}), repo_id)
+    return write_model_card(folder, results, arguments.get("model", {}), arguments.get("training", {}), arguments.get("data", {}),
+                            repo_id, example_image)
 
 
 def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool | None = None, commit_message: str | None = None):

@@ -1,0 +1,153 @@
+"""The model card (rendered from a metrics file, snippets that run as written) and the Hub push, captured offline."""
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
+from PIL import Image
+
+from hf_imgcap.hub import push_to_hub, write_model_card, write_model_card_from_folder
+
+from conftest import REPO_ROOT, run_fresh_python, tiny_model, tiny_processor
+
+METRICS = {
+    "test": {"bleu_1": 0.6123456789, "bleu_2": 0.41, "bleu_3": 0.28, "bleu_4": 0.1987654321, "cider": 0.51,
+             "rouge_l": 0.45, "meteor": 0.2, "num_images": 1000},
+    "validation_best_bleu_4": 0.2,
+    "steps": 1234,
+    "num_train_images": 6000,
+    "vocab_size": 30522,
+    "eval": {"split": "test", "num_beams": 3, "max_new_tokens": 12, "bleu": "COCO-caption BLEU", "blind": False},
+    "dataset": "jxie/flickr8k",
+}
+ARGUMENTS = {
+    "model": {"encoder": "microsoft/resnet-152", "tokenizer": "bert-base-uncased", "embedding_size": 16, "attention_size": 16,
+              "hidden_size": 16, "dropout": 0.0, "attention_regularization": 1.0, "image_size": 64},
+    "training": {"learning_rate": 4e-4, "batch_size": 32, "gradient_accumulation_steps": 1, "grad_clip": 5.0, "lr_decay_factor": 0.8,
+                 "lr_decay_patience": 8, "early_stopping_patience": 20, "mixed_precision": "no", "finetune_encoder": False,
+                 "encoder_learning_rate": 1e-4, "eval_num_beams": 3},
+    "data": {"dataset": "jxie/flickr8k"},
+}
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """What train.py leaves behind, with a tiny model: weights, code, processor, metrics, arguments, a picture."""
+    folder = tmp_path_factory.mktemp("hub") / "run"
+    model, processor = tiny_model(), tiny_processor()
+    model.generation_config.max_new_tokens = 12
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / "metrics.json").write_text(json.dumps(METRICS))
+    (folder / "training_args.json").write_text(json.dumps(ARGUMENTS))
+    Image.new("RGB", (8, 8)).save(folder / "attention_example.png")
+    (folder / "checkpoints" / "step_00000001").mkdir(parents=True)  # must stay local
+    (folder / "checkpoints" / "step_00000001" / "optimizer.bin").write_bytes(b"x")
+    image = folder.parent / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(image)
+    expected = processor.batch_decode(model.generate(**processor(images=[str(image)]), num_beams=3, max_new_tokens=12))
+    return folder, image, expected
+
+
+def code_blocks(markdown: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", markdown, flags=re.S)
+
+
+def test_card_parses_and_carries_the_exact_numbers_of_the_metrics_file(run_folder):
+    folder, _, _ = run_folder
+    card = ModelCard.load(write_model_card_from_folder(folder, repo_id="someone/tiny-captioner"))
+    data = card.data
+    assert data.pipeline_tag == "image-to-text" and data.library_name == "transformers" and data.license == "apache-2.0"
+    assert data.datasets == ["jxie/flickr8k"] and "image-captioning" in data.tags
+    assert set(data.metrics) == {"bleu", "cider", "rouge", "meteor"}
+    results = {result.metric_name: result for result in data.eval_results}
+    assert results["BLEU-1"].metric_value == METRICS["test"]["bleu_1"]  # exactly, not retyped or rounded
+    assert results["BLEU-4"].metric_value == METRICS["test"]["bleu_4"]
+    assert results["CIDEr-D"].metric_value == METRICS["test"]["cider"]
+    assert all(r.dataset_split == "test" and r.dataset_name == "jxie/flickr8k" for r in results.values())
+    text = card.text
+    assert "beam search, 3 beams" in text and "Show, Attend and Tell" in text and "people" in text
+    assert "trust_remote_code=True` runs the Python files" in text
+    assert "| BLEU-4 | 0.1988 |" in text
+
+
+def test_a_run_without_test_metrics_says_so(run_folder, tmp_path):
+    card = ModelCard.load(write_model_card(tmp_path, {}, ARGUMENTS["model"], ARGUMENTS["training"], ARGUMENTS["data"]))
+    assert "This run has no test metrics" in card.text
+    assert not card.data.eval_results and "model-index" not in card.content
+    assert not re.search(r"\| BLEU-\d \| [0-9.]+ \|", card.text)
+
+
+def test_the_cards_usage_snippets_work_as_written(run_folder):
+    folder, image, expected = run_folder
+    card = ModelCard.load(write_model_card_from_folder(folder, repo_id=str(folder), example_image=str(image)))
+    python_snippets = code_blocks(card.text, "python")
+    assert len(python_snippets) == 3
+    installed, remote, pipeline_snippet = python_snippets
+    for snippet, block in ((installed, False), (remote, True), (pipeline_snippet, True)):
+        result = run_fresh_python(snippet, cwd=folder.parent, block_package=block)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert expected[0] in result.stdout, (snippet, result.stdout)
+    (bash,) = code_blocks(card.text, "bash")
+    command = shlex.split(bash.strip())
+    assert command[0] == "hf-imgcap"
+    result = subprocess.run([shutil.which("hf-imgcap") or "hf-imgcap", *command[1:]], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert expected[0] in result.stdout
+
+
+def test_push_uploads_everything_remote_loading_needs_in_one_commit(run_folder, tmp_path, monkeypatch):
+    folder, image, expected = run_folder
+    commits = []
+
+    def fake_create_commit(self, repo_id, operations, commit_message=None, **kwargs):
+        commits.append({"repo_id": repo_id, "operations": list(operations), "message": commit_message})
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/0", commit_message=commit_message,
+                          commit_description="", oid="0" * 40)
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "create_commit", fake_create_commit)
+    push_to_hub(folder, "someone/tiny-captioner", token="hf_test")
+
+    assert len(commits) == 1 and commits[0]["repo_id"] == "someone/tiny-captioner"
+    uploaded = {op.path_in_repo: op for op in commits[0]["operations"]}
+    required = {"config.json", "generation_config.json", "model.safetensors", "configuration_show_attend_tell.py",
+                "modeling_show_attend_tell.py", "processing_show_attend_tell.py", "image_loading.py",
+                "pipeline_show_attend_tell.py", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
+                "README.md", "metrics.json", "attention_example.png"}
+    assert required <= set(uploaded), required - set(uploaded)
+    assert not any(name.startswith("checkpoints/") for name in uploaded)
+    card = ModelCard(open(uploaded["README.md"].path_or_fileobj, encoding="utf-8").read())
+    assert card.data.eval_results[0].metric_value == METRICS["test"]["bleu_1"]
+    assert 'from_pretrained("someone/tiny-captioner", trust_remote_code=True)' in card.text
+
+    # A folder made only of the uploaded files loads with remote code, offline, and captions the same.
+    hub_copy = tmp_path / "hub_copy"
+    hub_copy.mkdir()
+    for name, operation in uploaded.items():
+        shutil.copy(operation.path_or_fileobj, hub_copy / name)
+    code = f"""
+from transformers import AutoModel, AutoProcessor
+model = AutoModel.from_pretrained({str(hub_copy)!r}, trust_remote_code=True)
+processor = AutoProcessor.from_pretrained({str(hub_copy)!r}, trust_remote_code=True)
+print(processor.batch_decode(model.generate(**processor(images=[{str(image)!r}]), num_beams=3, max_new_tokens=12)))
+"""
+    result = run_fresh_python(code, cwd=tmp_path, block_package=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert repr(expected) in result.stdout
+
+
+def test_train_refuses_push_without_a_repository_before_training():
+    spec = __import__("importlib.util").util.spec_from_file_location("train_script_hub", REPO_ROOT / "train.py")
+    train_script = __import__("importlib.util").util.module_from_spec(spec)
+    spec.loader.exec_module(train_script)
+    model_args, data_args, args = train_script.parse_args(["--push_to_hub"])
+    with pytest.raises(ValueError, match="--hub_model_id"):
+        train_script.train(model_args, data_args, args)
