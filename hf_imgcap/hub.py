@@ -6,7 +6,8 @@ import logging
 import math
 from pathlib import Path
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.utils import filter_repo_objects
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ METRIC_LABELS = {
 # What a Hub repository of ours holds: everything from_pretrained(..., trust_remote_code=True) needs, the card and
 # the run's records. Checkpoints, logs and caches in the output folder stay local.
 HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.py", "*.txt", "README.md", "*.png"]
+HUB_IGNORE_PATTERNS = ["checkpoints/*", "runs/*", "blind_baseline/*", "feature_cache/*", "synthetic_flickr8k/*"]
 
 
 def _dataset_name(dataset: str) -> str:
@@ -115,19 +117,26 @@ def write_model_card_from_folder(folder, repo_id: str | None = None, example_ima
                             repo_id, example_image)
 
 
+def hub_files(folder) -> list[Path]:
+    """The files of a training output folder that belong on the Hub (see `HUB_FILE_PATTERNS`)."""
+    folder = Path(folder)
+    relative = [str(p.relative_to(folder)) for p in sorted(folder.rglob("*")) if p.is_file()]
+    chosen = filter_repo_objects(relative, allow_patterns=HUB_FILE_PATTERNS, ignore_patterns=HUB_IGNORE_PATTERNS)
+    return [folder / name for name in chosen]
+
+
 def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool | None = None, commit_message: str | None = None):
     """Upload a training output folder to `repo_id` in one commit: weights, config, code files, processor, card,
     metrics and the example attention image. The token comes from `token`, `HF_TOKEN` or `hf auth login`."""
     folder = Path(folder)
-    write_model_card_from_folder(folder, repo_id=repo_id)  # usage snippets name the real repository
+    ModelCard.load(write_model_card_from_folder(folder, repo_id=repo_id))  # usage snippets name the repository; YAML parses
+    operations = [CommitOperationAdd(path_in_repo=str(path.relative_to(folder)), path_or_fileobj=str(path)) for path in hub_files(folder)]
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    commit = api.upload_folder(
+    commit = api.create_commit(
         repo_id=repo_id,
-        folder_path=str(folder),
-        allow_patterns=HUB_FILE_PATTERNS,
-        ignore_patterns=["checkpoints/**", "runs/**", "blind_baseline/**", "feature_cache/**", "synthetic_flickr8k/**"],
+        operations=operations,
         commit_message=commit_message or "Upload Show-Attend-Tell captioner (hf-imgcap)",
     )
-    logger.info("pushed %s to https://huggingface.co/%s", folder, repo_id)
+    logger.info("pushed %d files from %s to https://huggingface.co/%s", len(operations), folder, repo_id)
     return commit
