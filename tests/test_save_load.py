@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 import torch
 import torchvision
 from transformers import (
@@ -121,3 +123,37 @@ def test_encoder_from_a_transformers_resnet_folder_survives_post_init(tmp_path):
         torch.testing.assert_close(model.encoder(image).last_hidden_state, expected)
     assert isinstance(load_encoder(str(tmp_path)), ResNetModel)
     assert not any(p.requires_grad for p in model.encoder.parameters())
+
+
+class _Exploit:
+    """Unpickling this would run a command: what a malicious checkpoint does."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/hf_imgcap_pwned",))
+
+
+def test_a_malicious_pickle_is_refused_not_executed(tmp_path):
+    import os
+    import pickle
+
+    marker = "/tmp/hf_imgcap_pwned"
+    if os.path.exists(marker):
+        os.remove(marker)
+    path = tmp_path / "resnet152.pth"
+    torch.save({"conv1.weight": _Exploit()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        load_encoder(str(path))  # torch.load(weights_only=True): only tensors and plain containers
+    assert not os.path.exists(marker)
+
+
+def test_weights_load_from_safetensors_only(tmp_path):
+    """A folder with both formats loads model.safetensors; a stray pickle beside it is never opened."""
+    model, _ = save_tiny(tmp_path)
+    torch.save({"anything": _Exploit()}, tmp_path / "pytorch_model.bin")
+    loaded = ShowAttendTellForConditionalGeneration.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.lm_head.weight, model.lm_head.weight)
+    import os
+
+    assert not os.path.exists("/tmp/hf_imgcap_pwned")

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import os
 import re
 import signal
@@ -156,3 +157,29 @@ def test_two_process_ddp_equals_one_process_with_double_batch(data, tmp_path):
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["test"]["num_images"] == 5  # 5 images over 2 ranks: each counted once
     assert len(json.loads((tmp_path / "two" / "test_captions.json").read_text())) == 5
+
+
+def test_finetuning_the_encoder_trains_it_from_the_images(data, tmp_path):
+    out = tmp_path / "out"
+    run(tiny_args(data, out, tmp_path / "cache", "--finetune_encoder", "--max_steps", "2", "--batch_size", "4",
+                  "--checkpoint_every_steps", "2", "--encoder_learning_rate", "1e-3"))
+    trained = load_file(sorted((out / "checkpoints").glob("step_*"))[-1] / "model.safetensors")
+    torch.manual_seed(7)  # the same seed: the same random ResNet-152 before training
+    fresh = train_script.build_model(train_script.ModelArguments(encoder="random", image_size=64, embedding_size=24,
+                                                                 attention_size=24, hidden_size=24),
+                                     train_script.default_tokenizer(), finetune_encoder=True)
+    key = "encoder.embedder.embedder.convolution.weight"
+    assert not torch.equal(trained[key], fresh.state_dict()[key])
+    config = json.loads((out / "config.json").read_text())
+    assert config["freeze_encoder"] is False
+
+
+def test_bf16_mixed_precision_trains(data, tmp_path):
+    # Its own process: Accelerate keeps one mixed-precision setting per process.
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"),
+                             *tiny_args(data, tmp_path / "out", tmp_path / "cache", "--mixed_precision", "bf16", "--num_epochs", "2")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert all(math.isfinite(loss) for loss in results["train_loss_by_epoch"])
+    assert results["train_loss_by_epoch"][-1] < results["train_loss_by_epoch"][0]
