@@ -15,7 +15,9 @@ Bad data is skipped, counted and logged with file and line (see `LoadReport`); a
 the load with an error that says why.
 """
 
+import codecs
 import csv
+import functools
 import html
 import json
 import logging
@@ -29,6 +31,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, Features, Image, Sequence, Value
 
+from .image_loading import ImageLoadError, verify_image
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET = "jxie/flickr8k"
@@ -40,19 +44,29 @@ MAX_LOGGED_PER_KIND = 20  # then one summary line per kind, so a broken file doe
 
 @dataclass
 class LoadReport:
-    """What was read and what was skipped, with the reason for each skip."""
+    """What was skipped while loading, with the reason for each skip.
+
+    Accounting: in a caption file every non-blank line (token file, CSV) or every caption of an image entry
+    (Karpathy JSON; an entry without any captions counts once) is either kept as a caption or counted exactly once
+    here, under one kind. So the same broken data gives the same counts in every layout: an image missing from the
+    folder counts as 5 `missing_image` whether its 5 captions are 5 lines or one JSON entry. Later steps count
+    images: `split_missing_image`, `split_image_without_captions` (split files) and `undecodable_image`.
+    """
 
     source: str
     layout: str
     counts: Counter = field(default_factory=Counter)
-    messages: list = field(default_factory=list)
+    messages: list = field(default_factory=list)  # the logged ones: the first MAX_LOGGED_PER_KIND of each kind
+    _logged: Counter = field(default_factory=Counter, init=False, repr=False, compare=False)
 
-    def skip(self, kind: str, message: str):
-        self.counts[kind] += 1
-        self.messages.append(message)
-        if self.counts[kind] <= MAX_LOGGED_PER_KIND:
+    def skip(self, kind: str, message: str, count: int = 1):
+        """Count `count` skipped captions (or images) of `kind`, logging the first few messages of each kind."""
+        self.counts[kind] += count
+        self._logged[kind] += 1
+        if self._logged[kind] <= MAX_LOGGED_PER_KIND:
+            self.messages.append(message)  # bounded, like the log: a broken million-line file costs no memory
             logger.warning("%s", message)
-        elif self.counts[kind] == MAX_LOGGED_PER_KIND + 1:
+        elif self._logged[kind] == MAX_LOGGED_PER_KIND + 1:
             logger.warning("more '%s' problems: only the total is reported from here on", kind)
 
     def summary(self) -> str:
@@ -62,12 +76,25 @@ class LoadReport:
         return f"{self.source} ({self.layout}): skipped {kinds}"
 
 
+# Characters that are never part of a caption: C0/C1 controls (tabs and newlines are whitespace anyway) and the
+# byte-order mark / zero-width no-break space that concatenated files leave behind.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\ufeff]")
+_MAX_UNESCAPE_ROUNDS = 10  # "&amp;amp;" is two rounds; real data never needs more
+
+
 def normalize_caption(text: str) -> str:
-    """Clean a caption as written by annotators: HTML entities decoded (`&amp;` -> `&`), Unicode NFC, runs of
-    whitespace (tabs, newlines, non-breaking spaces) collapsed to one space, ends stripped. A caption that is
-    empty or whitespace-only comes back as "" (callers reject it)."""
-    text = unicodedata.normalize("NFC", html.unescape(text))
-    return " ".join(text.split())
+    """Clean a caption as written by annotators: HTML entities decoded (`&amp;` -> `&`, also when escaped twice),
+    Unicode NFC, control characters read as spaces, runs of whitespace (tabs, newlines, non-breaking spaces)
+    collapsed to one space, ends stripped. Idempotent. A caption that is empty or whitespace-only comes back as ""
+    (callers reject it)."""
+    for _ in range(_MAX_UNESCAPE_ROUNDS):
+        # Until nothing changes, so that normalize(normalize(x)) == normalize(x): decoding "&amp;lt;" gives an
+        # entity again, and NFC can complete one ("&lt" + U+037E GREEK QUESTION MARK -> "&lt;").
+        cleaned = unicodedata.normalize("NFC", html.unescape(text))
+        if cleaned == text:
+            break
+        text = cleaned
+    return " ".join(_CONTROL_CHARACTERS.sub(" ", text).split())
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -145,19 +172,30 @@ def _find_image_dir(root: Path, caption_file: Path, image_dir: Path | None) -> P
 
 # ---------------------------------------------------------------------------------------------- local layouts
 def _read_lines(path: Path, report: LoadReport):
-    """Yield (line number, text) of a text file, skipping (and reporting) lines that are not UTF-8."""
+    """Yield (line number, text) of the non-blank lines of a text file; lines that are not UTF-8 are skipped and
+    reported. Lines end at LF, CRLF or a lone CR (old Mac files), so line numbers match an editor's; a UTF-8
+    byte-order mark (Windows editors) is dropped."""
+    number = 0
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                yield number, raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as error:
-                report.skip(
-                    "not_utf8",
-                    f"{path.name}:{number}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1}); skipped",
-                )
+        for chunk in handle:  # each chunk ends at LF, so a CRLF pair is never split
+            for raw in chunk.splitlines():
+                number += 1
+                if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8) :]
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    report.skip(
+                        "not_utf8",
+                        f"{path.name}:{number}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1}); skipped",
+                    )
+                    continue
+                if line.strip():
+                    yield number, line
 
 
-def _add_caption(captions: dict, image_names: set, name: str, caption: str, where: str, report: LoadReport):
+def _add_caption(captions: dict, image_names: set, name: str, caption: str, where: str, report: LoadReport) -> None:
+    """Keep one caption line or count it as exactly one skip."""
     if not name:
         report.skip("no_image_name", f"{where}: no image name; skipped")
         return
@@ -171,21 +209,31 @@ def _add_caption(captions: dict, image_names: set, name: str, caption: str, wher
     captions[name].append(caption)
 
 
-def _read_flickr8k(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
-    token_file = _find(root, "Flickr8k.token.txt")
-    image_dir = _find_image_dir(root, token_file, image_dir)
-    image_names = {p.name for p in image_dir.iterdir() if p.is_file()}
+def _image_names(image_dir: Path) -> set[str]:
+    return {p.name for p in image_dir.iterdir() if p.is_file()}
+
+
+# ---------------------------------------------------------------------------------------------- original release
+def read_token_file(token_file: Path, image_names: set[str], report: LoadReport) -> dict[str, list[str]]:
+    """`Flickr8k.token.txt` (`name.jpg#k<TAB>caption` lines) -> {image name: captions}, in file order.
+    Every non-blank line is kept or counted once in `report`."""
     captions = defaultdict(list)
     for number, line in _read_lines(token_file, report):
         where = f"{token_file.name}:{number}"
-        if not line.strip():
-            continue
         if "\t" not in line:
             report.skip("no_tab", f"{where}: no tab between image and caption; skipped")
             continue
         key, caption = line.split("\t", 1)
         name = re.sub(r"#\d+$", "", key.strip())  # "name.jpg#3" -> "name.jpg"
         _add_caption(captions, image_names, name, caption, where, report)
+    return captions
+
+
+def _read_flickr8k(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
+    token_file = _find(root, "Flickr8k.token.txt")
+    image_dir = _find_image_dir(root, token_file, image_dir)
+    image_names = _image_names(image_dir)
+    captions = read_token_file(token_file, image_names, report)
 
     records = {}
     for split, file_split in zip(SPLITS, ("train", "dev", "test")):
@@ -197,8 +245,6 @@ def _read_flickr8k(root: Path, image_dir: Path | None, report: LoadReport, seed:
         names = []
         for number, line in _read_lines(split_file, report):
             name = line.strip()
-            if not name:
-                continue
             where = f"{split_file.name}:{number}"
             if name not in image_names:
                 report.skip("split_missing_image", f"{where}: image '{name}' is not in {image_dir.name}/; skipped")
@@ -207,31 +253,53 @@ def _read_flickr8k(root: Path, image_dir: Path | None, report: LoadReport, seed:
             else:
                 names.append(name)
         records[split] = [(image_dir / name, name, captions[name]) for name in names]
+    # The real release captions 8,092 images but its split files name 8,000: say what is left out, once.
+    in_splits = {name for split_records in records.values() for _, name, _ in split_records}
+    outside = [name for name in captions if captions[name] and name not in in_splits]
+    if outside:
+        report.counts["image_in_no_split"] += len(outside)
+        logger.info("%s: %d captioned images are in no split file and are not used (e.g. %s)",
+                    token_file.name, len(outside), outside[0])
     return records
 
 
-def _read_kaggle(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
-    caption_file = _find(root, "captions.txt")
-    image_dir = _find_image_dir(root, caption_file, image_dir)
-    image_names = {p.name for p in image_dir.iterdir() if p.is_file()}
+# ---------------------------------------------------------------------------------------------- Kaggle
+def is_kaggle_header(row: list[str]) -> bool:
+    return [field.strip().lower() for field in row] == ["image", "caption"]
+
+
+def read_kaggle_captions(caption_file: Path, image_names: set[str], report: LoadReport) -> dict[str, list[str]]:
+    """Kaggle's `captions.txt` (CSV `image,caption`, optional header) -> {image name: captions}, in file order.
+    Every non-blank line other than the header is kept or counted once in `report`.
+
+    Parsed line by line (a quoted caption cannot span lines in this file): an unbalanced quote then spoils one
+    line, not the rest of the file, and every message has its line number."""
     captions = defaultdict(list)
-    lines = ((number, line) for number, line in _read_lines(caption_file, report))
-    for number, line in lines:
-        if number == 1 and line.strip().lower().replace(" ", "") == "image,caption":
-            continue  # header
-        if not line.strip():
-            continue
+    first = True
+    for number, line in _read_lines(caption_file, report):
         where = f"{caption_file.name}:{number}"
         try:
             row = next(csv.reader([line]))
-        except csv.Error as error:
+        except csv.Error as error:  # e.g. a field over csv.field_size_limit()
             report.skip("bad_csv_row", f"{where}: not a CSV row ({error}); skipped")
+            first = False
             continue
+        if first and is_kaggle_header(row):
+            first = False
+            continue
+        first = False
         if len(row) < 2:
             report.skip("no_caption", f"{where}: expected 'image,caption'; skipped")
             continue
         # An unquoted caption with commas splits into more fields: join them back.
         _add_caption(captions, image_names, row[0].strip(), ",".join(row[1:]), where, report)
+    return captions
+
+
+def _read_kaggle(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
+    caption_file = _find(root, "captions.txt")
+    image_dir = _find_image_dir(root, caption_file, image_dir)
+    captions = read_kaggle_captions(caption_file, _image_names(image_dir), report)
 
     names = sorted(captions)
     random.Random(seed).shuffle(names)
@@ -246,62 +314,114 @@ def _read_kaggle(root: Path, image_dir: Path | None, report: LoadReport, seed: i
     }
 
 
-def _read_karpathy(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
-    json_file = _find(root, "dataset_*.json")
-    try:
-        data = json.loads(json_file.read_text(encoding="utf-8"))
-        images = data["images"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{json_file}: not a Karpathy split file ({type(error).__name__}: {error})") from None
-    split_names = {"train": "train", "restval": "train", "val": "validation", "test": "test"}
+# ---------------------------------------------------------------------------------------------- Karpathy
+KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "validation", "test": "test"}
+
+
+def read_karpathy_json(json_file: Path, root: Path, image_dir: Path | None, report: LoadReport) -> dict[str, list]:
+    """Karpathy's `dataset_*.json` -> {split: [(image path, image id, captions)]}.
+
+    Every caption (`images[i].sentences[k]`) is kept or counted once in `report`; an entry that cannot be used
+    (no file name, unknown split, image not found, ...) counts all its captions under one kind, an entry with no
+    captions at all counts once. Raises `ValueError` if the file is not a Karpathy split file at all."""
+    images = _karpathy_images(json_file)
     records = {split: [] for split in SPLITS}
-    default_dir = None
+    # The usual image folder, looked up once and only if an entry needs it (COCO entries all have a filepath).
+    find_default_dir = functools.lru_cache(maxsize=1)(lambda: _find_image_dir(root, json_file, None))
     for index, entry in enumerate(images):
         where = f"{json_file.name}: images[{index}]"
-        filename = entry.get("filename") if isinstance(entry, dict) else None
-        if not filename:
-            report.skip("no_image_name", f"{where}: no filename; skipped")
+        sentences = entry.get("sentences") if isinstance(entry, dict) else None
+        units = len(sentences) if isinstance(sentences, list) and sentences else 1
+        problem = _karpathy_entry_problem(entry, sentences)
+        if problem is None:
+            path = _karpathy_image_path(entry, root, image_dir, find_default_dir)
+            if not _is_file(path):
+                problem = ("missing_image", f"image file {path} not found")
+        if problem is not None:
+            kind, reason = problem
+            skipped = "skipped" if units == 1 else f"its {units} captions skipped"
+            report.skip(kind, f"{where}: {reason}; {skipped}", count=units)
             continue
-        split = split_names.get(entry.get("split"))
-        if split is None:
-            report.skip("unknown_split", f"{where}: unknown split {entry.get('split')!r} for {filename}; skipped")
-            continue
-        if image_dir is not None:
-            path = image_dir / entry.get("filepath", "") / filename
-        elif entry.get("filepath"):  # COCO: train2014/ or val2014/
-            path = root / entry["filepath"] / filename
-        else:
-            default_dir = default_dir or _find_image_dir(root, json_file, None)
-            path = default_dir / filename
-        if not path.is_file():
-            report.skip("missing_image", f"{where}: image file {path} not found; skipped")
-            continue
-        captions = []
-        for k, sentence in enumerate(entry.get("sentences", [])):
-            caption = normalize_caption(sentence.get("raw", "") if isinstance(sentence, dict) else "")
-            if caption:
-                captions.append(caption)
-            else:
-                report.skip("empty_caption", f"{where}.sentences[{k}]: empty caption for {filename}; skipped")
-        if not captions:
-            report.skip("image_without_captions", f"{where}: {filename} has no captions; skipped")
-            continue
-        records[split].append((path, str(entry.get("cocoid", filename)), captions))
+        captions = _karpathy_captions(sentences, where, entry["filename"], report)
+        if captions:
+            cocoid = entry.get("cocoid")
+            image_id = str(cocoid) if isinstance(cocoid, (int, str)) and not isinstance(cocoid, bool) else entry["filename"]
+            records[KARPATHY_SPLITS[entry["split"]]].append((path, image_id, captions))
     return records
+
+
+def _karpathy_images(json_file: Path) -> list:
+    try:
+        # utf-8-sig: a byte-order mark (Windows editors) is not an error.
+        data = json.loads(json_file.read_text(encoding="utf-8-sig"))
+        images = data["images"]
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError, RecursionError) as error:
+        # ValueError covers JSONDecodeError and over-long integers; RecursionError absurdly deep nesting.
+        raise ValueError(f"{json_file}: not a Karpathy split file ({type(error).__name__}: {error})") from None
+    if not isinstance(images, list):
+        raise ValueError(f"{json_file}: not a Karpathy split file ('images' is a {type(images).__name__}, not a list)")
+    return images
+
+
+def _karpathy_entry_problem(entry, sentences) -> tuple[str, str] | None:
+    """(kind, reason) when an `images[i]` entry cannot be used as a whole, else None."""
+    if not isinstance(entry, dict):
+        return "malformed_entry", f"a {type(entry).__name__}, not an object"
+    filename = entry.get("filename")
+    if not isinstance(filename, str) or not filename.strip():
+        return "no_image_name", "no filename"
+    if not isinstance(entry.get("split"), str) or entry["split"] not in KARPATHY_SPLITS:
+        return "unknown_split", f"unknown split {entry.get('split')!r} for {filename}"
+    if not isinstance(entry.get("filepath") or "", str):
+        return "malformed_entry", f"filepath {entry['filepath']!r} of {filename} is not a string"
+    if not isinstance(sentences, list) or not sentences:
+        return "image_without_captions", f"{filename} has no sentences"
+    return None
+
+
+def _karpathy_image_path(entry: dict, root: Path, image_dir: Path | None, find_default_dir) -> Path:
+    filepath = entry.get("filepath") or ""
+    if image_dir is not None:
+        return image_dir / filepath / entry["filename"]
+    if filepath:  # COCO: train2014/ or val2014/
+        return root / filepath / entry["filename"]
+    return find_default_dir() / entry["filename"]
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a file name over the system's length limit: no such image
+        return False
+
+
+def _karpathy_captions(sentences: list, where: str, filename: str, report: LoadReport) -> list[str]:
+    captions = []
+    for k, sentence in enumerate(sentences):
+        raw = sentence.get("raw") if isinstance(sentence, dict) else None
+        if not isinstance(raw, str):
+            report.skip("malformed_caption", f"{where}.sentences[{k}]: no 'raw' text for {filename}; skipped")
+            continue
+        caption = normalize_caption(raw)
+        if caption:
+            captions.append(caption)
+        else:
+            report.skip("empty_caption", f"{where}.sentences[{k}]: empty caption for {filename}; skipped")
+    return captions
+
+
+def _read_karpathy(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
+    return read_karpathy_json(_find(root, "dataset_*.json"), root, image_dir, report)
 
 
 # ---------------------------------------------------------------------------------------------- images
 def _decodes(path: Path) -> str | None:
-    """None if the image decodes, else the reason."""
-    from PIL import Image as PILImage
-
+    """None if the image passes the checks `load_image` makes and decodes, else the reason."""
     try:
-        with PILImage.open(path) as image:
-            image.draft("RGB", (64, 64))  # JPEG: decode at 1/8 scale; still reads every byte of the scan
-            image.load()
+        verify_image(path)
         return None
-    except Exception as error:  # PIL raises many types for broken files
-        return f"{type(error).__name__}: {error}"
+    except ImageLoadError as error:
+        return error.reason
 
 
 def _drop_undecodable(records: dict, report: LoadReport, num_threads: int) -> dict:
@@ -316,7 +436,7 @@ def _drop_undecodable(records: dict, report: LoadReport, num_threads: int) -> di
                 kept[split].append((path, image_id, captions))
             else:
                 report.skip(
-                    "undecodable_image", f"{path}: cannot decode ({reasons[path]}); its {len(captions)} captions skipped"
+                    "undecodable_image", f"{path}: cannot decode or use: {reasons[path]}; its {len(captions)} captions skipped"
                 )
     return kept
 

@@ -185,11 +185,13 @@ class CaptionRun:
             if attention_map is not None:
                 record["attention_map"] = str(attention_map)
             line = json.dumps(record, ensure_ascii=False)
+            if not _encodable(line, self.out):
+                line = json.dumps(record)  # \uXXXX escapes: still valid, lossless JSON
         else:
             if not self._header_written:
                 print(f"{'image':<{self.path_width}}  caption", file=self.out)
                 self._header_written = True
-            line = f"{str(path):<{self.path_width}}  {caption}"
+            line = printable(f"{str(path):<{self.path_width}}  {caption}", self.out)
         print(line, file=self.out, flush=True)  # results appear as they are made
         self.captioned += 1
 
@@ -201,6 +203,28 @@ class CaptionRun:
             name = f"{image_path.stem}_attention-{counter}.png"
         self._used_map_names.add(name)
         return folder / name
+
+
+def _encodable(text: str, stream) -> bool:
+    try:
+        text.encode(getattr(stream, "encoding", None) or "utf-8")
+        return True
+    except (UnicodeEncodeError, LookupError):
+        return False
+
+
+def printable(text: str, stream) -> str:
+    """`text` as `stream` can write it. A file name that is not valid UTF-8 (Python keeps its bytes as lone
+    surrogates) or a caption in a script the stream's encoding lacks (Windows code pages, PYTHONIOENCODING=ascii)
+    would otherwise raise UnicodeEncodeError in the middle of a run; such characters are written as \\x.. / \\u....
+    escapes instead."""
+    if _encodable(text, stream):
+        return text
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:
+        return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def caption_command(args) -> int:
@@ -256,7 +280,7 @@ def _open_batch(paths: list[Path], processor, run: CaptionRun, progress) -> tupl
             good_paths.append(path)
         except ValueError as error:  # the message is "<path>: <reason>"
             run.failed += 1
-            progress.write(f"hf-imgcap: skipped {error}", file=sys.stderr)
+            progress.write(printable(f"hf-imgcap: skipped {error}", sys.stderr), file=sys.stderr)
     return good_paths, images
 
 
@@ -321,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command(args)
     except UsageError as error:
-        print(f"hf-imgcap: error: {error}", file=sys.stderr)
+        print(printable(f"hf-imgcap: error: {error}", sys.stderr), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("hf-imgcap: interrupted", file=sys.stderr)

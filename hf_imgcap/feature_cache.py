@@ -12,7 +12,6 @@ resumes where it stopped; a cache is only used once its `meta.json` says it is c
 """
 
 import hashlib
-import io
 import json
 import logging
 import mmap
@@ -53,8 +52,11 @@ def images_fingerprint(dataset: Dataset) -> str:
     digest = hashlib.sha256()
     if pc.struct_field(column, "bytes").null_count == len(column):
         for path in pc.struct_field(column, "path").to_pylist():
-            stat = os.stat(path)
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            try:
+                stat = os.stat(path)
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            except OSError:  # a missing file: the build reports it by path; it must not abort the key
+                digest.update(f"{path}\0missing\n".encode())
     else:
         digest.update(f"{dataset._fingerprint}\0{len(dataset)}".encode())
     return digest.hexdigest()
@@ -165,20 +167,12 @@ class _ImageLoading(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         struct = self.images[self.start + index]["image"]
-        name = struct.get("path") or f"image #{index}"
+        name = struct.get("path") or f"image #{self.start + index}"
         try:
-            source = struct["path"] if struct.get("bytes") is None else _named_bytes(struct["bytes"], name)
+            source = struct["path"] if struct.get("bytes") is None else struct["bytes"]
             return index, load_image(source, self.max_pixels, name), None
         except ValueError as error:
             return index, None, str(error)
-
-
-def _named_bytes(data: bytes, name: str):
-    from PIL import Image as PILImage
-
-    image = PILImage.open(io.BytesIO(data))
-    image.filename = name
-    return image
 
 
 def _preprocess_batch(image_processor):

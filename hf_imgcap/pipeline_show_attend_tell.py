@@ -42,13 +42,15 @@ class ShowAttendTellCaptioningPipeline(Pipeline):
     [[{'generated_text': ...}], [{'generated_text': ...}]]
     ```
 
-    Inputs: a path, an http(s) URL, a `PIL.Image`, an `(H, W[, C])` array, or a list / dataset / generator of
-    them. Every keyword that is not a pipeline option goes to `model.generate()` (`num_beams`, `max_new_tokens`,
+    Inputs: a path, an http(s) URL, encoded image bytes, a `PIL.Image`, an `(H, W[, C])` or `(C, H, W)` numpy array
+    or torch tensor, or a list / dataset / generator of them. Every keyword that is not a pipeline option goes to
+    `model.generate()` (`num_beams`, `max_new_tokens`,
     `do_sample`, `num_return_sequences`, `length_penalty`, ...), as does `generate_kwargs={...}`; the same
     keywords given to `pipeline(...)` apply to every call. Pipeline options: `batch_size`, `num_workers`,
     `timeout` (seconds, for URLs). A result has one `{"generated_text": ...}` per returned sequence.
 
-    An image that cannot be read raises a `ValueError` that names it (its path when it has one).
+    An image that cannot be read raises a `ValueError` "<name>: <reason>" (the name is its path when it has one):
+    missing, not an image, truncated, over the decompression-bomb pixel limit (refused before decoding), ...
     """
 
     # Our processor does both jobs: image preprocessing and decoding.

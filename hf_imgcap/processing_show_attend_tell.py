@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from transformers import BertTokenizerFast, ConvNextImageProcessor
@@ -75,7 +76,9 @@ class ShowAttendTellProcessor(ProcessorMixin):
         """Open every image as 8-bit RGB; a `ValueError` names the first one that cannot be used."""
         if images is None:
             return []
-        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)) or not hasattr(images, "__iter__"):
+        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+            images = list(images)  # a batch: (N, C, H, W) or (N, H, W, C)
+        elif isinstance(images, (str, os.PathLike, bytes, Image.Image, np.ndarray, torch.Tensor)) or not hasattr(images, "__iter__"):
             images = [images]
         images = list(images)  # also a datasets Column or any other iterable of images
         if len(images) == 0:

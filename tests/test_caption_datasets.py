@@ -180,3 +180,12 @@ def test_normalize_caption():
     assert normalize_caption("  A dog\t&amp;\u00a0a  cat.\n") == "A dog & a cat."
     assert normalize_caption("Cafe\u0301") == "Caf\u00e9"  # NFC
     assert normalize_caption(" \t \n") == ""
+
+
+def test_captioned_images_outside_every_split_file_are_counted(tmp_path):
+    """The real release captions 8,092 images, but its split files name 8,000: the rest are reported, not dropped silently."""
+    root = write_synthetic_flickr8k(tmp_path / "ds", **SIZES)
+    test_names = (root / "Flickr_8k.testImages.txt").read_text().split()
+    (root / "Flickr_8k.testImages.txt").write_text("".join(f"{n}\n" for n in test_names[:-1]))
+    dataset, report = load_caption_dataset(str(root), return_report=True)
+    assert report.counts["image_in_no_split"] == 1 and len(dataset["test"]) == 2
