@@ -80,7 +80,8 @@ def render_model_card(results: dict, model_args: dict, training_args: dict, data
         grid=grid,
         vocab_size=results.get("vocab_size", "?"),
         tokenizer_description="bert-base-uncased" if tokenizer == "bert-base-uncased" else (
-            "trained on the training captions" if tokenizer == "captions" else tokenizer),
+            "the frequent words of the training captions" if tokenizer == "captions" else tokenizer),
+        random_encoder=encoder == "random",
         test_metrics=bool(metric_keys),
         metric_rows=[{"name": METRIC_LABELS[k][1], "value": f"{test[k]:.4f}"} for k in metric_keys],
         num_beams=eval_settings.get("num_beams", training_args.get("eval_num_beams", 3)),
