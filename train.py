@@ -188,8 +188,11 @@ def training_state(progress: dict, scheduler) -> dict:
 
 # ---------------------------------------------------------------------------------------------- training
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
+    # Refuse impossible combinations before hours of training, not after.
     if args.push_to_hub and not args.hub_model_id:
-        raise ValueError("--push_to_hub needs --hub_model_id user/name")  # before hours of training, not after
+        raise ValueError("--push_to_hub needs --hub_model_id user/name")
+    if args.blind and args.finetune_encoder:
+        raise ValueError("--blind zeroes the cached image features; it cannot be combined with --finetune_encoder")
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -217,26 +220,27 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     model.generation_config.num_beams = args.eval_num_beams
     model.generation_config.max_new_tokens = args.eval_max_new_tokens
 
-    # 3. Encoder features, computed once per image (the encoder is frozen); statistics to standardise them.
+    # 3. Encoder features, computed once per image (the encoder is frozen), and the statistics that standardise
+    # them. Fine-tuning reads the images instead; it still takes its starting statistics from the train cache.
     cache_dir = Path(data_args.cache_dir).expanduser()
+    splits_to_cache = {"train": train_split} if args.finetune_encoder else {"train": train_split, "validation": val_split, "test": test_split}
     caches = {}
     with accelerator.main_process_first():
-        for name, split in (("train", train_split), ("validation", val_split), ("test", test_split)):
+        for name, split in splits_to_cache.items():
             caches[name] = build_feature_cache(
                 model, processor.image_processor, split, cache_dir, description=f"encoding {name} images",
                 show_progress=accelerator.is_main_process,
             )
     if not args.blind:
         model.set_feature_statistics(*caches["train"].statistics())
-    feature_source = None if args.finetune_encoder else caches  # fine-tuning reads the images instead
 
     # 4. Training pairs, optimizer, scheduler.
     pairs, counts = tokenize_captions(train_split, processor.tokenizer, model_args.max_caption_length, valid_images=caches["train"].valid)
     log("training pairs: %s", counts)
     examples = (
-        CaptionPairs(pairs, features=caches["train"])
-        if feature_source
-        else CaptionPairs(pairs, images=train_split, image_processor=processor.image_processor)
+        CaptionPairs(pairs, images=train_split, image_processor=processor.image_processor)
+        if args.finetune_encoder
+        else CaptionPairs(pairs, features=caches["train"])
     )
     loader = torch.utils.data.DataLoader(
         examples,
@@ -306,6 +310,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                        disable=not accelerator.is_main_process, unit="batch")
             started, seen = time.perf_counter(), 0
             loss_sum, loss_steps = 0.0, 0
+            out_of_steps = False
             for batch in batches:
                 batch.pop("image_index")
                 if args.blind:
@@ -355,11 +360,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                 if out_of_steps:
                     break
             bar.close()
-            if stopped_by or (args.max_steps is not None and progress["global_step"] >= args.max_steps and progress["step_in_epoch"] < len(loader)):
-                break
+            if stopped_by or (out_of_steps and progress["step_in_epoch"] < len(loader)):
+                break  # mid-epoch: no end-of-epoch evaluation; the step checkpoint (if any) is the one to resume from
 
             # End of epoch: caption the validation images, select on BLEU-4.
-            metrics, _ = evaluate_captioner(model, split=val_split, features=None if args.finetune_encoder else caches["validation"], meteor=False, **evaluation)
+            metrics, _ = evaluate_captioner(model, split=val_split, features=caches.get("validation"), meteor=False, **evaluation)
             bleu_4 = metrics["bleu_4"]
             scheduler.step(bleu_4)
             improved = bleu_4 > progress["best_bleu_4"]
@@ -380,7 +385,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
             if progress["epochs_without_improvement"] >= args.early_stopping_patience:
                 log("early stopping: no BLEU-4 improvement for %d epochs", progress["epochs_without_improvement"])
                 break
-            if args.max_steps is not None and progress["global_step"] >= args.max_steps:
+            if out_of_steps:
                 break
 
     accelerator.wait_for_everyone()
@@ -392,7 +397,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     # 7. The best model on the test split, with every metric; the Hub-ready folder.
     final = ShowAttendTellForConditionalGeneration.from_pretrained(best_dir) if best_dir.is_dir() else accelerator.unwrap_model(model)
     final.to(accelerator.device)
-    test_metrics, test_captions = evaluate_captioner(final, split=test_split, features=None if args.finetune_encoder else caches["test"], **evaluation)
+    test_metrics, test_captions = evaluate_captioner(final, split=test_split, features=caches.get("test"), **evaluation)
     results = {
         "test": test_metrics,
         "validation_best_bleu_4": progress["best_bleu_4"],

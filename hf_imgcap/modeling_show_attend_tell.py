@@ -410,9 +410,10 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
 
         Why it is fast: the region projection is computed once per image; the embedding half of the LSTM
         input projection is one matmul for all positions; the three projections of the hidden state
-        (attention query, context gate, LSTM recurrence) are one fused matmul per step; captions are
-        sorted by length so each step only runs the captions still going; and the caller applies the
-        output layer once, to the real positions only.
+        (attention query, context gate, LSTM recurrence) are one fused matmul per step; the per-step
+        weight gradients of those matmuls are deferred into one large matmul (`_DeferredWeightGrad`);
+        captions are sorted by length so each step only runs the captions still going; and the caller
+        applies the output layer once, to the real positions only (fused with the loss when training).
 
         Returns the hidden states and attention weights of the real positions, packed time-major
         (position 0 of every caption, then position 1 of those still running, ...), and for each packed

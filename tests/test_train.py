@@ -183,3 +183,10 @@ def test_bf16_mixed_precision_trains(data, tmp_path):
     results = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert all(math.isfinite(loss) for loss in results["train_loss_by_epoch"])
     assert results["train_loss_by_epoch"][-1] < results["train_loss_by_epoch"][0]
+
+
+def test_impossible_option_combinations_are_refused_before_training():
+    for argv, message in ((["--blind", "--finetune_encoder"], "--blind"), (["--push_to_hub"], "--hub_model_id")):
+        model_args, data_args, args = train_script.parse_args(argv)
+        with pytest.raises(ValueError, match=message):
+            train_script.train(model_args, data_args, args)
