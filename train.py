@@ -15,7 +15,6 @@ test split with every metric. `python train.py --help` documents every option.
 import dataclasses
 import json
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass, field

@@ -1,7 +1,6 @@
 """Training faults: non-finite losses, preemption (SIGTERM to a real process), a failed checkpoint write."""
 
 import errno
-import os
 import signal
 import subprocess
 import sys

@@ -5,17 +5,15 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
-import torch
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from PIL import Image
 
 from hf_imgcap.hub import push_to_hub, write_model_card, write_model_card_from_folder
 
-from conftest import REPO_ROOT, run_fresh_python, tiny_model, tiny_processor
+from conftest import run_fresh_python, tiny_model, tiny_processor
 
 METRICS = {
     "test": {"bleu_1": 0.6123456789, "bleu_2": 0.41, "bleu_3": 0.28, "bleu_4": 0.1987654321, "cider": 0.51,

@@ -1,14 +1,13 @@
 """The model: teacher-forced == step-by-step, exact beam search, frozen encoder, input validation."""
 
 import itertools
-import math
 
 import pytest
 import torch
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration
 
-from conftest import tiny_config, tiny_model
+from conftest import tiny_model
 
 PAD, BOS, EOS = 0, 101, 102
 

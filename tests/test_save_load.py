@@ -19,7 +19,7 @@ from transformers import (
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, ShowAttendTellProcessor
 from hf_imgcap.pretrained_encoder import build_captioner, convert_torchvision_resnet_state_dict, load_encoder
 
-from conftest import REPO_ROOT, run_fresh_python, tiny_model, tiny_processor
+from conftest import run_fresh_python, tiny_model, tiny_processor
 
 
 def save_tiny(folder):
