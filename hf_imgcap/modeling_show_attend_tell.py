@@ -172,7 +172,9 @@ class ShowAttendTellAttention(nn.Module):
         return self.encoder_proj(features)
 
     def weights(self, projected_features: torch.Tensor, projected_hidden: torch.Tensor) -> torch.Tensor:
-        energy = torch.tanh(projected_features + projected_hidden.unsqueeze(1))
+        """Softmax over regions of score(tanh(regions + query)); `projected_hidden` broadcasts over the regions,
+        i.e. has a size-1 dimension where `projected_features` has the regions."""
+        energy = torch.tanh(projected_features + projected_hidden)
         return torch.softmax(self.score(energy).squeeze(-1), dim=-1)
 
     def forward(self, features, projected_features, hidden):
@@ -181,8 +183,7 @@ class ShowAttendTellAttention(nn.Module):
         consecutive captions (e.g. its beams)."""
         images = features.shape[0]
         query = self.decoder_proj(hidden).view(images, -1, 1, self.decoder_proj.out_features)
-        energy = torch.tanh(projected_features.unsqueeze(1) + query)  # (images, captions per image, regions, attention)
-        alpha = torch.softmax(self.score(energy).squeeze(-1), dim=-1)
+        alpha = self.weights(projected_features.unsqueeze(1), query)  # (images, captions per image, regions)
         context = torch.bmm(alpha, features)  # (images, captions per image, channels)
         return context.flatten(0, 1), alpha.flatten(0, 1)
 
@@ -451,7 +452,7 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
             query, gate, recurrent = (project_hidden(hidden) + hidden_bias).split(
                 [attention_size, feature_size, 4 * hidden.shape[1]], dim=-1
             )
-            alpha = self.attention.weights(state.projected_features[:active], query)
+            alpha = self.attention.weights(state.projected_features[:active], query.unsqueeze(1))
             context = torch.bmm(alpha.unsqueeze(1), features[:active]).squeeze(1) * torch.sigmoid(gate)
             gates = embed_gates[position][:active] + project_context(context) + recurrent
             in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=-1)
