@@ -8,7 +8,8 @@ layouts, detected automatically:
 
 * the original text release: `Flicker8k_Dataset/*.jpg`, `Flickr8k.token.txt` (`name.jpg#k<TAB>caption`),
   `Flickr_8k.{train,dev,test}Images.txt`;
-* Kaggle: `Images/`, `captions.txt` (CSV `image,caption`), no split files: a seeded split by image;
+* Kaggle: `Images/`, `captions.txt` (CSV `image,caption`); the official split files of the text release when they
+  sit beside `captions.txt` (or one folder down, e.g. `Flickr8k_text/`), else a seeded split by image;
 * Karpathy: `dataset_flickr8k.json` / `dataset_flickr30k.json` / `dataset_coco.json` with its own split.
 
 Bad data is skipped, counted and logged with file and line (see `LoadReport`); a split left empty stops
@@ -55,6 +56,7 @@ class LoadReport:
 
     source: str
     layout: str
+    split_source: str = ""  # where the train / validation / test membership came from
     counts: Counter = field(default_factory=Counter)
     messages: list = field(default_factory=list)  # the logged ones: the first MAX_LOGGED_PER_KIND of each kind
     _logged: Counter = field(default_factory=Counter, init=False, repr=False, compare=False)
@@ -234,14 +236,32 @@ def _read_flickr8k(root: Path, image_dir: Path | None, report: LoadReport, seed:
     image_dir = _find_image_dir(root, token_file, image_dir)
     image_names = _image_names(image_dir)
     captions = read_token_file(token_file, image_names, report)
+    split_files = _find_split_files(root, token_file)
+    missing = [OFFICIAL_SPLIT_FILES[split] for split, path in split_files.items() if path is None]
+    if missing:
+        raise ValueError(f"{root}: split file {', '.join(missing)} not found")
+    return _split_by_files(split_files, captions, image_dir, image_names, report)
 
+
+OFFICIAL_SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "validation": "Flickr_8k.devImages.txt",
+                        "test": "Flickr_8k.testImages.txt"}
+
+
+def _find_split_files(root: Path, caption_file: Path) -> dict[str, Path | None]:
+    """split -> the text release's split file beside the caption file or in the dataset root (or one folder down
+    from either, e.g. `Flickr8k_text/`), None when absent."""
+    return {
+        split: _find(caption_file.parent, name) or _find(root, name) for split, name in OFFICIAL_SPLIT_FILES.items()
+    }
+
+
+def _split_by_files(split_files: dict, captions: dict, image_dir: Path, image_names: set, report: LoadReport) -> dict:
+    """Records of each split in the order of its split file; images named but unusable, and captioned images in
+    no split file, are counted."""
+    report.split_source = "official split files " + ", ".join(str(path) for path in split_files.values())
+    logger.info("%s: splits from %s", report.source, report.split_source)
     records = {}
-    for split, file_split in zip(SPLITS, ("train", "dev", "test")):
-        split_file = _find(token_file.parent, f"Flickr_8k.{file_split}Images.txt") or _find(
-            root, f"Flickr_8k.{file_split}Images.txt"
-        )
-        if split_file is None:
-            raise ValueError(f"{root}: split file Flickr_8k.{file_split}Images.txt not found")
+    for split, split_file in split_files.items():
         names = []
         for number, line in _read_lines(split_file, report):
             name = line.strip()
@@ -259,7 +279,7 @@ def _read_flickr8k(root: Path, image_dir: Path | None, report: LoadReport, seed:
     if outside:
         report.counts["image_in_no_split"] += len(outside)
         logger.info("%s: %d captioned images are in no split file and are not used (e.g. %s)",
-                    token_file.name, len(outside), outside[0])
+                    report.source, len(outside), outside[0])
     return records
 
 
@@ -299,14 +319,26 @@ def read_kaggle_captions(caption_file: Path, image_names: set[str], report: Load
 def _read_kaggle(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
     caption_file = _find(root, "captions.txt")
     image_dir = _find_image_dir(root, caption_file, image_dir)
-    captions = read_kaggle_captions(caption_file, _image_names(image_dir), report)
+    image_names = _image_names(image_dir)
+    captions = read_kaggle_captions(caption_file, image_names, report)
+
+    # The official split files, when the user put them next to captions.txt: the same split as the papers.
+    split_files = _find_split_files(root, caption_file)
+    found = [path for path in split_files.values() if path is not None]
+    if len(found) == len(split_files):
+        return _split_by_files(split_files, captions, image_dir, image_names, report)
+    if found:  # a partial set is a mistake, not a reason to invent a split the user did not ask for
+        missing = [OFFICIAL_SPLIT_FILES[split] for split, path in split_files.items() if path is None]
+        raise ValueError(f"{root}: found {', '.join(map(str, found))} but not {', '.join(missing)}: add the missing "
+                         "split file(s), or remove the others to use a seeded random split")
 
     names = sorted(captions)
     random.Random(seed).shuffle(names)
     train_size, val_size = KAGGLE_SPLIT_SIZES
     if train_size + val_size >= len(names):  # a smaller collection: keep the proportions of 6000/1000/rest of 8091
         train_size, val_size = round(len(names) * 6000 / 8091), round(len(names) * 1000 / 8091)
-        logger.info("%s: %d images, split %d/%d/rest by the Flickr8k proportions", caption_file, len(names), train_size, val_size)
+    report.split_source = f"seeded random split (seed {seed}, {train_size}/{val_size}/rest images; no official split files found)"
+    logger.info("%s: splits from a %s", caption_file, report.split_source)
     bounds = {"train": (0, train_size), "validation": (train_size, train_size + val_size), "test": (train_size + val_size, None)}
     return {
         split: [(image_dir / name, name, captions[name]) for name in names[start:stop]]
@@ -411,7 +443,9 @@ def _karpathy_captions(sentences: list, where: str, filename: str, report: LoadR
 
 
 def _read_karpathy(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
-    return read_karpathy_json(_find(root, "dataset_*.json"), root, image_dir, report)
+    json_file = _find(root, "dataset_*.json")
+    report.split_source = f"the 'split' field of {json_file}"
+    return read_karpathy_json(json_file, root, image_dir, report)
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -457,7 +491,7 @@ def _load_hub(source: str):
     validation / test (or `val` / `dev`)."""
     from datasets import load_dataset
 
-    report = LoadReport(source, "hub")
+    report = LoadReport(source, "hub", split_source=f"the splits of {source}")
     loaded = load_dataset(source)
     aliases = {"train": ("train",), "validation": ("validation", "val", "dev"), "test": ("test",)}
     result = {}

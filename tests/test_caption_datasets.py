@@ -189,3 +189,44 @@ def test_captioned_images_outside_every_split_file_are_counted(tmp_path):
     (root / "Flickr_8k.testImages.txt").write_text("".join(f"{n}\n" for n in test_names[:-1]))
     dataset, report = load_caption_dataset(str(root), return_report=True)
     assert report.counts["image_in_no_split"] == 1 and len(dataset["test"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------- Kaggle + official splits
+def write_official_split_files(folder, names):
+    """Split files of the real text release, with a membership unlike any seeded split: every third image is
+    test, every fifth validation, two images are in no split (the real release captions 8,092, lists 8,000)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    listed = {"train": [], "dev": [], "test": []}
+    for index, name in enumerate(names[:-2]):
+        listed["test" if index % 3 == 0 else "dev" if index % 5 == 0 else "train"].append(name)
+    for file_split, members in listed.items():
+        (folder / f"Flickr_8k.{file_split}Images.txt").write_text("".join(f"{n}\n" for n in members))
+    return {"train": listed["train"], "validation": listed["dev"], "test": listed["test"]}
+
+
+@pytest.mark.parametrize("where", [".", "Flickr8k_text"])
+def test_kaggle_layout_uses_the_official_split_files_when_present(tmp_path, where, caplog):
+    """Kaggle's captions.txt has no split; with the text release's split files beside it (or in its
+    Flickr8k_text/ folder) the splits must be exactly the paper's, not a seeded shuffle."""
+    root = write_synthetic_flickr8k(tmp_path / "kaggle", layout="kaggle", **SIZES)
+    names = sorted(p.name for p in (root / "Images").iterdir())
+    expected = write_official_split_files(root / where, names)
+    with caplog.at_level(logging.INFO, logger="hf_imgcap.caption_datasets"):
+        dataset, report = load_caption_dataset(str(root), return_report=True)
+    for split in ("train", "validation", "test"):
+        assert dataset[split]["image_id"] == expected[split]
+    assert report.counts == {"image_in_no_split": 2}
+    assert "Flickr_8k.trainImages.txt" in report.split_source and "Flickr_8k.trainImages.txt" in caplog.text
+    # Without the files: the seeded split, and the log says so.
+    for path in (root / where).glob("Flickr_8k.*Images.txt"):
+        path.unlink()
+    _, report = load_caption_dataset(str(root), return_report=True)
+    assert report.split_source.startswith("seeded random split")
+
+
+def test_kaggle_layout_with_some_split_files_missing_is_refused(tmp_path):
+    root = write_synthetic_flickr8k(tmp_path / "kaggle", layout="kaggle", **SIZES)
+    write_official_split_files(root, sorted(p.name for p in (root / "Images").iterdir()))
+    (root / "Flickr_8k.devImages.txt").unlink()
+    with pytest.raises(ValueError, match=r"Flickr_8k\.devImages\.txt"):
+        load_caption_dataset(str(root))
