@@ -123,7 +123,7 @@ def load_caption_dataset(
     path = Path(source)
     layout = detect_layout(path) if path.is_dir() else None
     if layout is None:
-        dataset, report = _load_hub(source)
+        dataset, report = _load_hub(source, path if path.is_dir() else None, verify_images, num_threads)
     else:
         report = LoadReport(str(path), layout)
         reader = {"flickr8k": _read_flickr8k, "kaggle": _read_kaggle, "karpathy": _read_karpathy}[layout]
@@ -449,13 +449,27 @@ def _read_karpathy(root: Path, image_dir: Path | None, report: LoadReport, seed:
 
 
 # ---------------------------------------------------------------------------------------------- images
-def _decodes(path: Path) -> str | None:
-    """None if the image passes the checks `load_image` makes and decodes, else the reason."""
+def _decodes(image) -> str | None:
+    """None if the image (a path or encoded bytes) passes the checks `load_image` makes and decodes, else the reason."""
     try:
-        verify_image(path)
+        verify_image(image)
         return None
     except ImageLoadError as error:
         return error.reason
+
+
+def _outside(path: Path, roots: list[Path]) -> str | None:
+    """Why `path` is refused as lying outside every folder of `roots` (after `..` and symlinks are resolved, as
+    opening it would), or None when it is inside one. Relative paths are taken as `open()` takes them."""
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as error:  # e.g. a symlink loop
+        return f"path {path} cannot be resolved ({error}); refused"
+    if any(real.is_relative_to(root.resolve()) for root in roots):
+        return None
+    link = f" (a link to {real})" if real != path.absolute() else ""
+    where = " or ".join(str(root) for root in roots)
+    return f"path {path}{link} is outside the dataset folder {where}; refused"
 
 
 def _drop_undecodable(records: dict, report: LoadReport, num_threads: int) -> dict:
@@ -486,26 +500,33 @@ def _records_to_dataset(records: list) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------------- the Hub
-def _load_hub(source: str):
+def _load_hub(source: str, local_root: Path | None, verify_images: bool, num_threads: int):
     """A dataset in the `jxie/flickr8k` format: `image` + `caption_0..caption_N` columns, splits train /
-    validation / test (or `val` / `dev`)."""
-    from datasets import load_dataset
+    validation / test (or `val` / `dev`). Image cells that cannot be used are left out, counted (see
+    `_hub_image_problems`)."""
+    from datasets import config, load_dataset
+    from huggingface_hub.constants import HF_HUB_CACHE
 
     report = LoadReport(source, "hub", split_source=f"the splits of {source}")
     loaded = load_dataset(source)
+    # Image cells that hold a path instead of bytes may point inside the dataset only: its folder when local,
+    # else the files `datasets` downloaded for it.
+    roots = [local_root] if local_root is not None else [Path(config.HF_DATASETS_CACHE), Path(HF_HUB_CACHE)]
     aliases = {"train": ("train",), "validation": ("validation", "val", "dev"), "test": ("test",)}
     result = {}
     for split, names in aliases.items():
         name = next((n for n in names if n in loaded), None)
         if name is None:
             raise ValueError(f"{source} has no '{split}' split (found {sorted(loaded)})")
-        result[split] = _hub_split_to_captions(loaded[name], source, split, report)
+        result[split] = _hub_split_to_captions(loaded[name], source, split, report, roots, verify_images, num_threads)
     return DatasetDict(result), report
 
 
-def _hub_split_to_captions(split_data: Dataset, source: str, split: str, report: LoadReport) -> Dataset:
-    """Reshape caption_0..caption_N into a `captions` list. Only the caption columns are read: the image
-    column stays where it is (a memory-mapped Arrow file), so nothing copies or decodes the images."""
+def _hub_split_to_captions(split_data: Dataset, source: str, split: str, report: LoadReport, roots: list[Path],
+                           verify_images: bool = True, num_threads: int = 4) -> Dataset:
+    """Reshape caption_0..caption_N into a `captions` list and leave out the rows whose image cannot be used.
+    Only the caption columns are read and the image cells checked in place: the image column stays where it is
+    (a memory-mapped Arrow file), so nothing copies the images."""
     import pyarrow.compute as pc
 
     caption_columns = sorted((c for c in split_data.column_names if re.fullmatch(r"caption_\d+", c)), key=lambda c: int(c[8:]))
@@ -532,7 +553,48 @@ def _hub_split_to_captions(split_data: Dataset, source: str, split: str, report:
             report.skip("image_without_captions", f"{source}/{split} row {index}: no captions; skipped")
         all_captions.append(captions)
         image_ids.append(Path(paths[index]).name if paths[index] else f"{split}-{index}")
+    problems = _hub_image_problems(image_column, keep, roots, verify_images, num_threads)
+    for index, (kind, reason) in problems.items():
+        report.skip(kind, f"{source}/{split} row {index} ({paths[index] or 'no file name'}): {reason}; "
+                          f"its {len(all_captions[index])} captions skipped")
+    keep = [index for index in keep if index not in problems]
     reshaped = split_data.remove_columns(caption_columns)
     reshaped = reshaped.add_column("image_id", image_ids, feature=Value("string"))
     reshaped = reshaped.add_column("captions", all_captions, feature=Sequence(Value("string")))
-    return reshaped.cast_column("image", Image()).select(keep) if len(keep) < len(reshaped) else reshaped.cast_column("image", Image())
+    reshaped = reshaped.cast_column("image", Image())
+    return reshaped.select(keep) if len(keep) < len(reshaped) else reshaped
+
+
+_HUB_CHECK_CHUNK = 256  # image cells decoded at a time: bounded memory for a million-image split
+
+
+def _hub_image_problems(image_column, indices: list[int], roots: list[Path], verify_images: bool,
+                        num_threads: int) -> dict[int, tuple[str, str]]:
+    """row -> (kind, reason) for the image cells among `indices` that must not be used: a null cell (always), a
+    path outside `roots` (always: `datasets` would open it), and with `verify_images` whatever `load_image` would
+    refuse (undecodable bytes, a missing file). What is checked is what `datasets` will open: the bytes when the
+    cell has them, else its path as written."""
+    from datasets.utils.file_utils import is_local_path
+
+    problems, to_decode = {}, []
+    for index in indices:
+        cell = image_column[index].as_py()
+        if isinstance(cell, dict):
+            data, path = cell.get("bytes"), cell.get("path")
+        else:  # a plain binary or string column
+            data, path = (cell, None) if isinstance(cell, (bytes, bytearray)) else (None, cell)
+        if data is None and not path:
+            problems[index] = ("undecodable_image", "no image (the cell is empty)")
+        elif data is None and not is_local_path(path):
+            problems[index] = ("path_outside_dataset", f"the image is a URL ({path}), not a file of the dataset")
+        elif data is None and _outside(Path(path), roots):
+            problems[index] = ("path_outside_dataset", _outside(Path(path), roots))
+        elif verify_images:
+            to_decode.append((index, data if data is not None else path))
+    with ThreadPoolExecutor(max_workers=num_threads) as pool:  # Pillow releases the GIL while decoding
+        for start in range(0, len(to_decode), _HUB_CHECK_CHUNK):
+            chunk = to_decode[start : start + _HUB_CHECK_CHUNK]
+            for (index, _), reason in zip(chunk, pool.map(_decodes, [image for _, image in chunk])):
+                if reason is not None:
+                    problems[index] = ("undecodable_image", f"cannot decode or use: {reason}")
+    return dict(sorted(problems.items()))
