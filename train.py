@@ -35,6 +35,7 @@ from hf_imgcap.attention_maps import render_attention_map
 from hf_imgcap.hub import METRIC_LABELS, push_to_hub, write_model_card
 from hf_imgcap.preemption import StopRequest
 from hf_imgcap.pretrained_encoder import build_captioner
+from hf_imgcap.run_arguments import validate_arguments
 from hf_imgcap.processing_show_attend_tell import default_image_processor, default_tokenizer
 from hf_imgcap.tokenizer_training import train_caption_tokenizer
 from hf_imgcap.training_data import CaptionPairs, collate_captions, tokenize_captions
@@ -187,11 +188,8 @@ def training_state(progress: dict, scheduler) -> dict:
 
 # ---------------------------------------------------------------------------------------------- training
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
-    # Refuse impossible combinations before hours of training, not after.
-    if args.push_to_hub and not args.hub_model_id:
-        raise ValueError("--push_to_hub needs --hub_model_id user/name")
-    if args.blind and args.finetune_encoder:
-        raise ValueError("--blind zeroes the cached image features; it cannot be combined with --finetune_encoder")
+    # Refuse nonsense values and impossible combinations before any data is read, not after hours of training.
+    validate_arguments(model_args, data_args, args)
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,

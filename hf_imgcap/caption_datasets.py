@@ -8,7 +8,8 @@ layouts, detected automatically:
 
 * the original text release: `Flicker8k_Dataset/*.jpg`, `Flickr8k.token.txt` (`name.jpg#k<TAB>caption`),
   `Flickr_8k.{train,dev,test}Images.txt`;
-* Kaggle: `Images/`, `captions.txt` (CSV `image,caption`), no split files: a seeded split by image;
+* Kaggle: `Images/`, `captions.txt` (CSV `image,caption`); the official split files of the text release when they
+  sit beside `captions.txt` (or one folder down, e.g. `Flickr8k_text/`), else a seeded split by image;
 * Karpathy: `dataset_flickr8k.json` / `dataset_flickr30k.json` / `dataset_coco.json` with its own split.
 
 Bad data is skipped, counted and logged with file and line (see `LoadReport`); a split left empty stops
@@ -55,6 +56,7 @@ class LoadReport:
 
     source: str
     layout: str
+    split_source: str = ""  # where the train / validation / test membership came from
     counts: Counter = field(default_factory=Counter)
     messages: list = field(default_factory=list)  # the logged ones: the first MAX_LOGGED_PER_KIND of each kind
     _logged: Counter = field(default_factory=Counter, init=False, repr=False, compare=False)
@@ -121,7 +123,7 @@ def load_caption_dataset(
     path = Path(source)
     layout = detect_layout(path) if path.is_dir() else None
     if layout is None:
-        dataset, report = _load_hub(source)
+        dataset, report = _load_hub(source, path if path.is_dir() else None, verify_images, num_threads)
     else:
         report = LoadReport(str(path), layout)
         reader = {"flickr8k": _read_flickr8k, "kaggle": _read_kaggle, "karpathy": _read_karpathy}[layout]
@@ -234,14 +236,32 @@ def _read_flickr8k(root: Path, image_dir: Path | None, report: LoadReport, seed:
     image_dir = _find_image_dir(root, token_file, image_dir)
     image_names = _image_names(image_dir)
     captions = read_token_file(token_file, image_names, report)
+    split_files = _find_split_files(root, token_file)
+    missing = [OFFICIAL_SPLIT_FILES[split] for split, path in split_files.items() if path is None]
+    if missing:
+        raise ValueError(f"{root}: split file {', '.join(missing)} not found")
+    return _split_by_files(split_files, captions, image_dir, image_names, report)
 
+
+OFFICIAL_SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "validation": "Flickr_8k.devImages.txt",
+                        "test": "Flickr_8k.testImages.txt"}
+
+
+def _find_split_files(root: Path, caption_file: Path) -> dict[str, Path | None]:
+    """split -> the text release's split file beside the caption file or in the dataset root (or one folder down
+    from either, e.g. `Flickr8k_text/`), None when absent."""
+    return {
+        split: _find(caption_file.parent, name) or _find(root, name) for split, name in OFFICIAL_SPLIT_FILES.items()
+    }
+
+
+def _split_by_files(split_files: dict, captions: dict, image_dir: Path, image_names: set, report: LoadReport) -> dict:
+    """Records of each split in the order of its split file; images named but unusable, and captioned images in
+    no split file, are counted."""
+    report.split_source = "official split files " + ", ".join(str(path) for path in split_files.values())
+    logger.info("%s: splits from %s", report.source, report.split_source)
     records = {}
-    for split, file_split in zip(SPLITS, ("train", "dev", "test")):
-        split_file = _find(token_file.parent, f"Flickr_8k.{file_split}Images.txt") or _find(
-            root, f"Flickr_8k.{file_split}Images.txt"
-        )
-        if split_file is None:
-            raise ValueError(f"{root}: split file Flickr_8k.{file_split}Images.txt not found")
+    for split, split_file in split_files.items():
         names = []
         for number, line in _read_lines(split_file, report):
             name = line.strip()
@@ -259,7 +279,7 @@ def _read_flickr8k(root: Path, image_dir: Path | None, report: LoadReport, seed:
     if outside:
         report.counts["image_in_no_split"] += len(outside)
         logger.info("%s: %d captioned images are in no split file and are not used (e.g. %s)",
-                    token_file.name, len(outside), outside[0])
+                    report.source, len(outside), outside[0])
     return records
 
 
@@ -299,14 +319,26 @@ def read_kaggle_captions(caption_file: Path, image_names: set[str], report: Load
 def _read_kaggle(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
     caption_file = _find(root, "captions.txt")
     image_dir = _find_image_dir(root, caption_file, image_dir)
-    captions = read_kaggle_captions(caption_file, _image_names(image_dir), report)
+    image_names = _image_names(image_dir)
+    captions = read_kaggle_captions(caption_file, image_names, report)
+
+    # The official split files, when the user put them next to captions.txt: the same split as the papers.
+    split_files = _find_split_files(root, caption_file)
+    found = [path for path in split_files.values() if path is not None]
+    if len(found) == len(split_files):
+        return _split_by_files(split_files, captions, image_dir, image_names, report)
+    if found:  # a partial set is a mistake, not a reason to invent a split the user did not ask for
+        missing = [OFFICIAL_SPLIT_FILES[split] for split, path in split_files.items() if path is None]
+        raise ValueError(f"{root}: found {', '.join(map(str, found))} but not {', '.join(missing)}: add the missing "
+                         "split file(s), or remove the others to use a seeded random split")
 
     names = sorted(captions)
     random.Random(seed).shuffle(names)
     train_size, val_size = KAGGLE_SPLIT_SIZES
     if train_size + val_size >= len(names):  # a smaller collection: keep the proportions of 6000/1000/rest of 8091
         train_size, val_size = round(len(names) * 6000 / 8091), round(len(names) * 1000 / 8091)
-        logger.info("%s: %d images, split %d/%d/rest by the Flickr8k proportions", caption_file, len(names), train_size, val_size)
+    report.split_source = f"seeded random split (seed {seed}, {train_size}/{val_size}/rest images; no official split files found)"
+    logger.info("%s: splits from a %s", caption_file, report.split_source)
     bounds = {"train": (0, train_size), "validation": (train_size, train_size + val_size), "test": (train_size + val_size, None)}
     return {
         split: [(image_dir / name, name, captions[name]) for name in names[start:stop]]
@@ -411,17 +443,33 @@ def _karpathy_captions(sentences: list, where: str, filename: str, report: LoadR
 
 
 def _read_karpathy(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
-    return read_karpathy_json(_find(root, "dataset_*.json"), root, image_dir, report)
+    json_file = _find(root, "dataset_*.json")
+    report.split_source = f"the 'split' field of {json_file}"
+    return read_karpathy_json(json_file, root, image_dir, report)
 
 
 # ---------------------------------------------------------------------------------------------- images
-def _decodes(path: Path) -> str | None:
-    """None if the image passes the checks `load_image` makes and decodes, else the reason."""
+def _decodes(image) -> str | None:
+    """None if the image (a path or encoded bytes) passes the checks `load_image` makes and decodes, else the reason."""
     try:
-        verify_image(path)
+        verify_image(image)
         return None
     except ImageLoadError as error:
         return error.reason
+
+
+def _outside(path: Path, roots: list[Path]) -> str | None:
+    """Why `path` is refused as lying outside every folder of `roots` (after `..` and symlinks are resolved, as
+    opening it would), or None when it is inside one. Relative paths are taken as `open()` takes them."""
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as error:  # e.g. a symlink loop
+        return f"path {path} cannot be resolved ({error}); refused"
+    if any(real.is_relative_to(root.resolve()) for root in roots):
+        return None
+    link = f" (a link to {real})" if real != path.absolute() else ""
+    where = " or ".join(str(root) for root in roots)
+    return f"path {path}{link} is outside the dataset folder {where}; refused"
 
 
 def _drop_undecodable(records: dict, report: LoadReport, num_threads: int) -> dict:
@@ -452,26 +500,33 @@ def _records_to_dataset(records: list) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------------- the Hub
-def _load_hub(source: str):
+def _load_hub(source: str, local_root: Path | None, verify_images: bool, num_threads: int):
     """A dataset in the `jxie/flickr8k` format: `image` + `caption_0..caption_N` columns, splits train /
-    validation / test (or `val` / `dev`)."""
-    from datasets import load_dataset
+    validation / test (or `val` / `dev`). Image cells that cannot be used are left out, counted (see
+    `_hub_image_problems`)."""
+    from datasets import config, load_dataset
+    from huggingface_hub.constants import HF_HUB_CACHE
 
-    report = LoadReport(source, "hub")
+    report = LoadReport(source, "hub", split_source=f"the splits of {source}")
     loaded = load_dataset(source)
+    # Image cells that hold a path instead of bytes may point inside the dataset only: its folder when local,
+    # else the files `datasets` downloaded for it.
+    roots = [local_root] if local_root is not None else [Path(config.HF_DATASETS_CACHE), Path(HF_HUB_CACHE)]
     aliases = {"train": ("train",), "validation": ("validation", "val", "dev"), "test": ("test",)}
     result = {}
     for split, names in aliases.items():
         name = next((n for n in names if n in loaded), None)
         if name is None:
             raise ValueError(f"{source} has no '{split}' split (found {sorted(loaded)})")
-        result[split] = _hub_split_to_captions(loaded[name], source, split, report)
+        result[split] = _hub_split_to_captions(loaded[name], source, split, report, roots, verify_images, num_threads)
     return DatasetDict(result), report
 
 
-def _hub_split_to_captions(split_data: Dataset, source: str, split: str, report: LoadReport) -> Dataset:
-    """Reshape caption_0..caption_N into a `captions` list. Only the caption columns are read: the image
-    column stays where it is (a memory-mapped Arrow file), so nothing copies or decodes the images."""
+def _hub_split_to_captions(split_data: Dataset, source: str, split: str, report: LoadReport, roots: list[Path],
+                           verify_images: bool = True, num_threads: int = 4) -> Dataset:
+    """Reshape caption_0..caption_N into a `captions` list and leave out the rows whose image cannot be used.
+    Only the caption columns are read and the image cells checked in place: the image column stays where it is
+    (a memory-mapped Arrow file), so nothing copies the images."""
     import pyarrow.compute as pc
 
     caption_columns = sorted((c for c in split_data.column_names if re.fullmatch(r"caption_\d+", c)), key=lambda c: int(c[8:]))
@@ -498,7 +553,48 @@ def _hub_split_to_captions(split_data: Dataset, source: str, split: str, report:
             report.skip("image_without_captions", f"{source}/{split} row {index}: no captions; skipped")
         all_captions.append(captions)
         image_ids.append(Path(paths[index]).name if paths[index] else f"{split}-{index}")
+    problems = _hub_image_problems(image_column, keep, roots, verify_images, num_threads)
+    for index, (kind, reason) in problems.items():
+        report.skip(kind, f"{source}/{split} row {index} ({paths[index] or 'no file name'}): {reason}; "
+                          f"its {len(all_captions[index])} captions skipped")
+    keep = [index for index in keep if index not in problems]
     reshaped = split_data.remove_columns(caption_columns)
     reshaped = reshaped.add_column("image_id", image_ids, feature=Value("string"))
     reshaped = reshaped.add_column("captions", all_captions, feature=Sequence(Value("string")))
-    return reshaped.cast_column("image", Image()).select(keep) if len(keep) < len(reshaped) else reshaped.cast_column("image", Image())
+    reshaped = reshaped.cast_column("image", Image())
+    return reshaped.select(keep) if len(keep) < len(reshaped) else reshaped
+
+
+_HUB_CHECK_CHUNK = 256  # image cells decoded at a time: bounded memory for a million-image split
+
+
+def _hub_image_problems(image_column, indices: list[int], roots: list[Path], verify_images: bool,
+                        num_threads: int) -> dict[int, tuple[str, str]]:
+    """row -> (kind, reason) for the image cells among `indices` that must not be used: a null cell (always), a
+    path outside `roots` (always: `datasets` would open it), and with `verify_images` whatever `load_image` would
+    refuse (undecodable bytes, a missing file). What is checked is what `datasets` will open: the bytes when the
+    cell has them, else its path as written."""
+    from datasets.utils.file_utils import is_local_path
+
+    problems, to_decode = {}, []
+    for index in indices:
+        cell = image_column[index].as_py()
+        if isinstance(cell, dict):
+            data, path = cell.get("bytes"), cell.get("path")
+        else:  # a plain binary or string column
+            data, path = (cell, None) if isinstance(cell, (bytes, bytearray)) else (None, cell)
+        if data is None and not path:
+            problems[index] = ("undecodable_image", "no image (the cell is empty)")
+        elif data is None and not is_local_path(path):
+            problems[index] = ("path_outside_dataset", f"the image is a URL ({path}), not a file of the dataset")
+        elif data is None and _outside(Path(path), roots):
+            problems[index] = ("path_outside_dataset", _outside(Path(path), roots))
+        elif verify_images:
+            to_decode.append((index, data if data is not None else path))
+    with ThreadPoolExecutor(max_workers=num_threads) as pool:  # Pillow releases the GIL while decoding
+        for start in range(0, len(to_decode), _HUB_CHECK_CHUNK):
+            chunk = to_decode[start : start + _HUB_CHECK_CHUNK]
+            for (index, _), reason in zip(chunk, pool.map(_decodes, [image for _, image in chunk])):
+                if reason is not None:
+                    problems[index] = ("undecodable_image", f"cannot decode or use: {reason}")
+    return dict(sorted(problems.items()))

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from .caption_metrics import compute_caption_metrics
 from .image_loading import load_image
+from .processing_show_attend_tell import decode_captions
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def generate_captions(
 ) -> list[str]:
     """Caption every image of `split` (in order) with `model.generate(**generate_kwargs)`.
 
+    `tokenizer` is the model's tokenizer or its processor; captions are decoded as the processor decodes them.
     Image inputs come from `features` (a `FeatureCache` of this split) or from the images through
     `image_processor`. `blind=True` replaces the features with zeros: the image-blind baseline.
     """
@@ -76,9 +78,9 @@ def generate_captions(
     if sorted(order) != list(range(len(split))):
         raise RuntimeError(f"evaluation gathered {len(order)} captions for {len(split)} images")
     captions = [None] * len(split)
-    decoded = tokenizer.batch_decode(collected_sequences, skip_special_tokens=True)
-    for index, caption in zip(order, decoded):
-        captions[index] = caption.strip()
+    # Exactly the text caption(), the pipeline and the CLI print: scores are of what users see.
+    for index, caption in zip(order, decode_captions(tokenizer, collected_sequences)):
+        captions[index] = caption
     return captions
 
 

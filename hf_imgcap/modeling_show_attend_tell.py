@@ -6,6 +6,7 @@ Only same-folder relative imports here: `save_pretrained` copies this file next 
 """
 
 import functools
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -18,6 +19,10 @@ from transformers.utils import ModelOutput
 
 from .configuration_show_attend_tell import ShowAttendTellConfig
 
+# The name under which generate() carries the decoding state between steps (model kwargs, forward argument):
+# transformers 5.24 renamed `past_key_values` to `cache` (and renames it when a ModelOutput is built).
+CACHE_KWARG = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
+
 
 @dataclass
 class ShowAttendTellOutput(ModelOutput):
@@ -26,21 +31,26 @@ class ShowAttendTellOutput(ModelOutput):
         loss: caption cross-entropy (mean over real tokens) + the attention regulariser.
         logits: `(batch, seq_len, vocab)` scores for the token after each input position; positions
             after a caption's end are zero (they are never computed). `None` with `return_logits=False`.
-        past_key_values: the recurrent decoding state ([`ShowAttendTellState`]) when `use_cache=True`.
+        cache: the recurrent decoding state ([`ShowAttendTellState`]) when `use_cache=True` (also readable as
+            `past_key_values`, its name before transformers 5.24).
         attentions: `(batch, seq_len, regions)` attention weights of each position (`output_attentions=True`).
         caption_loss / attention_loss: the two parts of `loss`, for logging.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    past_key_values: "ShowAttendTellState | None" = None
+    cache: "ShowAttendTellState | None" = None
     attentions: torch.FloatTensor | None = None
     caption_loss: torch.FloatTensor | None = None
     attention_loss: torch.FloatTensor | None = None
 
+    @property
+    def past_key_values(self) -> "ShowAttendTellState | None":
+        return self.cache
+
 
 class ShowAttendTellState:
-    """Recurrent decoding state carried by `generate()` in `past_key_values`.
+    """Recurrent decoding state carried by `generate()` in `cache` (`past_key_values` before transformers 5.24).
 
     Holds the image features and their attention projection (computed once per image, kept once per image)
     next to the LSTM state of every caption being decoded: `rows_per_image` consecutive rows (beams, returned
@@ -473,6 +483,7 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         attention_mask: torch.LongTensor | None = None,
         encoder_hidden_states: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
+        cache: ShowAttendTellState | None = None,
         past_key_values: ShowAttendTellState | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
@@ -488,7 +499,8 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         input_ids (`(batch, seq_len)`): captions starting with the start token ([CLS]); right-padded.
         attention_mask: 1 for real tokens; if omitted, tokens equal to `pad_token_id` are padding.
         labels: usually `input_ids` with padding set to -100; position t is scored against label t+1.
-        past_key_values / use_cache: step-by-step decoding with a [`ShowAttendTellState`] (as `generate()` does).
+        cache / use_cache: step-by-step decoding with a [`ShowAttendTellState`] (as `generate()` does);
+            `past_key_values` is the same argument under its name before transformers 5.24.
         return_logits: set False in training loops to skip materialising the `(batch, seq_len, vocab)`
             logits; the output layer then runs only where the loss needs it.
         num_items_in_batch: divide the summed token cross-entropy by this instead of this batch's token
@@ -502,12 +514,14 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         self._check_token_ids(input_ids, "input_ids")
         output_attentions = bool(output_attentions)
 
-        if past_key_values is not None or use_cache:
+        if cache is None:
+            cache = past_key_values
+        if cache is not None or use_cache:
             features = None
-            if past_key_values is None:
+            if cache is None:
                 features = self._features_from_inputs(pixel_values, encoder_hidden_states)
                 self._check_batch(features, input_ids, allow_several_per_image=True)
-            logits, alphas, state = self._decode_with_cache(input_ids, features, past_key_values)
+            logits, alphas, state = self._decode_with_cache(input_ids, features, cache)
             loss = caption_loss = attention_loss = None
             if labels is not None:
                 caption_loss = self._shifted_cross_entropy(logits, labels)
@@ -515,7 +529,7 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
             return ShowAttendTellOutput(
                 loss=loss,
                 logits=logits,
-                past_key_values=state if use_cache is not False else None,
+                cache=state if use_cache is not False else None,
                 attentions=alphas if output_attentions else None,
                 caption_loss=caption_loss,
             )
@@ -624,10 +638,11 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         return False  # the state is a ShowAttendTellState, not a key/value cache
 
     def prepare_inputs_for_generation(
-        self, input_ids, past_key_values=None, encoder_hidden_states=None, output_attentions=None, use_cache=True, **kwargs
+        self, input_ids, cache=None, past_key_values=None, encoder_hidden_states=None, output_attentions=None, use_cache=True, **kwargs
     ):
-        if past_key_values is not None:
-            return {"input_ids": input_ids[:, -1:], "past_key_values": past_key_values, "use_cache": True}
+        cache = cache if cache is not None else past_key_values
+        if cache is not None:
+            return {"input_ids": input_ids[:, -1:], "cache": cache, "use_cache": True}
         # First step, or no cache: the whole prefix, with the (already encoded) images.
         return {"input_ids": input_ids, "encoder_hidden_states": encoder_hidden_states, "use_cache": use_cache}
 
@@ -640,7 +655,7 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, num_new_tokens)
-        model_kwargs["past_key_values"] = outputs.past_key_values
+        model_kwargs[CACHE_KWARG] = outputs.cache
         return model_kwargs
 
     @torch.no_grad()

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from hf_imgcap.caption_datasets import detect_layout, load_caption_dataset, normalize_caption
+from hf_imgcap.image_loading import load_image
 from hf_imgcap.synthetic import write_synthetic_flickr8k
 
 SIZES = dict(num_train=12, num_val=3, num_test=3, image_size=48)
@@ -189,3 +190,92 @@ def test_captioned_images_outside_every_split_file_are_counted(tmp_path):
     (root / "Flickr_8k.testImages.txt").write_text("".join(f"{n}\n" for n in test_names[:-1]))
     dataset, report = load_caption_dataset(str(root), return_report=True)
     assert report.counts["image_in_no_split"] == 1 and len(dataset["test"]) == 2
+
+
+# ---------------------------------------------------------------------------------------------- Kaggle + official splits
+def write_official_split_files(folder, names):
+    """Split files of the real text release, with a membership unlike any seeded split: every third image is
+    test, every fifth validation, two images are in no split (the real release captions 8,092, lists 8,000)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    listed = {"train": [], "dev": [], "test": []}
+    for index, name in enumerate(names[:-2]):
+        listed["test" if index % 3 == 0 else "dev" if index % 5 == 0 else "train"].append(name)
+    for file_split, members in listed.items():
+        (folder / f"Flickr_8k.{file_split}Images.txt").write_text("".join(f"{n}\n" for n in members))
+    return {"train": listed["train"], "validation": listed["dev"], "test": listed["test"]}
+
+
+@pytest.mark.parametrize("where", [".", "Flickr8k_text"])
+def test_kaggle_layout_uses_the_official_split_files_when_present(tmp_path, where, caplog):
+    """Kaggle's captions.txt has no split; with the text release's split files beside it (or in its
+    Flickr8k_text/ folder) the splits must be exactly the paper's, not a seeded shuffle."""
+    root = write_synthetic_flickr8k(tmp_path / "kaggle", layout="kaggle", **SIZES)
+    names = sorted(p.name for p in (root / "Images").iterdir())
+    expected = write_official_split_files(root / where, names)
+    with caplog.at_level(logging.INFO, logger="hf_imgcap.caption_datasets"):
+        dataset, report = load_caption_dataset(str(root), return_report=True)
+    for split in ("train", "validation", "test"):
+        assert dataset[split]["image_id"] == expected[split]
+    assert report.counts == {"image_in_no_split": 2}
+    assert "Flickr_8k.trainImages.txt" in report.split_source and "Flickr_8k.trainImages.txt" in caplog.text
+    # Without the files: the seeded split, and the log says so.
+    for path in (root / where).glob("Flickr_8k.*Images.txt"):
+        path.unlink()
+    _, report = load_caption_dataset(str(root), return_report=True)
+    assert report.split_source.startswith("seeded random split")
+
+
+def test_kaggle_layout_with_some_split_files_missing_is_refused(tmp_path):
+    root = write_synthetic_flickr8k(tmp_path / "kaggle", layout="kaggle", **SIZES)
+    write_official_split_files(root, sorted(p.name for p in (root / "Images").iterdir()))
+    (root / "Flickr_8k.devImages.txt").unlink()
+    with pytest.raises(ValueError, match=r"Flickr_8k\.devImages\.txt"):
+        load_caption_dataset(str(root))
+
+
+# ---------------------------------------------------------------------------------------------- Hub parquet: bad images
+def write_hub_parquet(folder, reference, cells=None):
+    """`reference` (a loaded DatasetDict) written in the `jxie/flickr8k` format: image bytes + caption_0..4.
+    `cells` maps (split, row) to the image cell to write instead: None (a null cell), bytes, or a dict."""
+    cells = cells or {}
+    features = datasets.Features({"image": datasets.Image(), **{f"caption_{k}": datasets.Value("string") for k in range(5)}})
+    (folder / "data").mkdir(parents=True)
+    for split in ("train", "validation", "test"):
+        rows = {"image": [], **{f"caption_{k}": [] for k in range(5)}}
+        for index, row in enumerate(reference[split].cast_column("image", datasets.Image(decode=False))):
+            path = row["image"]["path"]
+            cell = cells.get((split, index), {"path": os.path.basename(path), "bytes": open(path, "rb").read()})
+            rows["image"].append({"path": f"bad_{split}_{index}.jpg", "bytes": cell} if isinstance(cell, bytes) else cell)
+            for k in range(5):
+                rows[f"caption_{k}"].append(row["captions"][k])
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(folder / "data" / f"{split}-00000-of-00001.parquet", batch_size=100)
+    return folder
+
+
+def broken_hub_cells(folder):
+    return {
+        ("train", 0): None,                                                    # a null image cell
+        ("train", 2): {"path": str(folder / "images" / "nothere.jpg"), "bytes": None},  # a file that does not exist
+        ("validation", 1): b"\xff\xd8\xff garbage, not a JPEG",                 # undecodable bytes
+        ("test", 0): b"not an image at all",                                   # the first test image (attention example)
+    }
+
+
+def test_hub_parquet_images_that_cannot_be_used_are_counted_named_and_left_out(layouts, tmp_path, caplog):
+    reference = load_caption_dataset(str(layouts["flickr8k"]))
+    folder = write_hub_parquet(tmp_path / "hub", reference, broken_hub_cells(tmp_path / "hub"))
+    with caplog.at_level(logging.WARNING):
+        dataset, report = load_caption_dataset(str(folder), return_report=True)
+    assert report.counts == {"undecodable_image": 4}
+    assert "train row 0" in caplog.text and "no image" in caplog.text
+    assert "nothere.jpg" in caplog.text and "no such image file" in caplog.text
+    assert "bad_validation_1.jpg" in caplog.text and "bad_test_0.jpg" in caplog.text
+    for split in ("train", "validation", "test"):
+        broken = {index for (s, index) in broken_hub_cells(folder) if s == split}
+        expected = [image_id for index, image_id in enumerate(reference[split]["image_id"]) if index not in broken]
+        assert dataset[split]["image_id"] == expected
+        for row in dataset[split]:  # what a DataLoader worker, the feature cache and the attention example read
+            assert load_image(row["image"]).mode == "RGB"
+    # Switched off on request: nothing decoded at load time, the rows stay (the null cell is still refused).
+    unchecked, report = load_caption_dataset(str(folder), verify_images=False, return_report=True)
+    assert len(unchecked["validation"]) == len(reference["validation"]) and report.counts == {"undecodable_image": 1}

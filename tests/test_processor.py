@@ -60,3 +60,33 @@ def test_nothing_to_process_raises(processor):
         processor()
     with pytest.raises(ValueError, match="text is an empty list"):
         processor(text=[])
+
+
+def test_evaluation_scores_exactly_the_caption_users_see():
+    """Issue 10: evaluation decoded without the processor's clean-up, so "a man's dog isn't red." was scored as
+    "a man ' s dog isn ' t red ." (BLEU-4 of a perfect caption ~ 0)."""
+    from datasets import Dataset, Image as ImageFeature
+
+    from hf_imgcap.evaluation import evaluate_captioner
+
+    from conftest import tiny_model, tiny_processor
+
+    processor, model = tiny_processor(), tiny_model()
+    reference = "a man's dog isn't red."
+    forced = processor(text=reference).input_ids[0].tolist()  # [CLS] ... [SEP]
+
+    def force_reference(batch_id, prefix):  # generation writes exactly the reference caption
+        return [forced[min(len(prefix), len(forced) - 1)]]
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 72, 3), dtype=np.uint8))
+    split = Dataset.from_dict({"image": [image], "captions": [[reference]]}).cast_column("image", ImageFeature())
+    options = dict(prefix_allowed_tokens_fn=force_reference, max_new_tokens=len(forced))
+    shown = model.caption(image, processor, **options)
+    assert shown == reference
+
+    for decoder in (processor.tokenizer, processor):  # what train.py and the CLI pass
+        metrics, scored = evaluate_captioner(
+            model, decoder, split, image_processor=processor.image_processor, meteor=False, show_progress=False, **options
+        )
+        assert scored == [shown]
+        assert metrics["bleu_4"] == pytest.approx(1.0, abs=1e-6)

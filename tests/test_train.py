@@ -1,5 +1,6 @@
 """train.py end to end: training, Hub-ready output, exact resume, checkpoint integrity, real 2-process DDP, --help."""
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -190,3 +191,75 @@ def test_impossible_option_combinations_are_refused_before_training():
         model_args, data_args, args = train_script.parse_args(argv)
         with pytest.raises(ValueError, match=message):
             train_script.train(model_args, data_args, args)
+
+
+# ---------------------------------------------------------------------------------------------- argument checks
+# One nonsense value per argument that takes a value; each must be refused, naming the argument and the value,
+# before any data is read.
+NONSENSE = {
+    "dataset": "",
+    "image_dir": "/nonexistent/images",
+    "cache_dir": "FILE",
+    "max_train_images": "0",
+    "max_eval_images": "-1",
+    "num_workers": "-2",
+    "encoder": " ",
+    "tokenizer": "",
+    "caption_vocab_size": "2",
+    "embedding_size": "0",
+    "attention_size": "-4",
+    "hidden_size": "0",
+    "dropout": "1.5",
+    "attention_regularization": "-1",
+    "image_size": "8",
+    "max_caption_length": "1",
+    "output_dir": "FILE",
+    "seed": "-1",
+    "num_epochs": "0",
+    "max_steps": "0",
+    "batch_size": "0",
+    "gradient_accumulation_steps": "0",
+    "learning_rate": "-0.001",
+    "encoder_learning_rate": "0",
+    "grad_clip": "-5",
+    "lr_decay_factor": "1.5",
+    "lr_decay_patience": "0",
+    "early_stopping_patience": "0",
+    "mixed_precision": "fp64",
+    "report_to": "tensorbored",
+    "eval_num_beams": "0",
+    "eval_max_new_tokens": "0",
+    "eval_batch_size": "0",
+    "checkpoint_every_steps": "-1",
+    "checkpoints_to_keep": "0",
+    "resume_from": "/nonexistent/checkpoints/step_00000001",
+    "max_nonfinite_steps": "0",
+    "hub_model_id": "not a/valid//id",
+}
+
+
+def value_arguments():
+    return [f.name for cls in (train_script.ModelArguments, train_script.DataArguments, train_script.TrainingArguments)
+            for f in dataclasses.fields(cls) if not isinstance(f.default, bool)]
+
+
+def test_every_argument_that_takes_a_value_has_a_nonsense_case():
+    assert set(value_arguments()) <= set(NONSENSE), f"add a nonsense case for {set(value_arguments()) - set(NONSENSE)}"
+
+
+@pytest.mark.parametrize("name", sorted(NONSENSE))
+def test_a_nonsense_argument_is_refused_before_any_data_is_read(name, data, tmp_path, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    value = str(a_file) if NONSENSE[name] == "FILE" else NONSENSE[name]
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the arguments were checked")
+
+    monkeypatch.setattr(train_script, "load_caption_dataset", no_data)
+    argv = tiny_args(data, tmp_path / "out", tmp_path / "cache", f"--{name}", value)
+    parsed = next(getattr(group, name) for group in train_script.parse_args(argv) if hasattr(group, name))
+    with pytest.raises(ValueError) as refused:
+        run(argv)
+    assert f"--{name} {parsed!r}" in str(refused.value)  # names the argument and the value as given
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,288 @@
+# Copyright 2026 The hf-imgcap authors. Apache-2.0.
+"""Checks and set-up of a training run that happen before any data is read.
+
+A nonsense setting (a negative learning rate, `--batch_size 0`, `--output_dir` that is a file) should fail in the
+first second with a message naming the argument, not after the feature cache was built or hours of training.
+An output folder holds exactly one run: a second run there is refused unless it continues the first (`--resume`)
+or replaces it (`--overwrite_output_dir`, which deletes only what a run wrote).
+"""
+
+import dataclasses
+import fnmatch
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+from accelerate.utils import PrecisionType, ProjectConfiguration
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+logger = logging.getLogger(__name__)
+
+TRAINING_ARGS_FILE = "training_args.json"
+TRACKER_FOLDER = "runs"
+
+# What a training run writes into its output_dir (top-level names; folders are removed whole). Anything else there,
+# such as the demo's synthetic data and feature cache or a user's notes, is never deleted.
+RUN_OUTPUT_PATTERNS = (
+    "checkpoints", TRACKER_FOLDER, "blind_baseline", TRAINING_ARGS_FILE, "metrics.json", "test_captions.json",
+    "attention_example.png",
+    # save_pretrained of the model and the processor
+    "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", "*_show_attend_tell.py",
+    "image_loading.py", "processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "vocab.txt",
+)
+# Any of these means the folder holds (part of) a previous run.
+RUN_MARKERS = (TRAINING_ARGS_FILE, "checkpoints", "config.json", "model.safetensors", "metrics.json")
+MODEL_CARD_MARKER = "hf-imgcap"  # README.md is the run's model card only if it says it was made by us
+
+# Arguments that decide the model's shapes or its processor: a resumed run must use the same values.
+RESUME_MUST_MATCH = {
+    "model": ("encoder", "tokenizer", "caption_vocab_size", "embedding_size", "attention_size", "hidden_size", "image_size",
+              "max_caption_length"),
+    "training": ("finetune_encoder", "blind"),
+}
+
+
+# ---------------------------------------------------------------------------------------------- argument values
+def _at_least(minimum):
+    return lambda v: None if v >= minimum else f"must be ≥ {minimum}"
+
+
+def _positive_finite(v):
+    return None if math.isfinite(v) and v > 0 else "must be a positive number"
+
+
+def _non_negative_finite(v):
+    return None if math.isfinite(v) and v >= 0 else "must be ≥ 0"
+
+
+def _not_empty(v):
+    return None if v.strip() else "must not be empty"
+
+
+def _dataset(v):
+    if not v.strip():
+        return "must not be empty"
+    if v.startswith(("/", "./", "../", "~")) and not Path(v).expanduser().exists():
+        return "no such folder"
+    return None
+
+
+def _existing_folder(v):
+    return None if Path(v).expanduser().is_dir() else "is not an existing folder"
+
+
+def _folder_to_write(v):
+    if not v.strip():
+        return "must not be empty"
+    path = Path(v).expanduser()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else f"{candidate} is a file, not a folder"
+    return None
+
+
+def _mixed_precision(v):
+    return None if v in PrecisionType.list() else f"must be one of {', '.join(PrecisionType.list())}"
+
+
+def _report_to(v):
+    if v == "none":
+        return None
+    known = {"all", *LOGGER_TYPE_TO_CLASS}
+    unknown = [name for name in v.split(",") if name.strip() not in known]
+    return f"unknown tracker {', '.join(map(repr, unknown))} (known: none, {', '.join(sorted(known))})" if unknown else None
+
+
+def _hub_model_id(v):
+    try:
+        validate_repo_id(v)
+    except HFValidationError as error:
+        return f"is not a Hub repository id ({error})"
+    return None if "/" in v else "must be user/name"
+
+
+# One rule per argument that takes a value (flags need none). tests/test_train.py checks that every such argument
+# has a rule and a nonsense case. None (not given) is always allowed for optional arguments.
+RULES = {
+    # data
+    "dataset": _dataset,
+    "image_dir": _existing_folder,
+    "cache_dir": _folder_to_write,
+    "max_train_images": _at_least(1),
+    "max_eval_images": _at_least(1),
+    "num_workers": _at_least(0),
+    # model
+    "encoder": _not_empty,
+    "tokenizer": _not_empty,
+    "caption_vocab_size": lambda v: None if v >= 6 else "must be ≥ 6 (5 special tokens and at least one word)",
+    "embedding_size": _at_least(1),
+    "attention_size": _at_least(1),
+    "hidden_size": _at_least(1),
+    "dropout": lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
+    "attention_regularization": _non_negative_finite,
+    "image_size": lambda v: None if v >= 32 else "must be ≥ 32 (the encoder downsamples by 32)",
+    "max_caption_length": lambda v: None if v >= 3 else "must be ≥ 3 ([CLS], at least one word, [SEP]): no caption could train",
+    # training
+    "output_dir": _folder_to_write,
+    "seed": lambda v: None if 0 <= v < 2**32 else "must be in [0, 2**32)",
+    "num_epochs": _at_least(1),
+    "max_steps": _at_least(1),
+    "batch_size": _at_least(1),
+    "gradient_accumulation_steps": _at_least(1),
+    "learning_rate": _positive_finite,
+    "encoder_learning_rate": _positive_finite,
+    "grad_clip": _non_negative_finite,
+    "lr_decay_factor": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
+    "lr_decay_patience": _at_least(1),
+    "early_stopping_patience": _at_least(1),
+    "mixed_precision": _mixed_precision,
+    "report_to": _report_to,
+    "eval_num_beams": _at_least(1),
+    "eval_max_new_tokens": _at_least(1),
+    "eval_batch_size": _at_least(1),
+    "checkpoint_every_steps": _at_least(0),
+    "checkpoints_to_keep": _at_least(1),
+    "resume_from": _existing_folder,
+    "max_nonfinite_steps": _at_least(1),
+    "hub_model_id": _hub_model_id,
+}
+
+
+def validate_arguments(model_args, data_args, args):
+    """Raise one `ValueError` listing every argument with an impossible value (`--name value: why`)."""
+    problems = []
+    for group in (model_args, data_args, args):
+        for field in dataclasses.fields(group):
+            value = getattr(group, field.name)
+            rule = RULES.get(field.name)
+            if value is None or rule is None:
+                continue
+            problem = rule(value)
+            if problem:
+                problems.append(f"--{field.name} {value!r}: {problem}")
+    if args.push_to_hub and not args.hub_model_id:
+        problems.append("--push_to_hub needs --hub_model_id user/name")
+    if args.blind and args.finetune_encoder:
+        problems.append("--blind zeroes the cached image features; it cannot be combined with --finetune_encoder")
+    if problems:
+        raise ValueError("invalid arguments:\n  " + "\n  ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------- the output folder
+def _is_run_output(path: Path) -> bool:
+    if path.name == "README.md":
+        try:
+            return MODEL_CARD_MARKER in path.read_text(errors="replace")
+        except OSError:
+            return False
+    return any(fnmatch.fnmatch(path.name, pattern) for pattern in RUN_OUTPUT_PATTERNS)
+
+
+def check_output_dir(output_dir, resume: bool, overwrite: bool) -> list[Path]:
+    """Refuse to start a new run in a folder that holds a previous one, unless it continues it (`resume`) or
+    replaces it (`overwrite`). Returns the previous run's files to delete before starting (empty unless
+    `overwrite`); reads only, so every process can call it before any of them writes."""
+    output_dir = Path(output_dir)
+    if resume or not output_dir.is_dir():
+        return []
+    found = [name for name in RUN_MARKERS if (output_dir / name).exists()]
+    if not found:
+        return []
+    if not overwrite:
+        raise ValueError(
+            f"--output_dir {output_dir} holds a previous training run ({', '.join(found)}). Continue it with --resume, "
+            f"choose another --output_dir, or pass --overwrite_output_dir to delete that run's files first "
+            f"(a run never mixes its processor and checkpoints with another run's)."
+        )
+    return sorted(path for path in output_dir.iterdir() if _is_run_output(path))
+
+
+def remove_run_outputs(paths: list[Path]):
+    """Delete what `check_output_dir` listed (main process only)."""
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    if paths:
+        kept = sorted(p.name for p in paths[0].parent.iterdir())
+        logger.info("--overwrite_output_dir: deleted %d files/folders of the previous run%s", len(paths),
+                    f"; kept {', '.join(kept)} (not written by a run)" if kept else "")
+
+
+def write_training_args(output_dir, model_args, data_args, args) -> Path:
+    """`training_args.json`, written atomically at the start of a run so that `--resume` can check it."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    content = json.dumps({"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args),
+                          "training": dataclasses.asdict(args)}, indent=1)
+    handle, temporary = tempfile.mkstemp(dir=output_dir, prefix=f".{TRAINING_ARGS_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(content)
+        os.replace(temporary, output_dir / TRAINING_ARGS_FILE)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return output_dir / TRAINING_ARGS_FILE
+
+
+def check_resume_compatible(model_args, args):
+    """With --resume / --resume_from, refuse model-size arguments that differ from the run being continued,
+    naming each one (before any data is read)."""
+    if args.resume_from:
+        saved = Path(args.resume_from).parent.parent / TRAINING_ARGS_FILE  # <run>/checkpoints/step_N
+    elif args.resume:
+        saved = Path(args.output_dir) / TRAINING_ARGS_FILE
+    else:
+        return
+    if not saved.is_file():
+        return  # nothing to compare with (no run yet, or a run from before this file existed)
+    try:
+        previous = json.loads(saved.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"cannot resume: {saved} is not valid JSON ({error}); it records the run's arguments") from None
+    current = {"model": dataclasses.asdict(model_args), "training": dataclasses.asdict(args)}
+    differences = [
+        f"--{name} {current[section][name]!r} (the run being resumed used {previous[section][name]!r})"
+        for section, names in RESUME_MUST_MATCH.items()
+        for name in names
+        if name in previous.get(section, {}) and previous[section][name] != current[section][name]
+    ]
+    if differences:
+        raise ValueError(
+            f"cannot resume the run in {saved.parent}: these arguments differ from it:\n  " + "\n  ".join(differences)
+            + "\nUse the run's values (see its training_args.json), or start a new run in another --output_dir."
+        )
+
+
+# ---------------------------------------------------------------------------------------------- the run itself
+def make_accelerator(args) -> Accelerator:
+    """Mixed precision and CPU/GPU come from `accelerate launch` / `accelerate config` unless a flag says
+    otherwise; tracker logs go to output_dir/runs."""
+    output_dir = Path(args.output_dir)
+    return Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,  # None: ACCELERATE_MIXED_PRECISION, set by the launcher or config
+        cpu=args.cpu,  # False still honours ACCELERATE_USE_CPU and falls back to the CPU without a GPU
+        log_with=None if args.report_to == "none" else args.report_to.split(","),
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / TRACKER_FOLDER)),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+
+
+def refuse_untrained_run(global_step: int, batches: int, nonfinite: int):
+    """A run that took no optimizer step must not write a model that looks trained."""
+    if global_step > 0:
+        return
+    raise RuntimeError(
+        f"the run took 0 optimizer steps ({batches} batches, {nonfinite} with a non-finite loss): no model was written. "
+        "Check the captions and --max_caption_length, --max_steps and the learning rate."
+    )
