@@ -9,6 +9,7 @@ batch at a time, and each result is written (and flushed) as soon as its batch i
 """
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -23,6 +24,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", "
 MAX_PATH_COLUMN = 60  # table mode: longer paths push their caption to the right instead of widening every row
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # the reader went away (`| head`): what a shell reports for a tool ended by SIGPIPE
 
 
 class UsageError(Exception):
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Caption image files and the images in folders, in batches.",
         epilog="Exit status: 0 if every image was captioned, 1 if some could not be read (each is reported on "
         "stderr with the reason; the others are still captioned), 2 for a usage error (e.g. model not found, "
-        "no images found).",
+        "no images found), 141 when the reader of the output goes away (e.g. `| head`).",
     )
     caption.add_argument("images", nargs="+", metavar="IMAGES", help="image files and/or folders of images")
     _add_model_arguments(caption)
@@ -105,7 +107,7 @@ def resolve_device(name: str | None):
 def load_model_and_processor(model: str, device, trust_remote_code: bool = False):
     """Our classes through the auto classes (registered by `import hf_imgcap`): no remote code needed."""
     import hf_imgcap  # noqa: F401  registers the config, model and processor with the auto classes
-    from transformers import AutoModel, AutoProcessor
+    from transformers import AutoConfig, AutoModel, AutoProcessor
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # the "Loading weights" bar: noise next to ours
@@ -114,7 +116,12 @@ def load_model_and_processor(model: str, device, trust_remote_code: bool = False
     if _looks_like_a_path(model) and not Path(model).is_dir():
         raise UsageError(f"model folder not found: {model}")
     try:
-        loaded = AutoModel.from_pretrained(model, trust_remote_code=trust_remote_code)
+        # The config first: its sizes are checked (by the config itself, and against the weights below) before
+        # from_pretrained allocates the model.
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        if Path(model).is_dir():
+            check_weights_match_config(Path(model), config)
+        loaded = AutoModel.from_pretrained(model, config=config, trust_remote_code=trust_remote_code)
         processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:  # missing files, unknown repo, offline, not a captioning model
         where = "the folder" if Path(model).is_dir() else "the Hub (no local folder of that name)"
@@ -122,6 +129,36 @@ def load_model_and_processor(model: str, device, trust_remote_code: bool = False
     if not hasattr(loaded, "caption") or not hasattr(processor, "load_images"):
         raise UsageError(f"{model!r} is not a Show, Attend and Tell captioner ({type(loaded).__name__})")
     return loaded.to(device).eval(), processor
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def check_weights_match_config(folder: Path, config) -> None:
+    """Refuse a model folder whose config.json asks for a model far larger than its weight files hold (e.g. a
+    few-KB folder asking for 160 GB), before anything is allocated: transformers would allocate the full size and
+    fill what the files lack with random values."""
+    if not hasattr(config, "estimated_num_parameters"):  # not one of our models (--trust-remote-code)
+        return
+    files = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
+    for index in WEIGHT_INDEX_FILES:
+        if (folder / index).is_file():
+            try:
+                shards = set(json.loads((folder / index).read_text())["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                raise UsageError(f"{folder / index} cannot be read ({_first_line(error)})") from None
+            files += [folder / shard for shard in sorted(shards) if (folder / shard).is_file()]
+    if not files:
+        return  # from_pretrained says which weight file is missing
+    stored = sum(path.stat().st_size for path in files)
+    parameters = config.estimated_num_parameters()
+    if stored < parameters:  # under 1 byte per parameter: a checkpoint holds at least 2 (16-bit)
+        raise UsageError(
+            f"{folder}: config.json asks for {parameters:,} parameters ({config.describe_sizes()}), at least "
+            f"{2 * parameters / 1e9:.1f} GB of weights, but its weight files ({', '.join(p.name for p in files)}) hold only {stored:,} bytes: "
+            "refused before allocating the model (a damaged or tampered folder?)"
+        )
 
 
 def _looks_like_a_path(name: str) -> bool:
@@ -147,12 +184,36 @@ def iter_image_paths(inputs: Iterable[str], recursive: bool = False) -> Iterator
         if not path.is_dir():
             yield path
             continue
-        walker = os.walk(path) if recursive else [(str(path), [], [e.name for e in os.scandir(path) if e.is_file()])]
+        walker = os.walk(path) if recursive else [(str(path), [], [e.name for e in os.scandir(path) if _is_file_or_broken_link(e)])]
         for folder, subfolders, files in walker:
             subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))  # walk order = sorted
             for name in sorted(files):
                 if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                     yield Path(folder) / name
+
+
+def _is_file_or_broken_link(entry: os.DirEntry) -> bool:
+    """A file, or a symlink that leads nowhere (a loop, a deleted target): those are reported, not silently
+    dropped (`os.walk` lists them with the files as well)."""
+    try:
+        return entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
+    except OSError:  # a symlink loop: stat() fails with ELOOP
+        return True
+
+
+def broken_link_reason(path: Path) -> str | None:
+    """Why a symlink cannot lead to an image (a loop, a missing target), or None for anything else."""
+    try:
+        if not path.is_symlink():
+            return None
+        os.stat(path)
+        return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symlink loop (it leads back to itself)"
+        if error.errno == errno.ENOENT:
+            return f"a broken symlink (its target {os.readlink(path)} does not exist)"
+        return f"cannot follow the symlink ({error.strerror or error})"
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -276,6 +337,9 @@ def _open_batch(paths: list[Path], processor, run: CaptionRun, progress) -> tupl
     good_paths, images = [], []
     for path in paths:
         try:
+            reason = broken_link_reason(path)
+            if reason is not None:
+                raise ValueError(f"{path}: {reason}")
             images.extend(processor.load_images([str(path)]))
             good_paths.append(path)
         except ValueError as error:  # the message is "<path>: <reason>"
@@ -335,7 +399,8 @@ def evaluate_command(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> int:
-    """Run the `hf-imgcap` command line; returns the exit status (0 ok, 1 some images failed, 2 usage error)."""
+    """Run the `hf-imgcap` command line; returns the exit status (0 ok, 1 some images failed, 2 usage error,
+    130 interrupted, 141 output pipe closed)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -350,6 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hf-imgcap: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`hf-imgcap caption ... | head -1`): stop quietly like other tools.
+        # Python flushes stdout at exit, which would raise again: point it at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ RESNET152_KWARGS = {
     "layer_type": "bottleneck",
     "embedding_size": 64,
 }
+# A sane bound for this architecture (the paper's sizes with bert-base's vocabulary: 90 M). A config.json asking for
+# more (e.g. a few-KB folder whose config asks for 160 GB) is refused before anything is allocated.
+MAX_PARAMETERS = 2_000_000_000
 
 
 class ShowAttendTellConfig(PreTrainedConfig):
@@ -71,6 +74,9 @@ class ShowAttendTellConfig(PreTrainedConfig):
             value = getattr(self, name)
             if value is not None and not 0 <= value < self.vocab_size:
                 raise ValueError(f"{name}={value} is outside the vocabulary (vocab_size={self.vocab_size})")
+        if self.estimated_num_parameters() > MAX_PARAMETERS:
+            raise ValueError(f"config asks for {self.estimated_num_parameters():,} parameters ({self.describe_sizes()}), over the "
+                             f"limit of {MAX_PARAMETERS:,} for this model: refused before allocating")
 
     @property
     def num_regions(self) -> int:
@@ -81,6 +87,39 @@ class ShowAttendTellConfig(PreTrainedConfig):
     def encoder_hidden_size(self) -> int:
         """Channels of the encoder's last feature map (2048 for ResNet-152)."""
         return self.encoder_config.hidden_sizes[-1]
+
+    def estimated_num_parameters(self) -> int:
+        """The number of parameters the model will have, from the sizes in this config alone (no module is built),
+        so that an absurd config is refused before anything is allocated. Equals `model.num_parameters()`."""
+        encoder = self.encoder_config
+        count = encoder.num_channels * encoder.embedding_size * 49 + 2 * encoder.embedding_size  # 7×7 stem + BatchNorm
+        in_channels = encoder.embedding_size
+        for stage, (depth, out_channels) in enumerate(zip(encoder.depths, encoder.hidden_sizes)):
+            stride = 2 if stage > 0 or encoder.downsample_in_first_stage else 1
+            for layer in range(depth):
+                if in_channels != out_channels or (layer == 0 and stride != 1):  # shortcut 1×1 conv + BatchNorm
+                    count += in_channels * out_channels + 2 * out_channels
+                if encoder.layer_type == "bottleneck":  # 1×1, 3×3, 1×1 convolutions, each with BatchNorm
+                    reduced = out_channels // 4
+                    count += in_channels * reduced + 9 * reduced**2 + reduced * out_channels + 2 * (2 * reduced + out_channels)
+                else:  # two 3×3 convolutions with BatchNorm
+                    count += 9 * in_channels * out_channels + 9 * out_channels**2 + 4 * out_channels
+                in_channels = out_channels
+        V, E, A, H, C = self.vocab_size, self.embedding_size, self.attention_size, self.hidden_size, self.encoder_hidden_size
+        count += V * E  # word embeddings
+        count += 2 * (C * H + H)  # h0, c0 from the mean feature
+        count += (C * A + A) + (H * A + A) + A  # additive attention
+        count += H * C + C  # context gate
+        count += 4 * H * (E + C + H) + 8 * H  # LSTM cell
+        count += H * V + V  # output layer
+        return count
+
+    def describe_sizes(self) -> str:
+        """The config values that set the model's size, as `name=value` pairs (for error messages)."""
+        encoder = self.encoder_config
+        names = ("vocab_size", "embedding_size", "attention_size", "hidden_size", "image_size")
+        return ", ".join([f"{name}={getattr(self, name)}" for name in names]
+                         + [f"encoder_config.{name}={getattr(encoder, name)}" for name in ("depths", "hidden_sizes", "embedding_size")])
 
 
 __all__ = ["ShowAttendTellConfig"]

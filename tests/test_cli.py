@@ -2,6 +2,8 @@
 
 import json
 import os
+import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -167,3 +169,88 @@ def test_console_script_gives_the_same_captions(saved, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert {r["image"]: r["caption"] for r in json_lines(result.stdout)} == expected_by_batch(model, processor, paths, 16)
+
+
+def console_script() -> str:
+    script = shutil.which("hf-imgcap") or os.path.join(os.path.dirname(sys.executable), "hf-imgcap")
+    assert os.path.exists(script), "hf-imgcap is not installed: pip install -e ."
+    return script
+
+
+def test_symlink_loops_and_dangling_links_are_reported_and_the_others_captioned(saved, tmp_path, capsys):
+    model, processor, folder, paths = saved
+    images = tmp_path / "links"
+    images.mkdir()
+    shutil.copy(paths[0], images / "good.png")
+    (images / "loop.jpg").symlink_to("loop.jpg")  # points at itself
+    (images / "dangling.png").symlink_to(tmp_path / "deleted.png")
+    for recursive in ([], ["--recursive"]):
+        code = main(["caption", str(images), str(images / "loop.jpg"), "--model", str(folder), *OPTIONS, "--json", *recursive])
+        out, err = capsys.readouterr()
+        assert code == 1, err
+        assert {r["image"]: r["caption"] for r in json_lines(out)} == {
+            str(images / "good.png"): generate_captions(model, processor, [paths[0]], **GENERATE)[0]}
+        skipped = [line for line in err.splitlines() if "skipped" in line]
+        assert sum(str(images / "loop.jpg") in line and "symlink loop" in line for line in skipped) == 2, err
+        assert any(str(images / "dangling.png") in line and "broken symlink" in line for line in skipped), err
+        assert "captioned 1 of 4 images; 3 could not be read" in err and "Traceback" not in err
+
+
+def test_piping_the_output_into_head_stops_quietly(saved, tmp_path):
+    _, _, folder, paths = saved
+    # More than a pipe buffer (64 KB) of JSON lines, so the writer is still writing when `head` goes away.
+    images = [str(path) for path in paths] * 600
+    command = shlex.join([console_script(), "caption", *images, "--model", str(folder), "--num-beams", "1",
+                          "--max-new-tokens", "4", "--batch-size", "64", "--json"])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run(["bash", "-c", f"{command} 2>{tmp_path / 'stderr'} | head -n 1; echo ${{PIPESTATUS[0]}} >{tmp_path / 'status'}"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert len(result.stdout.splitlines()) == 1 and json.loads(result.stdout)["image"] == images[0]
+    errors = (tmp_path / "stderr").read_text()
+    assert "Traceback" not in errors and "BrokenPipeError" not in errors and "Exception ignored" not in errors, errors
+    assert (tmp_path / "status").read_text().strip() == "141"  # as `cat big | head -1`: 128 + SIGPIPE
+
+
+def absurd_model_folder(saved, folder, **sizes):
+    """A copy of the model folder with a few KB of weights and a config.json asking for `sizes`."""
+    shutil.copytree(saved, folder)
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"feature_scale": torch.ones(())}, folder / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(sizes)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("sizes, why", [
+    ({"vocab_size": 2_000_000, "embedding_size": 20_000, "hidden_size": 20_000}, "limit"),  # 160 GB in float32
+    ({"vocab_size": 100_000, "embedding_size": 1_000, "hidden_size": 1_000}, "model.safetensors"),  # 0.8 GB from 8 bytes
+])
+def test_a_model_folder_asking_for_absurd_sizes_is_refused_before_allocating(saved, tmp_path, sizes, why):
+    _, _, folder, paths = saved
+    absurd = absurd_model_folder(folder, tmp_path / "absurd", **sizes)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    limit = 12 * 2**30  # address space: an attempt to allocate fails here instead of exhausting the shared machine
+    result = subprocess.run([console_script(), "caption", str(paths[0]), "--model", str(absurd), "--num-beams", "1"],
+                            capture_output=True, text=True, env=env, timeout=600,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+    for name, value in sizes.items():
+        assert f"{name}={value}" in result.stderr
+    assert why in result.stderr and str(absurd) in result.stderr
+
+
+def test_the_parameter_estimate_matches_the_built_model():
+    import torch
+    from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration
+
+    from conftest import tiny_config
+
+    basic = tiny_config(encoder_config=dict(layer_type="basic", depths=[2, 1, 1, 2], hidden_sizes=[8, 16, 32, 64], embedding_size=4))
+    for config in (tiny_config(), tiny_config(vocab_size=500, hidden_size=24), basic, ShowAttendTellConfig()):
+        with torch.device("meta"):  # the real size, nothing allocated
+            model = ShowAttendTellForConditionalGeneration(config)
+        assert config.estimated_num_parameters() == model.num_parameters(), config
