@@ -283,6 +283,14 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         self.config.custom_pipelines = custom_pipelines_config()
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        # Loading replaces every parameter with a new `nn.Parameter` (requires_grad=True), undoing the freeze that
+        # __init__ applied: freeze again, or a reloaded model trains its "frozen" encoder (and DDP breaks).
+        (loaded[0] if isinstance(loaded, tuple) else loaded)._apply_encoder_freeze()  # tuple: output_loading_info
+        return loaded
+
     # ------------------------------------------------------------------ encoder
     def _apply_encoder_freeze(self):
         if self.config.freeze_encoder:
