@@ -313,8 +313,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                 if args.blind:
                     batch["encoder_hidden_states"].zero_()
                 num_targets = accelerator.reduce((batch["labels"][:, 1:] != -100).sum().to(accelerator.device), "sum")
-                with accelerator.accumulate(model):
-                    outputs = model(**batch, return_logits=False, num_items_in_batch=num_targets / accelerator.num_processes)
+                num_captions = accelerator.reduce(torch.tensor(len(batch["input_ids"]), device=accelerator.device), "sum")
+                with accelerator.accumulate(model):  # global counts: every process's loss is a share of one batch loss
+                    outputs = model(**batch, return_logits=False, num_items_in_batch=num_targets / accelerator.num_processes,
+                                    num_captions_in_batch=num_captions / accelerator.num_processes)
                     # Decided together: every process skips the step if any process's loss is not finite.
                     finite = accelerator.reduce((~torch.isfinite(outputs.loss.detach())).float(), "sum").item() == 0
                     if finite:

@@ -283,6 +283,14 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         self.config.custom_pipelines = custom_pipelines_config()
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        # Loading replaces every parameter with a new `nn.Parameter` (requires_grad=True), undoing the freeze that
+        # __init__ applied: freeze again, or a reloaded model trains its "frozen" encoder (and DDP breaks).
+        (loaded[0] if isinstance(loaded, tuple) else loaded)._apply_encoder_freeze()  # tuple: output_loading_info
+        return loaded
+
     # ------------------------------------------------------------------ encoder
     def _apply_encoder_freeze(self):
         if self.config.freeze_encoder:
@@ -489,6 +497,7 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         output_attentions: bool | None = None,
         return_logits: bool = True,
         num_items_in_batch: int | torch.Tensor | None = None,
+        num_captions_in_batch: int | torch.Tensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> ShowAttendTellOutput:
@@ -506,6 +515,11 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         num_items_in_batch: divide the summed token cross-entropy by this instead of this batch's token
             count (as transformers' Trainer does), so that several processes or accumulated micro-batches
             weigh every token of the global batch equally.
+        num_captions_in_batch: divide the summed attention regulariser by this instead of this batch's caption
+            count. The regulariser is one term per caption (Xu et al.), the mean over regions of (1 − Σ_t α)², so
+            it is normalised by captions, not tokens: λ then keeps its meaning whatever the caption lengths. Pass
+            the global batch's counts in both arguments (divided by the number of processes under DDP, which
+            averages gradients) and the parts' losses add up exactly to the full batch's loss and gradient.
         """
         if input_ids is None:
             raise ValueError("input_ids is required (start with the start token, e.g. [CLS] = %d)" % self.config.bos_token_id)
@@ -521,17 +535,27 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
             if cache is None:
                 features = self._features_from_inputs(pixel_values, encoder_hidden_states)
                 self._check_batch(features, input_ids, allow_several_per_image=True)
+            if labels is not None and cache is not None:
+                raise ValueError(
+                    "labels with a cache from earlier steps: the loss (its attention regulariser sums over every step) "
+                    "needs the whole caption; pass the whole caption in one call"
+                )
             logits, alphas, state = self._decode_with_cache(input_ids, features, cache)
             loss = caption_loss = attention_loss = None
             if labels is not None:
-                caption_loss = self._shifted_cross_entropy(logits, labels)
-                loss = caption_loss
+                target, _ = self._shifted_targets(labels, input_ids)
+                rows, positions = (target != -100).nonzero(as_tuple=True)
+                summed = F.cross_entropy(logits[rows, positions].float(), target[rows, positions], reduction="sum")
+                loss, caption_loss, attention_loss = self._loss(
+                    summed, len(rows), alphas[rows, positions], rows, input_ids.shape[0], num_items_in_batch, num_captions_in_batch
+                )
             return ShowAttendTellOutput(
                 loss=loss,
                 logits=logits,
                 cache=state if use_cache is not False else None,
                 attentions=alphas if output_attentions else None,
                 caption_loss=caption_loss,
+                attention_loss=attention_loss,
             )
 
         features = self._features_from_inputs(pixel_values, encoder_hidden_states)
@@ -543,15 +567,7 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
 
         target = None
         if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels {tuple(labels.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
-            # Position t predicts token t+1; the last position has no target.
-            target = torch.full_like(labels, -100)
-            target[:, :-1] = labels[:, 1:]
-            target_ok = (target != -100) & (target < self.config.vocab_size)
-            bad = (target != -100) & ((target < 0) | (target >= self.config.vocab_size))
-            if bad.any():
-                raise ValueError(f"labels contain id {int(target[bad][0])} outside the vocabulary (0..{self.config.vocab_size - 1}) or -100")
+            target, target_ok = self._shifted_targets(labels, input_ids)
             if not return_logits:
                 # The output of a caption's last position is never scored: don't compute it.
                 last_scored = torch.where(target_ok, torch.arange(seq_len, device=labels.device), -1).amax(1) + 1
@@ -572,14 +588,9 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
                 summed = _LinearCrossEntropy.apply(self.dropout(hiddens[scored]), self.lm_head.weight, self.lm_head.bias, scored_target)
             else:
                 summed = F.cross_entropy(self.lm_head(self.dropout(hiddens[scored])).float(), scored_target, reduction="sum")
-            caption_loss = summed / (scored_target.numel() if num_items_in_batch is None else num_items_in_batch)
-            # Doubly stochastic attention: every region should receive about one unit of attention over the
-            # steps that write the caption.
-            attention_per_region = alphas.new_zeros(batch_size, alphas.shape[1]).index_add_(
-                0, rows[scored], alphas[scored]
+            loss, caption_loss, attention_loss = self._loss(
+                summed, scored_target.numel(), alphas[scored], rows[scored], batch_size, num_items_in_batch, num_captions_in_batch
             )
-            attention_loss = ((1.0 - attention_per_region) ** 2).mean()
-            loss = caption_loss + self.config.attention_regularization * attention_loss
         elif return_logits:
             packed_logits = self.lm_head(self.dropout(hiddens))
 
@@ -629,8 +640,31 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
             raise ValueError("captions must be right-padded: attention_mask must be 1…1 0…0 on every row")
         return lengths
 
-    def _shifted_cross_entropy(self, logits, labels):
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+    def _shifted_targets(self, labels, input_ids):
+        """Position t predicts label t+1 (-100: not scored); the last position has no target. Also the mask of
+        the scored positions."""
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels {tuple(labels.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
+        target = torch.full_like(labels, -100)
+        target[:, :-1] = labels[:, 1:]
+        bad = (target != -100) & ((target < 0) | (target >= self.config.vocab_size))
+        if bad.any():
+            raise ValueError(f"labels contain id {int(target[bad][0])} outside the vocabulary (0..{self.config.vocab_size - 1}) or -100")
+        return target, target != -100
+
+    def _loss(self, summed_cross_entropy, num_tokens, scored_alphas, scored_rows, num_captions, num_items_in_batch, num_captions_in_batch):
+        """The one training loss of every forward path: (loss, caption_loss, attention_loss).
+
+        `summed_cross_entropy` over the `num_tokens` scored positions; `scored_alphas` `(num_tokens, regions)` the
+        attention at those positions, `scored_rows` the caption each belongs to. See `forward` for the two counts.
+        """
+        caption_loss = summed_cross_entropy / (num_tokens if num_items_in_batch is None else num_items_in_batch)
+        # Doubly stochastic attention: every region should receive about one unit of attention over the steps
+        # that write the caption. Per caption: the mean over regions of (1 - Σ_t α)²; summed, then normalised.
+        attention_per_region = scored_alphas.new_zeros(num_captions, scored_alphas.shape[1]).index_add_(0, scored_rows, scored_alphas)
+        summed_attention = ((1.0 - attention_per_region) ** 2).mean(dim=1).sum()
+        attention_loss = summed_attention / (num_captions if num_captions_in_batch is None else num_captions_in_batch)
+        return caption_loss + self.config.attention_regularization * attention_loss, caption_loss, attention_loss
 
     # ------------------------------------------------------------------ generation
     @classmethod

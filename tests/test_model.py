@@ -129,6 +129,49 @@ def test_loss_does_not_depend_on_padding_and_skipping_logits_changes_nothing():
     assert lean.logits is None
 
 
+def test_the_cached_path_computes_the_training_loss():
+    """Issue 10: the use_cache path left out the attention regulariser and num_items_in_batch. One loss for every
+    path: same loss, caption_loss and attention_loss with and without the cache, with and without global counts."""
+    model = tiny_model(attention_regularization=0.7)
+    ids, mask, labels = ragged_batch()
+    features = torch.randn(3, 4, 64)
+    for counts in ({}, {"num_items_in_batch": 23, "num_captions_in_batch": 5}):
+        paths = [
+            model(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels, **counts),
+            model(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels, return_logits=False, **counts),
+            model(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels, use_cache=True, **counts),
+        ]
+        for out in paths[1:]:
+            for name in ("loss", "caption_loss", "attention_loss"):
+                torch.testing.assert_close(out[name], paths[0][name], rtol=1e-5, atol=1e-6, msg=f"{name} {counts}")
+        torch.testing.assert_close(paths[2].loss, paths[2].caption_loss + 0.7 * paths[2].attention_loss)
+    with pytest.raises(ValueError, match="whole caption"):
+        model(input_ids=ids[:, 1:], labels=labels[:, 1:], past_key_values=paths[2].past_key_values, use_cache=True)
+
+
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_micro_batches_add_up_to_the_full_batch_loss_and_gradients(use_cache):
+    """Gradient accumulation or N processes: each part divides by the global counts (tokens for the caption loss,
+    captions for the attention regulariser), so the parts' losses and gradients add up to the full batch's."""
+    model = tiny_model(attention_regularization=1.0, dropout=0.0).train()
+    ids, mask, labels = ragged_batch()
+    features = torch.randn(3, 4, 64)
+
+    def loss_and_grads(rows, **counts):
+        model.zero_grad()
+        loss = model(encoder_hidden_states=features[rows], input_ids=ids[rows], attention_mask=mask[rows], labels=labels[rows],
+                     return_logits=False, use_cache=use_cache, **counts).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    full_loss, full_grads = loss_and_grads(slice(None))
+    counts = {"num_items_in_batch": int((labels[:, 1:] != -100).sum()), "num_captions_in_batch": 3}
+    parts = [loss_and_grads(slice(0, 2), **counts), loss_and_grads(slice(2, 3), **counts)]  # unequal micro-batches
+    torch.testing.assert_close(parts[0][0] + parts[1][0], full_loss, rtol=1e-5, atol=1e-6)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(parts[0][1][name] + parts[1][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_features_of_any_scale_give_the_same_outputs():
     """Random-init ResNet-152 features are ~1e7 times larger than pretrained ones: the decoder must not care."""
     model = tiny_model()
