@@ -35,7 +35,7 @@ from hf_imgcap.attention_maps import render_attention_map
 from hf_imgcap.hub import METRIC_LABELS, push_to_hub, write_model_card
 from hf_imgcap.preemption import StopRequest
 from hf_imgcap.pretrained_encoder import build_captioner
-from hf_imgcap.run_arguments import validate_arguments
+from hf_imgcap.run_arguments import check_output_dir, remove_run_outputs, validate_arguments
 from hf_imgcap.processing_show_attend_tell import default_image_processor, default_tokenizer
 from hf_imgcap.tokenizer_training import train_caption_tokenizer
 from hf_imgcap.training_data import CaptionPairs, collate_captions, tokenize_captions
@@ -91,6 +91,7 @@ class TrainingArguments:
     eval_batch_size: int = field(default=32, metadata={"help": "Images per generation batch per process."})
     checkpoint_every_steps: int = field(default=0, metadata={"help": "Also checkpoint every N optimizer steps (0: only at epoch ends)."})
     checkpoints_to_keep: int = field(default=2, metadata={"help": "Newest checkpoints kept; older ones are deleted."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace the previous run in output_dir: delete the files a run wrote there (other files stay). Without it, a used output_dir needs --resume."})
     resume: bool = field(default=False, metadata={"help": "Continue from the newest complete checkpoint in output_dir/checkpoints."})
     resume_from: str | None = field(default=None, metadata={"help": "Continue from this checkpoint folder (verified first)."})
     max_nonfinite_steps: int = field(default=10, metadata={"help": "Stop after this many non-finite losses in a row (each is skipped)."})
@@ -118,6 +119,7 @@ DEMO_OVERRIDES = {
     "eval_num_beams": 3,
     "eval_max_new_tokens": 20,
     "report_to": "none",
+    "overwrite_output_dir": True,  # a re-run of the demo replaces the previous demo run (its data and cache stay)
 }
 DEMO_DATASET_SIZES = dict(num_train=500, num_val=60, num_test=60)
 
@@ -191,6 +193,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     # Refuse nonsense values and impossible combinations before any data is read, not after hours of training.
     validate_arguments(model_args, data_args, args)
     output_dir = Path(args.output_dir)
+    previous_run = check_output_dir(output_dir, resume=args.resume or bool(args.resume_from), overwrite=args.overwrite_output_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -201,7 +204,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     )
     set_seed(args.seed)
     if accelerator.is_main_process:
+        remove_run_outputs(previous_run)
         output_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
     log = logger.info if accelerator.is_main_process else logger.debug
 
     # 1. Data: a DatasetDict of images + reference captions.

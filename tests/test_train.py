@@ -263,3 +263,58 @@ def test_a_nonsense_argument_is_refused_before_any_data_is_read(name, data, tmp_
         run(argv)
     assert f"--{name} {parsed!r}" in str(refused.value)  # names the argument and the value as given
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------- one run per output_dir
+def test_a_second_run_in_a_used_output_dir_is_refused_unless_resumed_or_overwritten(data, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
+    (out / "notes").mkdir()
+    (out / "notes" / "credentials.json").write_text("{}")  # the user's own files in the folder
+    (out / "my_results.csv").write_text("a,b\n")
+    second = tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2", "--hidden_size", "16")
+    with pytest.raises(ValueError, match=r"holds a previous training run.*--resume.*--overwrite_output_dir"):
+        run(second)
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == 24  # untouched
+
+    run([*second, "--overwrite_output_dir"])
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == 16
+    _, weights = last_checkpoint_weights(out)
+    assert weights["lstm.weight_hh"].shape == (4 * 16, 16)  # the checkpoints are the new run's alone
+    assert len(list((out / "checkpoints").glob("step_*"))) == 1
+    assert (out / "notes" / "credentials.json").is_file() and (out / "my_results.csv").is_file()
+
+
+def test_overwrite_deletes_only_what_a_run_wrote(tmp_path):
+    from hf_imgcap.run_arguments import check_output_dir, remove_run_outputs
+
+    out = tmp_path / "out"
+    written_by_a_run = ["checkpoints/step_00000002/model.safetensors", "runs/hf_imgcap/events.out.tfevents.1",
+                        "blind_baseline/config.json", "config.json", "generation_config.json", "model.safetensors",
+                        "modeling_show_attend_tell.py", "image_loading.py", "processor_config.json", "tokenizer.json",
+                        "tokenizer_config.json", "metrics.json", "training_args.json", "test_captions.json",
+                        "attention_example.png"]
+    users = ["notes/credentials.json", "data.csv", "synthetic_flickr8k/Flickr8k.token.txt", "feature_cache/meta.json"]
+    for name in written_by_a_run + users:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("x")
+    (out / "README.md").write_text("---\nlibrary_name: transformers\n---\nTrained with hf-imgcap and ...")  # the card
+
+    with pytest.raises(ValueError, match=rf"--output_dir {out} holds a previous training run"):
+        check_output_dir(out, resume=False, overwrite=False)
+    assert check_output_dir(out, resume=True, overwrite=True) == []  # continuing the run deletes nothing
+    remove_run_outputs(check_output_dir(out, resume=False, overwrite=True))
+    assert sorted(p.name for p in out.iterdir()) == ["data.csv", "feature_cache", "notes", "synthetic_flickr8k"]
+    assert all((out / name).is_file() for name in users)
+
+    (out / "README.md").write_text("# my notes about these experiments\n")  # not a model card of ours: kept
+    (out / "metrics.json").write_text("{}")
+    remove_run_outputs(check_output_dir(out, resume=False, overwrite=True))
+    assert (out / "README.md").is_file() and not (out / "metrics.json").exists()
+
+
+def test_the_demo_replaces_its_own_previous_run_and_can_still_resume():
+    _, _, args = train_script.parse_args(["--demo"])
+    assert args.overwrite_output_dir and not args.resume
+    _, _, args = train_script.parse_args(["--demo", "--resume"])
+    assert args.resume  # --resume wins: check_output_dir deletes nothing when continuing
