@@ -35,7 +35,9 @@ from hf_imgcap.attention_maps import render_attention_map
 from hf_imgcap.hub import METRIC_LABELS, push_to_hub, write_model_card
 from hf_imgcap.preemption import StopRequest
 from hf_imgcap.pretrained_encoder import build_captioner
-from hf_imgcap.run_arguments import check_output_dir, remove_run_outputs, validate_arguments
+from hf_imgcap.run_arguments import (
+    check_output_dir, check_resume_compatible, remove_run_outputs, validate_arguments, write_training_args,
+)
 from hf_imgcap.processing_show_attend_tell import default_image_processor, default_tokenizer
 from hf_imgcap.tokenizer_training import train_caption_tokenizer
 from hf_imgcap.training_data import CaptionPairs, collate_captions, tokenize_captions
@@ -194,6 +196,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     validate_arguments(model_args, data_args, args)
     output_dir = Path(args.output_dir)
     previous_run = check_output_dir(output_dir, resume=args.resume or bool(args.resume_from), overwrite=args.overwrite_output_dir)
+    check_resume_compatible(model_args, args)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -205,7 +208,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     set_seed(args.seed)
     if accelerator.is_main_process:
         remove_run_outputs(previous_run)
-        output_dir.mkdir(parents=True, exist_ok=True)
+        write_training_args(output_dir, model_args, data_args, args)  # now, so that a --resume after a crash can check it
     accelerator.wait_for_everyone()
     log = logger.info if accelerator.is_main_process else logger.debug
 
@@ -419,8 +422,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         final.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
         (output_dir / "metrics.json").write_text(json.dumps(results, indent=1))
-        (output_dir / "training_args.json").write_text(json.dumps(
-            {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), "training": dataclasses.asdict(args)}, indent=1))
         (output_dir / "test_captions.json").write_text(json.dumps(test_examples, indent=1))
         write_attention_example(final, processor, test_split[0]["image"], output_dir / "attention_example.png", args.eval_num_beams)
         write_model_card(output_dir, results, model_args=dataclasses.asdict(model_args), training_args=dataclasses.asdict(args), data_args=dataclasses.asdict(data_args))

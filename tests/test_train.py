@@ -318,3 +318,29 @@ def test_the_demo_replaces_its_own_previous_run_and_can_still_resume():
     assert args.overwrite_output_dir and not args.resume
     _, _, args = train_script.parse_args(["--demo", "--resume"])
     assert args.resume  # --resume wins: check_output_dir deletes nothing when continuing
+
+
+def test_resume_with_a_different_model_size_names_each_differing_argument_before_reading_data(data, tmp_path, monkeypatch):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the machine went down")
+
+    monkeypatch.setattr(train_script, "evaluate_captioner", crash)  # the run dies after its step-2 checkpoint
+    with pytest.raises(RuntimeError, match="went down"):
+        run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
+    assert (out / "checkpoints" / "step_00000002").is_dir()
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the resume was checked")
+
+    monkeypatch.setattr(train_script, "load_caption_dataset", no_data)
+    changed = ["--hidden_size", "16", "--embedding_size", "20"]
+    with pytest.raises(ValueError) as refused:
+        run(tiny_args(data, out, cache, "--resume", *changed))
+    message = str(refused.value)
+    assert "--hidden_size 16 (the run being resumed used 24)" in message
+    assert "--embedding_size 20 (the run being resumed used 24)" in message
+    assert "attention_size" not in message  # only what differs
+    with pytest.raises(ValueError, match=r"--hidden_size 16 \(the run being resumed used 24\)"):
+        run(tiny_args(data, tmp_path / "elsewhere", cache, "--resume_from", str(out / "checkpoints" / "step_00000002"), *changed))
