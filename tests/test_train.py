@@ -344,3 +344,19 @@ def test_resume_with_a_different_model_size_names_each_differing_argument_before
     assert "attention_size" not in message  # only what differs
     with pytest.raises(ValueError, match=r"--hidden_size 16 \(the run being resumed used 24\)"):
         run(tiny_args(data, tmp_path / "elsewhere", cache, "--resume_from", str(out / "checkpoints" / "step_00000002"), *changed))
+
+
+# ---------------------------------------------------------------------------------------------- the launcher decides
+def test_the_launchers_mixed_precision_is_used_and_cpu_is_a_flag(data, tmp_path):
+    """`accelerate launch --mixed_precision bf16 train.py` trains in bf16 (train.py passes no precision of its own)."""
+    out = tmp_path / "out"
+    launch = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+         "--mixed_precision", "bf16", "--dynamo_backend", "no", str(REPO_ROOT / "train.py"),
+         *tiny_args(data, out, tmp_path / "cache", "--max_steps", "2", "--cpu")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
+    trained = json.loads((out / "metrics.json").read_text())["training"]
+    assert trained["mixed_precision"] == "bf16" and trained["device"] == "cpu"
+    assert trained["steps"] == 2
