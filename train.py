@@ -199,6 +199,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     previous_run = check_output_dir(output_dir, resume=args.resume or bool(args.resume_from), overwrite=args.overwrite_output_dir)
     check_resume_compatible(model_args, args)
     accelerator = make_accelerator(args)
+    args = dataclasses.replace(args, mixed_precision=accelerator.mixed_precision)  # what the launcher chose, for the record
     set_seed(args.seed)
     if accelerator.is_main_process:
         remove_run_outputs(previous_run)
