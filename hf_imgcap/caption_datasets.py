@@ -12,6 +12,9 @@ layouts, detected automatically:
   sit beside `captions.txt` (or one folder down, e.g. `Flickr8k_text/`), else a seeded split by image;
 * Karpathy: `dataset_flickr8k.json` / `dataset_flickr30k.json` / `dataset_coco.json` with its own split.
 
+Images are read from inside the dataset folder only (or an `image_dir` passed explicitly): absolute paths, `..`
+and symlinks leading elsewhere are refused and counted as `path_outside_dataset`, whatever the caption file says.
+
 Bad data is skipped, counted and logged with file and line (see `LoadReport`); a split left empty stops
 the load with an error that says why.
 """
@@ -133,7 +136,9 @@ def load_caption_dataset(
         dataset = DatasetDict({split: _records_to_dataset(records[split]) for split in SPLITS})
     for split in SPLITS:
         if len(dataset[split]) == 0:
-            raise ValueError(f"split '{split}' of {source} is empty after loading. {report.summary()}")
+            hint = (" Images outside the dataset folder (e.g. behind a symlink) are refused: pass image_dir= to read "
+                    "them from another folder." if report.counts["path_outside_dataset"] else "")
+            raise ValueError(f"split '{split}' of {source} is empty after loading. {report.summary()}{hint}")
     logger.info(
         "%s: %s; %s", source, ", ".join(f"{s} {len(dataset[s])} images" for s in SPLITS), report.summary()
     )
@@ -196,8 +201,10 @@ def _read_lines(path: Path, report: LoadReport):
                     yield number, line
 
 
-def _add_caption(captions: dict, image_names: set, name: str, caption: str, where: str, report: LoadReport) -> None:
-    """Keep one caption line or count it as exactly one skip."""
+def _add_caption(captions: dict, image_names: set, name: str, caption: str, where: str, report: LoadReport,
+                 outside_names: dict | None = None) -> None:
+    """Keep one caption line or count it as exactly one skip. `outside_names`: image name -> why its file (a
+    symlink) is refused as lying outside the dataset folder."""
     if not name:
         report.skip("no_image_name", f"{where}: no image name; skipped")
         return
@@ -205,18 +212,37 @@ def _add_caption(captions: dict, image_names: set, name: str, caption: str, wher
     if not caption:
         report.skip("empty_caption", f"{where}: empty caption for {name}; skipped")
         return
+    if outside_names and name in outside_names:
+        report.skip("path_outside_dataset", f"{where}: image '{name}': {outside_names[name]}; caption skipped")
+        return
     if name not in image_names:
         report.skip("missing_image", f"{where}: image '{name}' is not in the image folder; caption skipped")
         return
     captions[name].append(caption)
 
 
-def _image_names(image_dir: Path) -> set[str]:
-    return {p.name for p in image_dir.iterdir() if p.is_file()}
+def _image_names(image_dir: Path, roots: list[Path] | None = None) -> tuple[set[str], dict[str, str]]:
+    """The image files of `image_dir` that lie inside `roots` (default: `image_dir`), and name -> reason for those
+    that do not (symlinks pointing elsewhere): never read, whatever the caption file says."""
+    inside, outside = set(), {}
+    for path in image_dir.iterdir():
+        if path.is_file():
+            reason = _outside(path, roots or [image_dir])
+            if reason is None:
+                inside.add(path.name)
+            else:
+                outside[path.name] = reason
+    return inside, outside
+
+
+def _dataset_roots(root: Path, image_dir: Path | None) -> list[Path]:
+    """The folders images may be read from: the dataset folder, and an image folder the user named explicitly."""
+    return [root] if image_dir is None else [root, image_dir]
 
 
 # ---------------------------------------------------------------------------------------------- original release
-def read_token_file(token_file: Path, image_names: set[str], report: LoadReport) -> dict[str, list[str]]:
+def read_token_file(token_file: Path, image_names: set[str], report: LoadReport,
+                    outside_names: dict | None = None) -> dict[str, list[str]]:
     """`Flickr8k.token.txt` (`name.jpg#k<TAB>caption` lines) -> {image name: captions}, in file order.
     Every non-blank line is kept or counted once in `report`."""
     captions = defaultdict(list)
@@ -227,20 +253,21 @@ def read_token_file(token_file: Path, image_names: set[str], report: LoadReport)
             continue
         key, caption = line.split("\t", 1)
         name = re.sub(r"#\d+$", "", key.strip())  # "name.jpg#3" -> "name.jpg"
-        _add_caption(captions, image_names, name, caption, where, report)
+        _add_caption(captions, image_names, name, caption, where, report, outside_names)
     return captions
 
 
 def _read_flickr8k(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
     token_file = _find(root, "Flickr8k.token.txt")
+    roots = _dataset_roots(root, image_dir)
     image_dir = _find_image_dir(root, token_file, image_dir)
-    image_names = _image_names(image_dir)
-    captions = read_token_file(token_file, image_names, report)
+    image_names, outside_names = _image_names(image_dir, roots)
+    captions = read_token_file(token_file, image_names, report, outside_names)
     split_files = _find_split_files(root, token_file)
     missing = [OFFICIAL_SPLIT_FILES[split] for split, path in split_files.items() if path is None]
     if missing:
         raise ValueError(f"{root}: split file {', '.join(missing)} not found")
-    return _split_by_files(split_files, captions, image_dir, image_names, report)
+    return _split_by_files(split_files, captions, image_dir, image_names, report, outside_names)
 
 
 OFFICIAL_SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "validation": "Flickr_8k.devImages.txt",
@@ -255,7 +282,8 @@ def _find_split_files(root: Path, caption_file: Path) -> dict[str, Path | None]:
     }
 
 
-def _split_by_files(split_files: dict, captions: dict, image_dir: Path, image_names: set, report: LoadReport) -> dict:
+def _split_by_files(split_files: dict, captions: dict, image_dir: Path, image_names: set, report: LoadReport,
+                    outside_names: dict | None = None) -> dict:
     """Records of each split in the order of its split file; images named but unusable, and captioned images in
     no split file, are counted."""
     report.split_source = "official split files " + ", ".join(str(path) for path in split_files.values())
@@ -266,7 +294,9 @@ def _split_by_files(split_files: dict, captions: dict, image_dir: Path, image_na
         for number, line in _read_lines(split_file, report):
             name = line.strip()
             where = f"{split_file.name}:{number}"
-            if name not in image_names:
+            if outside_names and name in outside_names:
+                report.skip("split_missing_image", f"{where}: image '{name}': {outside_names[name]}; skipped")
+            elif name not in image_names:
                 report.skip("split_missing_image", f"{where}: image '{name}' is not in {image_dir.name}/; skipped")
             elif not captions.get(name):
                 report.skip("split_image_without_captions", f"{where}: image '{name}' has no captions; skipped")
@@ -288,7 +318,8 @@ def is_kaggle_header(row: list[str]) -> bool:
     return [field.strip().lower() for field in row] == ["image", "caption"]
 
 
-def read_kaggle_captions(caption_file: Path, image_names: set[str], report: LoadReport) -> dict[str, list[str]]:
+def read_kaggle_captions(caption_file: Path, image_names: set[str], report: LoadReport,
+                         outside_names: dict | None = None) -> dict[str, list[str]]:
     """Kaggle's `captions.txt` (CSV `image,caption`, optional header) -> {image name: captions}, in file order.
     Every non-blank line other than the header is kept or counted once in `report`.
 
@@ -312,21 +343,22 @@ def read_kaggle_captions(caption_file: Path, image_names: set[str], report: Load
             report.skip("no_caption", f"{where}: expected 'image,caption'; skipped")
             continue
         # An unquoted caption with commas splits into more fields: join them back.
-        _add_caption(captions, image_names, row[0].strip(), ",".join(row[1:]), where, report)
+        _add_caption(captions, image_names, row[0].strip(), ",".join(row[1:]), where, report, outside_names)
     return captions
 
 
 def _read_kaggle(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
     caption_file = _find(root, "captions.txt")
+    roots = _dataset_roots(root, image_dir)
     image_dir = _find_image_dir(root, caption_file, image_dir)
-    image_names = _image_names(image_dir)
-    captions = read_kaggle_captions(caption_file, image_names, report)
+    image_names, outside_names = _image_names(image_dir, roots)
+    captions = read_kaggle_captions(caption_file, image_names, report, outside_names)
 
     # The official split files, when the user put them next to captions.txt: the same split as the papers.
     split_files = _find_split_files(root, caption_file)
     found = [path for path in split_files.values() if path is not None]
     if len(found) == len(split_files):
-        return _split_by_files(split_files, captions, image_dir, image_names, report)
+        return _split_by_files(split_files, captions, image_dir, image_names, report, outside_names)
     if found:  # a partial set is a mistake, not a reason to invent a split the user did not ask for
         missing = [OFFICIAL_SPLIT_FILES[split] for split, path in split_files.items() if path is None]
         raise ValueError(f"{root}: found {', '.join(map(str, found))} but not {', '.join(missing)}: add the missing "
@@ -367,7 +399,12 @@ def read_karpathy_json(json_file: Path, root: Path, image_dir: Path | None, repo
         problem = _karpathy_entry_problem(entry, sentences)
         if problem is None:
             path = _karpathy_image_path(entry, root, image_dir, find_default_dir)
-            if not _is_file(path):
+            # Absolute filepath / filename, `..` and symlinks must not lead out of the dataset: checked before
+            # the file is even looked at.
+            outside = _outside(path, _dataset_roots(root, image_dir))
+            if outside is not None:
+                problem = ("path_outside_dataset", outside)
+            elif not _is_file(path):
                 problem = ("missing_image", f"image file {path} not found")
         if problem is not None:
             kind, reason = problem
