@@ -90,8 +90,8 @@ _MAX_UNESCAPE_ROUNDS = 10  # "&amp;amp;" is two rounds; real data never needs mo
 def normalize_caption(text: str) -> str:
     """Clean a caption as written by annotators: HTML entities decoded (`&amp;` -> `&`, also when escaped twice),
     Unicode NFC, control characters read as spaces, runs of whitespace (tabs, newlines, non-breaking spaces)
-    collapsed to one space, ends stripped. Idempotent. A caption that is empty or whitespace-only comes back as ""
-    (callers reject it)."""
+    collapsed to one space, ends stripped. Idempotent. A caption that is empty, whitespace-only or made only of
+    zero-width / format (Unicode Cf) characters comes back as "" (callers reject it)."""
     for _ in range(_MAX_UNESCAPE_ROUNDS):
         # Until nothing changes, so that normalize(normalize(x)) == normalize(x): decoding "&amp;lt;" gives an
         # entity again, and NFC can complete one ("&lt" + U+037E GREEK QUESTION MARK -> "&lt;").
@@ -99,7 +99,12 @@ def normalize_caption(text: str) -> str:
         if cleaned == text:
             break
         text = cleaned
-    return " ".join(_CONTROL_CHARACTERS.sub(" ", text).split())
+    text = " ".join(_CONTROL_CHARACTERS.sub(" ", text).split())
+    # Only format characters (zero-width spaces and joiners, direction marks, soft hyphens) is nothing to read:
+    # an empty caption, whatever its length. Next to real characters they stay (emoji ZWJ sequences need them).
+    if all(unicodedata.category(char) == "Cf" for char in text.replace(" ", "")):
+        return ""
+    return text
 
 
 # ---------------------------------------------------------------------------------------------- entry point

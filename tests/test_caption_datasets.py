@@ -88,11 +88,13 @@ def test_hub_format_parquet_loads_without_copying_images(layouts, tmp_path):
             for k in range(5):
                 rows[f"caption_{k}"].append(row["captions"][k])
         rows["caption_3"][0] = "   "  # one empty caption: skipped and counted
+        rows["caption_2"][1] = "\u200b\u200d\u2060"  # zero-width characters only: as empty
         datasets.Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "data" / f"{split}-00000-of-00001.parquet")
     hub, report = load_caption_dataset(str(tmp_path), return_report=True)
-    assert report.layout == "hub" and report.counts == {"empty_caption": 3}
+    assert report.layout == "hub" and report.counts == {"empty_caption": 6}
     assert hub["train"]["image_id"] == reference["train"]["image_id"]
-    assert hub["train"][1]["captions"] == reference["train"][1]["captions"]
+    assert hub["train"][2]["captions"] == reference["train"][2]["captions"]
+    assert hub["train"][1]["captions"] == [c for k, c in enumerate(reference["train"][1]["captions"]) if k != 2]
     assert len(hub["train"][0]["captions"]) == 4
     assert isinstance(hub["test"][0]["image"], Image.Image)
 

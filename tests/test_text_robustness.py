@@ -45,8 +45,12 @@ CAPTIONS = [
     ("a, b, and c, with commas", "a, b, and c, with commas"),
     ("a\u00a0dog\tin  the\u2003park\u0007", "a dog in the park"),
     ("  \t \u00a0 ", None),
+    ("\u200b\u200c\u200d\u2060", None),  # zero-width space / (non-)joiner / word joiner: nothing to read
+    ("\u200e \u00ad\u200f \ufeff\u200b", None),  # direction marks, soft hyphen, BOM: format (Cf) characters only
+    ("a\u200bdog", "a\u200bdog"),  # a real word next to one stays a caption
     (LONG, LONG),
 ]
+EMPTY = [written for written, expected in CAPTIONS if expected is None]
 
 
 # ---------------------------------------------------------------------------------------------- the three layouts
@@ -82,9 +86,10 @@ def test_real_world_captions_through_each_layout(layout, tmp_path, caplog):
     name, places = add_captions(root, layout, [written for written, _ in CAPTIONS])
     with caplog.at_level(logging.WARNING):
         dataset, report = load_caption_dataset(str(root), return_report=True)
-    assert report.counts == {"empty_caption": 1}  # the whitespace-only one, with its line number:
-    rejected = places[[expected for _, expected in CAPTIONS].index(None)]
-    assert f"{rejected}: empty caption for {name}; skipped" in caplog.text
+    assert report.counts == {"empty_caption": len(EMPTY)}  # the whitespace / zero-width ones, with their line numbers:
+    for place, (_, expected) in zip(places, CAPTIONS):
+        if expected is None:
+            assert f"{place}: empty caption for {name}; skipped" in caplog.text
     by_image = {image_id: captions for split in dataset.values() for image_id, captions in zip(split["image_id"], split["captions"])}
     assert by_image[name][5:] == [expected for _, expected in CAPTIONS if expected is not None]
 
