@@ -9,7 +9,8 @@ layouts, detected automatically:
 * the original text release: `Flicker8k_Dataset/*.jpg`, `Flickr8k.token.txt` (`name.jpg#k<TAB>caption`),
   `Flickr_8k.{train,dev,test}Images.txt`;
 * Kaggle: `Images/`, `captions.txt` (CSV `image,caption`); the official split files of the text release when they
-  sit beside `captions.txt` (or one folder down, e.g. `Flickr8k_text/`), else a seeded split by image;
+  sit beside `captions.txt` (or one folder down, e.g. `Flickr8k_text/`, or in the folder above), else a seeded
+  split by image;
 * Karpathy: `dataset_flickr8k.json` / `dataset_flickr30k.json` / `dataset_coco.json` with its own split.
 
 Images are read from inside the dataset folder only (or an `image_dir` passed explicitly): absolute paths, `..`
@@ -281,10 +282,16 @@ OFFICIAL_SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "validation": "Fli
 
 def _find_split_files(root: Path, caption_file: Path) -> dict[str, Path | None]:
     """split -> the text release's split file beside the caption file or in the dataset root (or one folder down
-    from either, e.g. `Flickr8k_text/`), None when absent."""
-    return {
-        split: _find(caption_file.parent, name) or _find(root, name) for split, name in OFFICIAL_SPLIT_FILES.items()
-    }
+    from either, e.g. `Flickr8k_text/`), else in the folder above the root or its `Flickr8k_text/` (the text
+    release unpacked next to the image download); None when absent."""
+
+    def find(name: str) -> Path | None:
+        found = _find(caption_file.parent, name) or _find(root, name)
+        for folder in (root.parent, root.parent / "Flickr8k_text"):
+            found = found or (folder / name if (folder / name).is_file() else None)
+        return found
+
+    return {split: find(name) for split, name in OFFICIAL_SPLIT_FILES.items()}
 
 
 def _split_by_files(split_files: dict, captions: dict, image_dir: Path, image_names: set, report: LoadReport,

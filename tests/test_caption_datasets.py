@@ -207,10 +207,11 @@ def write_official_split_files(folder, names):
     return {"train": listed["train"], "validation": listed["dev"], "test": listed["test"]}
 
 
-@pytest.mark.parametrize("where", [".", "Flickr8k_text"])
+@pytest.mark.parametrize("where", [".", "Flickr8k_text", "../Flickr8k_text"])
 def test_kaggle_layout_uses_the_official_split_files_when_present(tmp_path, where, caplog):
-    """Kaggle's captions.txt has no split; with the text release's split files beside it (or in its
-    Flickr8k_text/ folder) the splits must be exactly the paper's, not a seeded shuffle."""
+    """Kaggle's captions.txt has no split; with the text release's split files beside it (or in a
+    Flickr8k_text/ folder inside or next to the dataset) the splits must be exactly the paper's, not a seeded
+    shuffle."""
     root = write_synthetic_flickr8k(tmp_path / "kaggle", layout="kaggle", **SIZES)
     names = sorted(p.name for p in (root / "Images").iterdir())
     expected = write_official_split_files(root / where, names)
