@@ -625,25 +625,25 @@ def _hub_image_problems(image_column, indices: list[int], roots: list[Path], ver
     cell has them, else its path as written."""
     from datasets.utils.file_utils import is_local_path
 
-    problems, to_decode = {}, []
-    for index in indices:
-        cell = image_column[index].as_py()
-        if isinstance(cell, dict):
-            data, path = cell.get("bytes"), cell.get("path")
-        else:  # a plain binary or string column
-            data, path = (cell, None) if isinstance(cell, (bytes, bytearray)) else (None, cell)
-        if data is None and not path:
-            problems[index] = ("undecodable_image", "no image (the cell is empty)")
-        elif data is None and not is_local_path(path):
-            problems[index] = ("path_outside_dataset", f"the image is a URL ({path}), not a file of the dataset")
-        elif data is None and _outside(Path(path), roots):
-            problems[index] = ("path_outside_dataset", _outside(Path(path), roots))
-        elif verify_images:
-            to_decode.append((index, data if data is not None else path))
+    problems = {}
     with ThreadPoolExecutor(max_workers=num_threads) as pool:  # Pillow releases the GIL while decoding
-        for start in range(0, len(to_decode), _HUB_CHECK_CHUNK):
-            chunk = to_decode[start : start + _HUB_CHECK_CHUNK]
-            for (index, _), reason in zip(chunk, pool.map(_decodes, [image for _, image in chunk])):
+        for start in range(0, len(indices), _HUB_CHECK_CHUNK):  # a chunk of cells in memory at a time
+            to_decode = []
+            for index in indices[start : start + _HUB_CHECK_CHUNK]:
+                cell = image_column[index].as_py()
+                if isinstance(cell, dict):
+                    data, path = cell.get("bytes"), cell.get("path")
+                else:  # a plain binary or string column
+                    data, path = (cell, None) if isinstance(cell, (bytes, bytearray)) else (None, cell)
+                if data is None and not path:
+                    problems[index] = ("undecodable_image", "no image (the cell is empty)")
+                elif data is None and not is_local_path(path):
+                    problems[index] = ("path_outside_dataset", f"the image is a URL ({path}), not a file of the dataset")
+                elif data is None and _outside(Path(path), roots):
+                    problems[index] = ("path_outside_dataset", _outside(Path(path), roots))
+                elif verify_images:
+                    to_decode.append((index, data if data is not None else path))
+            for (index, _), reason in zip(to_decode, pool.map(_decodes, [image for _, image in to_decode])):
                 if reason is not None:
                     problems[index] = ("undecodable_image", f"cannot decode or use: {reason}")
     return dict(sorted(problems.items()))
