@@ -9,6 +9,11 @@ A cache lives in `<cache_dir>/<encoder key>/<images key>/` where the encoder key
 the image preprocessing and the feature format, and the images key hashes the image files (path, size,
 modification time). A changed encoder or preprocessing never reuses stale features; an interrupted build
 resumes where it stopped; a cache is only used once its `meta.json` says it is complete.
+
+Several builders (training processes, an `evaluate` run) may share one cache folder: a file lock lets one of them
+build a given cache while the others wait and then reuse it, and every file that records progress is replaced
+atomically (a unique temporary name, then `os.replace`), so a kill at any moment leaves a cache that either resumes
+or is refused with a message naming it.
 """
 
 import hashlib
@@ -16,6 +21,7 @@ import json
 import logging
 import mmap
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +29,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 from datasets import Dataset, Image
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from .image_loading import load_image
@@ -84,17 +91,15 @@ class FeatureCache:
     def __init__(self, folder):
         self.folder = Path(folder)
         self._reads = 0
-        meta_file = self.folder / "meta.json"
-        try:
-            self.meta = json.loads(meta_file.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"{self.folder} is not a feature cache ({error})") from None
+        self.meta = _read_meta(self.folder)
+        if self.meta is None:
+            raise ValueError(f"{self.folder} is not a feature cache (it has no meta.json)")
         if not self.meta.get("complete"):
-            raise ValueError(f"feature cache {self.folder} is incomplete ({self.meta.get('done', 0)} of {self.meta.get('num_images')} images)")
-        self.features = np.load(self.folder / "features.npy", mmap_mode="r")
-        self.valid = np.load(self.folder / "valid.npy").astype(bool)
-        if self.features.shape[0] != self.meta["num_images"] or self.valid.shape[0] != self.meta["num_images"]:
-            raise ValueError(f"feature cache {self.folder} is corrupt: array sizes do not match meta.json")
+            raise ValueError(f"feature cache {self.folder} is incomplete ({self.meta.get('done', 0)} of {self.meta.get('num_images')} "
+                             "images): building it again resumes it")
+        shape = tuple(self.meta.get("shape", ()))
+        self.features = _load_array(self.folder, "features.npy", shape, np.float16, mmap_mode="r")
+        self.valid = _load_array(self.folder, "valid.npy", shape[:1], np.uint8).astype(bool)
 
     def __len__(self):
         return self.features.shape[0]
@@ -130,8 +135,11 @@ class FeatureCache:
         `model.set_feature_statistics` takes. Computed once in a streaming pass, then kept in the cache."""
         stats_file = self.folder / "statistics.npz"
         if stats_file.is_file():
-            with np.load(stats_file) as stats:
-                return torch.from_numpy(stats["mean"]), float(stats["scale"])
+            try:
+                with np.load(stats_file) as stats:
+                    return torch.from_numpy(stats["mean"]), float(stats["scale"])
+            except (OSError, ValueError, KeyError, EOFError) as error:  # derived data: recompute it
+                logger.warning("%s is damaged (%s); computing the statistics again", stats_file, error)
         valid = np.flatnonzero(self.valid)
         if len(valid) == 0:
             raise ValueError(f"feature cache {self.folder} has no valid image to compute statistics from")
@@ -200,27 +208,54 @@ def build_feature_cache(
     """Encode every image of `dataset` once with `model.get_image_features` and store the result; return the
     cache. A complete cache with the same keys is reused without running the encoder."""
     folder = Path(cache_dir) / encoder_fingerprint(model, image_processor)[:16] / images_fingerprint(dataset)[:16]
-    meta_file = folder / "meta.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else None
-    if meta and meta.get("complete"):
+    meta = _read_meta(folder)
+    if meta and meta.get("complete"):  # complete caches are never written again: no lock needed to read one
         logger.info("%s: reusing the feature cache in %s", description, folder)
         return FeatureCache(folder)
-
     folder.mkdir(parents=True, exist_ok=True)
+    # One builder per cache: the others wait here, then find it complete and reuse it.
+    lock = FileLock(folder / "build.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("%s: another process is building the feature cache in %s; waiting for it", description, folder)
+        lock.acquire()
+    try:
+        meta = _read_meta(folder)
+        if meta and meta.get("complete"):
+            logger.info("%s: reusing the feature cache in %s", description, folder)
+            return FeatureCache(folder)
+        return _build_locked(model, image_processor, dataset, folder, meta, batch_size=batch_size, num_workers=num_workers,
+                             max_image_pixels=max_image_pixels, description=description, show_progress=show_progress)
+    finally:
+        lock.release()
+
+
+def _build_locked(model, image_processor, dataset, folder: Path, meta, *, batch_size, num_workers, max_image_pixels,
+                  description, show_progress) -> FeatureCache:
+    meta_file = folder / "meta.json"
     num_images = len(dataset)
     shape = (num_images, model.config.num_regions, model.config.encoder_hidden_size)
     features_file, valid_file = folder / "features.npy", folder / "valid.npy"
-    if meta is None or tuple(meta.get("shape", ())) != shape or not features_file.is_file():
+    valid = None
+    if meta is not None and tuple(meta.get("shape", ())) == shape:
+        try:  # the progress of an interrupted build: resumable only if its files are whole
+            _load_array(folder, "features.npy", shape, np.float16, mmap_mode="r")
+            valid = _load_array(folder, "valid.npy", shape[:1], np.uint8)
+        except ValueError as error:
+            logger.warning("%s: %s; starting over", description, error)
+            valid = None
+    if valid is None:
         # Preallocate the .npy (sparse on disk); batches are then written in place, never all held in RAM.
         np.lib.format.open_memmap(features_file, mode="w+", dtype=np.float16, shape=shape).flush()
-        np.save(valid_file, np.zeros(num_images, dtype=np.uint8))
+        valid = np.zeros(num_images, dtype=np.uint8)
+        _atomic_write(valid_file, lambda handle: np.save(handle, valid))
         meta = {"complete": False, "done": 0, "num_images": num_images, "shape": list(shape), "invalid": [],
                 "format": FEATURE_FORMAT_VERSION, "seconds": 0.0}
         _atomic_write_json(meta_file, meta)
     elif meta["done"]:
         logger.info("%s: resuming an interrupted build at image %d of %d", description, meta["done"], num_images)
 
-    valid = np.load(valid_file)
     done = processed = meta["done"]
     loader = torch.utils.data.DataLoader(
         _ImageLoading(dataset, done, max_image_pixels),
@@ -248,13 +283,14 @@ def build_feature_cache(
                         valid[done + index] = 1
                 processed += len(indices) + len(errors)
                 meta["done"] = processed
+                # Features first, then what marks them done: a kill in between only repeats this batch.
                 out.flush()
-                np.save(valid_file, valid)
+                os.fsync(out.fileno())
+                _atomic_write(valid_file, lambda handle: np.save(handle, valid))
                 meta["seconds"] += time.perf_counter() - started
                 started = time.perf_counter()
                 _atomic_write_json(meta_file, meta)
                 progress.update(len(indices) + len(errors))
-            os.fsync(out.fileno())
     finally:
         progress.close()
         model.train(was_training)
@@ -272,16 +308,54 @@ def _default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
+def _rebuild_hint(folder: Path) -> str:
+    return f"delete the folder {folder} and run again to rebuild it"
+
+
+def _read_meta(folder: Path) -> dict | None:
+    """A cache's `meta.json`, or None when there is none yet."""
+    meta_file = folder / "meta.json"
+    if not meta_file.is_file():
+        return None
+    try:
+        meta = json.loads(meta_file.read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("shape"), list) or not isinstance(meta.get("done"), int):
+            raise ValueError("not a feature-cache description")
+        return meta
+    except (OSError, ValueError) as error:
+        raise ValueError(f"feature cache {folder} is damaged: meta.json cannot be read ({error}); {_rebuild_hint(folder)}") from None
+
+
+def _load_array(folder: Path, name: str, shape: tuple, dtype, mmap_mode=None) -> np.ndarray:
+    """Load one of the cache's arrays, checking that it is whole and has the shape and type `meta.json` says."""
+    try:
+        array = np.load(folder / name, mmap_mode=mmap_mode, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:  # missing, truncated, or not an .npy file
+        raise ValueError(f"feature cache {folder} is damaged: {name} cannot be read ({error}); {_rebuild_hint(folder)}") from None
+    if array.shape != tuple(shape) or array.dtype != dtype:
+        raise ValueError(f"feature cache {folder} is damaged: {name} holds {array.dtype} {array.shape}, meta.json says "
+                         f"{np.dtype(dtype)} {tuple(shape)}; {_rebuild_hint(folder)}")
+    return array
+
+
+def _atomic_write(path: Path, write):
+    """Write a file through `write(binary_handle)` under a unique temporary name, then move it into place: readers
+    and other writers only ever see a whole file, and concurrent writers never share a temporary file."""
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
 def _atomic_write_json(path: Path, data: dict):
-    temporary = path.with_suffix(".json.tmp")
-    with open(temporary, "w") as handle:
-        json.dump(data, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    _atomic_write(path, lambda handle: handle.write(json.dumps(data).encode()))
 
 
 def _atomic_save_npz(path: Path, **arrays):
-    temporary = path.with_suffix(".tmp.npz")
-    np.savez(temporary, **arrays)
-    os.replace(temporary, path)
+    _atomic_write(path, lambda handle: np.savez(handle, **arrays))

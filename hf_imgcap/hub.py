@@ -4,10 +4,11 @@
 import json
 import logging
 import math
+import os
+import re
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
-from huggingface_hub.utils import filter_repo_objects
 
 logger = logging.getLogger(__name__)
 
@@ -21,10 +22,17 @@ METRIC_LABELS = {
     "rouge_l": ("rouge", "ROUGE-L"),
     "meteor": ("meteor", "METEOR"),
 }
-# What a Hub repository of ours holds: everything from_pretrained(..., trust_remote_code=True) needs, the card and
-# the run's records. Checkpoints, logs and caches in the output folder stay local.
-HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.py", "*.txt", "README.md", "*.png"]
-HUB_IGNORE_PATTERNS = ["checkpoints/*", "runs/*", "blind_baseline/*", "feature_cache/*", "synthetic_flickr8k/*"]
+# What a Hub repository of ours holds, by exact name at the top of the output folder: everything
+# from_pretrained(..., trust_remote_code=True) and the pipeline need, the card and the run's records. Nothing else
+# (checkpoints, logs, caches, a dataset, notes, credentials, .git) is ever uploaded, whatever its name.
+MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                   "special_tokens_map.json", "added_tokens.json")
+REMOTE_CODE_FILES = ("configuration_show_attend_tell.py", "modeling_show_attend_tell.py", "processing_show_attend_tell.py",
+                     "pipeline_show_attend_tell.py", "image_loading.py")
+RUN_RECORD_FILES = ("README.md", "metrics.json", "training_args.json", "test_captions.json", "attention_example.png")
+HUB_FILE_NAMES = frozenset(MODEL_FILES + PROCESSOR_FILES + REMOTE_CODE_FILES + RUN_RECORD_FILES)
+WEIGHT_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")  # save_pretrained's names for a sharded model
 
 
 def _dataset_name(dataset: str) -> str:
@@ -105,6 +113,8 @@ def write_model_card(folder, results: dict, model_args: dict, training_args: dic
     card = render_model_card(results, model_args, training_args, data_args, repo_id=repo_id or training_args.get("hub_model_id"),
                              example_image=example_image)
     path = Path(folder) / "README.md"
+    if path.is_symlink():  # write the card in the folder, never through a link into some other file
+        path.unlink()
     card.save(path)
     return path
 
@@ -119,17 +129,31 @@ def write_model_card_from_folder(folder, repo_id: str | None = None, example_ima
 
 
 def hub_files(folder) -> list[Path]:
-    """The files of a training output folder that belong on the Hub (see `HUB_FILE_PATTERNS`)."""
+    """The files of a training output folder that belong on the Hub: regular files directly in `folder` whose
+    names are the model's own (`HUB_FILE_NAMES`, weight shards). Subfolders, hidden files and symlinks are never
+    chosen, so a `notes/config.json`, `.git/` or a link to a secret stays local."""
     folder = Path(folder)
-    relative = [str(p.relative_to(folder)) for p in sorted(folder.rglob("*")) if p.is_file()]
-    chosen = filter_repo_objects(relative, allow_patterns=HUB_FILE_PATTERNS, ignore_patterns=HUB_IGNORE_PATTERNS)
-    return [folder / name for name in chosen]
+    chosen = []
+    with os.scandir(folder) as entries:
+        entries = sorted(entries, key=lambda entry: entry.name)
+    for entry in entries:
+        if entry.name not in HUB_FILE_NAMES and not WEIGHT_SHARD.fullmatch(entry.name):
+            continue
+        if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+            logger.warning("not uploading %s: not a regular file (a symlink or folder)", entry.path)
+            continue
+        chosen.append(folder / entry.name)
+    names = {path.name for path in chosen}
+    if "config.json" not in names or not names & {"model.safetensors", "model.safetensors.index.json"}:
+        raise ValueError(f"{folder} holds no saved model (config.json and model.safetensors at its top level): nothing to push")
+    return chosen
 
 
 def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool | None = None, commit_message: str | None = None):
     """Upload a training output folder to `repo_id` in one commit: weights, config, code files, processor, card,
     metrics and the example attention image. The token comes from `token`, `HF_TOKEN` or `hf auth login`."""
     folder = Path(folder)
+    hub_files(folder)  # refuses a folder without a model before anything is written or sent
     ModelCard.load(write_model_card_from_folder(folder, repo_id=repo_id))  # usage snippets name the repository; YAML parses
     operations = [CommitOperationAdd(path_in_repo=str(path.relative_to(folder)), path_or_fileobj=str(path)) for path in hub_files(folder)]
     api = HfApi(token=token)

@@ -21,7 +21,8 @@ def dataset(tmp_path_factory):
 
 
 def build(model, processor, split, cache_dir, **kwargs):
-    return build_feature_cache(model, processor.image_processor, split, cache_dir, batch_size=4, num_workers=0, show_progress=False, **kwargs)
+    kwargs = {"batch_size": 4, "num_workers": 0, "show_progress": False, **kwargs}
+    return build_feature_cache(model, processor.image_processor, split, cache_dir, **kwargs)
 
 
 def test_cache_equals_a_direct_encoder_run_and_is_fp16_memory_mapped(dataset, tmp_path):
@@ -119,3 +120,65 @@ def test_training_pairs_pad_per_batch_with_labels_ignoring_padding(dataset, tmp_
     with torch.no_grad():
         features = model.get_image_features(pixel_batch["pixel_values"])
     torch.testing.assert_close(features.half(), batch["encoder_hidden_states"], rtol=0, atol=0)
+
+
+def test_builders_running_at_the_same_time_on_one_cache_folder_all_succeed_with_identical_features(dataset, tmp_path):
+    # Several training processes (or a training run and an `evaluate`) pointed at one --cache_dir. Each builder has
+    # its own model object; the weights are equal, so they share one cache entry: one builds, the others wait and
+    # reuse it. Small batches: many progress writes, where the builders used to collide.
+    from concurrent.futures import ThreadPoolExecutor
+
+    processor = tiny_processor()
+    models = [tiny_model(seed=0) for _ in range(4)]
+    with ThreadPoolExecutor(len(models)) as pool:
+        futures = [pool.submit(build_feature_cache, model, processor.image_processor, dataset["train"], tmp_path,
+                               batch_size=1, num_workers=0, show_progress=False) for model in models]
+        caches = [future.result() for future in futures]  # re-raises a builder's exception
+    assert len({cache.folder for cache in caches}) == 1
+    reference = build(tiny_model(seed=0), processor, dataset["train"], tmp_path / "alone", batch_size=1).batch(range(10))
+    for cache in caches:
+        assert cache.valid.all()
+        torch.testing.assert_close(cache.batch(range(10)), reference, rtol=0, atol=0)
+    leftovers = [p.name for p in caches[0].folder.iterdir() if "tmp" in p.name]
+    assert leftovers == []
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("damaged", ["features.npy", "valid.npy", "meta.json"])
+def test_a_damaged_complete_cache_is_refused_naming_its_folder_and_how_to_rebuild(dataset, tmp_path, damaged):
+    model, processor = tiny_model(), tiny_processor()
+    folder = build(model, processor, dataset["train"], tmp_path).folder
+    _truncate(folder / damaged)
+    for attempt in (lambda: FeatureCache(folder), lambda: build(model, processor, dataset["train"], tmp_path)):
+        with pytest.raises(ValueError) as error:
+            attempt()
+        message = str(error.value)
+        assert str(folder) in message and damaged in message and "delete" in message
+
+
+def test_a_cache_whose_arrays_do_not_match_its_meta_is_refused(dataset, tmp_path):
+    model, processor = tiny_model(), tiny_processor()
+    folder = build(model, processor, dataset["train"], tmp_path).folder
+    np.save(folder / "valid.npy", np.ones(3, dtype=np.uint8))  # a whole, readable file of the wrong size
+    with pytest.raises(ValueError, match="delete") as error:
+        FeatureCache(folder)
+    assert str(folder) in str(error.value) and "valid.npy" in str(error.value)
+
+
+@pytest.mark.parametrize("damaged", ["features.npy", "valid.npy"])
+def test_an_interrupted_build_with_a_damaged_progress_file_is_rebuilt(dataset, tmp_path, damaged, caplog):
+    # The kill that interrupted the build hit while a file was being written.
+    model, processor = tiny_model(), tiny_processor()
+    folder = build(model, processor, dataset["train"], tmp_path).folder
+    meta = json.loads((folder / "meta.json").read_text())
+    meta.update(complete=False, done=4)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    _truncate(folder / damaged)
+    rebuilt = build(model, processor, dataset["train"], tmp_path)
+    assert rebuilt.folder == folder and rebuilt.valid.all()
+    torch.testing.assert_close(rebuilt.batch(range(10)), build(model, processor, dataset["train"], tmp_path / "b").batch(range(10)))
+    assert damaged in caplog.text and "starting over" in caplog.text

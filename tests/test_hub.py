@@ -11,7 +11,7 @@ import pytest
 from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
 from PIL import Image
 
-from hf_imgcap.hub import push_to_hub, write_model_card, write_model_card_from_folder
+from hf_imgcap.hub import hub_files, push_to_hub, write_model_card, write_model_card_from_folder
 
 from conftest import run_fresh_python, tiny_model, tiny_processor
 
@@ -140,3 +140,40 @@ print(processor.batch_decode(model.generate(**processor(images=[{str(image)!r}])
     result = run_fresh_python(code, cwd=tmp_path, block_package=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert repr(expected) in result.stdout
+
+
+def test_only_the_models_own_files_at_the_top_of_the_folder_are_uploaded(run_folder, tmp_path):
+    folder, _, _ = run_folder
+    run = tmp_path / "run"
+    shutil.copytree(folder, run)
+    model_files = sorted(p.name for p in run.iterdir() if p.is_file())
+    # Shards of a large model and its index belong to it as well.
+    for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"):
+        (run / shard).write_bytes(b"{}")
+    model_files += ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
+    # What users keep in an output folder, named like the model's files or matching the old patterns.
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"token": "hf_secret"}')
+    decoys = {
+        "notes/credentials.json": "{}", "notes/config.json": "{}", "data/Flickr8k.token.txt": "x", "data/model.safetensors": "x",
+        ".git/config": "x", ".git/HEAD.json": "{}", ".env": "HF_TOKEN=hf_secret", ".hidden.json": "{}", "._README.md": "x",
+        "checkpoints/best/config.json": "{}", "runs/events.txt": "x", "scratch.py": "print(1)", "captions.txt": "x",
+        "api_keys.json": "{}", "photo.png": "x", "model.bin": "x",
+    }
+    for name, text in decoys.items():
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(text)
+    (run / "credentials.json").symlink_to(secret)
+    (run / "added_tokens.json").symlink_to(secret)  # a symlink with a name the model could use
+    (run / "vocab.txt").mkdir()  # a folder with a model file's name
+    chosen = hub_files(run)
+    assert all(path.parent == run for path in chosen)
+    assert sorted(path.name for path in chosen) == sorted(model_files)
+    assert not any(path.is_symlink() for path in chosen)
+
+
+def test_a_folder_without_a_model_is_not_pushed(tmp_path):
+    (tmp_path / "README.md").write_text("notes")
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match="config.json"):
+        hub_files(tmp_path)
