@@ -413,12 +413,21 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         state.seen_tokens += 1
         return state.hidden, alpha
 
-    def _decode_with_cache(self, input_ids, features, state):
+    def _decode_with_cache(self, input_ids, features, state, attention_mask=None):
+        """Step through `input_ids`; where `attention_mask` is 0 (padding, e.g. the left padding of a batch of
+        prompts) the state is left as it was, so a padded row decodes exactly as it would alone."""
         if state is None:
             state = self._initial_state(features, rows_per_image=input_ids.shape[0] // features.shape[0])
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
         hiddens, alphas = [], []
         for position in range(input_ids.shape[1]):
+            before = state.hidden, state.cell
             hidden, alpha = self._decode_step(input_ids[:, position], state)
+            if attention_mask is not None and not attention_mask[:, position].all():
+                real = attention_mask[:, position].bool().unsqueeze(1)
+                state.hidden = hidden = torch.where(real, state.hidden, before[0])
+                state.cell = torch.where(real, state.cell, before[1])
             hiddens.append(hidden)
             alphas.append(alpha)
         logits = self.lm_head(self.dropout(torch.stack(hiddens, dim=1)))
@@ -540,7 +549,9 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
                     "labels with a cache from earlier steps: the loss (its attention regulariser sums over every step) "
                     "needs the whole caption; pass the whole caption in one call"
                 )
-            logits, alphas, state = self._decode_with_cache(input_ids, features, cache)
+            if attention_mask is not None:  # HF convention: the mask may also cover the tokens already in the cache
+                attention_mask = attention_mask[:, -input_ids.shape[1] :]
+            logits, alphas, state = self._decode_with_cache(input_ids, features, cache, attention_mask)
             loss = caption_loss = attention_loss = None
             if labels is not None:
                 target, _ = self._shifted_targets(labels, input_ids)
@@ -672,13 +683,14 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         return False  # the state is a ShowAttendTellState, not a key/value cache
 
     def prepare_inputs_for_generation(
-        self, input_ids, cache=None, past_key_values=None, encoder_hidden_states=None, output_attentions=None, use_cache=True, **kwargs
+        self, input_ids, cache=None, past_key_values=None, encoder_hidden_states=None, attention_mask=None,
+        output_attentions=None, use_cache=True, **kwargs
     ):
         cache = cache if cache is not None else past_key_values
         if cache is not None:
             return {"input_ids": input_ids[:, -1:], "cache": cache, "use_cache": True}
-        # First step, or no cache: the whole prefix, with the (already encoded) images.
-        return {"input_ids": input_ids, "encoder_hidden_states": encoder_hidden_states, "use_cache": use_cache}
+        # First step, or no cache: the whole (left-padded) prefix, with the (already encoded) images.
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "encoder_hidden_states": encoder_hidden_states, "use_cache": use_cache}
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         # Beams and returned sequences of an image share its features: keep one copy per image, not one per beam.
@@ -697,7 +709,9 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         """`GenerationMixin.generate` for images: greedy, beam search, sampling and every logits processor.
 
         Each image is encoded once (not once per beam) before decoding starts. Pass `pixel_values` or
-        precomputed `encoder_hidden_states`. With `output_attentions=True, return_dict_in_generate=True`,
+        precomputed `encoder_hidden_states`. `input_ids` (with its `attention_mask`), e.g. from
+        `processor(images=..., text=...)`, is a prompt to continue: its trailing [SEP] is dropped and prompts of
+        different lengths are left-padded, so each row's caption is the one its prompt gives alone. With `output_attentions=True, return_dict_in_generate=True`,
         `attentions` is a `(num_sequences, generated_len, regions)` tensor: the attention behind each
         generated token of the returned sequences (recomputed by a teacher-forced pass over the chosen
         sequences, so it is exact for beam search as well); zero after a sequence's end.
@@ -712,13 +726,40 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         else:
             self._check_token_ids(input_ids, "input_ids")
             self._check_batch(features, input_ids)
-        kwargs.pop("attention_mask", None)  # a caption prompt is never padded here
+            input_ids, prompt_mask = self._prompts_for_generation(input_ids, kwargs.pop("attention_mask", None))
+            kwargs["attention_mask"] = prompt_mask
         kwargs.pop("token_type_ids", None)
         want_attentions = bool(kwargs.pop("output_attentions", False))
+        if want_attentions and kwargs.get("attention_mask") is not None and not kwargs["attention_mask"].all():
+            raise ValueError("output_attentions needs prompts of equal length; generate prompts of different lengths one by one")
         outputs = super().generate(input_ids=input_ids, encoder_hidden_states=features, **kwargs)
         if want_attentions and not torch.is_tensor(outputs):
             outputs["attentions"] = self.attention_for_sequences(outputs.sequences, features, prompt_length=input_ids.shape[1])
         return outputs
+
+    def _prompts_for_generation(self, input_ids, attention_mask):
+        """Prompts (e.g. `processor(images=..., text=...)`, right-padded, ending with [SEP]) as generation needs
+        them: without a trailing end token, so generation continues the text instead of starting after a caption
+        that has ended, and left-padded, so that every row's newest token is its last column. Returns the ids and
+        their attention mask; `_decode_with_cache` skips the padding, so each row decodes as it would alone."""
+        pad, eos = self.config.pad_token_id, self.config.eos_token_id
+        if attention_mask is None:
+            real = input_ids != pad
+        elif attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
+        else:
+            real = attention_mask.bool()
+        prompts = [ids[keep] for ids, keep in zip(input_ids, real)]
+        if any(len(prompt) == 0 for prompt in prompts):
+            raise ValueError("a prompt in input_ids is empty (no token outside padding / attention_mask 0 everywhere)")
+        prompts = [prompt[:-1] if len(prompt) > 1 and prompt[-1] == eos else prompt for prompt in prompts]
+        length = max(len(prompt) for prompt in prompts)
+        ids = input_ids.new_full((len(prompts), length), pad)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, length - len(prompt) :] = prompt
+            mask[row, length - len(prompt) :] = 1
+        return ids, mask
 
     @torch.no_grad()
     def caption(self, images, processor, batch_size: int = 16, return_attentions: bool = False, **generate_kwargs):

@@ -7,7 +7,7 @@ import torch
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration
 
-from conftest import tiny_model
+from conftest import tiny_model, tiny_processor
 
 PAD, BOS, EOS = 0, 101, 102
 
@@ -331,6 +331,54 @@ def test_generate_encodes_each_image_once_and_features_give_the_same_captions():
         encoder_hidden_states=model.get_image_features(pixels), max_new_tokens=6, num_beams=5, num_return_sequences=2
     )
     assert torch.equal(from_pixels, from_features)
+
+
+def prompt_images(count=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 255, (70, 80, 3), dtype=torch.uint8, generator=generator).numpy() for _ in range(count)]
+
+
+def generated_part(sequences, prompt_length):
+    """Each row's tokens after the prompt, without trailing padding."""
+    rows = []
+    for row in sequences[:, prompt_length:].tolist():
+        while row and row[-1] == PAD:
+            row.pop()
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("options", [{}, {"num_beams": 3}])
+def test_a_prompt_from_the_processor_is_continued(options):
+    """Issue 10: the processor ends a text with [SEP] and generation continued after it (a caption that had
+    already ended). The prompt is continued: same as generating from [CLS] + the prompt's words."""
+    model, processor = tiny_model(), tiny_processor()
+    inputs = processor(images=prompt_images(1), text="a dog")
+    words = processor.tokenizer("a dog", add_special_tokens=False).input_ids
+    assert inputs.input_ids[0].tolist() == [BOS, *words, EOS]  # what the processor gives
+    out = model.generate(**inputs, max_new_tokens=5, **options)
+    expected = model.generate(pixel_values=inputs.pixel_values, input_ids=torch.tensor([[BOS, *words]]), max_new_tokens=5, **options)
+    assert out.tolist() == expected.tolist()
+    assert out[0, : len(words) + 1].tolist() == [BOS, *words] and out.shape[1] > len(words) + 1
+    assert processor.batch_decode(out)[0].startswith("a dog")
+
+
+@pytest.mark.parametrize("options", [{}, {"num_beams": 3, "num_return_sequences": 2}])
+def test_a_batch_of_prompts_equals_each_prompt_alone(options):
+    """Issue 10: in a batch, prompts of different lengths were padded and generation continued after [PAD]. Each
+    row's output must equal generating that prompt alone."""
+    model, processor = tiny_model(), tiny_processor()
+    images, texts = prompt_images(3), ["a dog", "two men in a red boat", "a"]
+    batch = processor(images=images, text=texts)
+    out = model.generate(**batch, max_new_tokens=6, **options)
+    per_image = out.shape[0] // len(texts)
+    batch_prompt_length = max(len(processor.tokenizer(t).input_ids) for t in texts) - 1  # without [SEP]
+    for index, (image, text) in enumerate(zip(images, texts)):
+        alone = model.generate(**processor(images=[image], text=[text]), max_new_tokens=6, **options)
+        rows = out[index * per_image : (index + 1) * per_image]
+        assert processor.batch_decode(rows) == processor.batch_decode(alone), text
+        prompt_length = len(processor.tokenizer(text).input_ids) - 1
+        assert generated_part(rows, batch_prompt_length) == generated_part(alone, prompt_length), text
 
 
 def test_generate_returns_attention_of_the_chosen_tokens():
