@@ -35,8 +35,8 @@ from hf_imgcap.hub import METRIC_LABELS, push_to_hub, write_model_card
 from hf_imgcap.preemption import StopRequest
 from hf_imgcap.pretrained_encoder import build_captioner
 from hf_imgcap.run_arguments import (
-    check_output_dir, check_resume_compatible, make_accelerator, remove_run_outputs, validate_arguments,
-    write_training_args,
+    check_output_dir, check_resume_compatible, make_accelerator, refuse_untrained_run, remove_run_outputs,
+    validate_arguments, write_training_args,
 )
 from hf_imgcap.processing_show_attend_tell import default_image_processor, default_tokenizer
 from hf_imgcap.tokenizer_training import train_caption_tokenizer
@@ -301,6 +301,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
 
     # 6. The loop.
     stopped_by = None
+    batches_run = 0
     with StopRequest() as stop:
         for epoch in range(progress["epoch"], args.num_epochs):
             progress["epoch"] = epoch
@@ -330,6 +331,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                         optimizer.step()
                     optimizer.zero_grad()
                 progress["step_in_epoch"] += 1
+                batches_run += 1
                 bar.update(1)
                 if not finite:  # skipped, counted; too many in a row stops the run with the last good checkpoint intact
                     progress["nonfinite_in_a_row"] += 1
@@ -365,6 +367,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
             bar.close()
             if stopped_by or (out_of_steps and progress["step_in_epoch"] < len(loader)):
                 break  # mid-epoch: no end-of-epoch evaluation; the step checkpoint (if any) is the one to resume from
+            refuse_untrained_run(progress["global_step"], batches_run, progress["nonfinite_total"])  # before any model is saved
 
             # End of epoch: caption the validation images, select on BLEU-4.
             metrics, _ = evaluate_captioner(model, split=val_split, features=caches.get("validation"), meteor=False, **evaluation)
@@ -396,6 +399,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         log("stopped by %s after step %d; continue with --resume", stopped_by, progress["global_step"])
         accelerator.end_training()
         return {"stopped_by": stopped_by, "global_step": progress["global_step"]}
+    refuse_untrained_run(progress["global_step"], batches_run, progress["nonfinite_total"])
 
     # 7. The best model on the test split, with every metric; the Hub-ready folder.
     final = ShowAttendTellForConditionalGeneration.from_pretrained(best_dir) if best_dir.is_dir() else accelerator.unwrap_model(model)

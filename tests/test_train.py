@@ -363,3 +363,12 @@ def test_the_launchers_mixed_precision_is_used_and_cpu_is_a_flag(data, tmp_path)
     recorded = json.loads((out / "training_args.json").read_text())["training"]
     assert recorded["mixed_precision"] == "bf16" and recorded["cpu"] is True  # what the card and a resume see
     assert "precision: bf16" in (out / "README.md").read_text()
+
+
+def test_tracker_logs_go_to_output_dir_runs(data, tmp_path):
+    out = tmp_path / "out"
+    argv = tiny_args(data, out, tmp_path / "cache", "--max_steps", "2")
+    argv[argv.index("--report_to") + 1] = "tensorboard"
+    run(argv)
+    events = sorted(path.relative_to(out).parts[0] for path in out.rglob("events.out.tfevents.*"))
+    assert events and set(events) == {"runs"}, events
