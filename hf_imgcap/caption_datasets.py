@@ -639,8 +639,8 @@ def _hub_image_problems(image_column, indices: list[int], roots: list[Path], ver
                     problems[index] = ("undecodable_image", "no image (the cell is empty)")
                 elif data is None and not is_local_path(path):
                     problems[index] = ("path_outside_dataset", f"the image is a URL ({path}), not a file of the dataset")
-                elif data is None and _outside(Path(path), roots):
-                    problems[index] = ("path_outside_dataset", _outside(Path(path), roots))
+                elif data is None and (outside := _outside(Path(path), roots)):
+                    problems[index] = ("path_outside_dataset", outside)
                 elif verify_images:
                     to_decode.append((index, data if data is not None else path))
             for (index, _), reason in zip(to_decode, pool.map(_decodes, [image for _, image in to_decode])):

@@ -34,7 +34,9 @@ def train_caption_tokenizer(captions: Iterable[str], vocab_size: int = 8000, min
     A `vocab_size` too small to spell every character seen keeps the most frequent characters and logs a
     warning: captions with the others then contain [UNK] (which `tokenize_captions` reports by caption)."""
     if vocab_size < len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size={vocab_size} cannot even hold the {len(SPECIAL_TOKENS)} special tokens {SPECIAL_TOKENS}")
+        logger.warning("vocab_size=%d cannot hold the %d special tokens %s: using %d (every caption will be [UNK])",
+                       vocab_size, len(SPECIAL_TOKENS), SPECIAL_TOKENS, len(SPECIAL_TOKENS))
+        vocab_size = len(SPECIAL_TOKENS)
     normalizer, pre_tokenizer = BertNormalizer(lowercase=True), BertPreTokenizer()
     words = Counter(
         word for caption in captions for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(caption))

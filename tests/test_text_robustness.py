@@ -383,6 +383,9 @@ def test_a_caption_vocabulary_too_small_for_every_character_still_trains_and_nam
     assert "vocab_size=15" in caplog.text  # the setting at fault, named
     # The most frequent characters are kept ("a" is the most frequent): a caption of them is spelled without [UNK].
     assert tokenizer.unk_token_id not in tokenizer("a")["input_ids"]
+    # Below the special tokens: those alone, every word [UNK], and still no refusal.
+    tokenizer = train_caption_tokenizer(TINY_VOCAB_CAPTIONS, vocab_size=2)
+    assert len(tokenizer) == 5 and tokenizer("a dog")["input_ids"] == [tokenizer.cls_token_id] + [tokenizer.unk_token_id] * 2 + [tokenizer.sep_token_id]
     caplog.clear()
     train = datasets.Dataset.from_dict({"image_id": ["img1.jpg", "img2.jpg"], "captions": [TINY_VOCAB_CAPTIONS[:3], TINY_VOCAB_CAPTIONS[3:]]})
     with caplog.at_level(logging.WARNING):
