@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
@@ -35,7 +34,10 @@ from hf_imgcap.attention_maps import render_attention_map
 from hf_imgcap.hub import METRIC_LABELS, push_to_hub, write_model_card
 from hf_imgcap.preemption import StopRequest
 from hf_imgcap.pretrained_encoder import build_captioner
-from hf_imgcap.run_arguments import validate_arguments
+from hf_imgcap.run_arguments import (
+    check_output_dir, check_resume_compatible, make_accelerator, refuse_untrained_run, remove_run_outputs,
+    validate_arguments, write_training_args,
+)
 from hf_imgcap.processing_show_attend_tell import default_image_processor, default_tokenizer
 from hf_imgcap.tokenizer_training import train_caption_tokenizer
 from hf_imgcap.training_data import CaptionPairs, collate_captions, tokenize_captions
@@ -84,13 +86,15 @@ class TrainingArguments:
     lr_decay_factor: float = field(default=0.8, metadata={"help": "Multiply the learning rates by this when validation BLEU-4 stalls."})
     lr_decay_patience: int = field(default=8, metadata={"help": "Epochs without BLEU-4 improvement before decaying the learning rate."})
     early_stopping_patience: int = field(default=20, metadata={"help": "Epochs without BLEU-4 improvement before stopping."})
-    mixed_precision: str = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16' (through Accelerate)."})
+    mixed_precision: str | None = field(default=None, metadata={"help": "'no', 'bf16', 'fp16' or 'fp8'; default: what `accelerate launch` / `accelerate config` says ('no' with plain python)."})
+    cpu: bool = field(default=False, metadata={"help": "Train on the CPU even when a GPU is available (default: the launcher / Accelerate decides)."})
     report_to: str = field(default="tensorboard", metadata={"help": "Tracker(s) for Accelerate, comma separated ('tensorboard', 'wandb', ...), or 'none'."})
     eval_num_beams: int = field(default=3, metadata={"help": "Beam size for validation and test captions."})
     eval_max_new_tokens: int = field(default=40, metadata={"help": "Longest caption generated during evaluation."})
     eval_batch_size: int = field(default=32, metadata={"help": "Images per generation batch per process."})
     checkpoint_every_steps: int = field(default=0, metadata={"help": "Also checkpoint every N optimizer steps (0: only at epoch ends)."})
     checkpoints_to_keep: int = field(default=2, metadata={"help": "Newest checkpoints kept; older ones are deleted."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace the previous run in output_dir: delete the files a run wrote there (other files stay). Without it, a used output_dir needs --resume."})
     resume: bool = field(default=False, metadata={"help": "Continue from the newest complete checkpoint in output_dir/checkpoints."})
     resume_from: str | None = field(default=None, metadata={"help": "Continue from this checkpoint folder (verified first)."})
     max_nonfinite_steps: int = field(default=10, metadata={"help": "Stop after this many non-finite losses in a row (each is skipped)."})
@@ -118,6 +122,7 @@ DEMO_OVERRIDES = {
     "eval_num_beams": 3,
     "eval_max_new_tokens": 20,
     "report_to": "none",
+    "overwrite_output_dir": True,  # a re-run of the demo replaces the previous demo run (its data and cache stay)
 }
 DEMO_DATASET_SIZES = dict(num_train=500, num_val=60, num_test=60)
 
@@ -191,18 +196,17 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     # Refuse nonsense values and impossible combinations before any data is read, not after hours of training.
     validate_arguments(model_args, data_args, args)
     output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.report_to == "none" else args.report_to.split(","),
-        project_dir=str(output_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        cpu=not torch.cuda.is_available(),
-    )
+    previous_run = check_output_dir(output_dir, resume=args.resume or bool(args.resume_from), overwrite=args.overwrite_output_dir)
+    check_resume_compatible(model_args, args)
+    accelerator = make_accelerator(args)
+    args = dataclasses.replace(args, mixed_precision=accelerator.mixed_precision)  # what the launcher chose, for the record
     set_seed(args.seed)
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_run_outputs(previous_run)
+        write_training_args(output_dir, model_args, data_args, args)  # now, so that a --resume after a crash can check it
+    accelerator.wait_for_everyone()
     log = logger.info if accelerator.is_main_process else logger.debug
+    log("accelerate: %d process(es) on %s, mixed precision %s", accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
 
     # 1. Data: a DatasetDict of images + reference captions.
     with accelerator.main_process_first():
@@ -297,6 +301,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
 
     # 6. The loop.
     stopped_by = None
+    batches_run = 0
     with StopRequest() as stop:
         for epoch in range(progress["epoch"], args.num_epochs):
             progress["epoch"] = epoch
@@ -313,8 +318,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                 if args.blind:
                     batch["encoder_hidden_states"].zero_()
                 num_targets = accelerator.reduce((batch["labels"][:, 1:] != -100).sum().to(accelerator.device), "sum")
-                with accelerator.accumulate(model):
-                    outputs = model(**batch, return_logits=False, num_items_in_batch=num_targets / accelerator.num_processes)
+                num_captions = accelerator.reduce(torch.tensor(len(batch["input_ids"]), device=accelerator.device), "sum")
+                with accelerator.accumulate(model):  # global counts: every process's loss is a share of one batch loss
+                    outputs = model(**batch, return_logits=False, num_items_in_batch=num_targets / accelerator.num_processes,
+                                    num_captions_in_batch=num_captions / accelerator.num_processes)
                     # Decided together: every process skips the step if any process's loss is not finite.
                     finite = accelerator.reduce((~torch.isfinite(outputs.loss.detach())).float(), "sum").item() == 0
                     if finite:
@@ -324,6 +331,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                         optimizer.step()
                     optimizer.zero_grad()
                 progress["step_in_epoch"] += 1
+                batches_run += 1
                 bar.update(1)
                 if not finite:  # skipped, counted; too many in a row stops the run with the last good checkpoint intact
                     progress["nonfinite_in_a_row"] += 1
@@ -359,6 +367,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
             bar.close()
             if stopped_by or (out_of_steps and progress["step_in_epoch"] < len(loader)):
                 break  # mid-epoch: no end-of-epoch evaluation; the step checkpoint (if any) is the one to resume from
+            refuse_untrained_run(progress["global_step"], batches_run, progress["nonfinite_total"])  # before any model is saved
 
             # End of epoch: caption the validation images, select on BLEU-4.
             metrics, _ = evaluate_captioner(model, split=val_split, features=caches.get("validation"), meteor=False, **evaluation)
@@ -390,6 +399,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         log("stopped by %s after step %d; continue with --resume", stopped_by, progress["global_step"])
         accelerator.end_training()
         return {"stopped_by": stopped_by, "global_step": progress["global_step"]}
+    refuse_untrained_run(progress["global_step"], batches_run, progress["nonfinite_total"])
 
     # 7. The best model on the test split, with every metric; the Hub-ready folder.
     final = ShowAttendTellForConditionalGeneration.from_pretrained(best_dir) if best_dir.is_dir() else accelerator.unwrap_model(model)
@@ -406,6 +416,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
                  "bleu": "COCO-caption BLEU (pycocoevalcap), closest reference length", "blind": args.blind},
         "dataset": data_args.dataset,
         "num_train_images": len(train_split),
+        "training": {"steps": progress["global_step"], "mixed_precision": accelerator.mixed_precision,
+                     "num_processes": accelerator.num_processes, "device": accelerator.device.type},
         "vocab_size": len(processor.tokenizer),
     }
     test_examples = [{"image_id": i, "caption": c, "references": list(r)}
@@ -414,8 +426,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         final.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
         (output_dir / "metrics.json").write_text(json.dumps(results, indent=1))
-        (output_dir / "training_args.json").write_text(json.dumps(
-            {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), "training": dataclasses.asdict(args)}, indent=1))
         (output_dir / "test_captions.json").write_text(json.dumps(test_examples, indent=1))
         write_attention_example(final, processor, test_split[0]["image"], output_dir / "attention_example.png", args.eval_num_beams)
         write_model_card(output_dir, results, model_args=dataclasses.asdict(model_args), training_args=dataclasses.asdict(args), data_args=dataclasses.asdict(data_args))

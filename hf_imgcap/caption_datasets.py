@@ -9,8 +9,12 @@ layouts, detected automatically:
 * the original text release: `Flicker8k_Dataset/*.jpg`, `Flickr8k.token.txt` (`name.jpg#k<TAB>caption`),
   `Flickr_8k.{train,dev,test}Images.txt`;
 * Kaggle: `Images/`, `captions.txt` (CSV `image,caption`); the official split files of the text release when they
-  sit beside `captions.txt` (or one folder down, e.g. `Flickr8k_text/`), else a seeded split by image;
+  sit beside `captions.txt` (or one folder down, e.g. `Flickr8k_text/`, or in the folder above), else a seeded
+  split by image;
 * Karpathy: `dataset_flickr8k.json` / `dataset_flickr30k.json` / `dataset_coco.json` with its own split.
+
+Images are read from inside the dataset folder only (or an `image_dir` passed explicitly): absolute paths, `..`
+and symlinks leading elsewhere are refused and counted as `path_outside_dataset`, whatever the caption file says.
 
 Bad data is skipped, counted and logged with file and line (see `LoadReport`); a split left empty stops
 the load with an error that says why.
@@ -87,8 +91,8 @@ _MAX_UNESCAPE_ROUNDS = 10  # "&amp;amp;" is two rounds; real data never needs mo
 def normalize_caption(text: str) -> str:
     """Clean a caption as written by annotators: HTML entities decoded (`&amp;` -> `&`, also when escaped twice),
     Unicode NFC, control characters read as spaces, runs of whitespace (tabs, newlines, non-breaking spaces)
-    collapsed to one space, ends stripped. Idempotent. A caption that is empty or whitespace-only comes back as ""
-    (callers reject it)."""
+    collapsed to one space, ends stripped. Idempotent. A caption that is empty, whitespace-only or made only of
+    zero-width / format (Unicode Cf) characters comes back as "" (callers reject it)."""
     for _ in range(_MAX_UNESCAPE_ROUNDS):
         # Until nothing changes, so that normalize(normalize(x)) == normalize(x): decoding "&amp;lt;" gives an
         # entity again, and NFC can complete one ("&lt" + U+037E GREEK QUESTION MARK -> "&lt;").
@@ -96,7 +100,12 @@ def normalize_caption(text: str) -> str:
         if cleaned == text:
             break
         text = cleaned
-    return " ".join(_CONTROL_CHARACTERS.sub(" ", text).split())
+    text = " ".join(_CONTROL_CHARACTERS.sub(" ", text).split())
+    # Only format characters (zero-width spaces and joiners, direction marks, soft hyphens) is nothing to read:
+    # an empty caption, whatever its length. Next to real characters they stay (emoji ZWJ sequences need them).
+    if all(unicodedata.category(char) == "Cf" for char in text.replace(" ", "")):
+        return ""
+    return text
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -133,7 +142,9 @@ def load_caption_dataset(
         dataset = DatasetDict({split: _records_to_dataset(records[split]) for split in SPLITS})
     for split in SPLITS:
         if len(dataset[split]) == 0:
-            raise ValueError(f"split '{split}' of {source} is empty after loading. {report.summary()}")
+            hint = (" Images outside the dataset folder (e.g. behind a symlink) are refused: pass image_dir= to read "
+                    "them from another folder." if report.counts["path_outside_dataset"] else "")
+            raise ValueError(f"split '{split}' of {source} is empty after loading. {report.summary()}{hint}")
     logger.info(
         "%s: %s; %s", source, ", ".join(f"{s} {len(dataset[s])} images" for s in SPLITS), report.summary()
     )
@@ -196,8 +207,10 @@ def _read_lines(path: Path, report: LoadReport):
                     yield number, line
 
 
-def _add_caption(captions: dict, image_names: set, name: str, caption: str, where: str, report: LoadReport) -> None:
-    """Keep one caption line or count it as exactly one skip."""
+def _add_caption(captions: dict, image_names: set, name: str, caption: str, where: str, report: LoadReport,
+                 outside_names: dict | None = None) -> None:
+    """Keep one caption line or count it as exactly one skip. `outside_names`: image name -> why its file (a
+    symlink) is refused as lying outside the dataset folder."""
     if not name:
         report.skip("no_image_name", f"{where}: no image name; skipped")
         return
@@ -205,18 +218,37 @@ def _add_caption(captions: dict, image_names: set, name: str, caption: str, wher
     if not caption:
         report.skip("empty_caption", f"{where}: empty caption for {name}; skipped")
         return
+    if outside_names and name in outside_names:
+        report.skip("path_outside_dataset", f"{where}: image '{name}': {outside_names[name]}; caption skipped")
+        return
     if name not in image_names:
         report.skip("missing_image", f"{where}: image '{name}' is not in the image folder; caption skipped")
         return
     captions[name].append(caption)
 
 
-def _image_names(image_dir: Path) -> set[str]:
-    return {p.name for p in image_dir.iterdir() if p.is_file()}
+def _image_names(image_dir: Path, roots: list[Path] | None = None) -> tuple[set[str], dict[str, str]]:
+    """The image files of `image_dir` that lie inside `roots` (default: `image_dir`), and name -> reason for those
+    that do not (symlinks pointing elsewhere): never read, whatever the caption file says."""
+    inside, outside = set(), {}
+    for path in image_dir.iterdir():
+        if path.is_file():
+            reason = _outside(path, roots or [image_dir])
+            if reason is None:
+                inside.add(path.name)
+            else:
+                outside[path.name] = reason
+    return inside, outside
+
+
+def _dataset_roots(root: Path, image_dir: Path | None) -> list[Path]:
+    """The folders images may be read from: the dataset folder, and an image folder the user named explicitly."""
+    return [root] if image_dir is None else [root, image_dir]
 
 
 # ---------------------------------------------------------------------------------------------- original release
-def read_token_file(token_file: Path, image_names: set[str], report: LoadReport) -> dict[str, list[str]]:
+def read_token_file(token_file: Path, image_names: set[str], report: LoadReport,
+                    outside_names: dict | None = None) -> dict[str, list[str]]:
     """`Flickr8k.token.txt` (`name.jpg#k<TAB>caption` lines) -> {image name: captions}, in file order.
     Every non-blank line is kept or counted once in `report`."""
     captions = defaultdict(list)
@@ -227,20 +259,21 @@ def read_token_file(token_file: Path, image_names: set[str], report: LoadReport)
             continue
         key, caption = line.split("\t", 1)
         name = re.sub(r"#\d+$", "", key.strip())  # "name.jpg#3" -> "name.jpg"
-        _add_caption(captions, image_names, name, caption, where, report)
+        _add_caption(captions, image_names, name, caption, where, report, outside_names)
     return captions
 
 
 def _read_flickr8k(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
     token_file = _find(root, "Flickr8k.token.txt")
+    roots = _dataset_roots(root, image_dir)
     image_dir = _find_image_dir(root, token_file, image_dir)
-    image_names = _image_names(image_dir)
-    captions = read_token_file(token_file, image_names, report)
+    image_names, outside_names = _image_names(image_dir, roots)
+    captions = read_token_file(token_file, image_names, report, outside_names)
     split_files = _find_split_files(root, token_file)
     missing = [OFFICIAL_SPLIT_FILES[split] for split, path in split_files.items() if path is None]
     if missing:
         raise ValueError(f"{root}: split file {', '.join(missing)} not found")
-    return _split_by_files(split_files, captions, image_dir, image_names, report)
+    return _split_by_files(split_files, captions, image_dir, image_names, report, outside_names)
 
 
 OFFICIAL_SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "validation": "Flickr_8k.devImages.txt",
@@ -249,13 +282,20 @@ OFFICIAL_SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "validation": "Fli
 
 def _find_split_files(root: Path, caption_file: Path) -> dict[str, Path | None]:
     """split -> the text release's split file beside the caption file or in the dataset root (or one folder down
-    from either, e.g. `Flickr8k_text/`), None when absent."""
-    return {
-        split: _find(caption_file.parent, name) or _find(root, name) for split, name in OFFICIAL_SPLIT_FILES.items()
-    }
+    from either, e.g. `Flickr8k_text/`), else in the folder above the root or its `Flickr8k_text/` (the text
+    release unpacked next to the image download); None when absent."""
+
+    def find(name: str) -> Path | None:
+        found = _find(caption_file.parent, name) or _find(root, name)
+        for folder in (root.parent, root.parent / "Flickr8k_text"):
+            found = found or (folder / name if (folder / name).is_file() else None)
+        return found
+
+    return {split: find(name) for split, name in OFFICIAL_SPLIT_FILES.items()}
 
 
-def _split_by_files(split_files: dict, captions: dict, image_dir: Path, image_names: set, report: LoadReport) -> dict:
+def _split_by_files(split_files: dict, captions: dict, image_dir: Path, image_names: set, report: LoadReport,
+                    outside_names: dict | None = None) -> dict:
     """Records of each split in the order of its split file; images named but unusable, and captioned images in
     no split file, are counted."""
     report.split_source = "official split files " + ", ".join(str(path) for path in split_files.values())
@@ -266,7 +306,9 @@ def _split_by_files(split_files: dict, captions: dict, image_dir: Path, image_na
         for number, line in _read_lines(split_file, report):
             name = line.strip()
             where = f"{split_file.name}:{number}"
-            if name not in image_names:
+            if outside_names and name in outside_names:
+                report.skip("split_missing_image", f"{where}: image '{name}': {outside_names[name]}; skipped")
+            elif name not in image_names:
                 report.skip("split_missing_image", f"{where}: image '{name}' is not in {image_dir.name}/; skipped")
             elif not captions.get(name):
                 report.skip("split_image_without_captions", f"{where}: image '{name}' has no captions; skipped")
@@ -288,7 +330,8 @@ def is_kaggle_header(row: list[str]) -> bool:
     return [field.strip().lower() for field in row] == ["image", "caption"]
 
 
-def read_kaggle_captions(caption_file: Path, image_names: set[str], report: LoadReport) -> dict[str, list[str]]:
+def read_kaggle_captions(caption_file: Path, image_names: set[str], report: LoadReport,
+                         outside_names: dict | None = None) -> dict[str, list[str]]:
     """Kaggle's `captions.txt` (CSV `image,caption`, optional header) -> {image name: captions}, in file order.
     Every non-blank line other than the header is kept or counted once in `report`.
 
@@ -312,21 +355,22 @@ def read_kaggle_captions(caption_file: Path, image_names: set[str], report: Load
             report.skip("no_caption", f"{where}: expected 'image,caption'; skipped")
             continue
         # An unquoted caption with commas splits into more fields: join them back.
-        _add_caption(captions, image_names, row[0].strip(), ",".join(row[1:]), where, report)
+        _add_caption(captions, image_names, row[0].strip(), ",".join(row[1:]), where, report, outside_names)
     return captions
 
 
 def _read_kaggle(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
     caption_file = _find(root, "captions.txt")
+    roots = _dataset_roots(root, image_dir)
     image_dir = _find_image_dir(root, caption_file, image_dir)
-    image_names = _image_names(image_dir)
-    captions = read_kaggle_captions(caption_file, image_names, report)
+    image_names, outside_names = _image_names(image_dir, roots)
+    captions = read_kaggle_captions(caption_file, image_names, report, outside_names)
 
     # The official split files, when the user put them next to captions.txt: the same split as the papers.
     split_files = _find_split_files(root, caption_file)
     found = [path for path in split_files.values() if path is not None]
     if len(found) == len(split_files):
-        return _split_by_files(split_files, captions, image_dir, image_names, report)
+        return _split_by_files(split_files, captions, image_dir, image_names, report, outside_names)
     if found:  # a partial set is a mistake, not a reason to invent a split the user did not ask for
         missing = [OFFICIAL_SPLIT_FILES[split] for split, path in split_files.items() if path is None]
         raise ValueError(f"{root}: found {', '.join(map(str, found))} but not {', '.join(missing)}: add the missing "
@@ -367,7 +411,12 @@ def read_karpathy_json(json_file: Path, root: Path, image_dir: Path | None, repo
         problem = _karpathy_entry_problem(entry, sentences)
         if problem is None:
             path = _karpathy_image_path(entry, root, image_dir, find_default_dir)
-            if not _is_file(path):
+            # Absolute filepath / filename, `..` and symlinks must not lead out of the dataset: checked before
+            # the file is even looked at.
+            outside = _outside(path, _dataset_roots(root, image_dir))
+            if outside is not None:
+                problem = ("path_outside_dataset", outside)
+            elif not _is_file(path):
                 problem = ("missing_image", f"image file {path} not found")
         if problem is not None:
             kind, reason = problem
@@ -576,25 +625,25 @@ def _hub_image_problems(image_column, indices: list[int], roots: list[Path], ver
     cell has them, else its path as written."""
     from datasets.utils.file_utils import is_local_path
 
-    problems, to_decode = {}, []
-    for index in indices:
-        cell = image_column[index].as_py()
-        if isinstance(cell, dict):
-            data, path = cell.get("bytes"), cell.get("path")
-        else:  # a plain binary or string column
-            data, path = (cell, None) if isinstance(cell, (bytes, bytearray)) else (None, cell)
-        if data is None and not path:
-            problems[index] = ("undecodable_image", "no image (the cell is empty)")
-        elif data is None and not is_local_path(path):
-            problems[index] = ("path_outside_dataset", f"the image is a URL ({path}), not a file of the dataset")
-        elif data is None and _outside(Path(path), roots):
-            problems[index] = ("path_outside_dataset", _outside(Path(path), roots))
-        elif verify_images:
-            to_decode.append((index, data if data is not None else path))
+    problems = {}
     with ThreadPoolExecutor(max_workers=num_threads) as pool:  # Pillow releases the GIL while decoding
-        for start in range(0, len(to_decode), _HUB_CHECK_CHUNK):
-            chunk = to_decode[start : start + _HUB_CHECK_CHUNK]
-            for (index, _), reason in zip(chunk, pool.map(_decodes, [image for _, image in chunk])):
+        for start in range(0, len(indices), _HUB_CHECK_CHUNK):  # a chunk of cells in memory at a time
+            to_decode = []
+            for index in indices[start : start + _HUB_CHECK_CHUNK]:
+                cell = image_column[index].as_py()
+                if isinstance(cell, dict):
+                    data, path = cell.get("bytes"), cell.get("path")
+                else:  # a plain binary or string column
+                    data, path = (cell, None) if isinstance(cell, (bytes, bytearray)) else (None, cell)
+                if data is None and not path:
+                    problems[index] = ("undecodable_image", "no image (the cell is empty)")
+                elif data is None and not is_local_path(path):
+                    problems[index] = ("path_outside_dataset", f"the image is a URL ({path}), not a file of the dataset")
+                elif data is None and (outside := _outside(Path(path), roots)):
+                    problems[index] = ("path_outside_dataset", outside)
+                elif verify_images:
+                    to_decode.append((index, data if data is not None else path))
+            for (index, _), reason in zip(to_decode, pool.map(_decodes, [image for _, image in to_decode])):
                 if reason is not None:
                     problems[index] = ("undecodable_image", f"cannot decode or use: {reason}")
     return dict(sorted(problems.items()))

@@ -88,6 +88,14 @@ def evaluate_captioner(model, tokenizer, split, *, meteor=None, **kwargs) -> tup
     """Generate captions for `split` (see `generate_captions`) and score them against its references."""
     predictions = generate_captions(model, tokenizer, split, **kwargs)
     references = [list(captions) for captions in split["captions"]]
-    metrics = compute_caption_metrics(predictions, references, meteor=meteor)
-    metrics["num_images"] = len(predictions)
+    # An image the feature cache could not encode (a broken file, with verify_images off) has all-zero features:
+    # its caption says nothing about the model, so it is left out of the metrics (its prediction is None).
+    valid = getattr(kwargs.get("features"), "valid", None)
+    if valid is not None and not valid.all():
+        reasons = [entry["reason"] for entry in getattr(kwargs["features"], "invalid_images", [])]
+        logger.warning("%d images left out of the metrics (no features): %s", int((~valid).sum()), "; ".join(reasons[:5]))
+        predictions = [caption if valid[index] else None for index, caption in enumerate(predictions)]
+    scored = [index for index, caption in enumerate(predictions) if caption is not None]
+    metrics = compute_caption_metrics([predictions[i] for i in scored], [references[i] for i in scored], meteor=meteor)
+    metrics["num_images"] = len(scored)
     return metrics, predictions

@@ -283,6 +283,14 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         self.config.custom_pipelines = custom_pipelines_config()
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        # Loading replaces every parameter with a new `nn.Parameter` (requires_grad=True), undoing the freeze that
+        # __init__ applied: freeze again, or a reloaded model trains its "frozen" encoder (and DDP breaks).
+        (loaded[0] if isinstance(loaded, tuple) else loaded)._apply_encoder_freeze()  # tuple: output_loading_info
+        return loaded
+
     # ------------------------------------------------------------------ encoder
     def _apply_encoder_freeze(self):
         if self.config.freeze_encoder:
@@ -405,12 +413,21 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         state.seen_tokens += 1
         return state.hidden, alpha
 
-    def _decode_with_cache(self, input_ids, features, state):
+    def _decode_with_cache(self, input_ids, features, state, attention_mask=None):
+        """Step through `input_ids`; where `attention_mask` is 0 (padding, e.g. the left padding of a batch of
+        prompts) the state is left as it was, so a padded row decodes exactly as it would alone."""
         if state is None:
             state = self._initial_state(features, rows_per_image=input_ids.shape[0] // features.shape[0])
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
         hiddens, alphas = [], []
         for position in range(input_ids.shape[1]):
+            before = state.hidden, state.cell
             hidden, alpha = self._decode_step(input_ids[:, position], state)
+            if attention_mask is not None and not attention_mask[:, position].all():
+                real = attention_mask[:, position].bool().unsqueeze(1)
+                state.hidden = hidden = torch.where(real, state.hidden, before[0])
+                state.cell = torch.where(real, state.cell, before[1])
             hiddens.append(hidden)
             alphas.append(alpha)
         logits = self.lm_head(self.dropout(torch.stack(hiddens, dim=1)))
@@ -489,6 +506,7 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         output_attentions: bool | None = None,
         return_logits: bool = True,
         num_items_in_batch: int | torch.Tensor | None = None,
+        num_captions_in_batch: int | torch.Tensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> ShowAttendTellOutput:
@@ -506,6 +524,11 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         num_items_in_batch: divide the summed token cross-entropy by this instead of this batch's token
             count (as transformers' Trainer does), so that several processes or accumulated micro-batches
             weigh every token of the global batch equally.
+        num_captions_in_batch: divide the summed attention regulariser by this instead of this batch's caption
+            count. The regulariser is one term per caption (Xu et al.), the mean over regions of (1 − Σ_t α)², so
+            it is normalised by captions, not tokens: λ then keeps its meaning whatever the caption lengths. Pass
+            the global batch's counts in both arguments (divided by the number of processes under DDP, which
+            averages gradients) and the parts' losses add up exactly to the full batch's loss and gradient.
         """
         if input_ids is None:
             raise ValueError("input_ids is required (start with the start token, e.g. [CLS] = %d)" % self.config.bos_token_id)
@@ -521,17 +544,29 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
             if cache is None:
                 features = self._features_from_inputs(pixel_values, encoder_hidden_states)
                 self._check_batch(features, input_ids, allow_several_per_image=True)
-            logits, alphas, state = self._decode_with_cache(input_ids, features, cache)
+            if labels is not None and cache is not None:
+                raise ValueError(
+                    "labels with a cache from earlier steps: the loss (its attention regulariser sums over every step) "
+                    "needs the whole caption; pass the whole caption in one call"
+                )
+            if attention_mask is not None:  # HF convention: the mask may also cover the tokens already in the cache
+                attention_mask = attention_mask[:, -input_ids.shape[1] :]
+            logits, alphas, state = self._decode_with_cache(input_ids, features, cache, attention_mask)
             loss = caption_loss = attention_loss = None
             if labels is not None:
-                caption_loss = self._shifted_cross_entropy(logits, labels)
-                loss = caption_loss
+                target, _ = self._shifted_targets(labels, input_ids)
+                rows, positions = (target != -100).nonzero(as_tuple=True)
+                summed = F.cross_entropy(logits[rows, positions].float(), target[rows, positions], reduction="sum")
+                loss, caption_loss, attention_loss = self._loss(
+                    summed, len(rows), alphas[rows, positions], rows, input_ids.shape[0], num_items_in_batch, num_captions_in_batch
+                )
             return ShowAttendTellOutput(
                 loss=loss,
                 logits=logits,
                 cache=state if use_cache is not False else None,
                 attentions=alphas if output_attentions else None,
                 caption_loss=caption_loss,
+                attention_loss=attention_loss,
             )
 
         features = self._features_from_inputs(pixel_values, encoder_hidden_states)
@@ -543,15 +578,7 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
 
         target = None
         if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels {tuple(labels.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
-            # Position t predicts token t+1; the last position has no target.
-            target = torch.full_like(labels, -100)
-            target[:, :-1] = labels[:, 1:]
-            target_ok = (target != -100) & (target < self.config.vocab_size)
-            bad = (target != -100) & ((target < 0) | (target >= self.config.vocab_size))
-            if bad.any():
-                raise ValueError(f"labels contain id {int(target[bad][0])} outside the vocabulary (0..{self.config.vocab_size - 1}) or -100")
+            target, target_ok = self._shifted_targets(labels, input_ids)
             if not return_logits:
                 # The output of a caption's last position is never scored: don't compute it.
                 last_scored = torch.where(target_ok, torch.arange(seq_len, device=labels.device), -1).amax(1) + 1
@@ -572,14 +599,9 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
                 summed = _LinearCrossEntropy.apply(self.dropout(hiddens[scored]), self.lm_head.weight, self.lm_head.bias, scored_target)
             else:
                 summed = F.cross_entropy(self.lm_head(self.dropout(hiddens[scored])).float(), scored_target, reduction="sum")
-            caption_loss = summed / (scored_target.numel() if num_items_in_batch is None else num_items_in_batch)
-            # Doubly stochastic attention: every region should receive about one unit of attention over the
-            # steps that write the caption.
-            attention_per_region = alphas.new_zeros(batch_size, alphas.shape[1]).index_add_(
-                0, rows[scored], alphas[scored]
+            loss, caption_loss, attention_loss = self._loss(
+                summed, scored_target.numel(), alphas[scored], rows[scored], batch_size, num_items_in_batch, num_captions_in_batch
             )
-            attention_loss = ((1.0 - attention_per_region) ** 2).mean()
-            loss = caption_loss + self.config.attention_regularization * attention_loss
         elif return_logits:
             packed_logits = self.lm_head(self.dropout(hiddens))
 
@@ -629,8 +651,31 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
             raise ValueError("captions must be right-padded: attention_mask must be 1…1 0…0 on every row")
         return lengths
 
-    def _shifted_cross_entropy(self, logits, labels):
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+    def _shifted_targets(self, labels, input_ids):
+        """Position t predicts label t+1 (-100: not scored); the last position has no target. Also the mask of
+        the scored positions."""
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels {tuple(labels.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
+        target = torch.full_like(labels, -100)
+        target[:, :-1] = labels[:, 1:]
+        bad = (target != -100) & ((target < 0) | (target >= self.config.vocab_size))
+        if bad.any():
+            raise ValueError(f"labels contain id {int(target[bad][0])} outside the vocabulary (0..{self.config.vocab_size - 1}) or -100")
+        return target, target != -100
+
+    def _loss(self, summed_cross_entropy, num_tokens, scored_alphas, scored_rows, num_captions, num_items_in_batch, num_captions_in_batch):
+        """The one training loss of every forward path: (loss, caption_loss, attention_loss).
+
+        `summed_cross_entropy` over the `num_tokens` scored positions; `scored_alphas` `(num_tokens, regions)` the
+        attention at those positions, `scored_rows` the caption each belongs to. See `forward` for the two counts.
+        """
+        caption_loss = summed_cross_entropy / (num_tokens if num_items_in_batch is None else num_items_in_batch)
+        # Doubly stochastic attention: every region should receive about one unit of attention over the steps
+        # that write the caption. Per caption: the mean over regions of (1 - Σ_t α)²; summed, then normalised.
+        attention_per_region = scored_alphas.new_zeros(num_captions, scored_alphas.shape[1]).index_add_(0, scored_rows, scored_alphas)
+        summed_attention = ((1.0 - attention_per_region) ** 2).mean(dim=1).sum()
+        attention_loss = summed_attention / (num_captions if num_captions_in_batch is None else num_captions_in_batch)
+        return caption_loss + self.config.attention_regularization * attention_loss, caption_loss, attention_loss
 
     # ------------------------------------------------------------------ generation
     @classmethod
@@ -638,13 +683,14 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         return False  # the state is a ShowAttendTellState, not a key/value cache
 
     def prepare_inputs_for_generation(
-        self, input_ids, cache=None, past_key_values=None, encoder_hidden_states=None, output_attentions=None, use_cache=True, **kwargs
+        self, input_ids, cache=None, past_key_values=None, encoder_hidden_states=None, attention_mask=None,
+        output_attentions=None, use_cache=True, **kwargs
     ):
         cache = cache if cache is not None else past_key_values
         if cache is not None:
             return {"input_ids": input_ids[:, -1:], "cache": cache, "use_cache": True}
-        # First step, or no cache: the whole prefix, with the (already encoded) images.
-        return {"input_ids": input_ids, "encoder_hidden_states": encoder_hidden_states, "use_cache": use_cache}
+        # First step, or no cache: the whole (left-padded) prefix, with the (already encoded) images.
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "encoder_hidden_states": encoder_hidden_states, "use_cache": use_cache}
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         # Beams and returned sequences of an image share its features: keep one copy per image, not one per beam.
@@ -663,7 +709,9 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         """`GenerationMixin.generate` for images: greedy, beam search, sampling and every logits processor.
 
         Each image is encoded once (not once per beam) before decoding starts. Pass `pixel_values` or
-        precomputed `encoder_hidden_states`. With `output_attentions=True, return_dict_in_generate=True`,
+        precomputed `encoder_hidden_states`. `input_ids` (with its `attention_mask`), e.g. from
+        `processor(images=..., text=...)`, is a prompt to continue: its trailing [SEP] is dropped and prompts of
+        different lengths are left-padded, so each row's caption is the one its prompt gives alone. With `output_attentions=True, return_dict_in_generate=True`,
         `attentions` is a `(num_sequences, generated_len, regions)` tensor: the attention behind each
         generated token of the returned sequences (recomputed by a teacher-forced pass over the chosen
         sequences, so it is exact for beam search as well); zero after a sequence's end.
@@ -678,13 +726,40 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         else:
             self._check_token_ids(input_ids, "input_ids")
             self._check_batch(features, input_ids)
-        kwargs.pop("attention_mask", None)  # a caption prompt is never padded here
+            input_ids, prompt_mask = self._prompts_for_generation(input_ids, kwargs.pop("attention_mask", None))
+            kwargs["attention_mask"] = prompt_mask
         kwargs.pop("token_type_ids", None)
         want_attentions = bool(kwargs.pop("output_attentions", False))
+        if want_attentions and kwargs.get("attention_mask") is not None and not kwargs["attention_mask"].all():
+            raise ValueError("output_attentions needs prompts of equal length; generate prompts of different lengths one by one")
         outputs = super().generate(input_ids=input_ids, encoder_hidden_states=features, **kwargs)
         if want_attentions and not torch.is_tensor(outputs):
             outputs["attentions"] = self.attention_for_sequences(outputs.sequences, features, prompt_length=input_ids.shape[1])
         return outputs
+
+    def _prompts_for_generation(self, input_ids, attention_mask):
+        """Prompts (e.g. `processor(images=..., text=...)`, right-padded, ending with [SEP]) as generation needs
+        them: without a trailing end token, so generation continues the text instead of starting after a caption
+        that has ended, and left-padded, so that every row's newest token is its last column. Returns the ids and
+        their attention mask; `_decode_with_cache` skips the padding, so each row decodes as it would alone."""
+        pad, eos = self.config.pad_token_id, self.config.eos_token_id
+        if attention_mask is None:
+            real = input_ids != pad
+        elif attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}")
+        else:
+            real = attention_mask.bool()
+        prompts = [ids[keep] for ids, keep in zip(input_ids, real)]
+        if any(len(prompt) == 0 for prompt in prompts):
+            raise ValueError("a prompt in input_ids is empty (no token outside padding / attention_mask 0 everywhere)")
+        prompts = [prompt[:-1] if len(prompt) > 1 and prompt[-1] == eos else prompt for prompt in prompts]
+        length = max(len(prompt) for prompt in prompts)
+        ids = input_ids.new_full((len(prompts), length), pad)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, length - len(prompt) :] = prompt
+            mask[row, length - len(prompt) :] = 1
+        return ids, mask
 
     @torch.no_grad()
     def caption(self, images, processor, batch_size: int = 16, return_attentions: bool = False, **generate_kwargs):

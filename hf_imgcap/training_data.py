@@ -10,6 +10,8 @@ import logging
 import torch
 from datasets import Dataset
 
+from .tokenizer_training import warn_about_unknown_tokens
+
 logger = logging.getLogger(__name__)
 
 
@@ -18,9 +20,11 @@ def tokenize_captions(split: Dataset, tokenizer, max_length: int, valid_images=N
 
     Captions longer than `max_length` tokens are cut (keeping the final [SEP]) and counted in the log.
     Pairs whose image is marked invalid (e.g. it failed to decode while caching) are left out, counted.
+    Captions the tokenizer can only write with [UNK] are kept, counted and named in a warning.
     """
     image_indices, captions = [], []
     skipped = 0
+    image_ids = split["image_id"] if "image_id" in split.column_names else [f"image #{i}" for i in range(len(split))]
     for index, image_captions in enumerate(split["captions"]):
         if valid_images is not None and not valid_images[index]:
             skipped += len(image_captions)
@@ -32,6 +36,7 @@ def tokenize_captions(split: Dataset, tokenizer, max_length: int, valid_images=N
     if not captions:
         raise ValueError("no (image, caption) pairs left to train on")
     encoded = tokenizer(captions, add_special_tokens=True, truncation=False, return_attention_mask=False)["input_ids"]
+    with_unknown = warn_about_unknown_tokens(tokenizer, captions, encoded, [image_ids[i] for i in image_indices])
     truncated = 0
     for row, ids in enumerate(encoded):
         if len(ids) > max_length:
@@ -40,7 +45,8 @@ def tokenize_captions(split: Dataset, tokenizer, max_length: int, valid_images=N
     if truncated:
         logger.warning("%d of %d captions were longer than %d tokens and were truncated", truncated, len(encoded), max_length)
     pairs = Dataset.from_dict({"image_index": image_indices, "input_ids": encoded})
-    return pairs, {"captions": len(encoded), "truncated": truncated, "left_out_invalid_image": skipped}
+    return pairs, {"captions": len(encoded), "truncated": truncated, "left_out_invalid_image": skipped,
+                   "with_unknown_tokens": with_unknown}
 
 
 class CaptionPairs(torch.utils.data.Dataset):

@@ -88,11 +88,13 @@ def test_hub_format_parquet_loads_without_copying_images(layouts, tmp_path):
             for k in range(5):
                 rows[f"caption_{k}"].append(row["captions"][k])
         rows["caption_3"][0] = "   "  # one empty caption: skipped and counted
+        rows["caption_2"][1] = "\u200b\u200d\u2060"  # zero-width characters only: as empty
         datasets.Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "data" / f"{split}-00000-of-00001.parquet")
     hub, report = load_caption_dataset(str(tmp_path), return_report=True)
-    assert report.layout == "hub" and report.counts == {"empty_caption": 3}
+    assert report.layout == "hub" and report.counts == {"empty_caption": 6}
     assert hub["train"]["image_id"] == reference["train"]["image_id"]
-    assert hub["train"][1]["captions"] == reference["train"][1]["captions"]
+    assert hub["train"][2]["captions"] == reference["train"][2]["captions"]
+    assert hub["train"][1]["captions"] == [c for k, c in enumerate(reference["train"][1]["captions"]) if k != 2]
     assert len(hub["train"][0]["captions"]) == 4
     assert isinstance(hub["test"][0]["image"], Image.Image)
 
@@ -205,10 +207,11 @@ def write_official_split_files(folder, names):
     return {"train": listed["train"], "validation": listed["dev"], "test": listed["test"]}
 
 
-@pytest.mark.parametrize("where", [".", "Flickr8k_text"])
+@pytest.mark.parametrize("where", [".", "Flickr8k_text", "../Flickr8k_text"])
 def test_kaggle_layout_uses_the_official_split_files_when_present(tmp_path, where, caplog):
-    """Kaggle's captions.txt has no split; with the text release's split files beside it (or in its
-    Flickr8k_text/ folder) the splits must be exactly the paper's, not a seeded shuffle."""
+    """Kaggle's captions.txt has no split; with the text release's split files beside it (or in a
+    Flickr8k_text/ folder inside or next to the dataset) the splits must be exactly the paper's, not a seeded
+    shuffle."""
     root = write_synthetic_flickr8k(tmp_path / "kaggle", layout="kaggle", **SIZES)
     names = sorted(p.name for p in (root / "Images").iterdir())
     expected = write_official_split_files(root / where, names)
@@ -279,3 +282,82 @@ def test_hub_parquet_images_that_cannot_be_used_are_counted_named_and_left_out(l
     # Switched off on request: nothing decoded at load time, the rows stay (the null cell is still refused).
     unchecked, report = load_caption_dataset(str(folder), verify_images=False, return_report=True)
     assert len(unchecked["validation"]) == len(reference["validation"]) and report.counts == {"undecodable_image": 1}
+
+
+# ---------------------------------------------------------------------------------------------- paths escaping the dataset
+@pytest.fixture
+def outside_image(tmp_path):
+    """A perfectly good image outside the dataset folder: what an attacker's dataset would point at."""
+    (tmp_path / "private").mkdir()
+    path = tmp_path / "private" / "secret.jpg"
+    Image.new("RGB", (48, 48), (200, 10, 10)).save(path)
+    return path
+
+
+def karpathy_with(root, changes):
+    data = json.loads((root / "dataset_flickr8k.json").read_text())
+    for index, entry in changes.items():
+        data["images"][index].update(entry)
+    (root / "dataset_flickr8k.json").write_text(json.dumps(data))
+    return [entry["filename"] for entry in data["images"]]
+
+
+@pytest.mark.parametrize("verify_images", [True, False])
+def test_karpathy_paths_outside_the_dataset_are_refused(tmp_path, outside_image, caplog, verify_images):
+    root = write_synthetic_flickr8k(tmp_path / "karpathy", layout="karpathy", **SIZES)
+    escape = os.path.relpath(outside_image, root / "images")  # ../../private/secret.jpg
+    names = karpathy_with(root, {
+        0: {"filename": str(outside_image)},                                           # absolute filename
+        1: {"filepath": str(outside_image.parent), "filename": outside_image.name},  # absolute filepath
+        2: {"filename": escape},                                                       # ../ in the filename
+        3: {"filepath": "..", "filename": os.path.relpath(outside_image, root.parent)},  # ../ in the filepath
+    })
+    with caplog.at_level(logging.WARNING):
+        dataset, report = load_caption_dataset(str(root), verify_images=verify_images, return_report=True)
+    assert report.counts == {"path_outside_dataset": 4 * 5}  # every caption of the four entries
+    for index in range(4):
+        assert f"images[{index}]" in caplog.text
+    assert "outside the dataset folder" in caplog.text and str(outside_image) in caplog.text
+    assert dataset["train"]["image_id"] == names[4:12]
+    paths = [row["image"]["path"] for split in dataset.values() for row in split.cast_column("image", datasets.Image(decode=False))]
+    assert all(os.path.realpath(p).startswith(os.path.realpath(root)) for p in paths)
+
+
+@pytest.mark.parametrize("layout", ["flickr8k", "kaggle", "karpathy"])
+def test_symlinks_in_the_image_folder_pointing_outside_are_refused(tmp_path, outside_image, caplog, layout):
+    root = write_synthetic_flickr8k(tmp_path / layout, layout=layout, **SIZES)
+    folder = next(root / name for name in ("Flicker8k_Dataset", "Images", "images") if (root / name).is_dir())
+    victim = sorted(folder.iterdir())[0]
+    victim.unlink()
+    victim.symlink_to(outside_image)
+    inside = sorted(folder.iterdir())[1]
+    (folder / "alias.jpg").symlink_to(inside)  # a link that stays inside is fine
+    with caplog.at_level(logging.WARNING):
+        dataset, report = load_caption_dataset(str(root), return_report=True)
+    # Its five captions; the original release also names it in a split file (counted like a missing image).
+    assert report.counts == {"path_outside_dataset": 5, **({"split_missing_image": 1} if layout == "flickr8k" else {})}
+    assert victim.name in caplog.text and str(outside_image) in caplog.text
+    assert victim.name not in [i for split in dataset.values() for i in split["image_id"]]
+
+
+def test_hub_parquet_paths_outside_the_dataset_are_refused(layouts, tmp_path, outside_image, caplog):
+    reference = load_caption_dataset(str(layouts["flickr8k"]))
+    folder = tmp_path / "hub"
+    (folder / "images").mkdir(parents=True)
+    inside = folder / "images" / "inside.jpg"
+    Image.new("RGB", (48, 48), (10, 200, 10)).save(inside)
+    (folder / "images" / "link.jpg").symlink_to(outside_image)
+    cells = {
+        ("train", 0): {"path": str(outside_image), "bytes": None},                          # absolute, outside
+        ("train", 1): {"path": str(folder / "images" / ".." / ".." / "private" / "secret.jpg"), "bytes": None},  # ../
+        ("train", 2): {"path": str(folder / "images" / "link.jpg"), "bytes": None},         # symlink out
+        ("train", 3): {"path": str(inside), "bytes": None},                                 # inside: kept
+    }
+    write_hub_parquet(folder, reference, cells)
+    for verify_images in (True, False):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            dataset, report = load_caption_dataset(str(folder), verify_images=verify_images, return_report=True)
+        assert report.counts == {"path_outside_dataset": 3}
+        assert all(f"train row {index}" in caplog.text for index in range(3)) and "outside the dataset folder" in caplog.text
+        assert dataset["train"]["image_id"] == ["inside.jpg", *reference["train"]["image_id"][4:]]

@@ -111,3 +111,12 @@ def test_sigterm_mid_epoch_saves_exits_zero_and_resume_equals_an_uninterrupted_r
     assert straight_name == resumed_name == "step_00000060"
     for key in straight_weights:
         torch.testing.assert_close(resumed_weights[key], straight_weights[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_run_that_took_no_optimizer_step_fails_and_writes_no_model(data, tmp_path, monkeypatch):
+    poison_losses(monkeypatch, bad_calls=set(range(10**6)))  # every batch is unusable
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match=r"the run took 0 optimizer steps \(10 batches, 10 with a non-finite loss\): no model was written"):
+        run(tiny_args(data, out, tmp_path / "cache", "--num_epochs", "2", "--max_nonfinite_steps", "1000"))
+    assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()
+    assert not (out / "checkpoints" / "best").exists() and not (out / "metrics.json").exists()

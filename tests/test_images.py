@@ -571,3 +571,18 @@ def test_training_on_broken_hub_images_skips_them_and_finishes(broken_hub_parque
     assert results["test"]["num_images"] == len(reference["test"]) - 1  # scored on real images only
     assert results["history"][0]["num_images"] == len(reference["validation"]) - 1
     assert (tmp_path / "out" / "attention_example.png").is_file()
+
+
+def test_images_without_features_are_not_scored(images, tmp_path, caplog):
+    """With verify_images off a broken file reaches the feature cache: its (all-zero) features must not be scored."""
+    from hf_imgcap.evaluation import evaluate_captioner
+
+    paths = [images[0]["gray.png"], images[1]["truncated.jpg"][0], images[0]["exif6.jpg"]]
+    split = image_dataset(paths).add_column("captions", [["a gray square"], ["a broken file"], ["a rotated photo"]])
+    model, processor, cache = build(split, tmp_path / "cache")
+    assert cache.valid.tolist() == [True, False, True]
+    with caplog.at_level(logging.WARNING):
+        metrics, predictions = evaluate_captioner(model, processor.tokenizer, split, features=cache, meteor=False,
+                                                  num_beams=1, max_new_tokens=3, show_progress=False)
+    assert metrics["num_images"] == 2 and predictions[1] is None and isinstance(predictions[0], str)
+    assert str(paths[1]) in caplog.text

@@ -7,7 +7,7 @@ import torch
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration
 
-from conftest import tiny_model
+from conftest import tiny_model, tiny_processor
 
 PAD, BOS, EOS = 0, 101, 102
 
@@ -127,6 +127,49 @@ def test_loss_does_not_depend_on_padding_and_skipping_logits_changes_nothing():
     torch.testing.assert_close(padded.loss, base.loss)
     torch.testing.assert_close(lean.loss, base.loss)
     assert lean.logits is None
+
+
+def test_the_cached_path_computes_the_training_loss():
+    """Issue 10: the use_cache path left out the attention regulariser and num_items_in_batch. One loss for every
+    path: same loss, caption_loss and attention_loss with and without the cache, with and without global counts."""
+    model = tiny_model(attention_regularization=0.7)
+    ids, mask, labels = ragged_batch()
+    features = torch.randn(3, 4, 64)
+    for counts in ({}, {"num_items_in_batch": 23, "num_captions_in_batch": 5}):
+        paths = [
+            model(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels, **counts),
+            model(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels, return_logits=False, **counts),
+            model(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels, use_cache=True, **counts),
+        ]
+        for out in paths[1:]:
+            for name in ("loss", "caption_loss", "attention_loss"):
+                torch.testing.assert_close(out[name], paths[0][name], rtol=1e-5, atol=1e-6, msg=f"{name} {counts}")
+        torch.testing.assert_close(paths[2].loss, paths[2].caption_loss + 0.7 * paths[2].attention_loss)
+    with pytest.raises(ValueError, match="whole caption"):
+        model(input_ids=ids[:, 1:], labels=labels[:, 1:], past_key_values=paths[2].past_key_values, use_cache=True)
+
+
+@pytest.mark.parametrize("use_cache", [False, True])
+def test_micro_batches_add_up_to_the_full_batch_loss_and_gradients(use_cache):
+    """Gradient accumulation or N processes: each part divides by the global counts (tokens for the caption loss,
+    captions for the attention regulariser), so the parts' losses and gradients add up to the full batch's."""
+    model = tiny_model(attention_regularization=1.0, dropout=0.0).train()
+    ids, mask, labels = ragged_batch()
+    features = torch.randn(3, 4, 64)
+
+    def loss_and_grads(rows, **counts):
+        model.zero_grad()
+        loss = model(encoder_hidden_states=features[rows], input_ids=ids[rows], attention_mask=mask[rows], labels=labels[rows],
+                     return_logits=False, use_cache=use_cache, **counts).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    full_loss, full_grads = loss_and_grads(slice(None))
+    counts = {"num_items_in_batch": int((labels[:, 1:] != -100).sum()), "num_captions_in_batch": 3}
+    parts = [loss_and_grads(slice(0, 2), **counts), loss_and_grads(slice(2, 3), **counts)]  # unequal micro-batches
+    torch.testing.assert_close(parts[0][0] + parts[1][0], full_loss, rtol=1e-5, atol=1e-6)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(parts[0][1][name] + parts[1][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_features_of_any_scale_give_the_same_outputs():
@@ -288,6 +331,54 @@ def test_generate_encodes_each_image_once_and_features_give_the_same_captions():
         encoder_hidden_states=model.get_image_features(pixels), max_new_tokens=6, num_beams=5, num_return_sequences=2
     )
     assert torch.equal(from_pixels, from_features)
+
+
+def prompt_images(count=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 255, (70, 80, 3), dtype=torch.uint8, generator=generator).numpy() for _ in range(count)]
+
+
+def generated_part(sequences, prompt_length):
+    """Each row's tokens after the prompt, without trailing padding."""
+    rows = []
+    for row in sequences[:, prompt_length:].tolist():
+        while row and row[-1] == PAD:
+            row.pop()
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("options", [{}, {"num_beams": 3}])
+def test_a_prompt_from_the_processor_is_continued(options):
+    """Issue 10: the processor ends a text with [SEP] and generation continued after it (a caption that had
+    already ended). The prompt is continued: same as generating from [CLS] + the prompt's words."""
+    model, processor = tiny_model(), tiny_processor()
+    inputs = processor(images=prompt_images(1), text="a dog")
+    words = processor.tokenizer("a dog", add_special_tokens=False).input_ids
+    assert inputs.input_ids[0].tolist() == [BOS, *words, EOS]  # what the processor gives
+    out = model.generate(**inputs, max_new_tokens=5, **options)
+    expected = model.generate(pixel_values=inputs.pixel_values, input_ids=torch.tensor([[BOS, *words]]), max_new_tokens=5, **options)
+    assert out.tolist() == expected.tolist()
+    assert out[0, : len(words) + 1].tolist() == [BOS, *words] and out.shape[1] > len(words) + 1
+    assert processor.batch_decode(out)[0].startswith("a dog")
+
+
+@pytest.mark.parametrize("options", [{}, {"num_beams": 3, "num_return_sequences": 2}])
+def test_a_batch_of_prompts_equals_each_prompt_alone(options):
+    """Issue 10: in a batch, prompts of different lengths were padded and generation continued after [PAD]. Each
+    row's output must equal generating that prompt alone."""
+    model, processor = tiny_model(), tiny_processor()
+    images, texts = prompt_images(3), ["a dog", "two men in a red boat", "a"]
+    batch = processor(images=images, text=texts)
+    out = model.generate(**batch, max_new_tokens=6, **options)
+    per_image = out.shape[0] // len(texts)
+    batch_prompt_length = max(len(processor.tokenizer(t).input_ids) for t in texts) - 1  # without [SEP]
+    for index, (image, text) in enumerate(zip(images, texts)):
+        alone = model.generate(**processor(images=[image], text=[text]), max_new_tokens=6, **options)
+        rows = out[index * per_image : (index + 1) * per_image]
+        assert processor.batch_decode(rows) == processor.batch_decode(alone), text
+        prompt_length = len(processor.tokenizer(text).input_ids) - 1
+        assert generated_part(rows, batch_prompt_length) == generated_part(alone, prompt_length), text
 
 
 def test_generate_returns_attention_of_the_chosen_tokens():

@@ -1,5 +1,6 @@
 """Saving, loading, auto classes and remote code; pretrained encoder weights."""
 
+import inspect
 import json
 
 import pytest
@@ -157,3 +158,36 @@ def test_weights_load_from_safetensors_only(tmp_path):
     import os
 
     assert not os.path.exists("/tmp/hf_imgcap_pwned")
+
+
+
+def check_frozen_encoder(model):
+    model.train()  # as a training loop (or DDP on a reloaded model) does
+    assert not any(p.requires_grad for p in model.encoder.parameters()), "encoder parameters are trainable again"
+    assert not any(m.training for m in model.encoder.modules()), "encoder BatchNorm layers are in train mode"
+    decoder = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("encoder."))
+    assert model.num_parameters(only_trainable=True) == decoder, (model.num_parameters(only_trainable=True), decoder)
+    assert all(p.requires_grad for name, p in model.named_parameters() if not name.startswith("encoder."))
+
+
+def test_a_frozen_encoder_stays_frozen_after_save_and_load(tmp_path):
+    """Issue 10: AutoModel.from_pretrained(folder) of a model saved with freeze_encoder=True made every encoder
+    parameter trainable again (num_parameters(only_trainable=True) = the full count)."""
+    model, _ = save_tiny(tmp_path)
+    assert model.config.freeze_encoder
+    check_frozen_encoder(model)
+    for auto_class in (AutoModel, AutoModelForImageTextToText, ShowAttendTellForConditionalGeneration):
+        check_frozen_encoder(auto_class.from_pretrained(tmp_path))
+    loaded, _ = AutoModel.from_pretrained(tmp_path, output_loading_info=True)
+    check_frozen_encoder(loaded)
+
+    code = inspect.getsource(check_frozen_encoder) + f"""
+from transformers import AutoModel
+model = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+check_frozen_encoder(model)
+print("FROZEN-OK")
+"""
+    result = run_fresh_python(code, cwd=tmp_path, block_package=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "FROZEN-OK" in result.stdout

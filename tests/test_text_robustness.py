@@ -12,6 +12,7 @@ import json
 import logging
 import unicodedata
 
+import datasets
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -45,8 +46,12 @@ CAPTIONS = [
     ("a, b, and c, with commas", "a, b, and c, with commas"),
     ("a\u00a0dog\tin  the\u2003park\u0007", "a dog in the park"),
     ("  \t \u00a0 ", None),
+    ("\u200b\u200c\u200d\u2060", None),  # zero-width space / (non-)joiner / word joiner: nothing to read
+    ("\u200e \u00ad\u200f \ufeff\u200b", None),  # direction marks, soft hyphen, BOM: format (Cf) characters only
+    ("a\u200bdog", "a\u200bdog"),  # a real word next to one stays a caption
     (LONG, LONG),
 ]
+EMPTY = [written for written, expected in CAPTIONS if expected is None]
 
 
 # ---------------------------------------------------------------------------------------------- the three layouts
@@ -82,9 +87,10 @@ def test_real_world_captions_through_each_layout(layout, tmp_path, caplog):
     name, places = add_captions(root, layout, [written for written, _ in CAPTIONS])
     with caplog.at_level(logging.WARNING):
         dataset, report = load_caption_dataset(str(root), return_report=True)
-    assert report.counts == {"empty_caption": 1}  # the whitespace-only one, with its line number:
-    rejected = places[[expected for _, expected in CAPTIONS].index(None)]
-    assert f"{rejected}: empty caption for {name}; skipped" in caplog.text
+    assert report.counts == {"empty_caption": len(EMPTY)}  # the whitespace / zero-width ones, with their line numbers:
+    for place, (_, expected) in zip(places, CAPTIONS):
+        if expected is None:
+            assert f"{place}: empty caption for {name}; skipped" in caplog.text
     by_image = {image_id: captions for split in dataset.values() for image_id, captions in zip(split["image_id"], split["captions"])}
     assert by_image[name][5:] == [expected for _, expected in CAPTIONS if expected is not None]
 
@@ -359,3 +365,55 @@ def test_the_same_broken_data_counts_the_same_in_every_layout(tmp_path):
         _, report = load_caption_dataset(str(root), return_report=True)
         counts[layout] = dict(report.counts)
     assert counts["flickr8k"] == counts["kaggle"] == counts["karpathy"] == {"missing_image": 5, "empty_caption": 1}
+
+
+# ---------------------------------------------------------------------------------------------- vocabulary too small
+TINY_VOCAB_CAPTIONS = ["a dog runs on the grass", "two dogs play with a ball", "a girl in a pink dress",
+                       "a man rides a bike", "the boy jumps into the water"]
+
+
+def test_a_caption_vocabulary_too_small_for_every_character_still_trains_and_names_the_captions(caplog):
+    """--tokenizer captions with a tiny --caption_vocab_size: keep going with the most frequent characters and
+    say which captions now contain [UNK], instead of refusing the run."""
+    from hf_imgcap.tokenizer_training import train_caption_tokenizer
+
+    with caplog.at_level(logging.WARNING):
+        tokenizer = train_caption_tokenizer(TINY_VOCAB_CAPTIONS, vocab_size=15)
+    assert len(tokenizer) == 15
+    assert "vocab_size=15" in caplog.text  # the setting at fault, named
+    # The most frequent characters are kept ("a" is the most frequent): a caption of them is spelled without [UNK].
+    assert tokenizer.unk_token_id not in tokenizer("a")["input_ids"]
+    # Below the special tokens: those alone, every word [UNK], and still no refusal.
+    tokenizer = train_caption_tokenizer(TINY_VOCAB_CAPTIONS, vocab_size=2)
+    assert len(tokenizer) == 5 and tokenizer("a dog")["input_ids"] == [tokenizer.cls_token_id] + [tokenizer.unk_token_id] * 2 + [tokenizer.sep_token_id]
+    caplog.clear()
+    train = datasets.Dataset.from_dict({"image_id": ["img1.jpg", "img2.jpg"], "captions": [TINY_VOCAB_CAPTIONS[:3], TINY_VOCAB_CAPTIONS[3:]]})
+    with caplog.at_level(logging.WARNING):
+        pairs, counts = tokenize_captions(train, tokenizer, max_length=40)
+    assert len(pairs) == 5 and counts["with_unknown_tokens"] == 5
+    assert "5 of 5 captions contain [UNK]" in caplog.text
+    assert "img1.jpg: 'a dog runs on the grass'" in caplog.text  # the first captions at fault, by image
+
+
+def test_captions_the_vocabulary_cannot_spell_are_named_not_refused(caplog):
+    """A given tokenizer (here BERT's) whose vocabulary lacks the captions' characters: all [UNK], still trains."""
+    tokenizer = tiny_processor().tokenizer
+    captions = [[f"{'🐶' * (k + 1)} 🐱"] for k in range(12)] + [["a dog on the grass"]]
+    train = datasets.Dataset.from_dict({"image_id": [f"img{k}.jpg" for k in range(13)], "captions": captions})
+    with caplog.at_level(logging.WARNING):
+        pairs, counts = tokenize_captions(train, tokenizer, max_length=40)
+    assert len(pairs) == 13 and counts["with_unknown_tokens"] == 12
+    assert "12 of 13 captions contain [UNK]" in caplog.text
+    assert "img0.jpg: '🐶 🐱'" in caplog.text and "img11.jpg" not in caplog.text  # the first few, not all 12
+
+
+def test_train_with_a_tiny_caption_vocabulary_finishes_and_says_why_captions_have_unk(tmp_path, caplog):
+    from test_train import run, tiny_args
+
+    data = write_synthetic_flickr8k(tmp_path / "data", num_train=8, num_val=2, num_test=2, image_size=64)
+    argv = tiny_args(data, tmp_path / "out", tmp_path / "cache", "--num_epochs", "1")
+    argv[argv.index("--caption_vocab_size") + 1] = "15"
+    with caplog.at_level(logging.WARNING):
+        results = run(argv)
+    assert results["vocab_size"] == 15 and (tmp_path / "out" / "model.safetensors").is_file()
+    assert "vocab_size=15 is too small" in caplog.text and "captions contain [UNK]" in caplog.text

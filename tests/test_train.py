@@ -263,3 +263,112 @@ def test_a_nonsense_argument_is_refused_before_any_data_is_read(name, data, tmp_
         run(argv)
     assert f"--{name} {parsed!r}" in str(refused.value)  # names the argument and the value as given
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------- one run per output_dir
+def test_a_second_run_in_a_used_output_dir_is_refused_unless_resumed_or_overwritten(data, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
+    (out / "notes").mkdir()
+    (out / "notes" / "credentials.json").write_text("{}")  # the user's own files in the folder
+    (out / "my_results.csv").write_text("a,b\n")
+    second = tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2", "--hidden_size", "16")
+    with pytest.raises(ValueError, match=r"holds a previous training run.*--resume.*--overwrite_output_dir"):
+        run(second)
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == 24  # untouched
+
+    run([*second, "--overwrite_output_dir"])
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == 16
+    _, weights = last_checkpoint_weights(out)
+    assert weights["lstm.weight_hh"].shape == (4 * 16, 16)  # the checkpoints are the new run's alone
+    assert len(list((out / "checkpoints").glob("step_*"))) == 1
+    assert (out / "notes" / "credentials.json").is_file() and (out / "my_results.csv").is_file()
+
+
+def test_overwrite_deletes_only_what_a_run_wrote(tmp_path):
+    from hf_imgcap.run_arguments import check_output_dir, remove_run_outputs
+
+    out = tmp_path / "out"
+    written_by_a_run = ["checkpoints/step_00000002/model.safetensors", "runs/hf_imgcap/events.out.tfevents.1",
+                        "blind_baseline/config.json", "config.json", "generation_config.json", "model.safetensors",
+                        "modeling_show_attend_tell.py", "image_loading.py", "processor_config.json", "tokenizer.json",
+                        "tokenizer_config.json", "metrics.json", "training_args.json", "test_captions.json",
+                        "attention_example.png"]
+    users = ["notes/credentials.json", "data.csv", "synthetic_flickr8k/Flickr8k.token.txt", "feature_cache/meta.json"]
+    for name in written_by_a_run + users:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("x")
+    (out / "README.md").write_text("---\nlibrary_name: transformers\n---\nTrained with hf-imgcap and ...")  # the card
+
+    with pytest.raises(ValueError, match=rf"--output_dir {out} holds a previous training run"):
+        check_output_dir(out, resume=False, overwrite=False)
+    assert check_output_dir(out, resume=True, overwrite=True) == []  # continuing the run deletes nothing
+    remove_run_outputs(check_output_dir(out, resume=False, overwrite=True))
+    assert sorted(p.name for p in out.iterdir()) == ["data.csv", "feature_cache", "notes", "synthetic_flickr8k"]
+    assert all((out / name).is_file() for name in users)
+
+    (out / "README.md").write_text("# my notes about these experiments\n")  # not a model card of ours: kept
+    (out / "metrics.json").write_text("{}")
+    remove_run_outputs(check_output_dir(out, resume=False, overwrite=True))
+    assert (out / "README.md").is_file() and not (out / "metrics.json").exists()
+
+
+def test_the_demo_replaces_its_own_previous_run_and_can_still_resume():
+    _, _, args = train_script.parse_args(["--demo"])
+    assert args.overwrite_output_dir and not args.resume
+    _, _, args = train_script.parse_args(["--demo", "--resume"])
+    assert args.resume  # --resume wins: check_output_dir deletes nothing when continuing
+
+
+def test_resume_with_a_different_model_size_names_each_differing_argument_before_reading_data(data, tmp_path, monkeypatch):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the machine went down")
+
+    monkeypatch.setattr(train_script, "evaluate_captioner", crash)  # the run dies after its step-2 checkpoint
+    with pytest.raises(RuntimeError, match="went down"):
+        run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
+    assert (out / "checkpoints" / "step_00000002").is_dir()
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the resume was checked")
+
+    monkeypatch.setattr(train_script, "load_caption_dataset", no_data)
+    changed = ["--hidden_size", "16", "--embedding_size", "20"]
+    with pytest.raises(ValueError) as refused:
+        run(tiny_args(data, out, cache, "--resume", *changed))
+    message = str(refused.value)
+    assert "--hidden_size 16 (the run being resumed used 24)" in message
+    assert "--embedding_size 20 (the run being resumed used 24)" in message
+    assert "attention_size" not in message  # only what differs
+    with pytest.raises(ValueError, match=r"--hidden_size 16 \(the run being resumed used 24\)"):
+        run(tiny_args(data, tmp_path / "elsewhere", cache, "--resume_from", str(out / "checkpoints" / "step_00000002"), *changed))
+
+
+# ---------------------------------------------------------------------------------------------- the launcher decides
+def test_the_launchers_mixed_precision_is_used_and_cpu_is_a_flag(data, tmp_path):
+    """`accelerate launch --mixed_precision bf16 train.py` trains in bf16 (train.py passes no precision of its own)."""
+    out = tmp_path / "out"
+    launch = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+         "--mixed_precision", "bf16", "--dynamo_backend", "no", str(REPO_ROOT / "train.py"),
+         *tiny_args(data, out, tmp_path / "cache", "--max_steps", "2", "--cpu")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
+    trained = json.loads((out / "metrics.json").read_text())["training"]
+    assert trained["mixed_precision"] == "bf16" and trained["device"] == "cpu"
+    assert trained["steps"] == 2
+    recorded = json.loads((out / "training_args.json").read_text())["training"]
+    assert recorded["mixed_precision"] == "bf16" and recorded["cpu"] is True  # what the card and a resume see
+    assert "precision: bf16" in (out / "README.md").read_text()
+
+
+def test_tracker_logs_go_to_output_dir_runs(data, tmp_path):
+    out = tmp_path / "out"
+    argv = tiny_args(data, out, tmp_path / "cache", "--max_steps", "2")
+    argv[argv.index("--report_to") + 1] = "tensorboard"
+    run(argv)
+    events = sorted(path.relative_to(out).parts[0] for path in out.rglob("events.out.tfevents.*"))
+    assert events and set(events) == {"runs"}, events
