@@ -26,21 +26,21 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, ShowAttendTellProcessor
-from hf_imgcap.caption_datasets import DEFAULT_DATASET, load_caption_dataset
-from hf_imgcap.checkpointing import CheckpointManager, verify_checkpoint
-from hf_imgcap.evaluation import evaluate_captioner
-from hf_imgcap.feature_cache import build_feature_cache
-from hf_imgcap.attention_maps import render_attention_map
+from hf_imgcap.data.caption_datasets import DEFAULT_DATASET, load_caption_dataset
+from hf_imgcap.training.checkpointing import CheckpointManager, verify_checkpoint
+from hf_imgcap.evaluation.generation import evaluate_captioner
+from hf_imgcap.data.feature_cache import build_feature_cache
+from hf_imgcap.evaluation.attention_maps import render_attention_map
 from hf_imgcap.hub import METRIC_LABELS, push_to_hub, write_model_card
-from hf_imgcap.preemption import StopRequest
-from hf_imgcap.pretrained_encoder import build_captioner
-from hf_imgcap.run_arguments import (
+from hf_imgcap.training.preemption import StopRequest
+from hf_imgcap.models.pretrained_encoder import build_captioner
+from hf_imgcap.training.run_arguments import (
     check_output_dir, check_resume_compatible, make_accelerator, refuse_untrained_run, remove_run_outputs,
     validate_arguments, write_training_args,
 )
-from hf_imgcap.processing_show_attend_tell import default_image_processor, default_tokenizer
-from hf_imgcap.tokenizer_training import train_caption_tokenizer
-from hf_imgcap.training_data import CaptionPairs, collate_captions, tokenize_captions
+from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import default_image_processor, default_tokenizer
+from hf_imgcap.data.tokenizer_training import train_caption_tokenizer
+from hf_imgcap.data.training_data import CaptionPairs, collate_captions, tokenize_captions
 
 logger = logging.getLogger("train")
 
@@ -442,7 +442,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
 # ---------------------------------------------------------------------------------------------- the demo
 def run_demo(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
     """Synthetic Flickr8k -> random ResNet-152 -> train -> BLEU beside an image-blind baseline."""
-    from hf_imgcap.synthetic import write_synthetic_flickr8k
+    from hf_imgcap.data.synthetic import write_synthetic_flickr8k
 
     started = time.perf_counter()
     output_dir = Path(args.output_dir)

@@ -21,8 +21,8 @@ from common import interleaved, machine, table  # noqa: E402
 
 from datasets import Dataset, Image as ImageFeature  # noqa: E402
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration  # noqa: E402
-from hf_imgcap.feature_cache import build_feature_cache  # noqa: E402
-from hf_imgcap.processing_show_attend_tell import default_image_processor  # noqa: E402
+from hf_imgcap.data.feature_cache import build_feature_cache  # noqa: E402
+from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import default_image_processor  # noqa: E402
 
 BATCH = 32
 

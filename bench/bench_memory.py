@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, table  # noqa: E402
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration  # noqa: E402
-from hf_imgcap.feature_cache import FeatureCache  # noqa: E402
-from hf_imgcap.training_data import CaptionPairs, collate_captions  # noqa: E402
+from hf_imgcap.data.feature_cache import FeatureCache  # noqa: E402
+from hf_imgcap.data.training_data import CaptionPairs, collate_captions  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
 IMAGES, REGIONS, CHANNELS, VOCAB = 8091, 49, 2048, 30522

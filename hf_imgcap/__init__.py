@@ -4,14 +4,14 @@
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .configuration_show_attend_tell import ShowAttendTellConfig
-from .modeling_show_attend_tell import (
+from hf_imgcap.models.show_attend_tell.configuration_show_attend_tell import ShowAttendTellConfig
+from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import (
     ShowAttendTellForConditionalGeneration,
     ShowAttendTellPreTrainedModel,
     ShowAttendTellState,
 )
-from .pipeline_show_attend_tell import PIPELINE_TASK, ShowAttendTellCaptioningPipeline
-from .processing_show_attend_tell import ShowAttendTellProcessor
+from hf_imgcap.models.show_attend_tell.pipeline_show_attend_tell import PIPELINE_TASK, ShowAttendTellCaptioningPipeline
+from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import ShowAttendTellProcessor
 
 __version__ = "0.1.0"
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .attention_maps import render_attention_map
+from hf_imgcap.evaluation.attention_maps import render_attention_map
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 MAX_PATH_COLUMN = 60  # table mode: longer paths push their caption to the right instead of widening every row
@@ -361,8 +361,8 @@ def model_view_crop_fraction(image_processor) -> float:
 def evaluate_command(args) -> int:
     from accelerate import Accelerator
 
-    from .caption_datasets import load_caption_dataset
-    from .evaluation import evaluate_captioner
+    from hf_imgcap.data.caption_datasets import load_caption_dataset
+    from hf_imgcap.evaluation.generation import evaluate_captioner
 
     if _looks_like_a_path(args.dataset) and not Path(args.dataset).exists():  # before the slow loads
         raise UsageError(f"dataset folder not found: {args.dataset}")

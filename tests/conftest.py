@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, ShowAttendTellProcessor
-from hf_imgcap.processing_show_attend_tell import default_image_processor
+from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import default_image_processor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_IMAGE_SIZE = 64  # a 2×2 region map with the tiny ResNet below

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_imgcap.attention_maps import COLUMNS, MARGIN, PANEL_SIZE, grid_size, render_attention_map
+from hf_imgcap.evaluation.attention_maps import COLUMNS, MARGIN, PANEL_SIZE, grid_size, render_attention_map
 
 from test_pipeline import save_captioner, write_test_images
 

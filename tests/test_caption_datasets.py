@@ -8,9 +8,9 @@ import datasets
 import pytest
 from PIL import Image
 
-from hf_imgcap.caption_datasets import detect_layout, load_caption_dataset, normalize_caption
-from hf_imgcap.image_loading import load_image
-from hf_imgcap.synthetic import write_synthetic_flickr8k
+from hf_imgcap.data.caption_datasets import detect_layout, load_caption_dataset, normalize_caption
+from hf_imgcap.models.show_attend_tell.image_loading import load_image
+from hf_imgcap.data.synthetic import write_synthetic_flickr8k
 
 SIZES = dict(num_train=12, num_val=3, num_test=3, image_size=48)
 
@@ -215,7 +215,7 @@ def test_kaggle_layout_uses_the_official_split_files_when_present(tmp_path, wher
     root = write_synthetic_flickr8k(tmp_path / "kaggle", layout="kaggle", **SIZES)
     names = sorted(p.name for p in (root / "Images").iterdir())
     expected = write_official_split_files(root / where, names)
-    with caplog.at_level(logging.INFO, logger="hf_imgcap.caption_datasets"):
+    with caplog.at_level(logging.INFO, logger="hf_imgcap.data.caption_datasets"):
         dataset, report = load_caption_dataset(str(root), return_report=True)
     for split in ("train", "validation", "test"):
         assert dataset[split]["image_id"] == expected[split]

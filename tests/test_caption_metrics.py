@@ -20,7 +20,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 
-from hf_imgcap.caption_metrics import (
+from hf_imgcap.evaluation.caption_metrics import (
     METRIC_MODULE_DIR,
     METRIC_NAMES,
     PUNCTUATION_CHARS,
@@ -258,7 +258,7 @@ def test_meteor_java_crash(tmp_path, monkeypatch, caplog):
     fake_java(tmp_path, monkeypatch, 'echo "Error: could not reserve heap" >&2; exit 1')
     with pytest.raises(RuntimeError, match="METEOR failed.*could not reserve heap"):
         compute_caption_metrics(["a dog"], [["a dog"]], meteor=True)
-    with caplog.at_level(logging.WARNING, logger="hf_imgcap.caption_metrics"):
+    with caplog.at_level(logging.WARNING, logger="hf_imgcap.evaluation.caption_metrics"):
         scores = compute_caption_metrics(["a dog"], [["a dog"]])
     assert "meteor" not in scores and "rouge_l" in scores
     assert "METEOR failed" in caplog.text

@@ -11,9 +11,9 @@ import sys
 import pytest
 from PIL import Image
 
-from hf_imgcap.attention_maps import grid_size
+from hf_imgcap.evaluation.attention_maps import grid_size
 from hf_imgcap.cli import main
-from hf_imgcap.synthetic import write_synthetic_flickr8k
+from hf_imgcap.data.synthetic import write_synthetic_flickr8k
 
 from test_pipeline import generate_captions, save_captioner, write_test_images
 

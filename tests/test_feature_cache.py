@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from hf_imgcap.caption_datasets import load_caption_dataset
-from hf_imgcap.feature_cache import FeatureCache, build_feature_cache
-from hf_imgcap.synthetic import write_synthetic_flickr8k
-from hf_imgcap.training_data import CaptionPairs, collate_captions, tokenize_captions
+from hf_imgcap.data.caption_datasets import load_caption_dataset
+from hf_imgcap.data.feature_cache import FeatureCache, build_feature_cache
+from hf_imgcap.data.synthetic import write_synthetic_flickr8k
+from hf_imgcap.data.training_data import CaptionPairs, collate_captions, tokenize_captions
 
 from conftest import tiny_model, tiny_processor
 

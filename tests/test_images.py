@@ -23,11 +23,11 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from hf_imgcap import ShowAttendTellCaptioningPipeline
-from hf_imgcap.caption_datasets import load_caption_dataset
+from hf_imgcap.data.caption_datasets import load_caption_dataset
 from hf_imgcap.cli import main
-from hf_imgcap.feature_cache import build_feature_cache
-from hf_imgcap.image_loading import ImageLoadError, load_image, verify_image
-from hf_imgcap.synthetic import write_synthetic_flickr8k
+from hf_imgcap.data.feature_cache import build_feature_cache
+from hf_imgcap.models.show_attend_tell.image_loading import ImageLoadError, load_image, verify_image
+from hf_imgcap.data.synthetic import write_synthetic_flickr8k
 
 from conftest import tiny_model, tiny_processor
 
@@ -575,7 +575,7 @@ def test_training_on_broken_hub_images_skips_them_and_finishes(broken_hub_parque
 
 def test_images_without_features_are_not_scored(images, tmp_path, caplog):
     """With verify_images off a broken file reaches the feature cache: its (all-zero) features must not be scored."""
-    from hf_imgcap.evaluation import evaluate_captioner
+    from hf_imgcap.evaluation.generation import evaluate_captioner
 
     paths = [images[0]["gray.png"], images[1]["truncated.jpg"][0], images[0]["exif6.jpg"]]
     split = image_dataset(paths).add_column("captions", [["a gray square"], ["a broken file"], ["a rotated photo"]])

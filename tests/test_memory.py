@@ -89,7 +89,7 @@ def cache(folder, out):
     import datasets
     from transformers import AutoModel, AutoProcessor
     import hf_imgcap  # registers the auto classes
-    from hf_imgcap.feature_cache import build_feature_cache
+    from hf_imgcap.data.feature_cache import build_feature_cache
 
     model, processor = AutoModel.from_pretrained(MODEL).eval(), AutoProcessor.from_pretrained(MODEL)
 

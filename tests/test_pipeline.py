@@ -10,7 +10,7 @@ from PIL import Image
 from transformers import pipeline
 
 from hf_imgcap import PIPELINE_TASK, ShowAttendTellCaptioningPipeline
-from hf_imgcap.pipeline_show_attend_tell import custom_pipelines_config
+from hf_imgcap.models.show_attend_tell.pipeline_show_attend_tell import custom_pipelines_config
 
 from conftest import run_fresh_python, tiny_model, tiny_processor
 
@@ -184,7 +184,7 @@ def test_registered_task_for_models_in_memory(saved):
 def test_installed_package_needs_no_remote_code(saved):
     model, processor, folder, paths = saved
     captioner = pipeline(model=str(folder), pipeline_class=ShowAttendTellCaptioningPipeline)
-    assert type(captioner.model).__module__ == "hf_imgcap.modeling_show_attend_tell"
+    assert type(captioner.model).__module__ == "hf_imgcap.models.show_attend_tell.modeling_show_attend_tell"
     assert captioner(paths, **BEAM) == [[{"generated_text": c}] for c in one_by_one(model, processor, paths, **BEAM)]
 
 

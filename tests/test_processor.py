@@ -9,7 +9,7 @@ from PIL import Image
 from transformers import BatchFeature
 
 from hf_imgcap import ShowAttendTellProcessor
-from hf_imgcap.processing_show_attend_tell import BUNDLED_TOKENIZER_DIR
+from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import BUNDLED_TOKENIZER_DIR
 
 
 def test_bundled_vocabulary_is_bert_base_uncased():
@@ -67,7 +67,7 @@ def test_evaluation_scores_exactly_the_caption_users_see():
     "a man ' s dog isn ' t red ." (BLEU-4 of a perfect caption ~ 0)."""
     from datasets import Dataset, Image as ImageFeature
 
-    from hf_imgcap.evaluation import evaluate_captioner
+    from hf_imgcap.evaluation.generation import evaluate_captioner
 
     from conftest import tiny_model, tiny_processor
 

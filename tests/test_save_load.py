@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, ShowAttendTellProcessor
-from hf_imgcap.pretrained_encoder import build_captioner, convert_torchvision_resnet_state_dict, load_encoder
+from hf_imgcap.models.pretrained_encoder import build_captioner, convert_torchvision_resnet_state_dict, load_encoder
 
 from conftest import run_fresh_python, tiny_model, tiny_processor
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hf_imgcap.caption_datasets import (
+from hf_imgcap.data.caption_datasets import (
     LoadReport,
     is_kaggle_header,
     load_caption_dataset,
@@ -26,8 +26,8 @@ from hf_imgcap.caption_datasets import (
     read_karpathy_json,
     read_token_file,
 )
-from hf_imgcap.synthetic import write_synthetic_flickr8k
-from hf_imgcap.training_data import tokenize_captions
+from hf_imgcap.data.synthetic import write_synthetic_flickr8k
+from hf_imgcap.data.training_data import tokenize_captions
 
 from conftest import tiny_processor
 
@@ -375,7 +375,7 @@ TINY_VOCAB_CAPTIONS = ["a dog runs on the grass", "two dogs play with a ball", "
 def test_a_caption_vocabulary_too_small_for_every_character_still_trains_and_names_the_captions(caplog):
     """--tokenizer captions with a tiny --caption_vocab_size: keep going with the most frequent characters and
     say which captions now contain [UNK], instead of refusing the run."""
-    from hf_imgcap.tokenizer_training import train_caption_tokenizer
+    from hf_imgcap.data.tokenizer_training import train_caption_tokenizer
 
     with caplog.at_level(logging.WARNING):
         tokenizer = train_caption_tokenizer(TINY_VOCAB_CAPTIONS, vocab_size=15)

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from hf_imgcap import ShowAttendTellForConditionalGeneration
-from hf_imgcap.checkpointing import CheckpointError
-from hf_imgcap.synthetic import write_synthetic_flickr8k
+from hf_imgcap.training.checkpointing import CheckpointError
+from hf_imgcap.data.synthetic import write_synthetic_flickr8k
 
 from conftest import REPO_ROOT
 
@@ -286,7 +286,7 @@ def test_a_second_run_in_a_used_output_dir_is_refused_unless_resumed_or_overwrit
 
 
 def test_overwrite_deletes_only_what_a_run_wrote(tmp_path):
-    from hf_imgcap.run_arguments import check_output_dir, remove_run_outputs
+    from hf_imgcap.training.run_arguments import check_output_dir, remove_run_outputs
 
     out = tmp_path / "out"
     written_by_a_run = ["checkpoints/step_00000002/model.safetensors", "runs/hf_imgcap/events.out.tfevents.1",

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, Features, Image, Sequence, Value
 
-from .image_loading import ImageLoadError, verify_image
+from hf_imgcap.models.show_attend_tell.image_loading import ImageLoadError, verify_image
 
 logger = logging.getLogger(__name__)
 

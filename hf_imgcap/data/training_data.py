@@ -10,7 +10,7 @@ import logging
 import torch
 from datasets import Dataset
 
-from .tokenizer_training import warn_about_unknown_tokens
+from hf_imgcap.data.tokenizer_training import warn_about_unknown_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class CaptionPairs(torch.utils.data.Dataset):
         if self.features is not None:
             item["encoder_hidden_states"] = self.features[image_index]
         else:
-            from .image_loading import load_image
+            from hf_imgcap.models.show_attend_tell.image_loading import load_image
 
             image = self.images[image_index]["image"]
             item["pixel_values"] = self.image_processor(load_image(image), return_tensors="pt").pixel_values[0]

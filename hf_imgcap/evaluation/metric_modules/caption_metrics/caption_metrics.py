@@ -3,17 +3,17 @@
 
 Load it offline by path (the file name must equal the folder name)::
 
-    from hf_imgcap.caption_metrics import load_caption_metric
-    metric = load_caption_metric()  # == evaluate.load("<site-packages>/hf_imgcap/metric_modules/caption_metrics")
+    from hf_imgcap.evaluation.caption_metrics import load_caption_metric
+    metric = load_caption_metric()  # == evaluate.load("<site-packages>/hf_imgcap/evaluation/metric_modules/caption_metrics")
     metric.compute(predictions=["a dog runs"], references=[["a dog is running", "a brown dog runs"]])
 
-All the work is done by `hf_imgcap.caption_metrics.compute_caption_metrics`; this file only adapts it to `evaluate`.
+All the work is done by `hf_imgcap.evaluation.caption_metrics.compute_caption_metrics`; this file only adapts it to `evaluate`.
 """
 
 import datasets
 import evaluate
 
-from hf_imgcap.caption_metrics import compute_caption_metrics
+from hf_imgcap.evaluation.caption_metrics import compute_caption_metrics
 
 _DESCRIPTION = """\
 Image-caption metrics computed with the MS COCO caption evaluation code (pycocoevalcap), on text normalised the
@@ -84,7 +84,7 @@ _CITATION = """\
 
 
 class CaptionMetrics(evaluate.Metric):
-    """COCO caption metrics; see `hf_imgcap.caption_metrics.compute_caption_metrics` for the exact conventions."""
+    """COCO caption metrics; see `hf_imgcap.evaluation.caption_metrics.compute_caption_metrics` for the exact conventions."""
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .image_loading import load_image
+from hf_imgcap.models.show_attend_tell.image_loading import load_image
 
 PANEL_SIZE = 224
 COLUMNS = 5

@@ -32,7 +32,7 @@ from datasets import Dataset, Image
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from .image_loading import load_image
+from hf_imgcap.models.show_attend_tell.image_loading import load_image
 
 logger = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from transformers import ResNetConfig, ResNetModel
 
-from .configuration_show_attend_tell import ShowAttendTellConfig
-from .modeling_show_attend_tell import ShowAttendTellForConditionalGeneration
+from hf_imgcap.models.show_attend_tell.configuration_show_attend_tell import ShowAttendTellConfig
+from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import ShowAttendTellForConditionalGeneration
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from .caption_metrics import compute_caption_metrics
-from .image_loading import load_image
-from .processing_show_attend_tell import decode_captions
+from hf_imgcap.evaluation.caption_metrics import compute_caption_metrics
+from hf_imgcap.models.show_attend_tell.image_loading import load_image
+from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import decode_captions
 
 logger = logging.getLogger(__name__)
 
