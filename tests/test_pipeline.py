@@ -1,8 +1,10 @@
 """The `image-captioning` pipeline (ours, saved with the model) and the built-in `image-text-to-text` pipeline."""
 
+import ast
 import functools
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from PIL import Image
 from transformers import pipeline
 
 from hf_imgcap import PIPELINE_TASK, ShowAttendTellCaptioningPipeline
-from hf_imgcap.models.show_attend_tell.pipeline_show_attend_tell import custom_pipelines_config
+from hf_imgcap.models.show_attend_tell import modeling_show_attend_tell, pipeline_show_attend_tell
 
 from conftest import run_fresh_python, tiny_model, tiny_processor
 
@@ -93,8 +95,14 @@ def test_saved_folder_carries_the_pipeline(saved):
     _, _, folder, _ = saved
     assert (folder / "pipeline_show_attend_tell.py").is_file()
     config = json.loads((folder / "config.json").read_text())
-    assert config["custom_pipelines"] == custom_pipelines_config()
     assert list(config["custom_pipelines"]) == [PIPELINE_TASK] == ["image-captioning"]
+    module, class_name = config["custom_pipelines"][PIPELINE_TASK]["impl"].split(".")
+    assert (folder / f"{module}.py").read_text() == Path(pipeline_show_attend_tell.__file__).read_text()
+    assert getattr(pipeline_show_attend_tell, class_name) is ShowAttendTellCaptioningPipeline
+    # The file gets there explicitly (save_pretrained copies it), not through an import kept for its side effect.
+    modeling_imports = {node.module for node in ast.walk(ast.parse(Path(modeling_show_attend_tell.__file__).read_text()))
+                        if isinstance(node, ast.ImportFrom)}
+    assert "pipeline_show_attend_tell" not in modeling_imports
     # Same-folder relative imports only: the file must work where it is copied.
     source = (folder / "pipeline_show_attend_tell.py").read_text()
     assert not re.search(r"^\s*(from|import)\s+hf_imgcap", source, flags=re.MULTILINE)

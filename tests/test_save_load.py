@@ -1,7 +1,10 @@
 """Saving, loading, auto classes and remote code; pretrained encoder weights."""
 
+import ast
 import inspect
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +25,24 @@ from hf_imgcap.models.pretrained_encoder import build_captioner, convert_torchvi
 
 from conftest import run_fresh_python, tiny_model, tiny_processor
 
+import hf_imgcap.models.show_attend_tell as bundle
+
+BUNDLE_FILES = sorted(path for path in Path(bundle.__file__).parent.glob("*.py") if path.name != "__init__.py")
+ALLOWED_PACKAGES = {"transformers", "torch", "torchvision", "PIL", "numpy"} | set(sys.stdlib_module_names)
+
+
+def imports_of(path):
+    """The same-folder modules (relative imports) and the top-level packages (absolute imports) a file imports."""
+    relative, packages = set(), set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            packages |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            relative |= {node.module} if node.module else {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            packages.add(node.module.split(".")[0])
+    return relative, packages
+
 
 def save_tiny(folder):
     model, processor = tiny_model(), tiny_processor()
@@ -40,6 +61,31 @@ def test_saved_folder_is_safetensors_with_code_files(tmp_path):
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForImageTextToText"}
     assert "AutoProcessor" in json.loads((tmp_path / "processor_config.json").read_text())["auto_map"]
+
+
+def test_bundle_files_import_only_each_other_and_allowed_libraries():
+    """The bundle is copied next to the weights and runs without hf_imgcap: each file may import only the other
+    bundle files, transformers, torch, torchvision, PIL, numpy and the standard library."""
+    names = {path.stem for path in BUNDLE_FILES}
+    assert {"modeling_show_attend_tell", "fused_teacher_forcing", "pipeline_show_attend_tell"} <= names
+    for path in BUNDLE_FILES:
+        relative, packages = imports_of(path)
+        assert relative <= names, (path.name, relative - names)
+        assert packages <= ALLOWED_PACKAGES, (path.name, packages - ALLOWED_PACKAGES)
+
+
+def test_a_saved_folder_contains_every_bundle_file_its_code_imports(tmp_path):
+    save_tiny(tmp_path)
+    saved = {path.stem for path in tmp_path.glob("*.py")}
+    # Everything the model, processor and pipeline import, recursively, is there (and is the bundle's own copy).
+    needed, todo = set(), ["modeling_show_attend_tell", "processing_show_attend_tell", "pipeline_show_attend_tell"]
+    while todo:
+        name = todo.pop()
+        assert name in saved, f"{name}.py is missing from the saved folder"
+        needed.add(name)
+        assert (tmp_path / f"{name}.py").read_text() == (Path(bundle.__file__).parent / f"{name}.py").read_text()
+        todo += sorted(imports_of(tmp_path / f"{name}.py")[0] - needed)
+    assert {"fused_teacher_forcing", "configuration_show_attend_tell", "image_loading"} <= needed
 
 
 def test_save_load_in_package_gives_identical_generations(tmp_path):

@@ -1,9 +1,8 @@
 # Copyright 2026 The hf-imgcap authors. Apache-2.0.
 """The `image-captioning` pipeline: images in, `[{"generated_text": caption}]` out, as v4's `image-to-text` was.
 
-This file travels with the model: `ShowAttendTellForConditionalGeneration.save_pretrained` imports
-`custom_pipelines_config` from here, and transformers copies every file the modeling file imports relatively
-next to the weights. It also writes the `custom_pipelines` entry of `config.json`, so that
+This file travels with the model: `ShowAttendTellForConditionalGeneration.save_pretrained` copies it next to the
+weights and writes the `custom_pipelines` entry of `config.json` (`CUSTOM_PIPELINES` there), so that
 
     pipeline(model=folder_or_repo, trust_remote_code=True)
 
@@ -20,14 +19,15 @@ looks at its registry, so a pipeline registered under it in-process is unreachab
 an object. (Only the `custom_pipelines` lookup of a saved folder happens before the redirect.)
 """
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Pipeline
 from transformers.image_utils import load_image as load_image_from_url
 
-PIPELINE_TASK = "image-captioning"
+from .modeling_show_attend_tell import CUSTOM_PIPELINES
+
+(PIPELINE_TASK,) = CUSTOM_PIPELINES  # its one task: "image-captioning"
 
 
 class ShowAttendTellCaptioningPipeline(Pipeline):
@@ -116,16 +116,4 @@ class ShowAttendTellCaptioningPipeline(Pipeline):
         self.processor.save_pretrained(save_directory, **kwargs)
 
 
-def custom_pipelines_config() -> dict[str, dict]:
-    """The `custom_pipelines` entry of `config.json` that makes `pipeline(model=folder, trust_remote_code=True)`
-    build this pipeline (`impl` is "<module file>.<class>", `pt` names transformers auto classes)."""
-    return {
-        PIPELINE_TASK: {
-            "impl": f"{Path(__file__).stem}.{ShowAttendTellCaptioningPipeline.__name__}",
-            "pt": ["AutoModel"],
-            "type": "multimodal",
-        }
-    }
-
-
-__all__ = ["PIPELINE_TASK", "ShowAttendTellCaptioningPipeline", "custom_pipelines_config"]
+__all__ = ["PIPELINE_TASK", "ShowAttendTellCaptioningPipeline"]

@@ -1,0 +1,169 @@
+# Copyright 2026 The hf-imgcap authors. Apache-2.0.
+"""The fast teacher-forced pass of the Show, Attend and Tell decoder: the training kernel.
+
+It computes exactly what stepping `ShowAttendTellDecoder.step` over every position computes (the tests compare
+outputs and gradients), reading the decoder's parameters by name. Why it is fast: the region projection is
+computed once per image; the embedding half of the LSTM input projection is one matmul for all positions; the
+three projections of the hidden state (attention query, context gate, LSTM recurrence) are one matmul per step;
+the per-step weight gradients of those matmuls are deferred into one large matmul (`_DeferredWeightGrad`);
+captions are sorted by length so each step only runs the captions still going; and the output layer runs once,
+on the real positions only, fused with the loss when training (`LinearCrossEntropy`).
+
+Part of the remote-code bundle: imports torch only.
+"""
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+
+def _compute_dtype(x, weight):
+    # Custom functions are not autocast: follow the autocast dtype (e.g. bf16) by hand, as F.linear would.
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+
+
+class _StepLinear(torch.autograd.Function):
+    """`x @ weight.T` for one time step whose weight gradient is left to `_DeferredWeightGrad`: backward only
+    returns the input gradient and records `(x, grad)`. Per-step weight gradients have an inner dimension of one
+    batch (≤ 32) and must be summed over the steps; one matmul over all steps at the end is several times faster."""
+
+    @staticmethod
+    def forward(ctx, x, weight, records):
+        dtype = _compute_dtype(x, weight)
+        ctx.input_dtype = x.dtype
+        x, weight = x.to(dtype), weight.to(dtype)
+        ctx.save_for_backward(x, weight)
+        ctx.records = records
+        return x @ weight.t()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, weight = ctx.saved_tensors
+        grad_output = grad_output.to(weight.dtype)
+        ctx.records.append((x, grad_output))
+        return (grad_output @ weight).to(ctx.input_dtype), None, None
+
+
+class _DeferredWeightGrad(torch.autograd.Function):
+    """Identity on `anchor` (the recurrence's initial state) that returns `weight`'s gradient from everything the
+    `_StepLinear` calls recorded. Every step depends on the initial state, so backpropagation reaches this node
+    only after all steps have recorded their part."""
+
+    @staticmethod
+    def forward(ctx, anchor, weight, records):
+        ctx.records = records
+        ctx.weight_dtype = weight.dtype
+        return anchor.view_as(anchor)
+
+    @staticmethod
+    def backward(ctx, grad_anchor):
+        if not ctx.records:  # no step reached the loss
+            return grad_anchor, None, None
+        inputs = torch.cat([x for x, _ in ctx.records])
+        grads = torch.cat([g for _, g in ctx.records])
+        ctx.records.clear()
+        return grad_anchor, (grads.t() @ inputs).to(ctx.weight_dtype), None
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T + bias` against `targets`.
+
+    Same value and gradients as `F.cross_entropy(F.linear(...), reduction="sum")`, with less memory traffic over
+    the `(tokens, vocab)` logits, the largest tensor of a step: no log-probabilities are materialised, and the
+    backward turns the saved logits into softmax − one-hot in place.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets):
+        dtype = _compute_dtype(hidden, weight)
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype)
+        hidden, weight, bias = hidden.to(dtype), weight.to(dtype), bias.to(dtype)
+        logits = torch.addmm(bias, hidden, weight.t()).float()  # the loss in fp32, as autocast does
+        log_normalizer = torch.logsumexp(logits, dim=-1)
+        loss = (log_normalizer - logits.gather(1, targets.unsqueeze(1)).squeeze(1)).sum()
+        ctx.save_for_backward(hidden, weight, logits, log_normalizer, targets)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        hidden, weight, logits, log_normalizer, targets = ctx.saved_tensors
+        grad = logits.sub_(log_normalizer.unsqueeze(1)).exp_()  # softmax, in place of the logits
+        grad[torch.arange(len(targets), device=grad.device), targets] -= 1.0
+        grad = grad.mul_(grad_loss).to(weight.dtype)
+        hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        return (grad @ weight).to(hidden_dtype), (grad.t() @ hidden).to(weight_dtype), grad.sum(0).to(bias_dtype), None
+
+
+class _RecordingProjection:
+    """A per-step `x @ weight.T` whose weight gradient `_DeferredWeightGrad` computes from `records`."""
+
+    def __init__(self, weight):
+        self.weight = weight.detach().contiguous()  # one contiguous copy per forward, not a strided read per step
+        self.records = []
+
+    def __call__(self, x):
+        return _StepLinear.apply(x, self.weight, self.records)
+
+
+def _hidden_projections(decoder):
+    """The three linear maps of the previous hidden state, by name: `{name: (weight, bias)}`. They are applied as
+    one matmul; each output is split back by the sizes of these same weights, so no order can drift apart."""
+    lstm = decoder.lstm
+    return {
+        "query": (decoder.attention.decoder_proj.weight, decoder.attention.decoder_proj.bias),
+        "gate": (decoder.context_gate.weight, decoder.context_gate.bias),
+        "recurrent": (lstm.weight_hh, torch.zeros_like(lstm.bias_hh)),  # bias_hh goes with the embedding half
+    }
+
+
+def teacher_forced_decode(decoder, state, input_ids, lengths):
+    """All positions of right-padded captions at once, equal to stepping `decoder.step`.
+
+    `state`: `decoder.initial_state(features)` for one image per caption; `lengths`: the positions to run per
+    caption. Returns the hidden states and attention weights of the real positions, packed time-major (position 0
+    of every caption, then position 1 of those still running, ...), and for each packed row its (caption, position).
+    """
+    lengths, order = torch.sort(lengths, descending=True)
+    features, projected_features = state.features[order], state.projected_features[order]
+    hidden, cell, input_ids = state.hidden[order], state.cell[order], input_ids[order]
+    lstm = decoder.lstm
+
+    # The LSTM input is [embedding; context]: split its weight by the embedding size (split, not two slices: its
+    # backward concatenates the two gradients instead of zero-filling twice).
+    embedding_size = decoder.embed_tokens.embedding_dim
+    weight_embedding, weight_context = lstm.weight_ih.split([embedding_size, lstm.input_size - embedding_size], dim=1)
+    # Time-major, so that each step reads (and backpropagates into) its own slice, not the whole tensor.
+    embed_gates = F.linear(decoder.embed_tokens(input_ids), weight_embedding, lstm.bias_ih + lstm.bias_hh)
+    embed_gates = embed_gates.transpose(0, 1).unbind(0)
+    projections = _hidden_projections(decoder)
+    hidden_weight = torch.cat([weight for weight, _ in projections.values()])
+    hidden_bias = torch.cat([bias for _, bias in projections.values()])
+    split_sizes = [weight.shape[0] for weight, _ in projections.values()]
+    if torch.is_grad_enabled() and hidden_weight.requires_grad and weight_context.requires_grad:
+        # Training: the two per-step weight gradients are computed once, when backprop reaches h0.
+        project_hidden, project_context = _RecordingProjection(hidden_weight), _RecordingProjection(weight_context)
+        hidden = _DeferredWeightGrad.apply(hidden, hidden_weight, project_hidden.records)
+        hidden = _DeferredWeightGrad.apply(hidden, weight_context, project_context.records)
+    else:
+        project_hidden = functools.partial(F.linear, weight=hidden_weight)
+        project_context = functools.partial(F.linear, weight=weight_context)
+
+    active_per_step = (lengths.unsqueeze(0) > torch.arange(int(lengths[0]), device=lengths.device).unsqueeze(1)).sum(1)
+    hiddens, alphas = [], []
+    for position, active in enumerate(active_per_step.tolist()):
+        hidden, cell = hidden[:active], cell[:active]
+        projected = dict(zip(projections, (project_hidden(hidden) + hidden_bias).split(split_sizes, dim=-1)))
+        alpha = decoder.attention.weights(projected_features[:active], projected["query"].unsqueeze(1))
+        context = torch.bmm(alpha.unsqueeze(1), features[:active]).squeeze(1) * torch.sigmoid(projected["gate"])
+        gates = embed_gates[position][:active] + project_context(context) + projected["recurrent"]
+        in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=-1)  # nn.LSTMCell's order
+        cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
+        hidden = torch.sigmoid(out_gate) * torch.tanh(cell)
+        hiddens.append(hidden)
+        alphas.append(alpha)
+
+    row_in_sorted = torch.cat([torch.arange(n, device=lengths.device) for n in active_per_step.tolist()])
+    position = torch.repeat_interleave(torch.arange(len(active_per_step), device=lengths.device), active_per_step)
+    return torch.cat(hiddens), torch.cat(alphas), order[row_in_sorted], position
