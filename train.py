@@ -32,6 +32,7 @@ from hf_imgcap.evaluation.generation import evaluate_captioner
 from hf_imgcap.data.feature_cache import build_feature_cache
 from hf_imgcap.evaluation.attention_maps import render_attention_map
 from hf_imgcap.hub import METRIC_LABELS, push_to_hub, write_model_card
+from hf_imgcap.training.model_fields import model_field, processor_field
 from hf_imgcap.training.preemption import StopRequest
 from hf_imgcap.models.pretrained_encoder import build_captioner
 from hf_imgcap.training.run_arguments import (
@@ -62,13 +63,14 @@ class ModelArguments:
     encoder: str = field(default="microsoft/resnet-152", metadata={"help": "Pretrained encoder: Hub id or folder of a transformers ResNet, 'torchvision:resnet152', a .pth state dict, or 'random' (untrained ResNet-152)."})
     tokenizer: str = field(default="bert-base-uncased", metadata={"help": "'bert-base-uncased' (bundled, offline), 'captions' (WordPiece trained on the training captions), or a tokenizer folder / Hub id."})
     caption_vocab_size: int = field(default=8000, metadata={"help": "Vocabulary size for --tokenizer captions."})
-    embedding_size: int = field(default=512, metadata={"help": "Word embedding size."})
-    attention_size: int = field(default=512, metadata={"help": "Additive attention size."})
-    hidden_size: int = field(default=512, metadata={"help": "LSTM hidden size."})
-    dropout: float = field(default=0.5, metadata={"help": "Dropout before the output layer."})
-    attention_regularization: float = field(default=1.0, metadata={"help": "Weight λ of the doubly stochastic attention term."})
-    image_size: int = field(default=224, metadata={"help": "Center-crop size of the images (224 -> 7x7 regions)."})
-    max_caption_length: int = field(default=40, metadata={"help": "Captions are truncated to this many tokens ([CLS] and [SEP] included)."})
+    # The model's sizes: defaults and help from the config (and the processor), where they are stated once.
+    embedding_size: int = model_field("embedding_size")
+    attention_size: int = model_field("attention_size")
+    hidden_size: int = model_field("hidden_size")
+    dropout: float = model_field("dropout")
+    attention_regularization: float = model_field("attention_regularization")
+    image_size: int = model_field("image_size")
+    max_caption_length: int = processor_field("max_caption_length")
 
 
 @dataclass

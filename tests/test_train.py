@@ -372,3 +372,24 @@ def test_tracker_logs_go_to_output_dir_runs(data, tmp_path):
     run(argv)
     events = sorted(path.relative_to(out).parts[0] for path in out.rglob("events.out.tfevents.*"))
     assert events and set(events) == {"runs"}, events
+
+
+# ---------------------------------------------------------------------------------------------- one source of truth
+MODEL_SIZE_ARGUMENTS = ("embedding_size", "attention_size", "hidden_size", "dropout", "attention_regularization", "image_size")
+
+
+def test_model_size_arguments_take_default_and_help_from_the_config():
+    """The config states the sizes once: train.py's defaults and --help are the config's, not re-declared numbers."""
+    from hf_imgcap import ShowAttendTellConfig, ShowAttendTellProcessor
+
+    config, processor_defaults = ShowAttendTellConfig(), ShowAttendTellProcessor()
+    fields = {f.name: f for f in dataclasses.fields(train_script.ModelArguments)}
+    for name in MODEL_SIZE_ARGUMENTS:
+        assert fields[name].default == getattr(config, name), name
+    assert fields["max_caption_length"].default == processor_defaults.max_caption_length
+    # The help is the config's documentation of the value (its Args: section), word for word.
+    assert fields["attention_regularization"].metadata["help"] == (
+        "Weight λ of the doubly stochastic attention term λ·Σ_regions(1 − Σ_t α)².")
+    assert fields["image_size"].metadata["help"].startswith("Side of the (square, center-cropped) images the processor makes;")
+    assert "7×7 = 49 at 224" in fields["image_size"].metadata["help"]  # a continuation line of the docstring
+    assert fields["max_caption_length"].metadata["help"] == "Captions are truncated to this many tokens, [CLS] and [SEP] included."
