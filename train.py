@@ -34,6 +34,7 @@ from hf_imgcap.evaluation.attention_maps import render_attention_map
 from hf_imgcap.hub import METRIC_LABELS, push_to_hub, write_model_card
 from hf_imgcap.training.model_fields import model_field, processor_field
 from hf_imgcap.training.preemption import StopRequest
+from hf_imgcap.training.run_metrics import EvalSettings, RunMetrics, TrainingRecord
 from hf_imgcap.models.pretrained_encoder import build_captioner
 from hf_imgcap.training.run_arguments import (
     check_output_dir, check_resume_compatible, make_accelerator, refuse_untrained_run, remove_run_outputs,
@@ -407,27 +408,26 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     final = ShowAttendTellForConditionalGeneration.from_pretrained(best_dir) if best_dir.is_dir() else accelerator.unwrap_model(model)
     final.to(accelerator.device)
     test_metrics, test_captions = evaluate_captioner(final, split=test_split, features=caches.get("test"), **evaluation)
-    results = {
-        "test": test_metrics,
-        "validation_best_bleu_4": progress["best_bleu_4"],
-        "history": progress["history"],
-        "train_loss_by_epoch": [entry["train_loss"] for entry in progress["history"]],
-        "steps": progress["global_step"],
-        "nonfinite_steps_skipped": progress["nonfinite_total"],
-        "eval": {"split": "test", "num_beams": args.eval_num_beams, "max_new_tokens": args.eval_max_new_tokens,
-                 "bleu": "COCO-caption BLEU (pycocoevalcap), closest reference length", "blind": args.blind},
-        "dataset": data_args.dataset,
-        "num_train_images": len(train_split),
-        "training": {"steps": progress["global_step"], "mixed_precision": accelerator.mixed_precision,
-                     "num_processes": accelerator.num_processes, "device": accelerator.device.type},
-        "vocab_size": len(processor.tokenizer),
-    }
+    run_metrics = RunMetrics(
+        test=test_metrics,
+        validation_best_bleu_4=progress["best_bleu_4"],
+        history=progress["history"],
+        steps=progress["global_step"],
+        nonfinite_steps_skipped=progress["nonfinite_total"],
+        eval=EvalSettings(num_beams=args.eval_num_beams, max_new_tokens=args.eval_max_new_tokens, blind=args.blind),
+        dataset=data_args.dataset,
+        num_train_images=len(train_split),
+        training=TrainingRecord(steps=progress["global_step"], mixed_precision=accelerator.mixed_precision,
+                                num_processes=accelerator.num_processes, device=accelerator.device.type),
+        vocab_size=len(processor.tokenizer),
+    )
+    results = run_metrics.to_dict()
     test_examples = [{"image_id": i, "caption": c, "references": list(r)}
                      for i, c, r in zip(test_split["image_id"], test_captions, test_split["captions"])]
     if accelerator.is_main_process:
         final.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
-        (output_dir / "metrics.json").write_text(json.dumps(results, indent=1))
+        run_metrics.save(output_dir)
         (output_dir / "test_captions.json").write_text(json.dumps(test_examples, indent=1))
         write_attention_example(final, processor, test_split[0]["image"], output_dir / "attention_example.png", args.eval_num_beams)
         write_model_card(output_dir, results, model_args=dataclasses.asdict(model_args), training_args=dataclasses.asdict(args), data_args=dataclasses.asdict(data_args))

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from hf_imgcap import ShowAttendTellForConditionalGeneration
 from hf_imgcap.training.checkpointing import CheckpointError
+from hf_imgcap.training.run_metrics import load_run_metrics
 from hf_imgcap.data.synthetic import write_synthetic_flickr8k
 
 from conftest import REPO_ROOT
@@ -68,6 +69,23 @@ def test_short_training_reduces_the_loss_and_writes_a_loadable_hub_folder(data, 
     # The loss went down: the first and last training losses of a fresh run with logged steps.
     losses = json.loads((out / "metrics.json").read_text())["train_loss_by_epoch"]
     assert losses[-1] < 0.8 * losses[0]
+    # metrics.json is a RunMetrics: typed, and written in the published layout (the model card reads these keys).
+    recorded = load_run_metrics(out / "metrics.json")
+    assert list(metrics) == ["test", "validation_best_bleu_4", "history", "train_loss_by_epoch", "steps",
+                             "nonfinite_steps_skipped", "eval", "dataset", "num_train_images", "training", "vocab_size"]
+    assert recorded.to_dict() == metrics and recorded.train_loss_by_epoch == losses
+    assert recorded.eval.num_beams == 2 and recorded.eval.split == "test" and recorded.training.steps == recorded.steps == 30
+    assert recorded.training.device == "cpu" and recorded.vocab_size == results["vocab_size"]
+
+
+def test_a_metrics_json_that_is_not_a_run_record_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"test": {}, "steps": 3}))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} is not a metrics.json of an hf-imgcap run: .*missing .*history"):
+        load_run_metrics(tmp_path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        load_run_metrics(path)
 
 
 def test_stop_mid_epoch_and_resume_equals_an_uninterrupted_run(data, tmp_path):
