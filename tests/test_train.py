@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_imgcap import ShowAttendTellForConditionalGeneration
+from hf_imgcap.training import loop as training_loop
 from hf_imgcap.training.checkpointing import CheckpointError
 from hf_imgcap.training.run_metrics import load_run_metrics
 from hf_imgcap.data.synthetic import write_synthetic_flickr8k
@@ -176,6 +177,19 @@ def test_two_process_ddp_equals_one_process_with_double_batch(data, tmp_path):
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["test"]["num_images"] == 5  # 5 images over 2 ranks: each counted once
     assert len(json.loads((tmp_path / "two" / "test_captions.json").read_text())) == 5
+
+
+def test_gradient_accumulation_gives_the_update_of_one_batch_twice_as_large(data, tmp_path):
+    """Micro-batches of one optimizer step are weighted by the step's token and caption counts, not their own: two
+    micro-batches of 4 captions (of different lengths) make exactly the step of one batch of 8."""
+    cache, common = tmp_path / "cache", ["--max_steps", "3", "--checkpoint_every_steps", "3", "--eval_num_beams", "1"]
+    run(tiny_args(data, tmp_path / "large", cache, *common, "--batch_size", "8"))
+    run(tiny_args(data, tmp_path / "accumulated", cache, *common, "--batch_size", "4", "--gradient_accumulation_steps", "2"))
+    _, large = last_checkpoint_weights(tmp_path / "large")
+    name, accumulated = last_checkpoint_weights(tmp_path / "accumulated")
+    assert name == "step_00000003"  # three optimizer steps, not three micro-batches
+    for key in large:  # equal up to float summation order (dropout is 0 in tiny_args)
+        torch.testing.assert_close(accumulated[key], large[key], rtol=1e-5, atol=1e-5, msg=key)
 
 
 def test_finetuning_the_encoder_trains_it_from_the_images(data, tmp_path):
@@ -344,7 +358,7 @@ def test_resume_with_a_different_model_size_names_each_differing_argument_before
     def crash(*args, **kwargs):
         raise RuntimeError("the machine went down")
 
-    monkeypatch.setattr(train_script, "evaluate_captioner", crash)  # the run dies after its step-2 checkpoint
+    monkeypatch.setattr(training_loop, "evaluate_captioner", crash)  # the run dies after its step-2 checkpoint
     with pytest.raises(RuntimeError, match="went down"):
         run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
     assert (out / "checkpoints" / "step_00000002").is_dir()
