@@ -425,3 +425,24 @@ def test_model_size_arguments_take_default_and_help_from_the_config():
     assert fields["image_size"].metadata["help"].startswith("Side of the (square, center-cropped) images the processor makes;")
     assert "7×7 = 49 at 224" in fields["image_size"].metadata["help"]  # a continuation line of the docstring
     assert fields["max_caption_length"].metadata["help"] == "Captions are truncated to this many tokens, [CLS] and [SEP] included."
+
+
+def test_a_training_state_in_the_checkpoint_layout_of_earlier_runs_loads_and_saves_unchanged():
+    """`--resume` of a run folder written before TrainState existed: its training_state.json has these keys."""
+    def plateau():
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), mode="max")
+
+    earlier = plateau()
+    for bleu in (0.3, 0.2, 0.1):
+        earlier.step(bleu)
+    saved = json.loads(json.dumps({
+        "epoch": 2, "step_in_epoch": 3, "global_step": 23, "best_bleu_4": 0.3, "epochs_without_improvement": 2,
+        "nonfinite_in_a_row": 0, "nonfinite_total": 1,
+        "history": [{"epoch": 1, "step": 10, "train_loss": 4.1, "bleu_4": 0.3}, {"epoch": 2, "step": 20, "train_loss": 3.2, "bleu_4": 0.2}],
+        "scheduler": earlier.state_dict(),
+    }))
+    scheduler = plateau()
+    state = training_loop.TrainState.from_checkpoint(saved, scheduler)
+    assert (state.epoch, state.step_in_epoch, state.global_step, state.nonfinite_total) == (2, 3, 23, 1)
+    assert scheduler.num_bad_epochs == 2 and scheduler.best == 0.3  # the scheduler continues where it was
+    assert json.loads(json.dumps(state.to_checkpoint(scheduler))) == saved  # and is saved in the same layout
