@@ -13,7 +13,6 @@ test split with every metric. `python train.py --help` documents every option.
 """
 
 import dataclasses
-import json
 import logging
 import sys
 import time
@@ -22,25 +21,24 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, ShowAttendTellProcessor
 from hf_imgcap.data.caption_datasets import DEFAULT_DATASET, load_caption_dataset
-from hf_imgcap.training.checkpointing import CheckpointManager, verify_checkpoint
-from hf_imgcap.evaluation.generation import evaluate_captioner
 from hf_imgcap.data.feature_cache import build_feature_cache
-from hf_imgcap.evaluation.attention_maps import render_attention_map
-from hf_imgcap.hub import METRIC_LABELS, push_to_hub, write_model_card
-from hf_imgcap.training.preemption import StopRequest
+from hf_imgcap.data.tokenizer_training import train_caption_tokenizer
+from hf_imgcap.data.training_data import CaptionPairs, collate_captions, tokenize_captions
+from hf_imgcap.hub import METRIC_LABELS
 from hf_imgcap.models.pretrained_encoder import build_captioner
+from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import default_image_processor, default_tokenizer
+from hf_imgcap.training.checkpointing import CheckpointManager
+from hf_imgcap.training.loop import TrainingRun, finish, resume_state, run_epochs
+from hf_imgcap.training.model_fields import model_field, processor_field
+from hf_imgcap.training.preemption import StopRequest
 from hf_imgcap.training.run_arguments import (
     check_output_dir, check_resume_compatible, make_accelerator, refuse_untrained_run, remove_run_outputs,
     validate_arguments, write_training_args,
 )
-from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import default_image_processor, default_tokenizer
-from hf_imgcap.data.tokenizer_training import train_caption_tokenizer
-from hf_imgcap.data.training_data import CaptionPairs, collate_captions, tokenize_captions
 
 logger = logging.getLogger("train")
 
@@ -62,13 +60,14 @@ class ModelArguments:
     encoder: str = field(default="microsoft/resnet-152", metadata={"help": "Pretrained encoder: Hub id or folder of a transformers ResNet, 'torchvision:resnet152', a .pth state dict, or 'random' (untrained ResNet-152)."})
     tokenizer: str = field(default="bert-base-uncased", metadata={"help": "'bert-base-uncased' (bundled, offline), 'captions' (WordPiece trained on the training captions), or a tokenizer folder / Hub id."})
     caption_vocab_size: int = field(default=8000, metadata={"help": "Vocabulary size for --tokenizer captions."})
-    embedding_size: int = field(default=512, metadata={"help": "Word embedding size."})
-    attention_size: int = field(default=512, metadata={"help": "Additive attention size."})
-    hidden_size: int = field(default=512, metadata={"help": "LSTM hidden size."})
-    dropout: float = field(default=0.5, metadata={"help": "Dropout before the output layer."})
-    attention_regularization: float = field(default=1.0, metadata={"help": "Weight λ of the doubly stochastic attention term."})
-    image_size: int = field(default=224, metadata={"help": "Center-crop size of the images (224 -> 7x7 regions)."})
-    max_caption_length: int = field(default=40, metadata={"help": "Captions are truncated to this many tokens ([CLS] and [SEP] included)."})
+    # The model's sizes: defaults and help from the config (and the processor), where they are stated once.
+    embedding_size: int = model_field("embedding_size")
+    attention_size: int = model_field("attention_size")
+    hidden_size: int = model_field("hidden_size")
+    dropout: float = model_field("dropout")
+    attention_regularization: float = model_field("attention_regularization")
+    image_size: int = model_field("image_size")
+    max_caption_length: int = processor_field("max_caption_length")
 
 
 @dataclass
@@ -177,23 +176,13 @@ def build_model(model_args, tokenizer, finetune_encoder: bool) -> ShowAttendTell
     return build_captioner(model_args.encoder, **config_kwargs)
 
 
-def write_attention_example(model, processor, image, path: Path, num_beams: int):
-    """The Show-Attend-Tell picture for one test image: where the model looked for each word it wrote."""
-    result = model.caption(image, processor=processor, return_attentions=True, num_beams=num_beams)
-    render_attention_map(image, result["tokens"], result["attentions"], path)
-
-
 def subset(split, limit):
     return split if limit is None or limit >= len(split) else split.select(range(limit))
 
 
-def training_state(progress: dict, scheduler) -> dict:
-    return {**progress, "scheduler": scheduler.state_dict()}
-
-
-# ---------------------------------------------------------------------------------------------- training
-def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
-    # Refuse nonsense values and impossible combinations before any data is read, not after hours of training.
+def start_run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments):
+    """Refuse nonsense values and impossible combinations before any data is read, not after hours of training;
+    then the accelerator, the seed and training_args.json (written now, so that a --resume after a crash can check it)."""
     validate_arguments(model_args, data_args, args)
     output_dir = Path(args.output_dir)
     previous_run = check_output_dir(output_dir, resume=args.resume or bool(args.resume_from), overwrite=args.overwrite_output_dir)
@@ -203,8 +192,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     set_seed(args.seed)
     if accelerator.is_main_process:
         remove_run_outputs(previous_run)
-        write_training_args(output_dir, model_args, data_args, args)  # now, so that a --resume after a crash can check it
+        write_training_args(output_dir, model_args, data_args, args)
     accelerator.wait_for_everyone()
+    return accelerator, args
+
+
+# ---------------------------------------------------------------------------------------------- training
+def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
+    accelerator, args = start_run(model_args, data_args, args)
+    output_dir = Path(args.output_dir)
     log = logger.info if accelerator.is_main_process else logger.debug
     log("accelerate: %d process(es) on %s, mixed precision %s", accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
 
@@ -259,183 +255,33 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=args.lr_decay_factor, patience=args.lr_decay_patience - 1)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
-    # 5. Resume: model, optimizer and RNG states from Accelerate; our progress and scheduler from JSON.
-    checkpoints = CheckpointManager(output_dir / "checkpoints", keep=args.checkpoints_to_keep)
-    progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_bleu_4": -1.0, "epochs_without_improvement": 0,
-                "nonfinite_in_a_row": 0, "nonfinite_total": 0, "history": []}
-    latest = Path(args.resume_from) if args.resume_from else checkpoints.latest() if args.resume else None
-    if latest is not None:
-        state = verify_checkpoint(latest)
-        accelerator.load_state(str(latest))
-        scheduler.load_state_dict(state.pop("scheduler"))
-        progress.update(state)
-        log("resumed from %s (epoch %d, step %d)", latest, progress["epoch"], progress["global_step"])
-    elif args.resume:
-        log("--resume: no checkpoint in %s yet, starting from scratch", checkpoints.folder)
-
-    def save_checkpoint():
-        # Every process writes its part (each its own RNG state) into one temporary folder; the main process then
-        # seals it with checksums and renames it into place, so a failure never leaves a half checkpoint.
-        temporary = checkpoints.folder / f".tmp-step_{progress['global_step']:08d}"
-        try:
-            if accelerator.is_main_process:
-                checkpoints.start(progress["global_step"])
-            accelerator.wait_for_everyone()
-            accelerator.save_state(str(temporary))
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                checkpoints.seal(temporary, progress["global_step"], training_state(progress, scheduler))
-            accelerator.wait_for_everyone()
-        except OSError as error:  # e.g. a full disk: say what is safe before stopping
-            raise RuntimeError(
-                f"could not write the checkpoint of step {progress['global_step']} ({error}); the newest complete "
-                f"checkpoint, {checkpoints.latest()}, is intact: free space, then --resume"
-            ) from error
-
+    # 5. The loop: resume (model, optimizer and RNG states from Accelerate; TrainState and scheduler from JSON), then epochs.
     hyperparameters = {k: v for a in (model_args, data_args, args) for k, v in dataclasses.asdict(a).items() if isinstance(v, (int, float, str, bool))}
     accelerator.init_trackers("hf_imgcap", config=hyperparameters)  # on every process; only the main one starts trackers
-    evaluation = dict(tokenizer=processor.tokenizer, accelerator=accelerator, batch_size=args.eval_batch_size, blind=args.blind,
-                      image_processor=processor.image_processor, num_beams=args.eval_num_beams, max_new_tokens=args.eval_max_new_tokens,
-                      show_progress=False)
-    best_dir = output_dir / "checkpoints" / "best"
-
-    # 6. The loop.
-    stopped_by = None
-    batches_run = 0
+    run = TrainingRun(
+        accelerator, model, optimizer, scheduler, loader, processor,
+        checkpoints=CheckpointManager(output_dir / "checkpoints", keep=args.checkpoints_to_keep),
+        args=args,
+        evaluation=dict(tokenizer=processor.tokenizer, accelerator=accelerator, batch_size=args.eval_batch_size, blind=args.blind,
+                        image_processor=processor.image_processor, num_beams=args.eval_num_beams,
+                        max_new_tokens=args.eval_max_new_tokens, show_progress=False),
+        best_dir=output_dir / "checkpoints" / "best",
+    )
+    state = resume_state(run, args.resume, args.resume_from)
     with StopRequest() as stop:
-        for epoch in range(progress["epoch"], args.num_epochs):
-            progress["epoch"] = epoch
-            loader.set_epoch(epoch)
-            batches = accelerator.skip_first_batches(loader, progress["step_in_epoch"]) if progress["step_in_epoch"] else loader
-            model.train()
-            bar = tqdm(total=len(loader), initial=progress["step_in_epoch"], desc=f"epoch {epoch + 1}/{args.num_epochs}",
-                       disable=not accelerator.is_main_process, unit="batch")
-            started, seen = time.perf_counter(), 0
-            loss_sum, loss_steps = 0.0, 0
-            out_of_steps = False
-            for batch in batches:
-                batch.pop("image_index")
-                if args.blind:
-                    batch["encoder_hidden_states"].zero_()
-                num_targets = accelerator.reduce((batch["labels"][:, 1:] != -100).sum().to(accelerator.device), "sum")
-                num_captions = accelerator.reduce(torch.tensor(len(batch["input_ids"]), device=accelerator.device), "sum")
-                with accelerator.accumulate(model):  # global counts: every process's loss is a share of one batch loss
-                    outputs = model(**batch, return_logits=False, num_items_in_batch=num_targets / accelerator.num_processes,
-                                    num_captions_in_batch=num_captions / accelerator.num_processes)
-                    # Decided together: every process skips the step if any process's loss is not finite.
-                    finite = accelerator.reduce((~torch.isfinite(outputs.loss.detach())).float(), "sum").item() == 0
-                    if finite:
-                        accelerator.backward(outputs.loss)
-                        if accelerator.sync_gradients and args.grad_clip > 0:
-                            accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
-                        optimizer.step()
-                    optimizer.zero_grad()
-                progress["step_in_epoch"] += 1
-                batches_run += 1
-                bar.update(1)
-                if not finite:  # skipped, counted; too many in a row stops the run with the last good checkpoint intact
-                    progress["nonfinite_in_a_row"] += 1
-                    progress["nonfinite_total"] += 1
-                    logger.warning("non-finite loss at step %d: step skipped (%d in a row)", progress["global_step"], progress["nonfinite_in_a_row"])
-                    if progress["nonfinite_in_a_row"] >= args.max_nonfinite_steps:
-                        last_good = checkpoints.latest()
-                        raise RuntimeError(
-                            f"{progress['nonfinite_in_a_row']} non-finite losses in a row: stopping. "
-                            + (f"The last good checkpoint is {last_good}; lower the learning rate or check the data, then --resume."
-                               if last_good else "There is no checkpoint yet; lower the learning rate or check the data.")
-                        )
-                    continue
-                progress["nonfinite_in_a_row"] = 0
-                if not accelerator.sync_gradients:
-                    continue
-                progress["global_step"] += 1
-                seen += len(batch["input_ids"]) * accelerator.num_processes * args.gradient_accumulation_steps
-                loss = outputs.loss.item()
-                loss_sum, loss_steps = loss_sum + loss, loss_steps + 1
-                bar.set_postfix(loss=f"{loss:.3f}", captions_per_s=f"{seen / (time.perf_counter() - started):.0f}")
-                accelerator.log({"train/loss": loss, "train/caption_loss": outputs.caption_loss.item(),
-                                 "train/lr": optimizer.param_groups[0]["lr"]}, step=progress["global_step"])
-                stop_now = accelerator.reduce(torch.tensor(float(stop.requested), device=accelerator.device), "max").item() > 0
-                out_of_steps = args.max_steps is not None and progress["global_step"] >= args.max_steps
-                if stop_now or (args.checkpoint_every_steps and progress["global_step"] % args.checkpoint_every_steps == 0):
-                    save_checkpoint()
-                if stop_now:
-                    stopped_by = stop.signal_name or "signal"
-                    break
-                if out_of_steps:
-                    break
-            bar.close()
-            if stopped_by or (out_of_steps and progress["step_in_epoch"] < len(loader)):
-                break  # mid-epoch: no end-of-epoch evaluation; the step checkpoint (if any) is the one to resume from
-            refuse_untrained_run(progress["global_step"], batches_run, progress["nonfinite_total"])  # before any model is saved
-
-            # End of epoch: caption the validation images, select on BLEU-4.
-            metrics, _ = evaluate_captioner(model, split=val_split, features=caches.get("validation"), meteor=False, **evaluation)
-            bleu_4 = metrics["bleu_4"]
-            scheduler.step(bleu_4)
-            improved = bleu_4 > progress["best_bleu_4"]
-            progress["epochs_without_improvement"] = 0 if improved else progress["epochs_without_improvement"] + 1
-            train_loss = loss_sum / max(loss_steps, 1)  # of this process's batches since the epoch (re)started
-            progress["history"].append({"epoch": epoch + 1, "step": progress["global_step"], "train_loss": round(train_loss, 4),
-                                        **{k: round(v, 4) for k, v in metrics.items()}})
-            log("epoch %d: validation BLEU-1..4 %s, CIDEr-D %.3f%s", epoch + 1,
-                " / ".join(f"{metrics[f'bleu_{n}']:.3f}" for n in range(1, 5)), metrics["cider"], " (best so far)" if improved else "")
-            accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=progress["global_step"])
-            if improved:
-                progress["best_bleu_4"] = bleu_4
-                if accelerator.is_main_process:
-                    accelerator.unwrap_model(model).save_pretrained(best_dir)
-                    processor.save_pretrained(best_dir)
-            progress["epoch"], progress["step_in_epoch"] = epoch + 1, 0
-            save_checkpoint()
-            if progress["epochs_without_improvement"] >= args.early_stopping_patience:
-                log("early stopping: no BLEU-4 improvement for %d epochs", progress["epochs_without_improvement"])
-                break
-            if out_of_steps:
-                break
-
+        stopped_by = run_epochs(run, state, stop, val_split, caches.get("validation"))
     accelerator.wait_for_everyone()
     if stopped_by:
-        log("stopped by %s after step %d; continue with --resume", stopped_by, progress["global_step"])
+        log("stopped by %s after step %d; continue with --resume", stopped_by, state.global_step)
         accelerator.end_training()
-        return {"stopped_by": stopped_by, "global_step": progress["global_step"]}
-    refuse_untrained_run(progress["global_step"], batches_run, progress["nonfinite_total"])
+        return {"stopped_by": stopped_by, "global_step": state.global_step}
+    refuse_untrained_run(state.global_step, run.batches_run, state.nonfinite_total)
 
-    # 7. The best model on the test split, with every metric; the Hub-ready folder.
-    final = ShowAttendTellForConditionalGeneration.from_pretrained(best_dir) if best_dir.is_dir() else accelerator.unwrap_model(model)
-    final.to(accelerator.device)
-    test_metrics, test_captions = evaluate_captioner(final, split=test_split, features=caches.get("test"), **evaluation)
-    results = {
-        "test": test_metrics,
-        "validation_best_bleu_4": progress["best_bleu_4"],
-        "history": progress["history"],
-        "train_loss_by_epoch": [entry["train_loss"] for entry in progress["history"]],
-        "steps": progress["global_step"],
-        "nonfinite_steps_skipped": progress["nonfinite_total"],
-        "eval": {"split": "test", "num_beams": args.eval_num_beams, "max_new_tokens": args.eval_max_new_tokens,
-                 "bleu": "COCO-caption BLEU (pycocoevalcap), closest reference length", "blind": args.blind},
-        "dataset": data_args.dataset,
-        "num_train_images": len(train_split),
-        "training": {"steps": progress["global_step"], "mixed_precision": accelerator.mixed_precision,
-                     "num_processes": accelerator.num_processes, "device": accelerator.device.type},
-        "vocab_size": len(processor.tokenizer),
-    }
-    test_examples = [{"image_id": i, "caption": c, "references": list(r)}
-                     for i, c, r in zip(test_split["image_id"], test_captions, test_split["captions"])]
-    if accelerator.is_main_process:
-        final.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
-        (output_dir / "metrics.json").write_text(json.dumps(results, indent=1))
-        (output_dir / "test_captions.json").write_text(json.dumps(test_examples, indent=1))
-        write_attention_example(final, processor, test_split[0]["image"], output_dir / "attention_example.png", args.eval_num_beams)
-        write_model_card(output_dir, results, model_args=dataclasses.asdict(model_args), training_args=dataclasses.asdict(args), data_args=dataclasses.asdict(data_args))
-        log("test (beam %d): %s", args.eval_num_beams, ", ".join(f"{k} {v:.4f}" for k, v in test_metrics.items() if isinstance(v, float)))
-        log("wrote the model, processor, metrics.json, model card and attention_example.png to %s", output_dir)
-        if args.push_to_hub:
-            push_to_hub(output_dir, args.hub_model_id)
-            log("pushed %s to https://huggingface.co/%s", output_dir, args.hub_model_id)
+    # 6. Finish: the best model on the test split, with every metric; the Hub-ready folder.
+    record = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), "training": dataclasses.asdict(args),
+              "num_train_images": len(train_split)}
+    results = finish(run, state, test_split, caches.get("test"), output_dir, record)
     accelerator.end_training()
-    results["test_examples"] = test_examples
     return results
 
 

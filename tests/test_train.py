@@ -16,7 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from hf_imgcap import ShowAttendTellForConditionalGeneration
+from hf_imgcap.training import loop as training_loop
 from hf_imgcap.training.checkpointing import CheckpointError
+from hf_imgcap.training.run_metrics import load_run_metrics
 from hf_imgcap.data.synthetic import write_synthetic_flickr8k
 
 from conftest import REPO_ROOT
@@ -68,6 +70,23 @@ def test_short_training_reduces_the_loss_and_writes_a_loadable_hub_folder(data, 
     # The loss went down: the first and last training losses of a fresh run with logged steps.
     losses = json.loads((out / "metrics.json").read_text())["train_loss_by_epoch"]
     assert losses[-1] < 0.8 * losses[0]
+    # metrics.json is a RunMetrics: typed, and written in the published layout (the model card reads these keys).
+    recorded = load_run_metrics(out / "metrics.json")
+    assert list(metrics) == ["test", "validation_best_bleu_4", "history", "train_loss_by_epoch", "steps",
+                             "nonfinite_steps_skipped", "eval", "dataset", "num_train_images", "training", "vocab_size"]
+    assert recorded.to_dict() == metrics and recorded.train_loss_by_epoch == losses
+    assert recorded.eval.num_beams == 2 and recorded.eval.split == "test" and recorded.training.steps == recorded.steps == 30
+    assert recorded.training.device == "cpu" and recorded.vocab_size == results["vocab_size"]
+
+
+def test_a_metrics_json_that_is_not_a_run_record_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"test": {}, "steps": 3}))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} is not a metrics.json of an hf-imgcap run: .*missing .*history"):
+        load_run_metrics(tmp_path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        load_run_metrics(path)
 
 
 def test_stop_mid_epoch_and_resume_equals_an_uninterrupted_run(data, tmp_path):
@@ -158,6 +177,19 @@ def test_two_process_ddp_equals_one_process_with_double_batch(data, tmp_path):
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["test"]["num_images"] == 5  # 5 images over 2 ranks: each counted once
     assert len(json.loads((tmp_path / "two" / "test_captions.json").read_text())) == 5
+
+
+def test_gradient_accumulation_gives_the_update_of_one_batch_twice_as_large(data, tmp_path):
+    """Micro-batches of one optimizer step are weighted by the step's token and caption counts, not their own: two
+    micro-batches of 4 captions (of different lengths) make exactly the step of one batch of 8."""
+    cache, common = tmp_path / "cache", ["--max_steps", "3", "--checkpoint_every_steps", "3", "--eval_num_beams", "1"]
+    run(tiny_args(data, tmp_path / "large", cache, *common, "--batch_size", "8"))
+    run(tiny_args(data, tmp_path / "accumulated", cache, *common, "--batch_size", "4", "--gradient_accumulation_steps", "2"))
+    _, large = last_checkpoint_weights(tmp_path / "large")
+    name, accumulated = last_checkpoint_weights(tmp_path / "accumulated")
+    assert name == "step_00000003"  # three optimizer steps, not three micro-batches
+    for key in large:  # equal up to float summation order (dropout is 0 in tiny_args)
+        torch.testing.assert_close(accumulated[key], large[key], rtol=1e-5, atol=1e-5, msg=key)
 
 
 def test_finetuning_the_encoder_trains_it_from_the_images(data, tmp_path):
@@ -326,7 +358,7 @@ def test_resume_with_a_different_model_size_names_each_differing_argument_before
     def crash(*args, **kwargs):
         raise RuntimeError("the machine went down")
 
-    monkeypatch.setattr(train_script, "evaluate_captioner", crash)  # the run dies after its step-2 checkpoint
+    monkeypatch.setattr(training_loop, "evaluate_captioner", crash)  # the run dies after its step-2 checkpoint
     with pytest.raises(RuntimeError, match="went down"):
         run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
     assert (out / "checkpoints" / "step_00000002").is_dir()
@@ -372,3 +404,45 @@ def test_tracker_logs_go_to_output_dir_runs(data, tmp_path):
     run(argv)
     events = sorted(path.relative_to(out).parts[0] for path in out.rglob("events.out.tfevents.*"))
     assert events and set(events) == {"runs"}, events
+
+
+# ---------------------------------------------------------------------------------------------- one source of truth
+MODEL_SIZE_ARGUMENTS = ("embedding_size", "attention_size", "hidden_size", "dropout", "attention_regularization", "image_size")
+
+
+def test_model_size_arguments_take_default_and_help_from_the_config():
+    """The config states the sizes once: train.py's defaults and --help are the config's, not re-declared numbers."""
+    from hf_imgcap import ShowAttendTellConfig, ShowAttendTellProcessor
+
+    config, processor_defaults = ShowAttendTellConfig(), ShowAttendTellProcessor()
+    fields = {f.name: f for f in dataclasses.fields(train_script.ModelArguments)}
+    for name in MODEL_SIZE_ARGUMENTS:
+        assert fields[name].default == getattr(config, name), name
+    assert fields["max_caption_length"].default == processor_defaults.max_caption_length
+    # The help is the config's documentation of the value (its Args: section), word for word.
+    assert fields["attention_regularization"].metadata["help"] == (
+        "Weight λ of the doubly stochastic attention term λ·Σ_regions(1 − Σ_t α)².")
+    assert fields["image_size"].metadata["help"].startswith("Side of the (square, center-cropped) images the processor makes;")
+    assert "7×7 = 49 at 224" in fields["image_size"].metadata["help"]  # a continuation line of the docstring
+    assert fields["max_caption_length"].metadata["help"] == "Captions are truncated to this many tokens, [CLS] and [SEP] included."
+
+
+def test_a_training_state_in_the_checkpoint_layout_of_earlier_runs_loads_and_saves_unchanged():
+    """`--resume` of a run folder written before TrainState existed: its training_state.json has these keys."""
+    def plateau():
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), mode="max")
+
+    earlier = plateau()
+    for bleu in (0.3, 0.2, 0.1):
+        earlier.step(bleu)
+    saved = json.loads(json.dumps({
+        "epoch": 2, "step_in_epoch": 3, "global_step": 23, "best_bleu_4": 0.3, "epochs_without_improvement": 2,
+        "nonfinite_in_a_row": 0, "nonfinite_total": 1,
+        "history": [{"epoch": 1, "step": 10, "train_loss": 4.1, "bleu_4": 0.3}, {"epoch": 2, "step": 20, "train_loss": 3.2, "bleu_4": 0.2}],
+        "scheduler": earlier.state_dict(),
+    }))
+    scheduler = plateau()
+    state = training_loop.TrainState.from_checkpoint(saved, scheduler)
+    assert (state.epoch, state.step_in_epoch, state.global_step, state.nonfinite_total) == (2, 3, 23, 1)
+    assert scheduler.num_bad_epochs == 2 and scheduler.best == 0.3  # the scheduler continues where it was
+    assert json.loads(json.dumps(state.to_checkpoint(scheduler))) == saved  # and is saved in the same layout

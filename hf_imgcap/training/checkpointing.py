@@ -54,10 +54,13 @@ class CheckpointManager:
         self.folder = Path(folder)
         self.keep = max(1, keep)
 
+    def _temporary(self, step: int) -> Path:
+        return self.folder / f".tmp-step_{step:08d}"
+
     def start(self, step: int) -> Path:
         """A fresh temporary folder for the checkpoint of `step` (in several processes: call on the main one, then
         let every process write its files into it)."""
-        temporary = self.folder / f".tmp-step_{step:08d}"
+        temporary = self._temporary(step)
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir(parents=True)
         return temporary
@@ -84,15 +87,26 @@ class CheckpointManager:
         logger.info("checkpoint saved: %s", final)
         return final
 
-    def save(self, step: int, write_files, state: dict) -> Path:
-        """One process: `write_files(folder)` writes the files (e.g. `accelerator.save_state`), then seal."""
-        temporary = self.start(step)
+    def save(self, accelerator, step: int, state: dict) -> Path:
+        """Checkpoint a (possibly multi-process) run: every process writes its part with `accelerator.save_state`
+        (each its own RNG state) into one temporary folder; the main process then seals it. A failed write (e.g. a
+        full disk) raises a `RuntimeError` saying which checkpoint is intact."""
+        temporary = self._temporary(step)
         try:
-            write_files(temporary)
-        except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise
-        return self.seal(temporary, step, state)
+            if accelerator.is_main_process:
+                self.start(step)
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(temporary))
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                self.seal(temporary, step, state)
+            accelerator.wait_for_everyone()
+        except OSError as error:
+            raise RuntimeError(
+                f"could not write the checkpoint of step {step} ({error}); the newest complete checkpoint, "
+                f"{self.latest()}, is intact: free space, then --resume"
+            ) from error
+        return self.folder / f"step_{step:08d}"
 
     def complete_checkpoints(self) -> list[Path]:
         """Sealed checkpoints, oldest first (temporary folders of interrupted saves are not included)."""

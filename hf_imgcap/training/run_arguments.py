@@ -266,10 +266,10 @@ def check_resume_compatible(model_args, args):
 # ---------------------------------------------------------------------------------------------- the run itself
 def make_accelerator(args) -> Accelerator:
     """Mixed precision and CPU/GPU come from `accelerate launch` / `accelerate config` unless a flag says
-    otherwise; tracker logs go to output_dir/runs."""
+    otherwise; tracker logs go to output_dir/runs. Gradient accumulation is the training loop's own (it reads a
+    step's micro-batches ahead to weight them exactly), so Accelerate's is left at 1."""
     output_dir = Path(args.output_dir)
     return Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,  # None: ACCELERATE_MIXED_PRECISION, set by the launcher or config
         cpu=args.cpu,  # False still honours ACCELERATE_USE_CPU and falls back to the CPU without a GPU
         log_with=None if args.report_to == "none" else args.report_to.split(","),

@@ -1,0 +1,278 @@
+# Copyright 2026 The hf-imgcap authors. Apache-2.0.
+"""The training loop of train.py: one epoch of optimizer steps, the end-of-epoch validation, the final test.
+
+`TrainState` is everything the loop changes (and a checkpoint saves beside Accelerate's model, optimizer and RNG
+states); `TrainingRun` is what it works with and does not change. An optimizer step reads its micro-batches ahead
+(as transformers' Trainer does) so that the loss of every micro-batch is a share of the whole step's loss: the
+model divides by the step's token and caption counts over every process, and `--gradient_accumulation_steps 2`
+gives the same update as a batch twice as large.
+"""
+
+import contextlib
+import dataclasses
+import itertools
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from hf_imgcap.evaluation.attention_maps import render_attention_map
+from hf_imgcap.evaluation.generation import evaluate_captioner
+from hf_imgcap.hub import push_to_hub, write_model_card
+from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import ShowAttendTellForConditionalGeneration
+from hf_imgcap.training.checkpointing import CheckpointManager, verify_checkpoint
+from hf_imgcap.training.run_arguments import refuse_untrained_run
+from hf_imgcap.training.run_metrics import EvalSettings, RunMetrics, TrainingRecord
+
+logger = logging.getLogger("train")
+
+
+@dataclass
+class TrainState:
+    """The loop's progress; saved as a checkpoint's training_state.json (with the scheduler's state beside it)."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0  # micro-batches of `epoch` already trained on
+    global_step: int = 0  # optimizer steps taken
+    best_bleu_4: float = -1.0
+    epochs_without_improvement: int = 0
+    nonfinite_in_a_row: int = 0
+    nonfinite_total: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def to_checkpoint(self, scheduler) -> dict:
+        return {**dataclasses.asdict(self), "scheduler": scheduler.state_dict()}
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict, scheduler) -> "TrainState":
+        saved = dict(saved)
+        scheduler.load_state_dict(saved.pop("scheduler"))
+        return cls(**saved)
+
+
+@dataclass
+class TrainingRun:
+    """What the loop works with: the prepared objects and the arguments."""
+
+    accelerator: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: object
+    processor: object
+    checkpoints: CheckpointManager
+    args: object  # TrainingArguments
+    evaluation: dict  # keyword arguments of evaluate_captioner
+    best_dir: Path
+    batches_run: int = 0  # micro-batches run by this process since it started (for the no-step error)
+
+    def log(self, *message):
+        (logger.info if self.accelerator.is_main_process else logger.debug)(*message)
+
+    def save_checkpoint(self, state: TrainState):
+        self.checkpoints.save(self.accelerator, state.global_step, state.to_checkpoint(self.scheduler))
+
+
+def resume_state(run: TrainingRun, resume: bool, resume_from: str | None) -> TrainState:
+    """A fresh state, or the one of the checkpoint to continue from (model, optimizer and RNG states via Accelerate)."""
+    latest = Path(resume_from) if resume_from else run.checkpoints.latest() if resume else None
+    if latest is None:
+        if resume:
+            run.log("--resume: no checkpoint in %s yet, starting from scratch", run.checkpoints.folder)
+        return TrainState()
+    saved = verify_checkpoint(latest)
+    run.accelerator.load_state(str(latest))
+    state = TrainState.from_checkpoint(saved, run.scheduler)
+    run.log("resumed from %s (epoch %d, step %d)", latest, state.epoch, state.global_step)
+    return state
+
+
+@dataclass
+class EpochEnd:
+    train_loss: float  # mean loss of this process's optimizer steps since the epoch (re)started
+    stopped_by: str | None = None  # the signal that asked the run to stop
+    out_of_steps: bool = False  # --max_steps reached
+    complete: bool = True  # every batch of the epoch was trained on
+
+
+def _global_count(accelerator, count) -> torch.Tensor:
+    return accelerator.reduce(torch.as_tensor(count, device=accelerator.device), "sum")
+
+
+def optimizer_step(run: TrainingRun, micro_batches: list[dict]) -> tuple[float | None, float]:
+    """One optimizer step over `micro_batches` (this process's part). Returns (loss, caption loss) of the step, or
+    (None, ·) when a loss was not finite on some process and the step was skipped."""
+    accelerator, model, args = run.accelerator, run.model, run.args
+    # The counts of the whole step over every process: each micro-batch's loss is then its share of the step's loss
+    # (DDP averages gradients over the processes, hence the division).
+    num_targets = _global_count(accelerator, sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches))
+    num_captions = _global_count(accelerator, sum(len(b["input_ids"]) for b in micro_batches))
+    loss, caption_loss, finite = 0.0, 0.0, True
+    for index, batch in enumerate(micro_batches):
+        if args.blind:
+            batch["encoder_hidden_states"].zero_()
+        last = index == len(micro_batches) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):  # all-reduce the gradients once
+            outputs = model(**batch, return_logits=False, num_items_in_batch=num_targets / accelerator.num_processes,
+                            num_captions_in_batch=num_captions / accelerator.num_processes)
+            # Decided together: every process skips the step if any process's loss is not finite.
+            finite = finite and accelerator.reduce((~torch.isfinite(outputs.loss.detach())).float(), "sum").item() == 0
+            if finite:
+                accelerator.backward(outputs.loss)
+                loss, caption_loss = loss + outputs.loss.item(), caption_loss + outputs.caption_loss.item()
+        run.batches_run += 1
+    if finite:
+        if args.grad_clip > 0:
+            accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
+        run.optimizer.step()
+    run.optimizer.zero_grad()
+    return (loss if finite else None), caption_loss
+
+
+def _count_nonfinite(run: TrainingRun, state: TrainState):
+    """A skipped step is counted; too many in a row stop the run with the last good checkpoint intact."""
+    state.nonfinite_in_a_row += 1
+    state.nonfinite_total += 1
+    logger.warning("non-finite loss at step %d: step skipped (%d in a row)", state.global_step, state.nonfinite_in_a_row)
+    if state.nonfinite_in_a_row >= run.args.max_nonfinite_steps:
+        last_good = run.checkpoints.latest()
+        raise RuntimeError(
+            f"{state.nonfinite_in_a_row} non-finite losses in a row: stopping. "
+            + (f"The last good checkpoint is {last_good}; lower the learning rate or check the data, then --resume."
+               if last_good else "There is no checkpoint yet; lower the learning rate or check the data.")
+        )
+
+
+def train_epoch(run: TrainingRun, state: TrainState, stop) -> EpochEnd:
+    """Train on the rest of epoch `state.epoch`; checkpoint every --checkpoint_every_steps and when asked to stop."""
+    accelerator, args, loader = run.accelerator, run.args, run.loader
+    loader.set_epoch(state.epoch)
+    batches = accelerator.skip_first_batches(loader, state.step_in_epoch) if state.step_in_epoch else loader
+    run.model.train()
+    bar = tqdm(total=len(loader), initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{args.num_epochs}",
+               disable=not accelerator.is_main_process, unit="batch")
+    started, seen, losses = time.perf_counter(), 0, []
+    end = EpochEnd(train_loss=0.0)
+    batches = iter(batches)
+    while micro_batches := list(itertools.islice(batches, args.gradient_accumulation_steps)):
+        for batch in micro_batches:
+            batch.pop("image_index")
+        loss, caption_loss = optimizer_step(run, micro_batches)
+        state.step_in_epoch += len(micro_batches)
+        bar.update(len(micro_batches))
+        if loss is None:
+            _count_nonfinite(run, state)
+            continue
+        state.nonfinite_in_a_row = 0
+        state.global_step += 1
+        losses.append(loss)
+        seen += sum(len(batch["input_ids"]) for batch in micro_batches) * accelerator.num_processes
+        bar.set_postfix(loss=f"{loss:.3f}", captions_per_s=f"{seen / (time.perf_counter() - started):.0f}")
+        accelerator.log({"train/loss": loss, "train/caption_loss": caption_loss,
+                         "train/lr": run.optimizer.param_groups[0]["lr"]}, step=state.global_step)
+        stop_now = accelerator.reduce(torch.tensor(float(stop.requested), device=accelerator.device), "max").item() > 0
+        end.out_of_steps = args.max_steps is not None and state.global_step >= args.max_steps
+        if stop_now or (args.checkpoint_every_steps and state.global_step % args.checkpoint_every_steps == 0):
+            run.save_checkpoint(state)
+        if stop_now:
+            end.stopped_by = stop.signal_name or "signal"
+            break
+        if end.out_of_steps:
+            break
+    bar.close()
+    end.train_loss = sum(losses) / max(len(losses), 1)
+    end.complete = state.step_in_epoch >= len(loader)
+    return end
+
+
+def validate(run: TrainingRun, state: TrainState, end: EpochEnd, split, features):
+    """End of an epoch: caption the validation images, select on BLEU-4 (the best model goes to `best_dir`),
+    decay the learning rate on a plateau, record the epoch and checkpoint."""
+    accelerator = run.accelerator
+    metrics, _ = evaluate_captioner(run.model, split=split, features=features, meteor=False, **run.evaluation)
+    bleu_4 = metrics["bleu_4"]
+    run.scheduler.step(bleu_4)
+    improved = bleu_4 > state.best_bleu_4
+    state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
+    state.history.append({"epoch": state.epoch + 1, "step": state.global_step, "train_loss": round(end.train_loss, 4),
+                          **{k: round(v, 4) for k, v in metrics.items()}})
+    run.log("epoch %d: validation BLEU-1..4 %s, CIDEr-D %.3f%s", state.epoch + 1,
+            " / ".join(f"{metrics[f'bleu_{n}']:.3f}" for n in range(1, 5)), metrics["cider"], " (best so far)" if improved else "")
+    accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=state.global_step)
+    if improved:
+        state.best_bleu_4 = bleu_4
+        if accelerator.is_main_process:
+            accelerator.unwrap_model(run.model).save_pretrained(run.best_dir)
+            run.processor.save_pretrained(run.best_dir)
+    state.epoch, state.step_in_epoch = state.epoch + 1, 0
+    run.save_checkpoint(state)
+
+
+def finish(run: TrainingRun, state: TrainState, test_split, features, output_dir: Path, record: dict) -> dict:
+    """The best model on the test split with every metric; the Hub-ready folder (model, processor, metrics.json,
+    test captions, attention example, model card). `record` has the arguments (model/data/training dicts) and
+    the number of training images. Returns metrics.json's content plus `test_examples`."""
+    accelerator, args, processor = run.accelerator, run.args, run.processor
+    final = (ShowAttendTellForConditionalGeneration.from_pretrained(run.best_dir) if run.best_dir.is_dir()
+             else accelerator.unwrap_model(run.model))
+    final.to(accelerator.device)
+    test_metrics, test_captions = evaluate_captioner(final, split=test_split, features=features, **run.evaluation)
+    run_metrics = RunMetrics(
+        test=test_metrics,
+        validation_best_bleu_4=state.best_bleu_4,
+        history=state.history,
+        steps=state.global_step,
+        nonfinite_steps_skipped=state.nonfinite_total,
+        eval=EvalSettings(num_beams=args.eval_num_beams, max_new_tokens=args.eval_max_new_tokens, blind=args.blind),
+        dataset=record["data"]["dataset"],
+        num_train_images=record["num_train_images"],
+        training=TrainingRecord(steps=state.global_step, mixed_precision=accelerator.mixed_precision,
+                                num_processes=accelerator.num_processes, device=accelerator.device.type),
+        vocab_size=len(processor.tokenizer),
+    )
+    results = run_metrics.to_dict()
+    test_examples = [{"image_id": i, "caption": c, "references": list(r)}
+                     for i, c, r in zip(test_split["image_id"], test_captions, test_split["captions"])]
+    if accelerator.is_main_process:
+        final.save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+        run_metrics.save(output_dir)
+        (output_dir / "test_captions.json").write_text(json.dumps(test_examples, indent=1))
+        write_attention_example(final, processor, test_split[0]["image"], output_dir / "attention_example.png", args.eval_num_beams)
+        write_model_card(output_dir, results, model_args=record["model"], training_args=record["training"], data_args=record["data"])
+        run.log("test (beam %d): %s", args.eval_num_beams, ", ".join(f"{k} {v:.4f}" for k, v in test_metrics.items() if isinstance(v, float)))
+        run.log("wrote the model, processor, metrics.json, model card and attention_example.png to %s", output_dir)
+        if args.push_to_hub:
+            push_to_hub(output_dir, args.hub_model_id)
+            run.log("pushed %s to https://huggingface.co/%s", output_dir, args.hub_model_id)
+    return {**results, "test_examples": test_examples}
+
+
+def write_attention_example(model, processor, image, path: Path, num_beams: int):
+    """The Show-Attend-Tell picture for one test image: where the model looked for each word it wrote."""
+    result = model.caption(image, processor=processor, return_attentions=True, num_beams=num_beams)
+    render_attention_map(image, result["tokens"], result["attentions"], path)
+
+
+def run_epochs(run: TrainingRun, state: TrainState, stop, val_split, val_features) -> str | None:
+    """Epochs until --num_epochs, --max_steps, early stopping or a stop signal; returns the signal's name if one
+    stopped the run (a step checkpoint was saved), else None."""
+    for epoch in range(state.epoch, run.args.num_epochs):
+        state.epoch = epoch
+        end = train_epoch(run, state, stop)
+        if end.stopped_by:
+            return end.stopped_by
+        if not end.complete:
+            return None  # --max_steps mid-epoch: no end-of-epoch evaluation; the step checkpoint (if any) resumes
+        refuse_untrained_run(state.global_step, run.batches_run, state.nonfinite_total)  # before any model is saved
+        validate(run, state, end, val_split, val_features)
+        if state.epochs_without_improvement >= run.args.early_stopping_patience:
+            run.log("early stopping: no BLEU-4 improvement for %d epochs", state.epochs_without_improvement)
+            return None
+        if end.out_of_steps:
+            return None
+    return None

@@ -1,0 +1,100 @@
+# Copyright 2026 The hf-imgcap authors. Apache-2.0.
+"""`metrics.json`, the record of a training run, as a typed structure.
+
+train.py writes it at the end of a run; the model card (hub.py) and users read it. The JSON keys are a published
+layout: renaming a field here renames a key in every run folder, so don't.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class EvalSettings:
+    """How the test captions were generated and scored."""
+
+    num_beams: int
+    max_new_tokens: int
+    blind: bool = False
+    split: str = "test"
+    bleu: str = "COCO-caption BLEU (pycocoevalcap), closest reference length"
+
+
+@dataclass
+class TrainingRecord:
+    """Where and how the run trained."""
+
+    steps: int
+    mixed_precision: str
+    num_processes: int
+    device: str
+
+
+@dataclass
+class RunMetrics:
+    """The content of `metrics.json`. `history` holds one entry per epoch: epoch, step, train_loss and the
+    validation metrics, all rounded to 4 digits."""
+
+    test: dict[str, float]
+    validation_best_bleu_4: float
+    history: list[dict]
+    steps: int
+    nonfinite_steps_skipped: int
+    eval: EvalSettings
+    dataset: str
+    num_train_images: int
+    training: TrainingRecord
+    vocab_size: int
+
+    @property
+    def train_loss_by_epoch(self) -> list[float]:
+        return [entry["train_loss"] for entry in self.history]
+
+    def to_dict(self) -> dict:
+        """The JSON layout, keys in their published order (`train_loss_by_epoch` after `history`)."""
+        content = dataclasses.asdict(self)
+        ordered = {}
+        for key, value in content.items():
+            ordered[key] = value
+            if key == "history":
+                ordered["train_loss_by_epoch"] = self.train_loss_by_epoch
+        return ordered
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls, content: dict) -> "RunMetrics":
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(names - set(content))
+        if missing:
+            raise KeyError(f"missing {', '.join(missing)}")
+        values = {name: content[name] for name in names}
+        values["eval"] = EvalSettings(**values["eval"])
+        values["training"] = TrainingRecord(**values["training"])
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunMetrics":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, folder) -> Path:
+        path = Path(folder) / METRICS_FILE
+        path.write_text(self.to_json())
+        return path
+
+
+def load_run_metrics(path) -> RunMetrics:
+    """Read a run's `metrics.json` (the file, or the run folder holding it); a `ValueError` names the file and
+    what is wrong with it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    try:
+        return RunMetrics.from_json(path.read_text())
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not a metrics.json of an hf-imgcap run: {error}") from None
