@@ -86,8 +86,9 @@ class ShowAttendTellProcessor(ProcessorMixin):
     def model_input_names(self):
         return ["pixel_values", "input_ids", "attention_mask"]
 
-    def load_images(self, images) -> list:
-        """Open every image as 8-bit RGB; a `ValueError` names the first one that cannot be used."""
+    def load_images(self, images, names=None) -> list:
+        """Open every image as 8-bit RGB; a `ValueError` names the first one that cannot be used (by its entry of
+        `names` when given, e.g. the file an in-memory image came from)."""
         if images is None:
             return []
         if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
@@ -97,7 +98,14 @@ class ShowAttendTellProcessor(ProcessorMixin):
         images = list(images)  # also a datasets Column or any other iterable of images
         if len(images) == 0:
             raise ValueError("images is an empty list")
-        return [load_image(image, self.max_image_pixels, describe(image, index)) for index, image in enumerate(images)]
+        names = names or [describe(image, index) for index, image in enumerate(images)]
+        return [load_image(image, self.max_image_pixels, name) for image, name in zip(images, names)]
+
+    def image_pixel_values(self, images, names=None, return_tensors="pt"):
+        """The one image -> `pixel_values` step of the package (size guards, viewer-like decoding, ImageNet
+        preprocessing): `caption()`, the pipeline, the CLI, evaluation, training on images and the feature cache
+        all call it, so they all feed the model the same input and refuse the same images."""
+        return self.image_processor(self.load_images(images, names), return_tensors=return_tensors).pixel_values
 
     def __call__(self, images=None, text=None, return_tensors="pt", max_length=None, padding="longest", **kwargs) -> BatchFeature:
         # Unknown options are an error, not silently dropped: e.g. the image-text-to-text pipeline hands its call
@@ -108,7 +116,7 @@ class ShowAttendTellProcessor(ProcessorMixin):
             raise ValueError("pass images=..., text=... or both")
         data = {}
         if images is not None:
-            data.update(self.image_processor(self.load_images(images), return_tensors=return_tensors))
+            data["pixel_values"] = self.image_pixel_values(images, return_tensors=return_tensors)
         if text is not None:
             if isinstance(text, str):
                 text = [text]
