@@ -43,20 +43,6 @@ def default_tokenizer() -> BertTokenizerFast:
     return BertTokenizerFast.from_pretrained(str(BUNDLED_TOKENIZER_DIR))
 
 
-def decode_captions(tokenizer, sequences, **kwargs) -> list[str]:
-    """Token ids to the captions users see: the one ids->text step of the package.
-
-    `caption()`, the pipeline and the CLI print it (through `ShowAttendTellProcessor.batch_decode`) and evaluation
-    scores it, so a score is always the score of the printed text. WordPiece decoding puts spaces around
-    punctuation ("a man ' s dog isn ' t red ."); `clean_up_tokenization_spaces` joins them back ("a man's dog
-    isn't red."). `tokenizer` may also be a processor.
-    """
-    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-    kwargs.setdefault("skip_special_tokens", True)
-    kwargs.setdefault("clean_up_tokenization_spaces", True)
-    return [caption.strip() for caption in tokenizer.batch_decode(sequences, **kwargs)]
-
-
 class ShowAttendTellProcessor(ProcessorMixin):
     r"""
     Pairs an image processor (resize, center-crop 224, ImageNet mean/std) with a `BertTokenizerFast`.
@@ -141,8 +127,15 @@ class ShowAttendTellProcessor(ProcessorMixin):
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def batch_decode(self, sequences, **kwargs) -> list[str]:
-        """Token ids to captions without special tokens or stray whitespace (see `decode_captions`)."""
-        return decode_captions(self.tokenizer, sequences, **kwargs)
+        """Token ids to the captions users see: the one ids -> text step of the package.
+
+        `caption()`, the pipeline and the CLI print it and evaluation scores it, so a score is always the score of
+        the printed text. WordPiece decoding puts spaces around punctuation ("a man ' s dog isn ' t red .");
+        `clean_up_tokenization_spaces` joins them back ("a man's dog isn't red.").
+        """
+        kwargs.setdefault("skip_special_tokens", True)
+        kwargs.setdefault("clean_up_tokenization_spaces", True)
+        return [caption.strip() for caption in self.tokenizer.batch_decode(sequences, **kwargs)]
 
     def decode(self, sequence, **kwargs) -> str:
         return self.batch_decode([sequence], **kwargs)[0]
