@@ -225,7 +225,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     with accelerator.main_process_first():
         for name, split in splits_to_cache.items():
             caches[name] = build_feature_cache(
-                model, processor.image_processor, split, cache_dir, description=f"encoding {name} images",
+                model, processor, split, cache_dir, description=f"encoding {name} images",
                 show_progress=accelerator.is_main_process,
             )
     if not args.blind:
@@ -235,7 +235,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     pairs, counts = tokenize_captions(train_split, processor.tokenizer, model_args.max_caption_length, valid_images=caches["train"].valid)
     log("training pairs: %s", counts)
     examples = (
-        CaptionPairs(pairs, images=train_split, image_processor=processor.image_processor)
+        CaptionPairs(pairs, images=train_split, processor=processor)
         if args.finetune_encoder
         else CaptionPairs(pairs, features=caches["train"])
     )
@@ -262,9 +262,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         accelerator, model, optimizer, scheduler, loader, processor,
         checkpoints=CheckpointManager(output_dir / "checkpoints", keep=args.checkpoints_to_keep),
         args=args,
-        evaluation=dict(tokenizer=processor.tokenizer, accelerator=accelerator, batch_size=args.eval_batch_size, blind=args.blind,
-                        image_processor=processor.image_processor, num_beams=args.eval_num_beams,
-                        max_new_tokens=args.eval_max_new_tokens, show_progress=False),
+        evaluation=dict(accelerator=accelerator, batch_size=args.eval_batch_size, blind=args.blind,
+                        num_beams=args.eval_num_beams, max_new_tokens=args.eval_max_new_tokens, show_progress=False),
         best_dir=output_dir / "checkpoints" / "best",
     )
     state = resume_state(run, args.resume, args.resume_from)

@@ -22,7 +22,7 @@ from common import interleaved, machine, table  # noqa: E402
 from datasets import Dataset, Image as ImageFeature  # noqa: E402
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration  # noqa: E402
 from hf_imgcap.data.feature_cache import build_feature_cache  # noqa: E402
-from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import default_image_processor  # noqa: E402
+from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import ShowAttendTellProcessor, default_image_processor  # noqa: E402
 
 BATCH = 32
 
@@ -51,12 +51,12 @@ def main(argv=None):
         dataset = Dataset.from_dict({"image": paths}).cast_column("image", ImageFeature())
         torch.manual_seed(0)
         model = ShowAttendTellForConditionalGeneration(ShowAttendTellConfig()).eval()  # ResNet-152
-        image_processor = default_image_processor()
-        prepared = image_processor([Image.open(p).convert("RGB") for p in paths], return_tensors="pt").pixel_values
+        processor = ShowAttendTellProcessor(image_processor=default_image_processor())
+        prepared = processor.image_pixel_values(paths)
         runs = iter(range(10**6))
 
         def build():
-            build_feature_cache(model, image_processor, dataset, work / f"cache{next(runs)}", batch_size=BATCH, show_progress=False)
+            build_feature_cache(model, processor, dataset, work / f"cache{next(runs)}", batch_size=BATCH, show_progress=False)
 
         def bare():
             with torch.inference_mode():

@@ -377,9 +377,8 @@ def evaluate_command(args) -> int:
 
     metrics, _ = evaluate_captioner(
         model,
-        processor.tokenizer,
+        processor,
         split,
-        image_processor=processor.image_processor,
         accelerator=Accelerator(cpu=device.type == "cpu"),
         batch_size=args.batch_size,
         num_beams=args.num_beams,

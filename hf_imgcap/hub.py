@@ -10,6 +10,8 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 
+from hf_imgcap.models.show_attend_tell.configuration_show_attend_tell import ShowAttendTellConfig
+
 logger = logging.getLogger(__name__)
 
 TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"
@@ -39,9 +41,10 @@ def _dataset_name(dataset: str) -> str:
     return Path(dataset).name if Path(dataset).exists() else dataset
 
 
-def render_model_card(results: dict, model_args: dict, training_args: dict, data_args: dict, repo_id: str | None = None,
+def render_model_card(config, results: dict, model_args: dict, training_args: dict, data_args: dict, repo_id: str | None = None,
                       example_image: str = "photo.jpg") -> ModelCard:
-    """The Hub model card of a training run, from its `metrics.json` content (`results`) and arguments."""
+    """The Hub model card of a training run: the model's sizes from its saved `config` (the single source of
+    truth), its numbers from `metrics.json` (`results`), how it was trained from its arguments."""
     test = results.get("test") or {}
     dataset = _dataset_name(data_args.get("dataset") or "unknown")
     is_hub_dataset = "/" in dataset and not Path(data_args.get("dataset", "")).exists()
@@ -75,7 +78,6 @@ def render_model_card(results: dict, model_args: dict, training_args: dict, data
     encoder_description = "ResNet-152 with random weights (a demo: no pretrained weights)" if encoder == "random" else f"ResNet ({encoder})"
     tokenizer = model_args.get("tokenizer", "bert-base-uncased")
     eval_settings = results.get("eval", {})
-    grid = math.ceil(model_args.get("image_size", 224) / 32)
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
@@ -83,10 +85,10 @@ def render_model_card(results: dict, model_args: dict, training_args: dict, data
         repo_id=repo_id or "path/to/this/folder",
         example_image=example_image,
         encoder_description=encoder_description,
-        encoder_channels=2048,
-        image_size=model_args.get("image_size", 224),
-        grid=grid,
-        vocab_size=results.get("vocab_size", "?"),
+        encoder_channels=config.encoder_hidden_size,
+        image_size=config.image_size,
+        grid=math.isqrt(config.num_regions),
+        vocab_size=config.vocab_size,
         tokenizer_description="bert-base-uncased" if tokenizer == "bert-base-uncased" else (
             "the frequent words of the training captions" if tokenizer == "captions" else tokenizer),
         random_encoder=encoder == "random",
@@ -101,16 +103,23 @@ def render_model_card(results: dict, model_args: dict, training_args: dict, data
         num_train_images=results.get("num_train_images", "?"),
         best_bleu_4=f"{results['validation_best_bleu_4']:.4f}" if isinstance(results.get("validation_best_bleu_4"), (int, float)) else "n/a",
         steps=results.get("steps", "?"),
-        **{k: model_args.get(k) for k in ("embedding_size", "attention_size", "hidden_size", "dropout", "attention_regularization")},
+        **{k: getattr(config, k) for k in ("embedding_size", "attention_size", "hidden_size", "dropout", "attention_regularization")},
         **{k: training_args.get(k) for k in ("learning_rate", "encoder_learning_rate", "finetune_encoder", "batch_size",
                                              "gradient_accumulation_steps", "grad_clip", "lr_decay_factor", "lr_decay_patience",
                                              "early_stopping_patience", "mixed_precision")},
     )
 
 
+def saved_config(folder):
+    """The `ShowAttendTellConfig` saved in `folder`: what the card says about the model comes from here."""
+    if not (Path(folder) / "config.json").is_file():
+        raise ValueError(f"{folder} holds no config.json: save the model there before writing its card")
+    return ShowAttendTellConfig.from_pretrained(folder)
+
+
 def write_model_card(folder, results: dict, model_args: dict, training_args: dict, data_args: dict, repo_id: str | None = None,
                      example_image: str = "photo.jpg") -> Path:
-    card = render_model_card(results, model_args, training_args, data_args, repo_id=repo_id or training_args.get("hub_model_id"),
+    card = render_model_card(saved_config(folder), results, model_args, training_args, data_args, repo_id=repo_id or training_args.get("hub_model_id"),
                              example_image=example_image)
     path = Path(folder) / "README.md"
     if path.is_symlink():  # write the card in the folder, never through a link into some other file

@@ -22,7 +22,7 @@ def dataset(tmp_path_factory):
 
 def build(model, processor, split, cache_dir, **kwargs):
     kwargs = {"batch_size": 4, "num_workers": 0, "show_progress": False, **kwargs}
-    return build_feature_cache(model, processor.image_processor, split, cache_dir, **kwargs)
+    return build_feature_cache(model, processor, split, cache_dir, **kwargs)
 
 
 def test_cache_equals_a_direct_encoder_run_and_is_fp16_memory_mapped(dataset, tmp_path):
@@ -115,7 +115,7 @@ def test_training_pairs_pad_per_batch_with_labels_ignoring_padding(dataset, tmp_
     loss = model(**{k: v for k, v in batch.items() if k != "image_index"}).loss
     assert torch.isfinite(loss)
     # From images instead of the cache: the same model input, as pixel_values.
-    from_images = CaptionPairs(pairs, images=dataset["train"], image_processor=processor.image_processor)
+    from_images = CaptionPairs(pairs, images=dataset["train"], processor=processor)
     pixel_batch = collate_captions([from_images[i] for i in (0, 1, 2)])
     with torch.no_grad():
         features = model.get_image_features(pixel_batch["pixel_values"])
@@ -131,7 +131,7 @@ def test_builders_running_at_the_same_time_on_one_cache_folder_all_succeed_with_
     processor = tiny_processor()
     models = [tiny_model(seed=0) for _ in range(4)]
     with ThreadPoolExecutor(len(models)) as pool:
-        futures = [pool.submit(build_feature_cache, model, processor.image_processor, dataset["train"], tmp_path,
+        futures = [pool.submit(build_feature_cache, model, processor, dataset["train"], tmp_path,
                                batch_size=1, num_workers=0, show_progress=False) for model in models]
         caches = [future.result() for future in futures]  # re-raises a builder's exception
     assert len({cache.folder for cache in caches}) == 1

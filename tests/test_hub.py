@@ -77,6 +77,7 @@ def test_card_parses_and_carries_the_exact_numbers_of_the_metrics_file(run_folde
 
 
 def test_a_run_without_test_metrics_says_so(run_folder, tmp_path):
+    shutil.copy(run_folder[0] / "config.json", tmp_path)
     card = ModelCard.load(write_model_card(tmp_path, {}, ARGUMENTS["model"], ARGUMENTS["training"], ARGUMENTS["data"]))
     assert "This run has no test metrics" in card.text
     assert not card.data.eval_results and "model-index" not in card.content
@@ -177,3 +178,19 @@ def test_a_folder_without_a_model_is_not_pushed(tmp_path):
     (tmp_path / "metrics.json").write_text("{}")
     with pytest.raises(ValueError, match="config.json"):
         hub_files(tmp_path)
+
+
+def test_card_states_the_sizes_of_the_saved_config_not_the_training_arguments(run_folder, tmp_path):
+    """Issue 11: the config is the single source of truth. The card read the model sizes from training_args.json
+    (with its own defaults: 224 px, 2048 channels), so a run whose arguments no longer re-declare the sizes, or a
+    tiny encoder, got a card describing some other model."""
+    folder = tmp_path / "run"
+    shutil.copytree(run_folder[0], folder)
+    arguments = {**ARGUMENTS, "model": {"encoder": "random", "tokenizer": "bert-base-uncased"}}  # no sizes
+    (folder / "training_args.json").write_text(json.dumps(arguments))
+    text = ModelCard.load(write_model_card_from_folder(folder)).text
+    config = tiny_model().config
+    assert f"turns a 64×64 image into a 2×2 grid of {config.encoder_hidden_size}-channel features" in text
+    assert "Decoder: embedding 16, attention 16, LSTM 16, dropout 0.0," in text
+    assert f"{config.vocab_size}-token WordPiece vocabulary" in text
+    assert "None" not in text

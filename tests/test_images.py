@@ -421,7 +421,7 @@ def image_dataset(paths) -> datasets.Dataset:
 
 def build(dataset, cache_dir):
     model, processor = tiny_model(), tiny_processor()
-    cache = build_feature_cache(model, processor.image_processor, dataset, cache_dir, batch_size=4, num_workers=0, show_progress=False)
+    cache = build_feature_cache(model, processor, dataset, cache_dir, batch_size=4, num_workers=0, show_progress=False)
     return model, processor, cache
 
 
@@ -582,7 +582,47 @@ def test_images_without_features_are_not_scored(images, tmp_path, caplog):
     model, processor, cache = build(split, tmp_path / "cache")
     assert cache.valid.tolist() == [True, False, True]
     with caplog.at_level(logging.WARNING):
-        metrics, predictions = evaluate_captioner(model, processor.tokenizer, split, features=cache, meteor=False,
+        metrics, predictions = evaluate_captioner(model, processor, split, features=cache, meteor=False,
                                                   num_beams=1, max_new_tokens=3, show_progress=False)
     assert metrics["num_images"] == 2 and predictions[1] is None and isinstance(predictions[0], str)
     assert str(paths[1]) in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- one pixel path
+def test_one_image_to_pixels_path_serves_cache_training_evaluation_and_caption(tmp_path):
+    """Issue 11: evaluation, training on images and the feature cache opened images themselves (load_image with
+    their own limits, then the bare image processor), so the processor's size guard did not apply to them. Now the
+    processor is the only place an image becomes pixel_values: every entry point gives the same input and refuses
+    the same images."""
+    from hf_imgcap.data.training_data import CaptionPairs, tokenize_captions
+    from hf_imgcap.evaluation.generation import generate_captions
+
+    model, processor = tiny_model(), tiny_processor()
+    processor.max_image_pixels = 100 * 100
+    rng = np.random.default_rng(0)
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    Image.fromarray(rng.integers(0, 255, (80, 72, 3), dtype=np.uint8)).save(small)
+    Image.fromarray(rng.integers(0, 255, (120, 120, 3), dtype=np.uint8)).save(large)
+
+    def split_of(path):
+        return datasets.Dataset.from_dict({"image": [str(path)], "captions": [["a square"]]}).cast_column("image", datasets.Image())
+
+    options = dict(num_beams=1, max_new_tokens=4)
+    expected = processor(images=[str(small)]).pixel_values
+    pairs, _ = tokenize_captions(split_of(small), processor.tokenizer, max_length=8)
+    assert torch.equal(CaptionPairs(pairs, images=split_of(small), processor=processor)[0]["pixel_values"], expected[0])
+    cache = build_feature_cache(model, processor, split_of(small), tmp_path / "cache", num_workers=0, show_progress=False)
+    with torch.no_grad():
+        torch.testing.assert_close(cache[0], model.get_image_features(expected)[0].half(), rtol=0, atol=0)
+    shown = model.caption(str(small), processor, **options)
+    assert generate_captions(model, processor, split_of(small), show_progress=False, **options) == [shown]
+
+    # The processor's size guard holds on every path, with the file named.
+    with pytest.raises(ValueError, match="large.png"):
+        model.caption(str(large), processor, **options)
+    with pytest.raises(ValueError, match="large.png"):
+        generate_captions(model, processor, split_of(large), show_progress=False, **options)
+    with pytest.raises(ValueError, match="large.png"):
+        CaptionPairs(pairs, images=split_of(large), processor=processor)[0]
+    refused = build_feature_cache(model, processor, split_of(large), tmp_path / "cache", num_workers=0, show_progress=False)
+    assert refused.valid.tolist() == [False] and "large.png" in refused.invalid_images[0]["reason"]

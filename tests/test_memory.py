@@ -96,7 +96,7 @@ def cache(folder, out):
     def job():
         paths = sorted(str(path) for path in Path(folder).iterdir())
         dataset = datasets.Dataset.from_dict({"image": paths}).cast_column("image", datasets.Image())
-        built = build_feature_cache(model, processor.image_processor, dataset, out, batch_size=64, num_workers=0,
+        built = build_feature_cache(model, processor, dataset, out, batch_size=64, num_workers=0,
                                     show_progress=False)
         return {"cached": int(built.valid.sum())}
     return job

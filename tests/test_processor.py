@@ -84,9 +84,20 @@ def test_evaluation_scores_exactly_the_caption_users_see():
     shown = model.caption(image, processor, **options)
     assert shown == reference
 
-    for decoder in (processor.tokenizer, processor):  # what train.py and the CLI pass
-        metrics, scored = evaluate_captioner(
-            model, decoder, split, image_processor=processor.image_processor, meteor=False, show_progress=False, **options
-        )
-        assert scored == [shown]
-        assert metrics["bleu_4"] == pytest.approx(1.0, abs=1e-6)
+    metrics, scored = evaluate_captioner(model, processor, split, meteor=False, show_progress=False, **options)
+    assert scored == [shown]
+    assert metrics["bleu_4"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_token_ids_become_text_only_in_the_processor():
+    """Issue 11: one ids -> text path. Evaluation decoded through a module-level helper fed a bare tokenizer, a
+    second door beside processor.batch_decode; any other decode site could again score text users never see."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    decoding = re.compile(r"tokenizer\.(batch_)?decode\(|decode_captions")
+    sources = [*sorted((root / "hf_imgcap").rglob("*.py")), root / "train.py"]
+    offenders = [f"{path.relative_to(root)}:{number}" for path in sources if path.name != "processing_show_attend_tell.py"
+                 for number, line in enumerate(path.read_text().splitlines(), 1) if decoding.search(line)]
+    assert offenders == []

@@ -263,12 +263,19 @@ def read_token_file(token_file: Path, image_names: set[str], report: LoadReport,
     return captions
 
 
+def _captioned_images(root: Path, caption_name: str, read_captions, image_dir: Path | None, report: LoadReport) -> tuple:
+    """What the Flickr8k and Kaggle layouts share: their caption file, the image folder beside it (or `image_dir`),
+    the usable image names in it, name -> reason for those refused, and the captions of the usable images."""
+    caption_file = _find(root, caption_name)
+    found_dir = _find_image_dir(root, caption_file, image_dir)
+    image_names, outside_names = _image_names(found_dir, _dataset_roots(root, image_dir))
+    captions = read_captions(caption_file, image_names, report, outside_names)
+    return caption_file, found_dir, image_names, outside_names, captions
+
+
 def _read_flickr8k(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
-    token_file = _find(root, "Flickr8k.token.txt")
-    roots = _dataset_roots(root, image_dir)
-    image_dir = _find_image_dir(root, token_file, image_dir)
-    image_names, outside_names = _image_names(image_dir, roots)
-    captions = read_token_file(token_file, image_names, report, outside_names)
+    token_file, image_dir, image_names, outside_names, captions = _captioned_images(
+        root, "Flickr8k.token.txt", read_token_file, image_dir, report)
     split_files = _find_split_files(root, token_file)
     missing = [OFFICIAL_SPLIT_FILES[split] for split, path in split_files.items() if path is None]
     if missing:
@@ -360,11 +367,8 @@ def read_kaggle_captions(caption_file: Path, image_names: set[str], report: Load
 
 
 def _read_kaggle(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
-    caption_file = _find(root, "captions.txt")
-    roots = _dataset_roots(root, image_dir)
-    image_dir = _find_image_dir(root, caption_file, image_dir)
-    image_names, outside_names = _image_names(image_dir, roots)
-    captions = read_kaggle_captions(caption_file, image_names, report, outside_names)
+    caption_file, image_dir, image_names, outside_names, captions = _captioned_images(
+        root, "captions.txt", read_kaggle_captions, image_dir, report)
 
     # The official split files, when the user put them next to captions.txt: the same split as the papers.
     split_files = _find_split_files(root, caption_file)

@@ -32,7 +32,6 @@ from datasets import Dataset, Image
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from hf_imgcap.models.show_attend_tell.image_loading import load_image
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +40,11 @@ FEATURE_FORMAT_VERSION = "rms-normalized-fp16-v1"
 
 
 # ---------------------------------------------------------------------------------------------- keys
-def encoder_fingerprint(model, image_processor) -> str:
+def encoder_fingerprint(model, processor) -> str:
     """Hash of everything that determines the features: encoder weights, preprocessing, feature format."""
     digest = hashlib.sha256(FEATURE_FORMAT_VERSION.encode())
     digest.update(str(model.config.image_size).encode())
-    digest.update(image_processor.to_json_string().encode())
+    digest.update(processor.image_processor.to_json_string().encode())
     for name, tensor in sorted(model.encoder.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -161,14 +160,15 @@ class FeatureCache:
 
 
 # ---------------------------------------------------------------------------------------------- building
-class _ImageLoading(torch.utils.data.Dataset):
-    """Decodes images in DataLoader workers; a bad image becomes an error message, never an exception.
-    Rows are read one at a time from the (memory-mapped) dataset, so memory does not grow with its size."""
+class _ImagePixels(torch.utils.data.Dataset):
+    """Turns images into pixel_values (through the processor) in DataLoader workers; a bad image becomes an
+    error message, never an exception. Rows are read one at a time from the (memory-mapped) dataset, so memory
+    does not grow with its size."""
 
-    def __init__(self, dataset: Dataset, start: int, max_pixels: int):
+    def __init__(self, dataset: Dataset, start: int, processor):
         self.images = dataset.select_columns(["image"]).cast_column("image", Image(decode=False))
         self.start = start
-        self.max_pixels = max_pixels
+        self.processor = processor
 
     def __len__(self):
         return len(self.images) - self.start
@@ -178,36 +178,33 @@ class _ImageLoading(torch.utils.data.Dataset):
         name = struct.get("path") or f"image #{self.start + index}"
         try:
             source = struct["path"] if struct.get("bytes") is None else struct["bytes"]
-            return index, load_image(source, self.max_pixels, name), None
+            return index, self.processor.image_pixel_values([source], names=[name])[0], None
         except ValueError as error:
             return index, None, str(error)
 
 
-def _preprocess_batch(image_processor):
-    def collate(items):
-        good = [(index, image) for index, image, error in items if error is None]
-        errors = [(index, error) for index, image, error in items if error is not None]
-        pixels = image_processor([image for _, image in good], return_tensors="pt").pixel_values if good else None
-        return [index for index, _ in good], pixels, errors
-
-    return collate
+def _collate_pixels(items):
+    good = [(index, pixels) for index, pixels, error in items if error is None]
+    errors = [(index, error) for index, pixels, error in items if error is not None]
+    pixels = torch.stack([pixels for _, pixels in good]) if good else None
+    return [index for index, _ in good], pixels, errors
 
 
 def build_feature_cache(
     model,
-    image_processor,
+    processor,
     dataset: Dataset,
     cache_dir,
     *,
     batch_size: int = 32,
     num_workers: int | None = None,
-    max_image_pixels: int = 89_478_485,
     description: str = "caching features",
     show_progress: bool = True,
 ) -> FeatureCache:
     """Encode every image of `dataset` once with `model.get_image_features` and store the result; return the
-    cache. A complete cache with the same keys is reused without running the encoder."""
-    folder = Path(cache_dir) / encoder_fingerprint(model, image_processor)[:16] / images_fingerprint(dataset)[:16]
+    cache. A complete cache with the same keys is reused without running the encoder. Images become pixels
+    through `processor` (the model's `ShowAttendTellProcessor`), its size guards included."""
+    folder = Path(cache_dir) / encoder_fingerprint(model, processor)[:16] / images_fingerprint(dataset)[:16]
     meta = _read_meta(folder)
     if meta and meta.get("complete"):  # complete caches are never written again: no lock needed to read one
         logger.info("%s: reusing the feature cache in %s", description, folder)
@@ -225,13 +222,13 @@ def build_feature_cache(
         if meta and meta.get("complete"):
             logger.info("%s: reusing the feature cache in %s", description, folder)
             return FeatureCache(folder)
-        return _build_locked(model, image_processor, dataset, folder, meta, batch_size=batch_size, num_workers=num_workers,
-                             max_image_pixels=max_image_pixels, description=description, show_progress=show_progress)
+        return _build_locked(model, processor, dataset, folder, meta, batch_size=batch_size, num_workers=num_workers,
+                             description=description, show_progress=show_progress)
     finally:
         lock.release()
 
 
-def _build_locked(model, image_processor, dataset, folder: Path, meta, *, batch_size, num_workers, max_image_pixels,
+def _build_locked(model, processor, dataset, folder: Path, meta, *, batch_size, num_workers,
                   description, show_progress) -> FeatureCache:
     meta_file = folder / "meta.json"
     num_images = len(dataset)
@@ -258,10 +255,10 @@ def _build_locked(model, image_processor, dataset, folder: Path, meta, *, batch_
 
     done = processed = meta["done"]
     loader = torch.utils.data.DataLoader(
-        _ImageLoading(dataset, done, max_image_pixels),
+        _ImagePixels(dataset, done, processor),
         batch_size=batch_size,
         num_workers=_default_workers() if num_workers is None else num_workers,
-        collate_fn=_preprocess_batch(image_processor),
+        collate_fn=_collate_pixels,
     )
     header_size = np.load(features_file, mmap_mode="r").offset
     row_bytes = int(np.prod(shape[1:])) * 2

@@ -51,16 +51,16 @@ def tokenize_captions(split: Dataset, tokenizer, max_length: int, valid_images=N
 
 class CaptionPairs(torch.utils.data.Dataset):
     """(image, caption) pairs for a DataLoader. Give `features` (a `FeatureCache`) to read cached encoder
-    output, or `images` (the split's `Dataset`) with an `image_processor` to return `pixel_values`."""
+    output, or `images` (the split's `Dataset`) with the model's `processor` to return `pixel_values`."""
 
-    def __init__(self, pairs: Dataset, features=None, images: Dataset | None = None, image_processor=None):
+    def __init__(self, pairs: Dataset, features=None, images: Dataset | None = None, processor=None):
         if (features is None) == (images is None):
             raise ValueError("give exactly one of features= (a FeatureCache) or images= (a Dataset)")
         self.image_index = list(pairs["image_index"])
         self.input_ids = list(pairs["input_ids"])
         self.features = features
         self.images = images
-        self.image_processor = image_processor
+        self.processor = processor
 
     def __len__(self):
         return len(self.input_ids)
@@ -71,10 +71,7 @@ class CaptionPairs(torch.utils.data.Dataset):
         if self.features is not None:
             item["encoder_hidden_states"] = self.features[image_index]
         else:
-            from hf_imgcap.models.show_attend_tell.image_loading import load_image
-
-            image = self.images[image_index]["image"]
-            item["pixel_values"] = self.image_processor(load_image(image), return_tensors="pt").pixel_values[0]
+            item["pixel_values"] = self.processor.image_pixel_values(self.images[image_index]["image"])[0]
         return item
 
 

@@ -12,18 +12,16 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from hf_imgcap.evaluation.caption_metrics import compute_caption_metrics
-from hf_imgcap.models.show_attend_tell.image_loading import load_image
-from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import decode_captions
 
 logger = logging.getLogger(__name__)
 
 
 class _ImageInputs(torch.utils.data.Dataset):
-    """Index i -> (i, model input for image i): cached features, or pixels from the image file."""
+    """Index i -> (i, model input for image i): cached features, or pixels from the image through the processor."""
 
-    def __init__(self, num_images, features=None, images=None, image_processor=None, blind=False):
+    def __init__(self, num_images, features=None, images=None, processor=None, blind=False):
         self.num_images = num_images
-        self.features, self.images, self.image_processor, self.blind = features, images, image_processor, blind
+        self.features, self.images, self.processor, self.blind = features, images, processor, blind
 
     def __len__(self):
         return self.num_images
@@ -32,18 +30,16 @@ class _ImageInputs(torch.utils.data.Dataset):
         if self.features is not None:
             features = self.features[index]
             return index, torch.zeros_like(features) if self.blind else features
-        image = load_image(self.images[index]["image"])
-        return index, self.image_processor(image, return_tensors="pt").pixel_values[0]
+        return index, self.processor.image_pixel_values(self.images[index]["image"])[0]
 
 
 @torch.no_grad()
 def generate_captions(
     model,
-    tokenizer,
+    processor,
     split,
     *,
     features=None,
-    image_processor=None,
     accelerator: Accelerator | None = None,
     batch_size: int = 32,
     blind: bool = False,
@@ -52,12 +48,12 @@ def generate_captions(
 ) -> list[str]:
     """Caption every image of `split` (in order) with `model.generate(**generate_kwargs)`.
 
-    `tokenizer` is the model's tokenizer or its processor; captions are decoded as the processor decodes them.
-    Image inputs come from `features` (a `FeatureCache` of this split) or from the images through
-    `image_processor`. `blind=True` replaces the features with zeros: the image-blind baseline.
+    `processor` is the model's `ShowAttendTellProcessor`: images become pixels and ids become text through it
+    alone. Image inputs come from `features` (a `FeatureCache` of this split) or from the split's images.
+    `blind=True` replaces the features with zeros: the image-blind baseline.
     """
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-    inputs = _ImageInputs(len(split), features, None if features is not None else split, image_processor, blind)
+    inputs = _ImageInputs(len(split), features, None if features is not None else split, processor, blind)
     loader = accelerator.prepare_data_loader(torch.utils.data.DataLoader(inputs, batch_size=batch_size))
     unwrapped = accelerator.unwrap_model(model)
     was_training = unwrapped.training
@@ -79,14 +75,14 @@ def generate_captions(
         raise RuntimeError(f"evaluation gathered {len(order)} captions for {len(split)} images")
     captions = [None] * len(split)
     # Exactly the text caption(), the pipeline and the CLI print: scores are of what users see.
-    for index, caption in zip(order, decode_captions(tokenizer, collected_sequences)):
+    for index, caption in zip(order, processor.batch_decode(collected_sequences)):
         captions[index] = caption
     return captions
 
 
-def evaluate_captioner(model, tokenizer, split, *, meteor=None, **kwargs) -> tuple[dict, list[str]]:
+def evaluate_captioner(model, processor, split, *, meteor=None, **kwargs) -> tuple[dict, list[str]]:
     """Generate captions for `split` (see `generate_captions`) and score them against its references."""
-    predictions = generate_captions(model, tokenizer, split, **kwargs)
+    predictions = generate_captions(model, processor, split, **kwargs)
     references = [list(captions) for captions in split["captions"]]
     # An image the feature cache could not encode (a broken file, with verify_images off) has all-zero features:
     # its caption says nothing about the model, so it is left out of the metrics (its prediction is None).

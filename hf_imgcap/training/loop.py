@@ -193,7 +193,7 @@ def validate(run: TrainingRun, state: TrainState, end: EpochEnd, split, features
     """End of an epoch: caption the validation images, select on BLEU-4 (the best model goes to `best_dir`),
     decay the learning rate on a plateau, record the epoch and checkpoint."""
     accelerator = run.accelerator
-    metrics, _ = evaluate_captioner(run.model, split=split, features=features, meteor=False, **run.evaluation)
+    metrics, _ = evaluate_captioner(run.model, run.processor, split, features=features, meteor=False, **run.evaluation)
     bleu_4 = metrics["bleu_4"]
     run.scheduler.step(bleu_4)
     improved = bleu_4 > state.best_bleu_4
@@ -220,7 +220,7 @@ def finish(run: TrainingRun, state: TrainState, test_split, features, output_dir
     final = (ShowAttendTellForConditionalGeneration.from_pretrained(run.best_dir) if run.best_dir.is_dir()
              else accelerator.unwrap_model(run.model))
     final.to(accelerator.device)
-    test_metrics, test_captions = evaluate_captioner(final, split=test_split, features=features, **run.evaluation)
+    test_metrics, test_captions = evaluate_captioner(final, run.processor, test_split, features=features, **run.evaluation)
     run_metrics = RunMetrics(
         test=test_metrics,
         validation_best_bleu_4=state.best_bleu_4,

@@ -43,20 +43,6 @@ def default_tokenizer() -> BertTokenizerFast:
     return BertTokenizerFast.from_pretrained(str(BUNDLED_TOKENIZER_DIR))
 
 
-def decode_captions(tokenizer, sequences, **kwargs) -> list[str]:
-    """Token ids to the captions users see: the one ids->text step of the package.
-
-    `caption()`, the pipeline and the CLI print it (through `ShowAttendTellProcessor.batch_decode`) and evaluation
-    scores it, so a score is always the score of the printed text. WordPiece decoding puts spaces around
-    punctuation ("a man ' s dog isn ' t red ."); `clean_up_tokenization_spaces` joins them back ("a man's dog
-    isn't red."). `tokenizer` may also be a processor.
-    """
-    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-    kwargs.setdefault("skip_special_tokens", True)
-    kwargs.setdefault("clean_up_tokenization_spaces", True)
-    return [caption.strip() for caption in tokenizer.batch_decode(sequences, **kwargs)]
-
-
 class ShowAttendTellProcessor(ProcessorMixin):
     r"""
     Pairs an image processor (resize, center-crop 224, ImageNet mean/std) with a `BertTokenizerFast`.
@@ -86,8 +72,9 @@ class ShowAttendTellProcessor(ProcessorMixin):
     def model_input_names(self):
         return ["pixel_values", "input_ids", "attention_mask"]
 
-    def load_images(self, images) -> list:
-        """Open every image as 8-bit RGB; a `ValueError` names the first one that cannot be used."""
+    def load_images(self, images, names=None) -> list:
+        """Open every image as 8-bit RGB; a `ValueError` names the first one that cannot be used (by its entry of
+        `names` when given, e.g. the file an in-memory image came from)."""
         if images is None:
             return []
         if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
@@ -97,7 +84,14 @@ class ShowAttendTellProcessor(ProcessorMixin):
         images = list(images)  # also a datasets Column or any other iterable of images
         if len(images) == 0:
             raise ValueError("images is an empty list")
-        return [load_image(image, self.max_image_pixels, describe(image, index)) for index, image in enumerate(images)]
+        names = names or [describe(image, index) for index, image in enumerate(images)]
+        return [load_image(image, self.max_image_pixels, name) for image, name in zip(images, names)]
+
+    def image_pixel_values(self, images, names=None, return_tensors="pt"):
+        """The one image -> `pixel_values` step of the package (size guards, viewer-like decoding, ImageNet
+        preprocessing): `caption()`, the pipeline, the CLI, evaluation, training on images and the feature cache
+        all call it, so they all feed the model the same input and refuse the same images."""
+        return self.image_processor(self.load_images(images, names), return_tensors=return_tensors).pixel_values
 
     def __call__(self, images=None, text=None, return_tensors="pt", max_length=None, padding="longest", **kwargs) -> BatchFeature:
         # Unknown options are an error, not silently dropped: e.g. the image-text-to-text pipeline hands its call
@@ -108,7 +102,7 @@ class ShowAttendTellProcessor(ProcessorMixin):
             raise ValueError("pass images=..., text=... or both")
         data = {}
         if images is not None:
-            data.update(self.image_processor(self.load_images(images), return_tensors=return_tensors))
+            data["pixel_values"] = self.image_pixel_values(images, return_tensors=return_tensors)
         if text is not None:
             if isinstance(text, str):
                 text = [text]
@@ -133,8 +127,15 @@ class ShowAttendTellProcessor(ProcessorMixin):
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def batch_decode(self, sequences, **kwargs) -> list[str]:
-        """Token ids to captions without special tokens or stray whitespace (see `decode_captions`)."""
-        return decode_captions(self.tokenizer, sequences, **kwargs)
+        """Token ids to the captions users see: the one ids -> text step of the package.
+
+        `caption()`, the pipeline and the CLI print it and evaluation scores it, so a score is always the score of
+        the printed text. WordPiece decoding puts spaces around punctuation ("a man ' s dog isn ' t red .");
+        `clean_up_tokenization_spaces` joins them back ("a man's dog isn't red.").
+        """
+        kwargs.setdefault("skip_special_tokens", True)
+        kwargs.setdefault("clean_up_tokenization_spaces", True)
+        return [caption.strip() for caption in self.tokenizer.batch_decode(sequences, **kwargs)]
 
     def decode(self, sequence, **kwargs) -> str:
         return self.batch_decode([sequence], **kwargs)[0]
