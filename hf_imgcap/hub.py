@@ -10,6 +10,7 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
 
+from hf_imgcap.models import show_attend_tell
 from hf_imgcap.models.show_attend_tell.configuration_show_attend_tell import ShowAttendTellConfig
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,8 @@ METRIC_LABELS = {
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
                    "special_tokens_map.json", "added_tokens.json")
-REMOTE_CODE_FILES = ("configuration_show_attend_tell.py", "modeling_show_attend_tell.py", "processing_show_attend_tell.py",
-                     "pipeline_show_attend_tell.py", "image_loading.py")
+# The remote-code bundle is every module of the model's folder (save_pretrained copies them next to the weights).
+REMOTE_CODE_FILES = tuple(sorted(f.name for f in Path(show_attend_tell.__file__).parent.glob("*.py") if f.name != "__init__.py"))
 RUN_RECORD_FILES = ("README.md", "metrics.json", "training_args.json", "test_captions.json", "attention_example.png")
 HUB_FILE_NAMES = frozenset(MODEL_FILES + PROCESSOR_FILES + REMOTE_CODE_FILES + RUN_RECORD_FILES)
 WEIGHT_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")  # save_pretrained's names for a sharded model
