@@ -248,17 +248,7 @@ class ShowAttendTellForConditionalGeneration(
             self.encoder.eval()  # BatchNorm statistics of a frozen encoder must never move
         return self
 
-    def get_input_embeddings(self):
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.embed_tokens = value
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head = new_embeddings
+    # get/set_input_embeddings and get/set_output_embeddings: transformers' defaults (`embed_tokens`, `lm_head`).
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Encode images to the `(batch, regions, channels)` map the decoder attends over (7×7×2048 at 224²).
