@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_imgcap.evaluation.attention_maps import render_attention_map
+from hf_imgcap.evaluation.attention_maps import model_view_crop_fraction, render_attention_map
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 MAX_PATH_COLUMN = 60  # table mode: longer paths push their caption to the right instead of widening every row
@@ -346,15 +346,6 @@ def _open_batch(paths: list[Path], processor, run: CaptionRun, progress) -> tupl
             run.failed += 1
             progress.write(printable(f"hf-imgcap: skipped {error}", sys.stderr), file=sys.stderr)
     return good_paths, images
-
-
-def model_view_crop_fraction(image_processor) -> float:
-    """The share of the shorter side that the processor's center crop keeps (ConvNext-style `crop_pct`)."""
-    crop_pct = getattr(image_processor, "crop_pct", None)
-    shortest_edge = (getattr(image_processor, "size", None) or {}).get("shortest_edge")
-    if crop_pct and shortest_edge and shortest_edge < 384:  # ConvNext crops only below 384 pixels
-        return float(crop_pct)
-    return 1.0
 
 
 # ---------------------------------------------------------------------------------------------- evaluate

@@ -447,3 +447,22 @@ def test_wrong_inputs_raise_a_clear_value_error(kwargs, message):
 def test_generate_rejects_wrong_inputs(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny_model().generate(max_new_tokens=3, **kwargs)
+
+
+def test_added_tokens_resize_the_input_and_output_embeddings(tmp_path):
+    """A user adding words to the vocabulary (tokenizer.add_tokens + model.resize_token_embeddings, the usual
+    transformers recipe) gets an embedding and an output layer of the new size that train, generate, save and load."""
+    model = tiny_model()
+    old_vocab = model.config.vocab_size
+    model.resize_token_embeddings(old_vocab + 3, mean_resizing=False)
+    assert model.embed_tokens.weight.shape[0] == model.lm_head.weight.shape[0] == model.config.vocab_size == old_vocab + 3
+    features = torch.randn(2, model.config.num_regions, model.config.encoder_hidden_size)
+    ids = torch.tensor([[101, old_vocab + 2, 102], [101, old_vocab, 102]])  # the new tokens as targets
+    outputs = model(encoder_hidden_states=features, input_ids=ids, labels=ids)
+    assert outputs.logits.shape[-1] == old_vocab + 3 and torch.isfinite(outputs.loss)
+    outputs.loss.backward()
+    assert model.lm_head.weight.grad[old_vocab:].abs().sum() > 0  # the new rows learn
+    model.save_pretrained(tmp_path)
+    reloaded = ShowAttendTellForConditionalGeneration.from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded.generate(encoder_hidden_states=features, max_new_tokens=4),
+                               model.eval().generate(encoder_hidden_states=features, max_new_tokens=4))

@@ -89,15 +89,29 @@ def test_evaluation_scores_exactly_the_caption_users_see():
     assert metrics["bleu_4"] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_token_ids_become_text_only_in_the_processor():
-    """Issue 11: one ids -> text path. Evaluation decoded through a module-level helper fed a bare tokenizer, a
-    second door beside processor.batch_decode; any other decode site could again score text users never see."""
-    import re
-    from pathlib import Path
+def test_every_caption_users_get_is_the_processors_batch_decode(monkeypatch):
+    """Issue 11: one ids -> text path. Evaluation once decoded through a helper fed a bare tokenizer, a second door
+    beside processor.batch_decode, and scored text users never saw. A processor whose decoding differs (here: upper
+    case) must change what caption(), generate_captions / evaluate_captioner (scored and shown) and the pipeline give."""
+    from datasets import Dataset, Image as ImageFeature
+    from transformers import pipeline
 
-    root = Path(__file__).resolve().parents[1]
-    decoding = re.compile(r"tokenizer\.(batch_)?decode\(|decode_captions")
-    sources = [*sorted((root / "hf_imgcap").rglob("*.py")), root / "train.py"]
-    offenders = [f"{path.relative_to(root)}:{number}" for path in sources if path.name != "processing_show_attend_tell.py"
-                 for number, line in enumerate(path.read_text().splitlines(), 1) if decoding.search(line)]
-    assert offenders == []
+    from hf_imgcap.evaluation.generation import evaluate_captioner, generate_captions
+    from hf_imgcap.models.show_attend_tell.pipeline_show_attend_tell import PIPELINE_TASK
+
+    from conftest import tiny_model, tiny_processor
+
+    processor, model = tiny_processor(), tiny_model()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 72, 3), dtype=np.uint8))
+    plain = model.caption(image, processor, max_new_tokens=6)
+    assert plain and plain == plain.lower()
+    decode = processor.batch_decode
+    monkeypatch.setattr(processor, "batch_decode", lambda *a, **k: [text.upper() for text in decode(*a, **k)])
+
+    split = Dataset.from_dict({"image": [image], "captions": [["a reference"]]}).cast_column("image", ImageFeature())
+    assert model.caption(image, processor, max_new_tokens=6) == plain.upper()
+    assert generate_captions(model, processor, split, max_new_tokens=6, show_progress=False) == [plain.upper()]
+    _, scored = evaluate_captioner(model, processor, split, meteor=False, max_new_tokens=6, show_progress=False)
+    assert scored == [plain.upper()]
+    captioner = pipeline(PIPELINE_TASK, model=model, processor=processor)
+    assert captioner(image, max_new_tokens=6)[0]["generated_text"] == plain.upper()

@@ -43,6 +43,15 @@ def grid_size(num_word_panels: int, panel_size: int = PANEL_SIZE, columns: int =
     return used_columns * panel_size + (used_columns + 1) * margin, rows * panel_size + (rows + 1) * margin
 
 
+def model_view_crop_fraction(image_processor) -> float:
+    """The share of the shorter side that the processor's center crop keeps (ConvNext-style `crop_pct`)."""
+    crop_pct = getattr(image_processor, "crop_pct", None)
+    shortest_edge = (getattr(image_processor, "size", None) or {}).get("shortest_edge")
+    if crop_pct and shortest_edge and shortest_edge < 384:  # ConvNext crops only below 384 pixels
+        return float(crop_pct)
+    return 1.0
+
+
 def render_attention_map(
     image,
     tokens: list[str],

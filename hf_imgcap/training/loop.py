@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from hf_imgcap.evaluation.attention_maps import render_attention_map
+from hf_imgcap.evaluation.attention_maps import model_view_crop_fraction, render_attention_map
 from hf_imgcap.evaluation.generation import evaluate_captioner
 from hf_imgcap.hub import push_to_hub, write_model_card
 from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import ShowAttendTellForConditionalGeneration
@@ -99,19 +100,16 @@ class EpochEnd:
     complete: bool = True  # every batch of the epoch was trained on
 
 
-def _global_count(accelerator, count) -> torch.Tensor:
-    return accelerator.reduce(torch.as_tensor(count, device=accelerator.device), "sum")
-
-
 def optimizer_step(run: TrainingRun, micro_batches: list[dict]) -> tuple[float | None, float]:
     """One optimizer step over `micro_batches` (this process's part). Returns (loss, caption loss) of the step, or
     (None, ·) when a loss was not finite on some process and the step was skipped."""
     accelerator, model, args = run.accelerator, run.model, run.args
-    # The counts of the whole step over every process: each micro-batch's loss is then its share of the step's loss
-    # (DDP averages gradients over the processes, hence the division).
-    num_targets = _global_count(accelerator, sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches))
-    num_captions = _global_count(accelerator, sum(len(b["input_ids"]) for b in micro_batches))
-    loss, caption_loss, finite = 0.0, 0.0, True
+    # The counts of the whole step over every process (one all-reduce): each micro-batch's loss is then its share of
+    # the step's loss (DDP averages gradients over the processes, hence the division).
+    local_counts = [sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches),
+                    sum(len(b["input_ids"]) for b in micro_batches)]
+    num_targets, num_captions = accelerator.reduce(torch.tensor(local_counts, device=accelerator.device), "sum")
+    losses = []
     for index, batch in enumerate(micro_batches):
         if args.blind:
             batch["encoder_hidden_states"].zero_()
@@ -119,12 +117,15 @@ def optimizer_step(run: TrainingRun, micro_batches: list[dict]) -> tuple[float |
         with contextlib.nullcontext() if last else accelerator.no_sync(model):  # all-reduce the gradients once
             outputs = model(**batch, return_logits=False, num_items_in_batch=num_targets / accelerator.num_processes,
                             num_captions_in_batch=num_captions / accelerator.num_processes)
-            # Decided together: every process skips the step if any process's loss is not finite.
-            finite = finite and accelerator.reduce((~torch.isfinite(outputs.loss.detach())).float(), "sum").item() == 0
-            if finite:
-                accelerator.backward(outputs.loss)
-                loss, caption_loss = loss + outputs.loss.item(), caption_loss + outputs.caption_loss.item()
+            # Every process runs every backward, even after a non-finite loss: DDP's gradient all-reduce needs all
+            # of them, and the step's gradients are thrown away below if any loss was not finite.
+            accelerator.backward(outputs.loss)
+        losses.append(torch.stack([outputs.loss.detach(), outputs.caption_loss.detach()]))
         run.batches_run += 1
+    loss, caption_loss = torch.stack(losses).sum(0).tolist()  # one device sync per step, not one per micro-batch
+    # Decided together (one all-reduce): every process skips the step if any process's loss is not finite.
+    nonfinite_anywhere = accelerator.reduce(torch.tensor(float(not math.isfinite(loss)), device=accelerator.device), "sum")
+    finite = nonfinite_anywhere.item() == 0
     if finite:
         if args.grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -255,7 +256,8 @@ def finish(run: TrainingRun, state: TrainState, test_split, features, output_dir
 def write_attention_example(model, processor, image, path: Path, num_beams: int):
     """The Show-Attend-Tell picture for one test image: where the model looked for each word it wrote."""
     result = model.caption(image, processor=processor, return_attentions=True, num_beams=num_beams)
-    render_attention_map(image, result["tokens"], result["attentions"], path)
+    crop = model_view_crop_fraction(processor.image_processor)  # the part of the image the model saw
+    render_attention_map(image, result["tokens"], result["attentions"], path, crop_fraction=crop)
 
 
 def run_epochs(run: TrainingRun, state: TrainState, stop, val_split, val_features) -> str | None:
