@@ -62,8 +62,9 @@ def main(argv=None):
                     summary = [line for line in output.splitlines() if line.startswith("summary")]
                     print(f"round {round_ + 1}  {name:>24}: {summary[-1] if summary else output[-300:]}", flush=True)
             print()
-            for name, runs in outputs.items():
-                print(f"=== {name}, last round ===\n{runs[-1]}")
+            for name, runs in outputs.items():  # every round's full table: the spread is the noise
+                for round_, output in enumerate(runs, 1):
+                    print(f"=== {name}, round {round_} ===\n{output}")
         finally:
             for name, path in sources.items():
                 if path != REPO:
