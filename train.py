@@ -39,6 +39,7 @@ from hf_imgcap.training.run_arguments import (
     check_output_dir, check_resume_compatible, make_accelerator, refuse_untrained_run, remove_run_outputs,
     validate_arguments, write_training_args,
 )
+from hf_imgcap.training.scst import self_critical_training
 
 logger = logging.getLogger("train")
 
@@ -97,6 +98,10 @@ class TrainingArguments:
     resume: bool = field(default=False, metadata={"help": "Continue from the newest complete checkpoint in output_dir/checkpoints."})
     resume_from: str | None = field(default=None, metadata={"help": "Continue from this checkpoint folder (verified first)."})
     max_nonfinite_steps: int = field(default=10, metadata={"help": "Stop after this many non-finite losses in a row (each is skipped)."})
+    scst_epochs: int = field(default=0, metadata={"help": "Self-critical sequence training (CIDEr-D reward) epochs after the cross-entropy stage, from its best model; the best SCST epoch on validation CIDEr-D is the final model (0: off)."})
+    scst_learning_rate: float = field(default=5e-5, metadata={"help": "Adam learning rate of the SCST stage."})
+    scst_num_samples: int = field(default=5, metadata={"help": "Captions sampled per training image in each SCST step."})
+    scst_baseline: str = field(default="greedy", metadata={"help": "SCST reward baseline: 'greedy' (the reward of the greedy caption) or 'mean' (the mean reward of the image's other samples)."})
     blind: bool = field(default=False, metadata={"help": "Image-blind baseline: the same training with the image features zeroed."})
     demo: bool = field(default=False, metadata={"help": "Offline demo: synthetic Flickr8k, random ResNet-152, image vs blind BLEU table."})
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the output folder to the Hub at the end."})
@@ -275,10 +280,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         accelerator.end_training()
         return {"stopped_by": stopped_by, "global_step": state.global_step}
     refuse_untrained_run(state.global_step, run.batches_run, state.nonfinite_total)
-
-    # 6. Finish: the best model on the test split, with every metric; the Hub-ready folder.
     record = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), "training": dataclasses.asdict(args),
               "num_train_images": len(train_split)}
+
+    # 6. Self-critical sequence training (CIDEr-D reward) from the best cross-entropy model; its best epoch is final.
+    if args.scst_epochs:
+        scst = self_critical_training(run, train_split, caches, val_split, test_split)
+        run, record["scst"] = dataclasses.replace(run, best_dir=scst.best_dir), scst.record
+
+    # 7. Finish: the best model on the test split, with every metric; the Hub-ready folder.
     results = finish(run, state, test_split, caches.get("test"), output_dir, record)
     accelerator.end_training()
     return results
@@ -302,7 +312,8 @@ def run_demo(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     with_images = train(model_args, data_args, args)
     if "test" not in with_images:
         return with_images
-    blind_args = dataclasses.replace(args, blind=True, output_dir=str(output_dir / "blind_baseline"), resume=args.resume)
+    # The blind baseline is the cross-entropy recipe without images (no SCST stage: it is compared with that).
+    blind_args = dataclasses.replace(args, blind=True, output_dir=str(output_dir / "blind_baseline"), resume=args.resume, scst_epochs=0)
     blind = train(model_args, data_args, blind_args)
     if "test" not in blind:
         return blind
@@ -310,8 +321,15 @@ def run_demo(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     names = [n for n in METRIC_LABELS if n in with_images["test"]]
     header = f"{'test split (' + str(with_images['test']['num_images']) + ' images)':<28}" + "".join(f"{METRIC_LABELS[n][1]:>9}" for n in names)
     print("\n" + header)
-    for label, result in (("with images", with_images), ("image-blind baseline", blind)):
-        print(f"{label:<28}" + "".join(f"{result['test'][n]:>9.3f}" for n in names))
+    rows = [("with images", with_images["test"]), ("image-blind baseline", blind["test"])]
+    if "scst" in with_images:  # the cross-entropy model the SCST stage started from, then the SCST model
+        rows[:1] = [("with images, cross-entropy", with_images["scst"]["cross_entropy_test"]), ("with images, + SCST", with_images["test"])]
+    for label, test in rows:
+        print(f"{label:<28}" + "".join(f"{test[n]:>9.3f}" for n in names))
+    if "scst" in with_images:
+        scst = with_images["scst"]
+        print(f"\nSCST ({scst['epochs']} epochs, {scst['seconds']:.0f} s): test CIDEr-D {scst['cross_entropy_test']['cider']:.3f} -> "
+              f"{with_images['test']['cider']:.3f}; mean sampled reward by epoch {[entry['reward'] for entry in scst['history']]}")
     print(f"\nBLEU-4 {with_images['test']['bleu_4']:.3f} with images vs {blind['test']['bleu_4']:.3f} blind "
           f"(COCO-caption BLEU, beam {args.eval_num_beams})")
     print("\nA few test images:")

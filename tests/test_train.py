@@ -219,7 +219,9 @@ def test_bf16_mixed_precision_trains(data, tmp_path):
 
 
 def test_impossible_option_combinations_are_refused_before_training():
-    for argv, message in ((["--blind", "--finetune_encoder"], "--blind"), (["--push_to_hub"], "--hub_model_id")):
+    for argv, message in ((["--blind", "--finetune_encoder"], "--blind"), (["--push_to_hub"], "--hub_model_id"),
+                          (["--scst_baseline", "mean", "--scst_num_samples", "1"], "--scst_baseline mean needs --scst_num_samples ≥ 2"),
+                          (["--scst_epochs", "2", "--finetune_encoder"], "--scst_epochs .* --finetune_encoder")):
         model_args, data_args, args = train_script.parse_args(argv)
         with pytest.raises(ValueError, match=message):
             train_script.train(model_args, data_args, args)
@@ -267,6 +269,10 @@ NONSENSE = {
     "resume_from": "/nonexistent/checkpoints/step_00000001",
     "max_nonfinite_steps": "0",
     "hub_model_id": "not a/valid//id",
+    "scst_epochs": "-1",
+    "scst_learning_rate": "nan",
+    "scst_num_samples": "0",
+    "scst_baseline": "median",
 }
 
 

@@ -215,8 +215,8 @@ def validate(run: TrainingRun, state: TrainState, end: EpochEnd, split, features
 
 def finish(run: TrainingRun, state: TrainState, test_split, features, output_dir: Path, record: dict) -> dict:
     """The best model on the test split with every metric; the Hub-ready folder (model, processor, metrics.json,
-    test captions, attention example, model card). `record` has the arguments (model/data/training dicts) and
-    the number of training images. Returns metrics.json's content plus `test_examples`."""
+    test captions, attention example, model card). `record` has the arguments (model/data/training dicts), the
+    number of training images and, after an SCST stage, its record ("scst"). Returns metrics.json's content plus `test_examples`."""
     accelerator, args, processor = run.accelerator, run.args, run.processor
     final = (ShowAttendTellForConditionalGeneration.from_pretrained(run.best_dir) if run.best_dir.is_dir()
              else accelerator.unwrap_model(run.model))
@@ -234,6 +234,7 @@ def finish(run: TrainingRun, state: TrainState, test_split, features, output_dir
         training=TrainingRecord(steps=state.global_step, mixed_precision=accelerator.mixed_precision,
                                 num_processes=accelerator.num_processes, device=accelerator.device.type),
         vocab_size=len(processor.tokenizer),
+        scst=record.get("scst"),
     )
     results = run_metrics.to_dict()
     test_examples = [{"image_id": i, "caption": c, "references": list(r)}

@@ -152,6 +152,10 @@ RULES = {
     "resume_from": _existing_folder,
     "max_nonfinite_steps": _at_least(1),
     "hub_model_id": _hub_model_id,
+    "scst_epochs": _at_least(0),
+    "scst_learning_rate": _positive_finite,
+    "scst_num_samples": _at_least(1),
+    "scst_baseline": lambda v: None if v in ("greedy", "mean") else "must be 'greedy' or 'mean'",
 }
 
 
@@ -171,6 +175,10 @@ def validate_arguments(model_args, data_args, args):
         problems.append("--push_to_hub needs --hub_model_id user/name")
     if args.blind and args.finetune_encoder:
         problems.append("--blind zeroes the cached image features; it cannot be combined with --finetune_encoder")
+    if args.scst_baseline == "mean" and args.scst_num_samples == 1:
+        problems.append(f"--scst_baseline mean needs --scst_num_samples ≥ 2 (the mean of an image's other samples), got {args.scst_num_samples}")
+    if args.scst_epochs and args.finetune_encoder:
+        problems.append("--scst_epochs trains on the cached features of the frozen encoder; it cannot be combined with --finetune_encoder")
     if problems:
         raise ValueError("invalid arguments:\n  " + "\n  ".join(problems))
 

@@ -49,6 +49,9 @@ class RunMetrics:
     num_train_images: int
     training: TrainingRecord
     vocab_size: int
+    # After a self-critical (SCST) stage: its settings, per-epoch rewards and validation metrics, and the test
+    # metrics of the cross-entropy model it started from (`test` is then the SCST model's). Absent otherwise.
+    scst: dict | None = None
 
     @property
     def train_loss_by_epoch(self) -> list[float]:
@@ -59,6 +62,8 @@ class RunMetrics:
         content = dataclasses.asdict(self)
         ordered = {}
         for key, value in content.items():
+            if key == "scst" and value is None:
+                continue
             ordered[key] = value
             if key == "history":
                 ordered["train_loss_by_epoch"] = self.train_loss_by_epoch
@@ -70,10 +75,11 @@ class RunMetrics:
     @classmethod
     def from_dict(cls, content: dict) -> "RunMetrics":
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(names - set(content))
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        missing = sorted(names - optional - set(content))
         if missing:
             raise KeyError(f"missing {', '.join(missing)}")
-        values = {name: content[name] for name in names}
+        values = {name: content[name] for name in names if name in content}
         values["eval"] = EvalSettings(**values["eval"])
         values["training"] = TrainingRecord(**values["training"])
         return cls(**values)
