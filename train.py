@@ -47,7 +47,11 @@ logger = logging.getLogger("train")
 # ---------------------------------------------------------------------------------------------- arguments
 @dataclass
 class DataArguments:
-    dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "Hub dataset id (jxie/flickr8k format) or a local Flickr8k folder (original, Kaggle or Karpathy layout)."})
+    dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "A Hub dataset id, a local folder datasets.load_dataset reads (imagefolder with metadata.jsonl / metadata.csv, parquet, ...), or a local Flickr8k folder (original, Kaggle or Karpathy layout). Without validation / test splits, they are carved from train (seeded, by image)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Configuration (subset) name of --dataset, passed to datasets.load_dataset as name=."})
+    revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of a Hub --dataset, passed to datasets.load_dataset."})
+    image_column: str | None = field(default=None, metadata={"help": "Column holding the images (default: 'image', or the only Image column)."})
+    caption_column: str | None = field(default=None, metadata={"help": "Column holding the captions: a string or a list of strings per row (default: caption_0..caption_N, else captions / caption / text / sentences)."})
     image_dir: str | None = field(default=None, metadata={"help": "Folder of the images, if not next to the caption file."})
     cache_dir: str = field(default="~/.cache/hf_imgcap/features", metadata={"help": "Where the encoder feature cache lives (reused across runs)."})
     max_train_images: int | None = field(default=None, metadata={"help": "Use only the first N training images (quick runs)."})
@@ -211,7 +215,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
 
     # 1. Data: a DatasetDict of images + reference captions.
     with accelerator.main_process_first():
-        dataset = load_caption_dataset(data_args.dataset, image_dir=data_args.image_dir, seed=args.seed, verify_images=data_args.verify_images)
+        dataset = load_caption_dataset(
+            data_args.dataset, dataset_config=data_args.dataset_config, revision=data_args.revision,
+            image_column=data_args.image_column, caption_column=data_args.caption_column, image_dir=data_args.image_dir,
+            seed=args.seed, verify_images=data_args.verify_images,
+        )
     train_split = subset(dataset["train"], data_args.max_train_images)
     val_split, test_split = subset(dataset["validation"], data_args.max_eval_images), subset(dataset["test"], data_args.max_eval_images)
     log("data: %d / %d / %d images (train / validation / test) from %s", len(train_split), len(val_split), len(test_split), data_args.dataset)

@@ -232,6 +232,10 @@ def test_impossible_option_combinations_are_refused_before_training():
 # before any data is read.
 NONSENSE = {
     "dataset": "",
+    "dataset_config": " ",
+    "revision": "",
+    "image_column": " ",
+    "caption_column": "",
     "image_dir": "/nonexistent/images",
     "cache_dir": "FILE",
     "max_train_images": "0",

@@ -1,20 +1,25 @@
 # Copyright 2026 The hf-imgcap authors. Apache-2.0.
-"""Flickr8k (and Flickr30k / COCO in Karpathy's format) as a `datasets.DatasetDict`, from wherever users got it.
+"""Captioning data as a `datasets.DatasetDict`, from wherever users have it.
 
 One call, `load_caption_dataset(source)`, returns train / validation / test splits with the columns
-`image` (an `Image()` feature over the files on disk, decoded lazily), `image_id` and `captions` (a list of
-strings). `source` is a Hub dataset id (default `jxie/flickr8k`) or a local folder in one of three published
-layouts, detected automatically:
+`image` (an `Image()` feature, decoded lazily), `image_id` (a string) and `captions` (a list of strings). `source`
+is any of:
 
-* the original text release: `Flicker8k_Dataset/*.jpg`, `Flickr8k.token.txt` (`name.jpg#k<TAB>caption`),
-  `Flickr_8k.{train,dev,test}Images.txt`;
-* Kaggle: `Images/`, `captions.txt` (CSV `image,caption`); the official split files of the text release when they
-  sit beside `captions.txt` (or one folder down, e.g. `Flickr8k_text/`, or in the folder above), else a seeded
-  split by image;
-* Karpathy: `dataset_flickr8k.json` / `dataset_flickr30k.json` / `dataset_coco.json` with its own split.
+* a local folder in one of the three published Flickr8k layouts, detected automatically and read here:
+  - the original text release: `Flicker8k_Dataset/*.jpg`, `Flickr8k.token.txt` (`name.jpg#k<TAB>caption`),
+    `Flickr_8k.{train,dev,test}Images.txt`;
+  - Kaggle: `Images/`, `captions.txt` (CSV `image,caption`); the official split files of the text release when
+    they sit beside `captions.txt` (or one folder down, e.g. `Flickr8k_text/`, or in the folder above), else a
+    seeded split by image;
+  - Karpathy: `dataset_flickr8k.json` / `dataset_flickr30k.json` / `dataset_coco.json` with its own split;
+* anything else `datasets.load_dataset` reads (a Hub id such as the default `jxie/flickr8k`, with a config name
+  and a revision; an `imagefolder` with `metadata.jsonl` / `metadata.csv`; parquet, ...), or a `Dataset` /
+  `DatasetDict` object: see `hf_imgcap.data.any_source` for how its image and caption columns are found, rows of
+  the same image grouped, and missing validation / test splits made.
 
-Images are read from inside the dataset folder only (or an `image_dir` passed explicitly): absolute paths, `..`
-and symlinks leading elsewhere are refused and counted as `path_outside_dataset`, whatever the caption file says.
+Images of the Flickr8k layouts are read from inside the dataset folder only (or an `image_dir` passed
+explicitly): absolute paths, `..` and symlinks leading elsewhere are refused and counted as
+`path_outside_dataset`, whatever the caption file says.
 
 Bad data is skipped, counted and logged with file and line (see `LoadReport`); a split left empty stops
 the load with an error that says why.
@@ -34,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, Features, Image, Sequence, Value
+from datasets import Dataset, DatasetDict, Features, Image, List, Value
 
 from hf_imgcap.models.show_attend_tell.image_loading import ImageLoadError, verify_image
 
@@ -110,30 +115,59 @@ def normalize_caption(text: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- entry point
 def load_caption_dataset(
-    source: str = DEFAULT_DATASET,
+    source=DEFAULT_DATASET,
     *,
+    dataset_config: str | None = None,
+    revision: str | None = None,
+    image_column: str | None = None,
+    caption_column=None,
     image_dir: str | None = None,
     seed: int = 0,
     verify_images: bool = True,
     num_threads: int = 4,
     return_report: bool = False,
 ):
-    """Load a captioning dataset as a `DatasetDict` with `train` / `validation` / `test` splits.
+    """Load a captioning dataset as a `DatasetDict` with `train` / `validation` / `test` splits and the columns
+    `image`, `image_id`, `captions`.
 
     Args:
-        source: a Hub dataset id in the `jxie/flickr8k` format (`image`, `caption_0..caption_4`) or a local
-            folder in the original Flickr8k, Kaggle or Karpathy layout (detected from the files present).
-        image_dir: where the images are, if not in one of the usual folders next to the caption file.
-        seed: seeds the split of layouts that have none (Kaggle).
+        source: a local folder in the original Flickr8k, Kaggle or Karpathy layout (detected from the files
+            present); else anything `datasets.load_dataset` reads: a Hub dataset id (`jxie/flickr8k`,
+            `user/name`), a local `imagefolder` with `metadata.jsonl` / `metadata.csv`, a parquet folder, ...;
+            or a `datasets.Dataset` (taken as the train split) / `DatasetDict` object.
+        dataset_config: the configuration (subset) name, `load_dataset(source, name=...)`.
+        revision: branch, tag or commit of a Hub dataset, `load_dataset(source, revision=...)`.
+        image_column: the column holding the images (default `image`, or the only `Image()` column).
+        caption_column: the column holding the captions, a string or a list of strings per row (or a list of
+            such column names); default `caption_0..caption_N`, else the first of `captions`, `caption`, `text`,
+            `sentences`.
+        image_dir: where the images of a Flickr8k-layout folder are, if not in one of the usual folders next to
+            the caption file.
+        seed: seeds the split of sources that have none (Kaggle layout; a `datasets` source with only a train
+            split, or no validation split).
         verify_images: decode every image once (at reduced JPEG scale: ~1 ms each) and skip those that do
             not decode, so that no DataLoader worker meets a broken file later.
         return_report: also return the `LoadReport`.
     """
-    path = Path(source)
-    layout = detect_layout(path) if path.is_dir() else None
+    from hf_imgcap.data.any_source import load_datasets_source
+
+    is_object = not isinstance(source, (str, Path))
+    name = f"<{type(source).__name__}>" if is_object else str(source)
+    path = None if is_object else Path(source)
+    layout = detect_layout(path) if path is not None and path.is_dir() else None
     if layout is None:
-        dataset, report = _load_hub(source, path if path.is_dir() else None, verify_images, num_threads)
+        if image_dir is not None:
+            raise ValueError(f"image_dir= / --image_dir is for the Flickr8k folder layouts; {name} is read by "
+                             "`datasets`: its image paths come from the dataset itself")
+        dataset, report = load_datasets_source(
+            source if is_object else str(source), dataset_config=dataset_config, revision=revision, image_column=image_column,
+            caption_column=caption_column, seed=seed, verify_images=verify_images, num_threads=num_threads)
     else:
+        given = [f"{arg}={value!r}" for arg, value in (("dataset_config", dataset_config), ("revision", revision),
+                 ("image_column", image_column), ("caption_column", caption_column)) if value is not None]
+        if given:
+            raise ValueError(f"{name} is a Flickr8k folder in the {layout} layout, whose files say where the images "
+                             f"and captions are: {', '.join(given)} applies only to sources read by `datasets`")
         report = LoadReport(str(path), layout)
         reader = {"flickr8k": _read_flickr8k, "kaggle": _read_kaggle, "karpathy": _read_karpathy}[layout]
         records = reader(path, Path(image_dir) if image_dir else None, report, seed)
@@ -144,9 +178,9 @@ def load_caption_dataset(
         if len(dataset[split]) == 0:
             hint = (" Images outside the dataset folder (e.g. behind a symlink) are refused: pass image_dir= to read "
                     "them from another folder." if report.counts["path_outside_dataset"] else "")
-            raise ValueError(f"split '{split}' of {source} is empty after loading. {report.summary()}{hint}")
+            raise ValueError(f"split '{split}' of {name} is empty after loading. {report.summary()}{hint}")
     logger.info(
-        "%s: %s; %s", source, ", ".join(f"{s} {len(dataset[s])} images" for s in SPLITS), report.summary()
+        "%s: %s; %s", name, ", ".join(f"{s} {len(dataset[s])} images" for s in SPLITS), report.summary()
     )
     return (dataset, report) if return_report else dataset
 
@@ -548,106 +582,5 @@ def _records_to_dataset(records: list) -> Dataset:
         "image_id": [image_id for _, image_id, _ in records],
         "captions": [captions for _, _, captions in records],
     }
-    features = Features({"image": Value("string"), "image_id": Value("string"), "captions": Sequence(Value("string"))})
+    features = Features({"image": Value("string"), "image_id": Value("string"), "captions": List(Value("string"))})
     return Dataset.from_dict(data, features=features).cast_column("image", Image())
-
-
-# ---------------------------------------------------------------------------------------------- the Hub
-def _load_hub(source: str, local_root: Path | None, verify_images: bool, num_threads: int):
-    """A dataset in the `jxie/flickr8k` format: `image` + `caption_0..caption_N` columns, splits train /
-    validation / test (or `val` / `dev`). Image cells that cannot be used are left out, counted (see
-    `_hub_image_problems`)."""
-    from datasets import config, load_dataset
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    report = LoadReport(source, "hub", split_source=f"the splits of {source}")
-    loaded = load_dataset(source)
-    # Image cells that hold a path instead of bytes may point inside the dataset only: its folder when local,
-    # else the files `datasets` downloaded for it.
-    roots = [local_root] if local_root is not None else [Path(config.HF_DATASETS_CACHE), Path(HF_HUB_CACHE)]
-    aliases = {"train": ("train",), "validation": ("validation", "val", "dev"), "test": ("test",)}
-    result = {}
-    for split, names in aliases.items():
-        name = next((n for n in names if n in loaded), None)
-        if name is None:
-            raise ValueError(f"{source} has no '{split}' split (found {sorted(loaded)})")
-        result[split] = _hub_split_to_captions(loaded[name], source, split, report, roots, verify_images, num_threads)
-    return DatasetDict(result), report
-
-
-def _hub_split_to_captions(split_data: Dataset, source: str, split: str, report: LoadReport, roots: list[Path],
-                           verify_images: bool = True, num_threads: int = 4) -> Dataset:
-    """Reshape caption_0..caption_N into a `captions` list and leave out the rows whose image cannot be used.
-    Only the caption columns are read and the image cells checked in place: the image column stays where it is
-    (a memory-mapped Arrow file), so nothing copies the images."""
-    import pyarrow.compute as pc
-
-    caption_columns = sorted((c for c in split_data.column_names if re.fullmatch(r"caption_\d+", c)), key=lambda c: int(c[8:]))
-    if "image" not in split_data.column_names or not caption_columns:
-        raise ValueError(
-            f"{source}/{split}: expected an 'image' column and caption_0..caption_N columns, found {split_data.column_names}"
-        )
-    columns = split_data.select_columns(caption_columns).to_dict()
-    table = split_data.data if split_data._indices is None else split_data.flatten_indices().data
-    image_column = table.column("image")
-    paths = pc.struct_field(image_column, "path").to_pylist() if image_column.type.num_fields else [None] * len(split_data)
-    all_captions, image_ids, keep = [], [], []
-    for index in range(len(split_data)):
-        captions = []
-        for column in caption_columns:
-            caption = normalize_caption(columns[column][index] or "")
-            if caption:
-                captions.append(caption)
-            else:
-                report.skip("empty_caption", f"{source}/{split} row {index}: {column} is empty; skipped")
-        if captions:
-            keep.append(index)
-        else:
-            report.skip("image_without_captions", f"{source}/{split} row {index}: no captions; skipped")
-        all_captions.append(captions)
-        image_ids.append(Path(paths[index]).name if paths[index] else f"{split}-{index}")
-    problems = _hub_image_problems(image_column, keep, roots, verify_images, num_threads)
-    for index, (kind, reason) in problems.items():
-        report.skip(kind, f"{source}/{split} row {index} ({paths[index] or 'no file name'}): {reason}; "
-                          f"its {len(all_captions[index])} captions skipped")
-    keep = [index for index in keep if index not in problems]
-    reshaped = split_data.remove_columns(caption_columns)
-    reshaped = reshaped.add_column("image_id", image_ids, feature=Value("string"))
-    reshaped = reshaped.add_column("captions", all_captions, feature=Sequence(Value("string")))
-    reshaped = reshaped.cast_column("image", Image())
-    return reshaped.select(keep) if len(keep) < len(reshaped) else reshaped
-
-
-_HUB_CHECK_CHUNK = 256  # image cells decoded at a time: bounded memory for a million-image split
-
-
-def _hub_image_problems(image_column, indices: list[int], roots: list[Path], verify_images: bool,
-                        num_threads: int) -> dict[int, tuple[str, str]]:
-    """row -> (kind, reason) for the image cells among `indices` that must not be used: a null cell (always), a
-    path outside `roots` (always: `datasets` would open it), and with `verify_images` whatever `load_image` would
-    refuse (undecodable bytes, a missing file). What is checked is what `datasets` will open: the bytes when the
-    cell has them, else its path as written."""
-    from datasets.utils.file_utils import is_local_path
-
-    problems = {}
-    with ThreadPoolExecutor(max_workers=num_threads) as pool:  # Pillow releases the GIL while decoding
-        for start in range(0, len(indices), _HUB_CHECK_CHUNK):  # a chunk of cells in memory at a time
-            to_decode = []
-            for index in indices[start : start + _HUB_CHECK_CHUNK]:
-                cell = image_column[index].as_py()
-                if isinstance(cell, dict):
-                    data, path = cell.get("bytes"), cell.get("path")
-                else:  # a plain binary or string column
-                    data, path = (cell, None) if isinstance(cell, (bytes, bytearray)) else (None, cell)
-                if data is None and not path:
-                    problems[index] = ("undecodable_image", "no image (the cell is empty)")
-                elif data is None and not is_local_path(path):
-                    problems[index] = ("path_outside_dataset", f"the image is a URL ({path}), not a file of the dataset")
-                elif data is None and (outside := _outside(Path(path), roots)):
-                    problems[index] = ("path_outside_dataset", outside)
-                elif verify_images:
-                    to_decode.append((index, data if data is not None else path))
-            for (index, _), reason in zip(to_decode, pool.map(_decodes, [image for _, image in to_decode])):
-                if reason is not None:
-                    problems[index] = ("undecodable_image", f"cannot decode or use: {reason}")
-    return dict(sorted(problems.items()))

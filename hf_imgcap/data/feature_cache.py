@@ -52,27 +52,28 @@ def encoder_fingerprint(model, processor) -> str:
 
 
 def images_fingerprint(dataset: Dataset) -> str:
-    """Hash of a split's images: each file's path, size and modification time (images stored inline in
-    Arrow, as on the Hub, are identified by the dataset's own fingerprint)."""
+    """Hash of a split's images, in order: a file by its path, size and modification time; an image stored inline
+    in Arrow (as on the Hub) by its bytes (read from the memory map; a fast hash next to encoding it)."""
     column = _image_structs(dataset)
     digest = hashlib.sha256()
-    if pc.struct_field(column, "bytes").null_count == len(column):
-        for path in pc.struct_field(column, "path").to_pylist():
+    for chunk in column.chunks:
+        paths, blobs = pc.struct_field(chunk, "path").to_pylist(), pc.struct_field(chunk, "bytes")
+        for path, blob in zip(paths, blobs):
+            if blob.is_valid:
+                digest.update(hashlib.blake2b(blob.as_buffer(), digest_size=16).digest())
+                continue
             try:
                 stat = os.stat(path)
                 digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-            except OSError:  # a missing file: the build reports it by path; it must not abort the key
+            except (OSError, TypeError):  # a missing file / no path: the build reports it; it must not abort the key
                 digest.update(f"{path}\0missing\n".encode())
-    else:
-        digest.update(f"{dataset._fingerprint}\0{len(dataset)}".encode())
     return digest.hexdigest()
 
 
 def _image_structs(dataset: Dataset):
-    """The `image` column as Arrow `{bytes, path}` structs, without reading the bytes into Python."""
-    undecoded = dataset.cast_column("image", Image(decode=False))
-    table = undecoded.data if undecoded._indices is None else undecoded.flatten_indices().data
-    return table.column("image")
+    """The `image` column as Arrow `{bytes, path}` structs, in the dataset's row order, without reading the bytes
+    into Python."""
+    return dataset.cast_column("image", Image(decode=False)).with_format("arrow")["image"]
 
 
 # ---------------------------------------------------------------------------------------------- reading

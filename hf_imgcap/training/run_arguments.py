@@ -113,6 +113,10 @@ def _hub_model_id(v):
 RULES = {
     # data
     "dataset": _dataset,
+    "dataset_config": _not_empty,
+    "revision": _not_empty,
+    "image_column": _not_empty,
+    "caption_column": _not_empty,
     "image_dir": _existing_folder,
     "cache_dir": _folder_to_write,
     "max_train_images": _at_least(1),

@@ -1,0 +1,308 @@
+# Copyright 2026 The hf-imgcap authors. Apache-2.0.
+"""Any `datasets` source as a captioning `DatasetDict`: a Hub id, a local folder `datasets.load_dataset` reads
+(`imagefolder` with `metadata.jsonl` / `metadata.csv`, parquet, ...), or a `Dataset` / `DatasetDict` object.
+
+Whatever the source, the result has train / validation / test splits and exactly the columns `image` (an `Image()`
+feature), `image_id` (a string) and `captions` (a list of strings):
+
+* the images come from `image_column`, else the `image` column, else the only `Image()` column;
+* the captions come from `caption_column` (a column of strings or of lists of strings; a list of names for
+  several columns), else from `caption_0..caption_N` (the `jxie/flickr8k` format), else from the first of
+  `captions` / `caption` / `text` / `sentences`;
+* rows that name the same image (an imagefolder `metadata.csv` with one `file_name,text` row per caption) become
+  one image with all their captions, so an image is never in two splits;
+* a source without a validation and/or test split gets them carved from its train images by a seeded split.
+
+Bad rows are skipped, counted and logged in the `LoadReport` like the Flickr8k layouts': empty or null captions,
+images that are null, missing, undecodable or (for sources read from disk or the Hub) outside the dataset's files.
+Only public `datasets` APIs are used.
+"""
+
+import hashlib
+import logging
+import random
+import re
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetDict, Image, IterableDataset, IterableDatasetDict, LargeList, List, Value
+
+from hf_imgcap.data.caption_datasets import SPLITS, LoadReport, _decodes, _outside, normalize_caption
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_SPLIT_NAMES = ("validation", "val", "dev", "valid")
+CAPTION_COLUMN_NAMES = ("captions", "caption", "text", "sentences")  # tried in this order when none is named
+CARVED_FRACTION = 0.1  # of the train images, for each evaluation split a source lacks
+
+
+def load_datasets_source(source, *, dataset_config: str | None = None, revision: str | None = None,
+                         image_column: str | None = None, caption_column=None, seed: int = 0,
+                         verify_images: bool = True, num_threads: int = 4) -> tuple[DatasetDict, LoadReport]:
+    """`source` (a Hub id or a folder for `datasets.load_dataset`, or a `Dataset` / `DatasetDict`) -> the
+    captioning `DatasetDict` and the `LoadReport` of what was skipped."""
+    if isinstance(source, (IterableDataset, IterableDatasetDict)):
+        raise TypeError("a streaming (Iterable) dataset cannot be split and cached: load it without streaming=True")
+    if isinstance(source, (Dataset, DatasetDict)):
+        if dataset_config is not None or revision is not None:
+            raise ValueError("dataset_config / revision choose what datasets.load_dataset reads; they do not apply "
+                             f"to a {type(source).__name__} object")
+        name = f"<{type(source).__name__}>"
+        splits = source if isinstance(source, DatasetDict) else DatasetDict({"train": source})
+        report = LoadReport(name, "object", split_source=f"the splits of the {type(source).__name__}")
+        roots = None  # the caller's own object: its image files are wherever the caller put them
+    elif not isinstance(source, str):
+        raise TypeError(f"source must be a dataset id or folder, a Dataset or a DatasetDict, not a {type(source).__name__}")
+    else:
+        from datasets import config, load_dataset
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        name = str(source)
+        report = LoadReport(name, "hub", split_source=f"the splits of {name}")
+        splits = load_dataset(source, name=dataset_config, revision=revision)
+        local_root = Path(source) if Path(source).is_dir() else None
+        # Image cells holding a path may point inside the dataset only: its folder when local, else the files
+        # `datasets` downloaded for it.
+        roots = [local_root] if local_root is not None else [Path(config.HF_DATASETS_CACHE), Path(HF_HUB_CACHE)]
+        if not isinstance(splits, DatasetDict):
+            splits = DatasetDict({"train": splits})
+    names = _split_names(splits, name)
+    result = {}
+    for split, found in names.items():
+        if found is not None:
+            result[split] = split_to_captions(
+                splits[found], f"{name}/{split}", report, roots, image_column=image_column,
+                caption_column=caption_column, verify_images=verify_images, num_threads=num_threads)
+    return DatasetDict(_carve_missing_splits(result, name, seed, report)), report
+
+
+def _split_names(splits: DatasetDict, source: str) -> dict[str, str | None]:
+    """train / validation / test -> the source's name for it (`val`, `dev`, ... count as validation), or None."""
+    if "train" not in splits:
+        raise ValueError(f"{source} has no 'train' split (found {', '.join(sorted(splits)) or 'none'})")
+    names = {"train": "train", "validation": next((n for n in VALIDATION_SPLIT_NAMES if n in splits), None),
+             "test": "test" if "test" in splits else None}
+    unused = sorted(set(splits) - set(names.values()))
+    if unused:
+        logger.warning("%s: split(s) %s are not used (only train, validation (or %s) and test are)", source,
+                       ", ".join(unused), " / ".join(VALIDATION_SPLIT_NAMES[1:]))
+    return names
+
+
+# ---------------------------------------------------------------------------------------------- columns
+def _is_text(feature) -> bool:
+    return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
+
+
+def _is_text_list(feature) -> bool:
+    return isinstance(feature, (List, LargeList)) and _is_text(feature.feature)
+
+
+def find_image_column(data: Dataset, requested: str | None, where: str) -> str:
+    columns = data.column_names
+    if requested is not None:
+        if requested not in columns:
+            raise ValueError(f"{where}: no image column '{requested}' (columns: {', '.join(columns)}); "
+                             "pass the column that holds the images as image_column= / --image_column")
+        name = requested
+    elif "image" in columns:
+        name = "image"
+    else:
+        found = [column for column in columns if isinstance(data.features[column], Image)]
+        if len(found) != 1:
+            why = "no column holds images" if not found else f"several columns hold images ({', '.join(found)})"
+            raise ValueError(f"{where}: no 'image' column and {why} (columns: {', '.join(columns)}); "
+                             "pass image_column= / --image_column")
+        name = found[0]
+    feature = data.features[name]
+    if not (isinstance(feature, Image) or _is_text(feature) or feature in (Value("binary"), Value("large_binary"))):
+        raise ValueError(f"{where}: image column '{name}' holds {feature}, not images (an Image() feature, file "
+                         "paths or encoded bytes)")
+    return name
+
+
+def find_caption_columns(data: Dataset, requested, where: str) -> list[str]:
+    columns = data.column_names
+    if requested is not None:
+        names = [requested] if isinstance(requested, str) else list(requested)
+        missing = [name for name in names if name not in columns]
+        if missing:
+            raise ValueError(f"{where}: no caption column {', '.join(map(repr, missing))} (columns: {', '.join(columns)}); "
+                             "pass the column that holds the captions as caption_column= / --caption_column")
+    else:
+        names = sorted((c for c in columns if re.fullmatch(r"caption_\d+", c)), key=lambda c: int(c[len("caption_"):]))
+        names = names or [c for c in CAPTION_COLUMN_NAMES if c in columns][:1]
+        if not names:
+            raise ValueError(f"{where}: no caption column found (looked for caption_0..caption_N, then "
+                             f"{', '.join(CAPTION_COLUMN_NAMES)}; columns: {', '.join(columns)}); "
+                             "pass caption_column= / --caption_column")
+    for name in names:
+        if not (_is_text(data.features[name]) or _is_text_list(data.features[name])):
+            raise ValueError(f"{where}: caption column '{name}' holds {data.features[name]}, not text (a string or a "
+                             "list of strings per row)")
+    return names
+
+
+# ---------------------------------------------------------------------------------------------- one split
+def split_to_captions(data: Dataset, where: str, report: LoadReport, roots: list[Path] | None, *,
+                      image_column: str | None = None, caption_column=None, verify_images: bool = True,
+                      num_threads: int = 4) -> Dataset:
+    """One split -> `image`, `image_id`, `captions`, one row per usable image. Only the caption columns are read
+    into Python and the image cells are checked in place: the image column stays where it is (a memory-mapped
+    Arrow file), so nothing copies the images."""
+    data = data.with_format(None)  # a user's torch / custom format must not change what is read here
+    image_name = find_image_column(data, image_column, where)
+    caption_names = find_caption_columns(data, caption_column, where)
+    cells = data.with_format("arrow")[image_name]  # Arrow {bytes, path} structs (or paths / bytes), not decoded
+    paths = _cell_paths(cells)
+    ids = data.select_columns(["image_id"]).to_dict()["image_id"] if "image_id" in data.column_names and image_name != "image_id" else None
+    texts = data.select_columns(caption_names).to_dict()
+
+    groups = _group_rows_by_image(cells, paths)
+    first_rows, all_captions, image_ids = [], [], []
+    for rows in groups:
+        captions = [caption for row in rows for caption in _row_captions(texts, caption_names, row, where, report)]
+        first = rows[0]
+        if not captions:
+            report.skip("image_without_captions", f"{where} row {first} ({paths[first] or 'no file name'}): no captions; skipped")
+            continue
+        first_rows.append(first)
+        all_captions.append(captions)
+        given_id = ids[first] if ids is not None else None
+        image_ids.append(str(given_id) if given_id is not None else Path(paths[first]).name if paths[first] else f"{where.rsplit('/', 1)[-1]}-{first}")
+    problems = image_problems(cells, first_rows, roots, verify_images, num_threads)
+    for first, captions in zip(first_rows, all_captions):
+        if first in problems:
+            kind, reason = problems[first]
+            report.skip(kind, f"{where} row {first} ({paths[first] or 'no file name'}): {reason}; its {len(captions)} captions skipped")
+
+    # Columns are added at full length and rows selected last: `add_column` on a selection would copy the images.
+    column_ids, column_captions = [""] * len(data), [[] for _ in range(len(data))]
+    for first, image_id, captions in zip(first_rows, image_ids, all_captions):
+        column_ids[first], column_captions[first] = image_id, captions
+    keep = [first for first in first_rows if first not in problems]
+    reshaped = data.select_columns([image_name])
+    if image_name != "image":
+        reshaped = reshaped.rename_column(image_name, "image")
+    reshaped = reshaped.add_column("image_id", column_ids, feature=Value("string"))
+    reshaped = reshaped.add_column("captions", column_captions, feature=List(Value("string")))
+    reshaped = reshaped.cast_column("image", Image())
+    return reshaped if keep == list(range(len(reshaped))) else reshaped.select(keep)
+
+
+def _cell_paths(cells) -> list[str | None]:
+    if cells.type.num_fields:  # {bytes, path} structs
+        return pc.struct_field(cells, "path").to_pylist()
+    if _is_string_type(cells.type):  # a column of file paths
+        return cells.to_pylist()
+    return [None] * len(cells)  # a column of encoded bytes
+
+
+def _is_string_type(arrow_type) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+
+
+def _group_rows_by_image(cells, paths: list) -> list[list[int]]:
+    """Rows grouped by the image they hold, in order of first appearance: the same file (path), or for inline images
+    the same path and the same bytes (hashed only where paths repeat or are missing: usually never)."""
+    has_bytes = pc.is_valid(pc.struct_field(cells, "bytes")).to_pylist() if cells.type.num_fields else (
+        [False] * len(cells) if _is_string_type(cells.type) else pc.is_valid(cells).to_pylist())
+    path_count = defaultdict(int)
+    for path in paths:
+        path_count[path] += 1
+    groups = {}
+    for row, path in enumerate(paths):
+        if has_bytes[row] and (path is None or path_count[path] > 1):
+            key = ("bytes", path, _digest(cells, row))
+        elif has_bytes[row] or path:
+            key = ("path", path)
+        else:
+            key = ("null", row)  # no image at all: counted later, never merged with another row
+        groups.setdefault(key, []).append(row)
+    return list(groups.values())
+
+
+def _digest(cells, row: int) -> str:
+    cell = cells[row].as_py()
+    data = cell["bytes"] if isinstance(cell, dict) else cell
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _row_captions(texts: dict, caption_names: list[str], row: int, where: str, report: LoadReport) -> list[str]:
+    """The row's captions from every caption column (a string or a list of strings each), normalised; empty and
+    null ones counted and named."""
+    captions = []
+    for column in caption_names:
+        value = texts[column][row]
+        items = [(column, value)] if not isinstance(value, list) else [(f"{column}[{k}]", v) for k, v in enumerate(value)]
+        for label, text in items:
+            caption = normalize_caption(text) if isinstance(text, str) else ""
+            if caption:
+                captions.append(caption)
+            else:
+                report.skip("empty_caption", f"{where} row {row}: {label} is {'null' if text is None else 'empty'}; skipped")
+    return captions
+
+
+_CHECK_CHUNK = 256  # image cells decoded at a time: bounded memory for a million-image split
+
+
+def image_problems(cells, indices: list[int], roots: list[Path] | None, verify_images: bool,
+                   num_threads: int) -> dict[int, tuple[str, str]]:
+    """row -> (kind, reason) for the image cells among `indices` that must not be used: a null cell (always), a
+    URL or a path outside `roots` (always, unless `roots` is None: `datasets` would open it), and with
+    `verify_images` whatever `load_image` would refuse (undecodable bytes, a missing file). What is checked is what
+    `datasets` will open: the bytes when the cell has them, else its path as written."""
+    from datasets.utils.file_utils import is_local_path
+
+    problems = {}
+    with ThreadPoolExecutor(max_workers=num_threads) as pool:  # Pillow releases the GIL while decoding
+        for start in range(0, len(indices), _CHECK_CHUNK):  # a chunk of cells in memory at a time
+            to_decode = []
+            for index in indices[start : start + _CHECK_CHUNK]:
+                cell = cells[index].as_py()
+                if isinstance(cell, dict):
+                    data, path = cell.get("bytes"), cell.get("path")
+                else:  # a plain binary or string column
+                    data, path = (cell, None) if isinstance(cell, (bytes, bytearray)) else (None, cell)
+                if data is None and not path:
+                    problems[index] = ("undecodable_image", "no image (the cell is empty)")
+                elif data is None and roots is not None and not is_local_path(path):
+                    problems[index] = ("path_outside_dataset", f"the image is a URL ({path}), not a file of the dataset")
+                elif data is None and roots is not None and (outside := _outside(Path(path), roots)):
+                    problems[index] = ("path_outside_dataset", outside)
+                elif verify_images:
+                    to_decode.append((index, data if data is not None else path))
+            for (index, _), reason in zip(to_decode, pool.map(_decodes, [image for _, image in to_decode])):
+                if reason is not None:
+                    problems[index] = ("undecodable_image", f"cannot decode or use: {reason}")
+    return dict(sorted(problems.items()))
+
+
+# ---------------------------------------------------------------------------------------------- splits
+def _carve_missing_splits(result: dict, source: str, seed: int, report: LoadReport) -> dict:
+    """Validation and/or test splits the source lacks, carved from its (already grouped, cleaned) train images by a
+    seeded shuffle: by image, so no image is in two splits. The rest of train keeps its order."""
+    missing = [split for split in SPLITS if split not in result]
+    if not missing:
+        return result
+    train = result["train"]
+    size = max(1, round(len(train) * CARVED_FRACTION))
+    if len(train) <= size * len(missing):
+        raise ValueError(f"{source} has no {' or '.join(missing)} split and only {len(train)} usable train images: "
+                         f"too few to carve {len(missing)} × {size} images from and still train. {report.summary()}")
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    for k, split in enumerate(missing):
+        result[split] = train.select(sorted(order[k * size : (k + 1) * size]))
+    result["train"] = train.select(sorted(order[len(missing) * size :]))
+    report.split_source = (f"{report.split_source}; {' and '.join(missing)} carved from train by a seeded random split "
+                           f"by image (seed {seed}, {size} images each)")
+    logger.info("%s has no %s split: made from %d of its %d train images (seed %d); train %d, validation %d, test %d",
+                source, " or ".join(missing), size * len(missing), len(train), seed,
+                *(len(result[split]) for split in SPLITS))
+    return {split: result[split] for split in SPLITS}
