@@ -42,13 +42,25 @@ def _dataset_name(dataset: str) -> str:
     return Path(dataset).name if Path(dataset).exists() else dataset
 
 
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def base_model_of(encoder) -> str | None:
+    """The card's `base_model`: the encoder checkpoint when it is a Hub model id (`microsoft/resnet-152`), so the
+    Hub links the two models. None for a random encoder, a torchvision name, a local folder or a .pth file: the
+    Hub only accepts ids of models it hosts there."""
+    if not isinstance(encoder, str) or encoder == "random" or encoder.startswith("torchvision:") or Path(encoder).exists():
+        return None
+    return encoder if HUB_REPO_ID.fullmatch(encoder) and not encoder.endswith((".pth", ".pt")) else None
+
+
 def render_model_card(config, results: dict, model_args: dict, training_args: dict, data_args: dict, repo_id: str | None = None,
                       example_image: str = "photo.jpg") -> ModelCard:
     """The Hub model card of a training run: the model's sizes from its saved `config` (the single source of
     truth), its numbers from `metrics.json` (`results`), how it was trained from its arguments."""
     test = results.get("test") or {}
     dataset = _dataset_name(data_args.get("dataset") or "unknown")
-    is_hub_dataset = "/" in dataset and not Path(data_args.get("dataset", "")).exists()
+    is_hub_dataset = bool(HUB_REPO_ID.fullmatch(dataset)) and not Path(data_args.get("dataset", "")).exists()
     metric_keys = [k for k in METRIC_LABELS if isinstance(test.get(k), (int, float)) and math.isfinite(test[k])]
     eval_results = [
         EvalResult(
@@ -64,7 +76,9 @@ def render_model_card(config, results: dict, model_args: dict, training_args: di
         for key in metric_keys
     ]
     model_name = (repo_id or "show-attend-tell-captioner").split("/")[-1]
+    encoder = model_args.get("encoder", "microsoft/resnet-152")
     card_data = ModelCardData(
+        base_model=base_model_of(encoder),
         language="en",
         license="apache-2.0",
         library_name="transformers",
@@ -75,7 +89,6 @@ def render_model_card(config, results: dict, model_args: dict, training_args: di
         model_name=model_name,
         eval_results=eval_results or None,
     )
-    encoder = model_args.get("encoder", "microsoft/resnet-152")
     encoder_description = "ResNet-152 with random weights (a demo: no pretrained weights)" if encoder == "random" else f"ResNet ({encoder})"
     tokenizer = model_args.get("tokenizer", "bert-base-uncased")
     eval_settings = results.get("eval", {})

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import math
 import random
+import re
 import shutil
 import socket
 import stat
@@ -28,6 +30,8 @@ from hf_imgcap.evaluation.caption_metrics import (
     load_caption_metric,
     normalize_for_scoring,
 )
+
+from conftest import run_fresh_python
 
 BLEU_KEYS = ["bleu_1", "bleu_2", "bleu_3", "bleu_4"]
 NLTK_WEIGHTS = [(1, 0, 0, 0), (0.5, 0.5, 0, 0), (1 / 3,) * 3, (0.25,) * 4]
@@ -258,7 +262,7 @@ def test_meteor_java_crash(tmp_path, monkeypatch, caplog):
     fake_java(tmp_path, monkeypatch, 'echo "Error: could not reserve heap" >&2; exit 1')
     with pytest.raises(RuntimeError, match="METEOR failed.*could not reserve heap"):
         compute_caption_metrics(["a dog"], [["a dog"]], meteor=True)
-    with caplog.at_level(logging.WARNING, logger="hf_imgcap.evaluation.caption_metrics"):
+    with caplog.at_level(logging.WARNING):
         scores = compute_caption_metrics(["a dog"], [["a dog"]])
     assert "meteor" not in scores and "rouge_l" in scores
     assert "METEOR failed" in caplog.text
@@ -296,6 +300,68 @@ def test_evaluate_module_loads_offline_and_matches(monkeypatch, tmp_path):
     for p, refs in zip(predictions, references):
         metric.add(prediction=p, reference=refs)
     assert metric.compute(meteor=False) == expected
+
+
+def test_evaluate_module_works_without_hf_imgcap(tmp_path):
+    """The folder as published on the Hub: copied out of the package and loaded with `evaluate.load(path)` in a
+    process where `import hf_imgcap` fails, it gives exactly the scores of hf-imgcap's compute_caption_metrics."""
+    folder = tmp_path / "caption_metrics"
+    shutil.copytree(METRIC_MODULE_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    predictions, references = random_corpus(2, "mixed", n_images=8)
+    predictions[0] = "A Dog's T-shirt, (red)!"  # the normalisation must travel with the module too
+    expected = compute_caption_metrics(predictions, references, meteor=False)
+    code = f"""
+import json
+import evaluate
+try:
+    import hf_imgcap
+    raise SystemExit("hf_imgcap should not be importable here")
+except ImportError:
+    pass
+metric = evaluate.load({str(folder)!r}, cache_dir={str(tmp_path / "cache")!r})
+scores = metric.compute(predictions={predictions!r}, references={references!r}, meteor=False)
+try:
+    metric.compute(predictions=["a dog"], references=[[" ... "]], meteor=False)
+    raise SystemExit("an empty reference should be refused")
+except ValueError as error:
+    assert "references[0][0] is empty after normalisation" in str(error), error
+print("RESULT" + json.dumps({{"scores": scores, "name": type(metric).__name__}}))
+"""
+    result = run_fresh_python(code, cwd=tmp_path, block_package=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads(result.stdout.split("RESULT", 1)[1])
+    assert got["name"] == "CaptionMetrics"
+    assert got["scores"] == expected
+
+
+def test_hf_imgcap_scores_with_the_modules_code():
+    """One implementation: the package's functions are the evaluate module's, not a copy of them."""
+    import importlib
+
+    module = importlib.import_module("hf_imgcap.evaluation.metric_modules.caption_metrics.caption_metrics")
+    assert compute_caption_metrics is module.compute_caption_metrics
+    assert normalize_for_scoring is module.normalize_for_scoring
+
+
+def test_metric_card_is_a_hub_metric_card():
+    """README.md in evaluate's format: Space metadata (tags evaluate + metric, an app file that exists) and the
+    sections of evaluate's metric cards, with an example that gives what it says."""
+    from huggingface_hub import metadata_load
+
+    readme = METRIC_MODULE_DIR / "README.md"
+    metadata = metadata_load(readme)
+    assert {"evaluate", "metric"} <= set(metadata["tags"])
+    assert metadata["sdk"] == "gradio" and (METRIC_MODULE_DIR / metadata["app_file"]).is_file()
+    assert metadata["title"] and metadata["description"].strip()
+    text = readme.read_text()
+    headings = re.findall(r"^#+ (.+)$", text, flags=re.M)
+    for section in ("Metric Description", "How to Use", "Inputs", "Output Values", "Examples", "Limitations and Bias",
+                    "Citation", "Further References"):
+        assert section in headings, section
+    requirements = (METRIC_MODULE_DIR / "requirements.txt").read_text().split()
+    assert any(r.startswith("pycocoevalcap") for r in requirements) and any(r.startswith("evaluate") for r in requirements)
+    scores = compute_caption_metrics(["A dog runs on the grass."], [["a dog runs on the grass", "a brown dog is running"]], meteor=False)
+    assert scores["rouge_l"] == 1.0  # the card's example
 
 
 # --- input validation -----------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +195,50 @@ def test_card_states_the_sizes_of_the_saved_config_not_the_training_arguments(ru
     assert "Decoder: embedding 16, attention 16, LSTM 16, dropout 0.0," in text
     assert f"{config.vocab_size}-token WordPiece vocabulary" in text
     assert "None" not in text
+
+
+# --- every card the project renders loads with huggingface_hub and has valid metadata (issue 13) ---------------
+DEMO_METRICS = {  # what `train.py --demo` records: a local synthetic dataset, a random encoder, a small vocabulary
+    "test": {"bleu_1": 0.5, "bleu_2": 0.3, "bleu_3": 0.2, "bleu_4": 0.1, "cider": 0.4, "rouge_l": 0.4, "num_images": 60},
+    "validation_best_bleu_4": 0.1, "steps": 100, "num_train_images": 500,
+    "eval": {"split": "test", "num_beams": 3, "max_new_tokens": 20, "blind": False},
+}
+CARD_CASES = {
+    "pretrained encoder, Hub dataset": (METRICS, ARGUMENTS["model"], {"dataset": "jxie/flickr8k"}, "microsoft/resnet-152"),
+    "demo": (DEMO_METRICS, {"encoder": "random", "tokenizer": "captions"}, {"dataset": "outputs/demo/synthetic_flickr8k"}, None),
+    "no metrics": ({}, ARGUMENTS["model"], {"dataset": "jxie/flickr8k"}, "microsoft/resnet-152"),
+    "random encoder": (METRICS, {**ARGUMENTS["model"], "encoder": "random"}, {"dataset": "jxie/flickr8k"}, None),
+    "torchvision encoder": (METRICS, {**ARGUMENTS["model"], "encoder": "torchvision:resnet152"}, ARGUMENTS["data"], None),
+    "local .pth encoder": (METRICS, {**ARGUMENTS["model"], "encoder": "weights/resnet152.pth"}, ARGUMENTS["data"], None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CARD_CASES))
+def test_every_rendered_card_loads_and_its_metadata_validates(run_folder, tmp_path, case):
+    from huggingface_hub import ModelCardData
+
+    results, model_args, data_args, base_model = CARD_CASES[case]
+    shutil.copy(run_folder[0] / "config.json", tmp_path)
+    path = write_model_card(tmp_path, results, model_args, ARGUMENTS["training"], data_args, repo_id="someone/captioner")
+    card = ModelCard.load(path)
+    data = card.data
+    assert data.base_model == base_model  # the encoder checkpoint when it is a Hub model, else absent
+    assert ("base_model" in card.content) == (base_model is not None)
+    assert data.pipeline_tag == "image-to-text" and data.library_name == "transformers" and data.license == "apache-2.0"
+    assert "{{" not in card.content and "{%" not in card.content  # nothing of the template left unrendered
+    # The metadata survives huggingface_hub's own parsing and rebuilding (model-index included) unchanged.
+    rebuilt = ModelCardData(**data.to_dict())
+    assert rebuilt.to_dict() == data.to_dict()
+    assert bool(data.eval_results) == bool(results)
+    for result in data.eval_results or []:
+        assert result.task_type == "image-to-text" and result.dataset_type and result.metric_type
+    # A Hub `datasets` entry must be a Hub dataset id: a local folder (the demo's) is not listed there.
+    assert data.datasets == (["jxie/flickr8k"] if data_args["dataset"] == "jxie/flickr8k" else None)
+
+
+def test_the_root_model_card_is_the_template_the_package_renders():
+    from hf_imgcap.hub import TEMPLATE
+
+    root = Path(__file__).resolve().parents[1] / "model_card.md"
+    assert root.read_text() == TEMPLATE.read_text()
+    assert "{{ card_data }}" in root.read_text()  # a template, rendered per run (the tests above load the results)
