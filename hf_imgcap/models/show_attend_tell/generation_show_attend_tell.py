@@ -75,6 +75,30 @@ class ShowAttendTellGenerationMixin(GenerationMixin):
         model_kwargs[CACHE_KWARG] = outputs.cache
         return model_kwargs
 
+    def _forward_stepwise(self, input_ids, features, state, attention_mask, target, counts) -> dict:
+        """`forward` with a cache (what generate() runs at every step): step through `input_ids`; where
+        `attention_mask` is 0 (padding, e.g. the left padding of a batch of prompts) the state is left as it was, so
+        a padded row decodes exactly as it would alone."""
+        if state is None:
+            state = self.initial_state(features, rows_per_image=input_ids.shape[0] // features.shape[0])
+        hiddens, alphas = [], []
+        for position in range(input_ids.shape[1]):
+            before = state.hidden, state.cell
+            hidden, alpha = self.step(input_ids[:, position], state)
+            if attention_mask is not None and not attention_mask[:, position].all():
+                real = attention_mask[:, position].bool().unsqueeze(1)
+                state.hidden = hidden = torch.where(real, state.hidden, before[0])
+                state.cell = torch.where(real, state.cell, before[1])
+            hiddens.append(hidden)
+            alphas.append(alpha)
+        logits, alphas = self.next_token_logits(torch.stack(hiddens, dim=1)), torch.stack(alphas, dim=1)
+        fields = {"logits": logits, "cache": state, "attentions": alphas, "hidden_states": torch.stack(hiddens, dim=1)}
+        if target is not None:
+            rows, positions = (target != -100).nonzero(as_tuple=True)
+            fields |= self._losses(target[rows, positions], alphas[rows, positions], rows, input_ids.shape[0],
+                                   logits=logits[rows, positions], **counts)
+        return fields
+
     @torch.no_grad()
     def generate(self, pixel_values=None, input_ids=None, encoder_hidden_states=None, **kwargs):
         """`GenerationMixin.generate` for images: greedy, beam search, sampling and every logits processor.
@@ -86,7 +110,15 @@ class ShowAttendTellGenerationMixin(GenerationMixin):
         `attentions` is a `(num_sequences, generated_len, regions)` tensor: the attention behind each
         generated token of the returned sequences (recomputed by a teacher-forced pass over the chosen
         sequences, so it is exact for beam search as well); zero after a sequence's end.
+
+        `labels` (a training batch, as `Seq2SeqTrainer(predict_with_generate=True)` passes it) are the reference
+        captions: they are ignored, and so are `input_ids` of their shape (the reference captions as the model's
+        input), as Seq2SeqTrainer evicts `decoder_input_ids` made from labels: generation starts from the image.
         """
+        labels = kwargs.pop("labels", None)
+        if labels is not None and input_ids is not None and input_ids.shape == labels.shape:
+            input_ids = None
+            kwargs.pop("attention_mask", None)
         features = self._features(pixel_values, encoder_hidden_states)  # standardised by forward
         batch_size = features.shape[0]
         if input_ids is None:

@@ -4,7 +4,8 @@
 The remote-code bundle: this file and the same-folder files it imports (transformers copies them all next to the
 weights, so `AutoModel.from_pretrained(folder, trust_remote_code=True)` works without hf_imgcap):
 `ShowAttendTellDecoder` states the decoder's equations; `fused_teacher_forcing` is its fast training kernel;
-`input_checks` validates every input; `generation_show_attend_tell` adds `generate()` and `caption()`.
+`input_checks` validates every input; `generation_show_attend_tell` adds `generate()` and `caption()`;
+`trainer_support` adds what transformers' Trainer expects (labels-only batches, activation checkpointing).
 """
 
 import copy
@@ -18,12 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, ResNetModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_show_attend_tell import ShowAttendTellConfig
 from .fused_teacher_forcing import LinearCrossEntropy, teacher_forced_decode
 from .generation_show_attend_tell import ShowAttendTellGenerationMixin, ShowAttendTellState
 from .input_checks import ShowAttendTellInputChecks
+from .trainer_support import ShowAttendTellTrainerSupport
 
 
 @dataclass
@@ -36,6 +38,7 @@ class ShowAttendTellOutput(ModelOutput):
         cache: the recurrent decoding state ([`ShowAttendTellState`]) when `use_cache=True` (also readable as
             `past_key_values`, its name before transformers 5.24).
         attentions: `(batch, seq_len, regions)` attention weights of each position (`output_attentions=True`).
+        hidden_states: `((batch, seq_len, hidden),)`: the decoder LSTM's output at each position (`output_hidden_states=True`).
         caption_loss / attention_loss: the two parts of `loss`, for logging.
     """
 
@@ -43,6 +46,7 @@ class ShowAttendTellOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     cache: "ShowAttendTellState | None" = None
     attentions: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor] | None = None
     caption_loss: torch.FloatTensor | None = None
     attention_loss: torch.FloatTensor | None = None
 
@@ -87,6 +91,7 @@ class ShowAttendTellPreTrainedModel(PreTrainedModel):
     base_model_prefix = "show_attend_tell"
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True  # the encoder's stages when it trains; see `trainer_support`
     _no_split_modules = ["ShowAttendTellAttention"]
 
     @torch.no_grad()
@@ -187,13 +192,14 @@ class ShowAttendTellDecoder:
         # that write the caption. Per caption: the mean over regions of (1 - Σ_t α)²; summed, then normalised.
         attention_per_region = alphas.new_zeros(num_captions, alphas.shape[1]).index_add_(0, rows, alphas)  # (captions, R)
         summed_attention = ((1.0 - attention_per_region) ** 2).mean(dim=1).sum()
+        if num_captions_in_batch is None and num_items_in_batch is not None:  # Trainer: the step's token count only
+            num_captions_in_batch = num_captions * num_items_in_batch / max(len(targets), 1)  # weigh by the token share
         attention_loss = summed_attention / (num_captions if num_captions_in_batch is None else num_captions_in_batch)
         return caption_loss + self.config.attention_regularization * attention_loss, caption_loss, attention_loss
 
 
-class ShowAttendTellForConditionalGeneration(
-    ShowAttendTellPreTrainedModel, ShowAttendTellDecoder, ShowAttendTellInputChecks, ShowAttendTellGenerationMixin
-):
+class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, ShowAttendTellDecoder, ShowAttendTellInputChecks,
+                                             ShowAttendTellTrainerSupport, ShowAttendTellGenerationMixin):
     """ResNet encoder (frozen by default) + attention LSTM decoder, with `generate()` for captioning."""
 
     _auto_class = "AutoModel"  # save_pretrained copies the code files next to the weights
@@ -262,7 +268,7 @@ class ShowAttendTellForConditionalGeneration(
 
     def _encode(self, pixel_values):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
-            feature_map = self.encoder(pixel_values.to(self.dtype), return_dict=True).last_hidden_state
+            feature_map = self._run_encoder(pixel_values.to(self.dtype))
         return feature_map.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
 
     def _features(self, pixel_values, encoder_hidden_states):
@@ -291,6 +297,7 @@ class ShowAttendTellForConditionalGeneration(
         self.feature_scale.fill_(scale)
 
     # ------------------------------------------------------------------ forward
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.FloatTensor | None = None,
@@ -302,19 +309,21 @@ class ShowAttendTellForConditionalGeneration(
         past_key_values: ShowAttendTellState | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_logits: bool = True,
         num_items_in_batch: int | torch.Tensor | None = None,
         num_captions_in_batch: int | torch.Tensor | None = None,
-        return_dict: bool | None = None,
         **kwargs,
     ) -> ShowAttendTellOutput:
         r"""
         pixel_values (`(batch, 3, H, W)`): images from the processor. Or pass `encoder_hidden_states`
             (`(batch, regions, channels)`, e.g. from the feature cache or `get_image_features`). There may be
             fewer images than captions: k captions per image, in consecutive rows of `input_ids`.
-        input_ids (`(batch, seq_len)`): captions starting with the start token ([CLS]); right-padded.
+        input_ids (`(batch, seq_len)`): captions starting with the start token ([CLS]); right-padded. If omitted,
+            built from `labels` (a Seq2SeqTrainer batch; see `ShowAttendTellTrainerSupport._inputs_from_labels`).
         attention_mask: 1 for real tokens; if omitted, tokens equal to `pad_token_id` are padding.
         labels: usually `input_ids` with padding set to -100; position t is scored against label t+1.
+        output_hidden_states / return_dict=False: the decoder's hidden states / a tuple, as in transformers.
         cache / use_cache: step-by-step decoding with a [`ShowAttendTellState`] (as `generate()` does);
             `past_key_values` is the same argument under its name before transformers 5.24.
         return_logits: set False in training loops to skip materialising the `(batch, seq_len, vocab)`
@@ -326,53 +335,34 @@ class ShowAttendTellForConditionalGeneration(
             count. The regulariser is one term per caption (Xu et al.), the mean over regions of (1 − Σ_t α)², so
             it is normalised by captions, not tokens: λ then keeps its meaning whatever the caption lengths. Pass
             the global batch's counts in both arguments (divided by the number of processes under DDP, which
-            averages gradients) and the parts' losses add up exactly to the full batch's loss and gradient.
+            averages gradients) and the parts' losses add up exactly to the full batch's loss and gradient. With
+            only `num_items_in_batch` (transformers' Trainer), this batch's share of the tokens weighs its mean.
         """
         cache = cache if cache is not None else past_key_values
         stepwise = cache is not None or bool(use_cache)
+        input_ids, attention_mask, labels = self._inputs_from_labels(input_ids, attention_mask, labels)
         attention_mask, target = self._check_inputs(input_ids, attention_mask, labels, cache, stepwise)
         features = None
         if cache is None:
             features = self._standardize(self._features(pixel_values, encoder_hidden_states))
             self._check_batch(features, input_ids, allow_several_per_image=True)
         counts = {"num_items_in_batch": num_items_in_batch, "num_captions_in_batch": num_captions_in_batch}
+        wanted = {"attentions": bool(output_attentions),
+                  "hidden_states": self.config.output_hidden_states if output_hidden_states is None else output_hidden_states}
         if stepwise:
             fields = self._forward_stepwise(input_ids, features, cache, attention_mask, target, counts)
             fields["cache"] = fields["cache"] if use_cache is not False else None
-            fields["attentions"] = fields["attentions"] if output_attentions else None
+            fields = {name: value for name, value in fields.items() if wanted.get(name, True)}
         else:
-            fields = self._forward_teacher_forced(
-                input_ids, features, attention_mask, target, return_logits, bool(output_attentions), counts
-            )
+            fields = self._forward_teacher_forced(input_ids, features, attention_mask, target, return_logits, wanted, counts)
+        if fields.get("hidden_states") is not None:
+            fields["hidden_states"] = (fields["hidden_states"],)  # one tensor per decoder layer, as transformers returns them
         return ShowAttendTellOutput(**fields)
 
     def _losses(self, *args, **kwargs) -> dict:
         return dict(zip(("loss", "caption_loss", "attention_loss"), self.loss(*args, **kwargs)))
 
-    def _forward_stepwise(self, input_ids, features, state, attention_mask, target, counts) -> dict:
-        """Step through `input_ids`; where `attention_mask` is 0 (padding, e.g. the left padding of a batch of
-        prompts) the state is left as it was, so a padded row decodes exactly as it would alone."""
-        if state is None:
-            state = self.initial_state(features, rows_per_image=input_ids.shape[0] // features.shape[0])
-        hiddens, alphas = [], []
-        for position in range(input_ids.shape[1]):
-            before = state.hidden, state.cell
-            hidden, alpha = self.step(input_ids[:, position], state)
-            if attention_mask is not None and not attention_mask[:, position].all():
-                real = attention_mask[:, position].bool().unsqueeze(1)
-                state.hidden = hidden = torch.where(real, state.hidden, before[0])
-                state.cell = torch.where(real, state.cell, before[1])
-            hiddens.append(hidden)
-            alphas.append(alpha)
-        logits, alphas = self.next_token_logits(torch.stack(hiddens, dim=1)), torch.stack(alphas, dim=1)
-        fields = {"logits": logits, "cache": state, "attentions": alphas}
-        if target is not None:
-            rows, positions = (target != -100).nonzero(as_tuple=True)
-            fields |= self._losses(target[rows, positions], alphas[rows, positions], rows, input_ids.shape[0],
-                                   logits=logits[rows, positions], **counts)
-        return fields
-
-    def _forward_teacher_forced(self, input_ids, features, attention_mask, target, return_logits, output_attentions, counts):
+    def _forward_teacher_forced(self, input_ids, features, attention_mask, target, return_logits, wanted, counts):
         """Whole right-padded captions at once with the fused kernel; the output layer only at real positions."""
         batch_size, seq_len = input_ids.shape
         lengths = self._caption_lengths(input_ids, attention_mask)
@@ -390,12 +380,9 @@ class ShowAttendTellForConditionalGeneration(
             scored = packed_target != -100
             fields |= self._losses(packed_target[scored], alphas[scored], rows[scored], batch_size, hiddens=hiddens[scored],
                                    logits=None if packed_logits is None else packed_logits[scored], **counts)
-        if return_logits:
-            fields["logits"] = packed_logits.new_zeros(batch_size, seq_len, self.config.vocab_size)
-            fields["logits"][rows, positions] = packed_logits
-        if output_attentions:
-            fields["attentions"] = alphas.new_zeros(batch_size, seq_len, alphas.shape[1])
-            fields["attentions"][rows, positions] = alphas
+        for name, packed in (("logits", packed_logits), ("attentions", alphas), ("hidden_states", hiddens)):
+            if return_logits if name == "logits" else wanted[name]:
+                fields[name] = self._unpack(packed, rows, positions, batch_size, seq_len)
         return fields
 
 
