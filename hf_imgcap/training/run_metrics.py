@@ -37,7 +37,12 @@ class TrainingRecord:
 @dataclass
 class RunMetrics:
     """The content of `metrics.json`. `history` holds one entry per epoch: epoch, step, train_loss and the
-    validation metrics, all rounded to 4 digits."""
+    validation metrics, all rounded to 4 digits.
+
+    Only for datasets that say what their images show (a synthetic dataset's `scenes.json`), two more keys follow:
+    `content_accuracy` (colour / shape / relation accuracy of the test captions, with counts; see
+    `hf_imgcap.evaluation.content_accuracy`) and `feature_probe` (a linear probe's test accuracy on the same
+    features; `hf_imgcap.evaluation.feature_probe`). Other runs' metrics.json has neither key."""
 
     test: dict[str, float]
     validation_best_bleu_4: float
@@ -49,6 +54,8 @@ class RunMetrics:
     num_train_images: int
     training: TrainingRecord
     vocab_size: int
+    content_accuracy: dict | None = None
+    feature_probe: dict | None = None
 
     @property
     def train_loss_by_epoch(self) -> list[float]:
@@ -59,6 +66,8 @@ class RunMetrics:
         content = dataclasses.asdict(self)
         ordered = {}
         for key, value in content.items():
+            if key in _OPTIONAL and value is None:
+                continue
             ordered[key] = value
             if key == "history":
                 ordered["train_loss_by_epoch"] = self.train_loss_by_epoch
@@ -70,10 +79,10 @@ class RunMetrics:
     @classmethod
     def from_dict(cls, content: dict) -> "RunMetrics":
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(names - set(content))
+        missing = sorted(names - _OPTIONAL - set(content))
         if missing:
             raise KeyError(f"missing {', '.join(missing)}")
-        values = {name: content[name] for name in names}
+        values = {name: content[name] for name in names if name in content}
         values["eval"] = EvalSettings(**values["eval"])
         values["training"] = TrainingRecord(**values["training"])
         return cls(**values)
@@ -86,6 +95,9 @@ class RunMetrics:
         path = Path(folder) / METRICS_FILE
         path.write_text(self.to_json())
         return path
+
+
+_OPTIONAL = {"content_accuracy", "feature_probe"}  # present only for datasets with scenes
 
 
 def load_run_metrics(path) -> RunMetrics:
