@@ -120,6 +120,21 @@ def test_a_dataset_with_scenes_gets_content_accuracy_of_its_test_captions_and_a_
     assert len(re.findall(r": '.*' \[colour (right|wrong).*, shape (right|wrong)", printed)) == 4  # the examples say if they are right
 
 
+def test_a_run_without_scenes_writes_and_reads_metrics_json_without_the_content_keys(tmp_path):
+    """Real datasets have no scenes.json: their metrics.json keeps the published keys only, and such files (also
+    those written before content accuracy existed) still load."""
+    from hf_imgcap.training.run_metrics import EvalSettings, RunMetrics, TrainingRecord
+
+    record = RunMetrics(test={"bleu_4": 0.2}, validation_best_bleu_4=0.2, history=[], steps=3, nonfinite_steps_skipped=0,
+                        eval=EvalSettings(num_beams=3, max_new_tokens=20), dataset="jxie/flickr8k", num_train_images=6000,
+                        training=TrainingRecord(steps=3, mixed_precision="no", num_processes=1, device="cpu"), vocab_size=30522)
+    record.save(tmp_path)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert "content_accuracy" not in written and "feature_probe" not in written
+    loaded = load_run_metrics(tmp_path)
+    assert loaded == record and loaded.content_accuracy is None and loaded.feature_probe is None
+
+
 def test_a_metrics_json_that_is_not_a_run_record_is_refused_naming_the_file(tmp_path):
     path = tmp_path / "metrics.json"
     path.write_text(json.dumps({"test": {}, "steps": 3}))
