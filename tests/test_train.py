@@ -72,11 +72,67 @@ def test_short_training_reduces_the_loss_and_writes_a_loadable_hub_folder(data, 
     assert losses[-1] < 0.8 * losses[0]
     # metrics.json is a RunMetrics: typed, and written in the published layout (the model card reads these keys).
     recorded = load_run_metrics(out / "metrics.json")
+    # The synthetic dataset says what its images show (scenes.json): content accuracy and the probe come last.
     assert list(metrics) == ["test", "validation_best_bleu_4", "history", "train_loss_by_epoch", "steps",
-                             "nonfinite_steps_skipped", "eval", "dataset", "num_train_images", "training", "vocab_size"]
+                             "nonfinite_steps_skipped", "eval", "dataset", "num_train_images", "training", "vocab_size",
+                             "content_accuracy", "feature_probe"]
     assert recorded.to_dict() == metrics and recorded.train_loss_by_epoch == losses
     assert recorded.eval.num_beams == 2 and recorded.eval.split == "test" and recorded.training.steps == recorded.steps == 30
     assert recorded.training.device == "cpu" and recorded.vocab_size == results["vocab_size"]
+
+
+def test_a_dataset_with_scenes_gets_content_accuracy_of_its_test_captions_and_a_feature_probe(data, tmp_path, capsys):
+    from hf_imgcap.evaluation.content_accuracy import score_caption
+
+    cache = tmp_path / "cache"
+    results = run(tiny_args(data, tmp_path / "out", cache, "--num_epochs", "2"))
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    scenes = json.loads((data / "scenes.json").read_text())
+    captions = json.loads((tmp_path / "out" / "test_captions.json").read_text())
+    test_scenes = [scenes[example["image_id"]] for example in captions]
+    assert {len(scene["objects"]) for scene in test_scenes} == {1, 2}  # the fixture has both kinds of test image
+    # Computed from the generated test captions: each caption scored against its image's scene, every object counted.
+    verdicts = [score_caption(example["caption"], scene) for example, scene in zip(captions, test_scenes)]
+    content = metrics["content_accuracy"]
+    assert content["color"]["total"] == content["shape"]["total"] == sum(len(s["objects"]) for s in test_scenes)
+    assert content["color"]["correct"] == sum(sum(v.color) for v in verdicts)
+    assert content["shape"]["correct"] == sum(sum(v.shape) for v in verdicts)
+    assert content["relation"]["total"] == sum(len(s["objects"]) == 2 for s in test_scenes)
+    assert content["relation"]["correct"] == sum(v.relation is True for v in verdicts)
+    assert content["num_images"] == 5 and results["content_accuracy"] == content
+    # The linear probe of the same features, scored on the test images each task applies to.
+    probe = metrics["feature_probe"]
+    assert probe["relation"]["total"] == content["relation"]["total"]
+    assert probe["color"]["total"] == probe["shape"]["total"] == content["one_object"]["color"]["total"]
+    for task in ("color", "shape", "relation"):
+        assert probe[task]["accuracy"] is None or 0 <= probe[task]["accuracy"] <= 1
+    assert load_run_metrics(tmp_path / "out").content_accuracy == content
+
+    # The demo's tables: the blind baseline is scored the same way (no probe: its features are zeros).
+    blind = run(tiny_args(data, tmp_path / "blind", cache, "--num_epochs", "1", "--blind"))
+    assert "content_accuracy" in blind and "feature_probe" not in blind
+    capsys.readouterr()
+    train_script.print_demo_tables(results, blind, num_beams=2)
+    printed = capsys.readouterr().out
+    table = printed[printed.index("content accuracy (test split)"):].splitlines()
+    assert table[0].split()[-3:] == ["colour", "shape", "relation"]
+    assert [line[:28].strip() for line in table[1:4]] == ["with images", "image-blind baseline", "linear probe (features)"]
+    assert len(re.findall(r": '.*' \[colour (right|wrong).*, shape (right|wrong)", printed)) == 4  # the examples say if they are right
+
+
+def test_a_run_without_scenes_writes_and_reads_metrics_json_without_the_content_keys(tmp_path):
+    """Real datasets have no scenes.json: their metrics.json keeps the published keys only, and such files (also
+    those written before content accuracy existed) still load."""
+    from hf_imgcap.training.run_metrics import EvalSettings, RunMetrics, TrainingRecord
+
+    record = RunMetrics(test={"bleu_4": 0.2}, validation_best_bleu_4=0.2, history=[], steps=3, nonfinite_steps_skipped=0,
+                        eval=EvalSettings(num_beams=3, max_new_tokens=20), dataset="jxie/flickr8k", num_train_images=6000,
+                        training=TrainingRecord(steps=3, mixed_precision="no", num_processes=1, device="cpu"), vocab_size=30522)
+    record.save(tmp_path)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert "content_accuracy" not in written and "feature_probe" not in written
+    loaded = load_run_metrics(tmp_path)
+    assert loaded == record and loaded.content_accuracy is None and loaded.feature_probe is None
 
 
 def test_a_metrics_json_that_is_not_a_run_record_is_refused_naming_the_file(tmp_path):

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hf_imgcap.evaluation.attention_maps import model_view_crop_fraction, render_attention_map
+from hf_imgcap.evaluation.content_accuracy import split_content_accuracy
 from hf_imgcap.evaluation.generation import evaluate_captioner
 from hf_imgcap.hub import push_to_hub, write_model_card
 from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import ShowAttendTellForConditionalGeneration
@@ -213,15 +214,19 @@ def validate(run: TrainingRun, state: TrainState, end: EpochEnd, split, features
     run.save_checkpoint(state)
 
 
-def finish(run: TrainingRun, state: TrainState, test_split, features, output_dir: Path, record: dict) -> dict:
+def finish(run: TrainingRun, state: TrainState, test_split, features, output_dir: Path, record: dict,
+           scenes: dict | None = None, feature_probe: dict | None = None) -> dict:
     """The best model on the test split with every metric; the Hub-ready folder (model, processor, metrics.json,
     test captions, attention example, model card). `record` has the arguments (model/data/training dicts), the
-    number of training images and, after an SCST stage, its record ("scst"). Returns metrics.json's content plus `test_examples`."""
+    number of training images and, after an SCST stage, its record ("scst"). With `scenes` (what each image shows),
+    the test captions are also scored for content accuracy; `feature_probe` (the linear probe's results) goes to
+    metrics.json as it is. Returns metrics.json's content plus `test_examples`."""
     accelerator, args, processor = run.accelerator, run.args, run.processor
     final = (ShowAttendTellForConditionalGeneration.from_pretrained(run.best_dir) if run.best_dir.is_dir()
              else accelerator.unwrap_model(run.model))
     final.to(accelerator.device)
     test_metrics, test_captions = evaluate_captioner(final, run.processor, test_split, features=features, **run.evaluation)
+    content = split_content_accuracy(test_split["image_id"], test_captions, scenes) if scenes is not None else None
     run_metrics = RunMetrics(
         test=test_metrics,
         validation_best_bleu_4=state.best_bleu_4,
@@ -235,6 +240,8 @@ def finish(run: TrainingRun, state: TrainState, test_split, features, output_dir
                                 num_processes=accelerator.num_processes, device=accelerator.device.type),
         vocab_size=len(processor.tokenizer),
         scst=record.get("scst"),
+        content_accuracy=content,
+        feature_probe=feature_probe,
     )
     results = run_metrics.to_dict()
     test_examples = [{"image_id": i, "caption": c, "references": list(r)}

@@ -37,7 +37,12 @@ class TrainingRecord:
 @dataclass
 class RunMetrics:
     """The content of `metrics.json`. `history` holds one entry per epoch: epoch, step, train_loss and the
-    validation metrics, all rounded to 4 digits."""
+    validation metrics, all rounded to 4 digits.
+
+    Only for datasets that say what their images show (a synthetic dataset's `scenes.json`), two more keys follow:
+    `content_accuracy` (colour / shape / relation accuracy of the test captions, with counts; see
+    `hf_imgcap.evaluation.content_accuracy`) and `feature_probe` (a linear probe's test accuracy on the same
+    features; `hf_imgcap.evaluation.feature_probe`). Other runs' metrics.json has neither key."""
 
     test: dict[str, float]
     validation_best_bleu_4: float
@@ -52,6 +57,8 @@ class RunMetrics:
     # After a self-critical (SCST) stage: its settings, per-epoch rewards and validation metrics, and the test
     # metrics of the cross-entropy model it started from (`test` is then the SCST model's). Absent otherwise.
     scst: dict | None = None
+    content_accuracy: dict | None = None
+    feature_probe: dict | None = None
 
     @property
     def train_loss_by_epoch(self) -> list[float]:
@@ -62,7 +69,7 @@ class RunMetrics:
         content = dataclasses.asdict(self)
         ordered = {}
         for key, value in content.items():
-            if key == "scst" and value is None:
+            if key in _OPTIONAL and value is None:
                 continue
             ordered[key] = value
             if key == "history":
@@ -75,8 +82,7 @@ class RunMetrics:
     @classmethod
     def from_dict(cls, content: dict) -> "RunMetrics":
         names = {f.name for f in dataclasses.fields(cls)}
-        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
-        missing = sorted(names - optional - set(content))
+        missing = sorted(names - _OPTIONAL - set(content))
         if missing:
             raise KeyError(f"missing {', '.join(missing)}")
         values = {name: content[name] for name in names if name in content}
@@ -92,6 +98,10 @@ class RunMetrics:
         path = Path(folder) / METRICS_FILE
         path.write_text(self.to_json())
         return path
+
+
+# Present only when they apply: content accuracy and the probe for datasets with scenes, scst after an SCST stage.
+_OPTIONAL = {"content_accuracy", "feature_probe", "scst"}
 
 
 def load_run_metrics(path) -> RunMetrics:
