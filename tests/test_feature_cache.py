@@ -1,6 +1,7 @@
 """The feature cache and the training examples built on it."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -89,13 +90,38 @@ def test_bad_images_are_reported_by_path_and_counted_the_rest_go_on(tmp_path, ca
     assert 2 not in pairs["image_index"]
 
 
-def test_statistics_are_the_mean_and_residual_rms_of_valid_images(dataset, tmp_path):
+def test_statistics_are_the_mean_and_per_channel_spread_of_valid_images(dataset, tmp_path):
     cache = build(tiny_model(), tiny_processor(), dataset["train"], tmp_path)
-    mean, scale = cache.statistics()
+    mean, std = cache.statistics()
     features = cache.batch(range(10)).double()
     torch.testing.assert_close(mean.double(), features.mean(0), rtol=0, atol=1e-5)
-    assert scale == pytest.approx((features - features.mean(0)).pow(2).mean().sqrt().item(), rel=1e-5)
-    assert cache.statistics()[1] == scale  # kept with the cache
+    residual = features - features.mean(0)
+    overall = residual.pow(2).mean().sqrt()
+    per_channel = residual.pow(2).mean(dim=(0, 1)).sqrt().clamp(min=0.1 * overall)  # floored at 10% of the overall
+    assert std.shape == mean.shape
+    torch.testing.assert_close(std.double(), per_channel.expand_as(std), rtol=1e-4, atol=0)
+    assert (per_channel == 0.1 * overall).any()  # the floor is exercised: this encoder has near-constant channels
+    again_mean, again_std = cache.statistics()  # kept with the cache
+    assert torch.equal(again_std, std) and torch.equal(again_mean, mean)
+    _, per_value = cache.statistics(per="region_channel")
+    torch.testing.assert_close(per_value.double(), residual.pow(2).mean(0).sqrt().clamp(min=0.1 * overall), rtol=1e-4, atol=0)
+    _, single = cache.statistics(per="global")  # the one scale of earlier versions
+    torch.testing.assert_close(single.double(), overall.expand_as(single), rtol=1e-5, atol=0)
+
+
+def test_statistics_kept_by_an_earlier_version_are_recomputed_not_misread(dataset, tmp_path, caplog):
+    """An earlier version kept the mean and one global scale in statistics.npz: such a file cannot give a
+    per-channel spread, so it is recomputed (and rewritten) instead of being used as one."""
+    cache = build(tiny_model(), tiny_processor(), dataset["train"], tmp_path)
+    expected_mean, expected_std = cache.statistics()
+    stats_file = cache.folder / "statistics.npz"
+    np.savez(stats_file, mean=np.full(expected_mean.shape, 7.0, dtype=np.float32), scale=np.float64(3.0))
+    with caplog.at_level(logging.INFO, logger="hf_imgcap.data.feature_cache"):
+        mean, std = FeatureCache(cache.folder).statistics()
+    assert torch.equal(mean, expected_mean) and torch.equal(std, expected_std)
+    assert "earlier version" in caplog.text and str(stats_file) in caplog.text
+    with np.load(stats_file) as rewritten:
+        assert {"mean", "variance", "format"} <= set(rewritten.files) and "scale" not in rewritten.files
 
 
 def test_training_pairs_pad_per_batch_with_labels_ignoring_padding(dataset, tmp_path):

@@ -466,3 +466,42 @@ def test_added_tokens_resize_the_input_and_output_embeddings(tmp_path):
     reloaded = ShowAttendTellForConditionalGeneration.from_pretrained(tmp_path)
     torch.testing.assert_close(reloaded.generate(encoder_hidden_states=features, max_new_tokens=4),
                                model.eval().generate(encoder_hidden_states=features, max_new_tokens=4))
+
+
+def test_per_channel_standardisation_gives_every_channel_unit_spread_and_floors_dead_channels():
+    """`set_feature_statistics(mean, std)` with a per-channel std: the decoder's input has mean 0 and spread 1 in
+    every channel that varies; a channel that never varies stays 0 and one that hardly varies is not blown up."""
+    from hf_imgcap.models.show_attend_tell.feature_standardization import normalize_features, standard_deviation
+
+    model = tiny_model()
+    regions, channels = model.feature_mean.shape
+    torch.manual_seed(0)
+    spread = torch.logspace(0, 1, channels)  # channels 10x apart in spread...
+    features = 5 + torch.randn(400, regions, channels) * spread
+    features[..., 0] = 0.0  # ...one that is never active (a dead ReLU)
+    features[..., 1] = 1e-6 * torch.randn(400, regions)  # and one that varies by rounding noise only
+    normalized = normalize_features(features)  # what the feature cache holds
+    mean = normalized.mean(0)
+    variance = normalized.var(0, unbiased=False)
+    model.set_feature_statistics(mean, standard_deviation(variance, per="channel"))
+    standardized = model._standardize(normalized)
+    per_channel_std = standardized.std(dim=(0, 1))
+    torch.testing.assert_close(per_channel_std[2:], torch.ones(channels - 2), rtol=0.1, atol=0)
+    assert standardized[..., 0].abs().max() == 0
+    assert standardized[..., 1].abs().max() < 1e-3  # floored: noise stays noise
+    assert torch.isfinite(standardized).all()
+    # With one global scale (the earlier standardisation) the channels keep their 10x differences.
+    model.set_feature_statistics(mean, standard_deviation(variance, per="global"))
+    globally = model._standardize(normalized).std(dim=(0, 1))
+    assert globally[-1] / globally[2] > 8
+
+
+@pytest.mark.parametrize("std, message", [
+    (torch.ones(3), r"feature std must be a number or have shape \(channels,\)"),
+    (0.0, "positive std"),
+    (torch.tensor(float("nan")), "finite"),
+])
+def test_bad_feature_statistics_are_refused_naming_the_problem(std, message):
+    model = tiny_model()
+    with pytest.raises(ValueError, match=message):
+        model.set_feature_statistics(torch.zeros_like(model.feature_mean), std)

@@ -237,3 +237,30 @@ print("FROZEN-OK")
     result = run_fresh_python(code, cwd=tmp_path, block_package=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "FROZEN-OK" in result.stdout
+
+
+def test_a_model_saved_with_one_global_feature_scale_loads_and_gives_the_same_outputs(tmp_path):
+    """Folders saved before per-channel standardisation hold a scalar `feature_scale` and no `feature_std`: they
+    load without a missing-weights report and caption exactly as they did."""
+    from safetensors.torch import load_file, save_file
+
+    model, _ = save_tiny(tmp_path)  # tiny_model: a (regions, channels) mean and one scale, 0.5
+    weights = load_file(tmp_path / "model.safetensors")
+    assert torch.equal(weights["feature_std"], torch.full_like(weights["feature_std"], 0.5))
+    del weights["feature_std"]  # the earlier layout: the single scale was feature_scale itself
+    weights["feature_scale"] = torch.tensor(0.5)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+
+    pixels = torch.randn(2, 3, 64, 64)
+    ids = torch.tensor([[101, 7, 8, 9], [101, 10, 11, 12]])
+    loaded, info = ShowAttendTellForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["mismatched_keys"] and not info["unexpected_keys"]
+    assert loaded.feature_scale.item() == 0.5 and torch.equal(loaded.feature_std, torch.ones_like(loaded.feature_std))
+    loaded.eval()
+    torch.testing.assert_close(loaded(pixel_values=pixels, input_ids=ids).logits, model(pixel_values=pixels, input_ids=ids).logits,
+                               rtol=0, atol=0)
+    assert torch.equal(loaded.generate(pixel_values=pixels, max_new_tokens=6, num_beams=3),
+                       model.generate(pixel_values=pixels, max_new_tokens=6, num_beams=3))
+    # Statistics set afterwards replace the old scale: features are divided by the new std alone.
+    loaded.set_feature_statistics(model.feature_mean, torch.full((model.config.encoder_hidden_size,), 0.25))
+    assert loaded.feature_scale.item() == 1.0 and torch.equal(loaded.feature_std, torch.full_like(loaded.feature_std, 0.25))

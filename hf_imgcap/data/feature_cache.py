@@ -32,11 +32,15 @@ from datasets import Dataset, Image
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from hf_imgcap.models.show_attend_tell.feature_standardization import STANDARDIZE_PER, standard_deviation
+
 
 logger = logging.getLogger(__name__)
 
 # Bump when what is stored changes meaning (e.g. the normalisation in get_image_features).
 FEATURE_FORMAT_VERSION = "rms-normalized-fp16-v1"
+# statistics.npz: per-(region, channel) mean and variance. Version 1 (no "format" key) held the mean and one scale.
+STATISTICS_FORMAT = "mean-variance-v2"
 
 
 # ---------------------------------------------------------------------------------------------- keys
@@ -130,30 +134,42 @@ class FeatureCache:
     def __setstate__(self, state):
         self.__init__(state["folder"])
 
-    def statistics(self, chunk_size: int = 256):
-        """Per-(region, channel) mean and the RMS of what is left, over the valid images: what
-        `model.set_feature_statistics` takes. Computed once in a streaming pass, then kept in the cache."""
+    def statistics(self, chunk_size: int = 256, per: str = STANDARDIZE_PER) -> tuple[torch.Tensor, torch.Tensor]:
+        """What `model.set_feature_statistics` takes, over the valid images: the per-(region, channel) mean and the
+        `(regions, channels)` standard deviation to divide by (see `standard_deviation` for `per` and the floor).
+        The mean and variance are computed once in a streaming pass, then kept in the cache's statistics.npz."""
+        mean, variance = self._moments(chunk_size)
+        return mean, standard_deviation(variance, per=per)
+
+    def _moments(self, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-(region, channel) mean and variance (over images), read from statistics.npz or computed and kept there.
+        A file of an earlier version (one global scale, no variance) cannot give per-channel statistics: recomputed."""
         stats_file = self.folder / "statistics.npz"
         if stats_file.is_file():
             try:
                 with np.load(stats_file) as stats:
-                    return torch.from_numpy(stats["mean"]), float(stats["scale"])
-            except (OSError, ValueError, KeyError, EOFError) as error:  # derived data: recompute it
+                    if str(stats["format"]) == STATISTICS_FORMAT:
+                        return torch.from_numpy(stats["mean"]), torch.from_numpy(stats["variance"])
+                    logger.info("%s is of another version (%s); computing the statistics again", stats_file, stats["format"])
+            except KeyError:
+                logger.info("%s is from an earlier version (one global scale); computing per-channel statistics", stats_file)
+            except (OSError, ValueError, EOFError) as error:  # derived data: recompute it
                 logger.warning("%s is damaged (%s); computing the statistics again", stats_file, error)
         valid = np.flatnonzero(self.valid)
         if len(valid) == 0:
             raise ValueError(f"feature cache {self.folder} has no valid image to compute statistics from")
         total = np.zeros(self.features.shape[1:], dtype=np.float64)
-        total_sq = 0.0
+        total_sq = np.zeros(self.features.shape[1:], dtype=np.float64)
         for start in range(0, len(valid), chunk_size):
             chunk = self.batch(valid[start : start + chunk_size]).numpy().astype(np.float64)
             total += chunk.sum(0)
-            total_sq += float(np.square(chunk).sum())
+            total_sq += np.square(chunk).sum(0)
         mean = total / len(valid)
-        variance = total_sq / (len(valid) * mean.size) - float(np.square(mean).mean())
-        scale = float(np.sqrt(max(variance, 0.0))) or 1.0  # all-equal features (e.g. a blind baseline): no scaling
-        _atomic_save_npz(stats_file, mean=mean.astype(np.float32), scale=np.float64(scale))
-        return torch.from_numpy(mean.astype(np.float32)), scale
+        variance = np.maximum(total_sq / len(valid) - np.square(mean), 0.0).astype(np.float32)
+        mean = mean.astype(np.float32)
+        _atomic_save_npz(stats_file, mean=mean, variance=variance, num_images=np.int64(len(valid)),
+                         format=np.str_(STATISTICS_FORMAT))
+        return torch.from_numpy(mean), torch.from_numpy(variance)
 
     @property
     def invalid_images(self) -> list:

@@ -22,6 +22,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_show_attend_tell import ShowAttendTellConfig
+from .feature_standardization import FeatureStandardization, normalize_features
 from .fused_teacher_forcing import LinearCrossEntropy, teacher_forced_decode
 from .generation_show_attend_tell import ShowAttendTellGenerationMixin, ShowAttendTellState
 from .input_checks import ShowAttendTellInputChecks
@@ -112,6 +113,7 @@ class ShowAttendTellPreTrainedModel(PreTrainedModel):
                 init.uniform_(param, -bound, bound)
         elif isinstance(module, ShowAttendTellForConditionalGeneration):
             init.zeros_(module.feature_mean)  # identity standardisation until set from data
+            init.ones_(module.feature_std)
             init.ones_(module.feature_scale)
         elif isinstance(module, nn.Linear):  # torch's default Linear init
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
@@ -198,22 +200,22 @@ class ShowAttendTellDecoder:
         return caption_loss + self.config.attention_regularization * attention_loss, caption_loss, attention_loss
 
 
-class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, ShowAttendTellDecoder, ShowAttendTellInputChecks,
-                                             ShowAttendTellTrainerSupport, ShowAttendTellGenerationMixin):
+class ShowAttendTellForConditionalGeneration(
+    ShowAttendTellPreTrainedModel, ShowAttendTellDecoder, FeatureStandardization, ShowAttendTellInputChecks,
+    ShowAttendTellTrainerSupport, ShowAttendTellGenerationMixin
+):
     """ResNet encoder (frozen by default) + attention LSTM decoder, with `generate()` for captioning."""
 
     _auto_class = "AutoModel"  # save_pretrained copies the code files next to the weights
+    # Checkpoints saved before per-channel standardisation have no feature_std: it stays at ones (same outputs).
+    _keys_to_ignore_on_load_missing = [r"^feature_std$"]
 
     def __init__(self, config: ShowAttendTellConfig):
         super().__init__(config)
         self.encoder = ResNetModel(config.encoder_config)
         self._build_decoder(config)
-        # Feature standardisation, set from training data by `set_feature_statistics` (identity until then).
-        # A frozen encoder's features share a large image-independent part (for a randomly initialised
-        # ResNet-152, ~99% of every value); removing the per-(region, channel) mean makes what differs
-        # between images visible to the decoder.
-        self.register_buffer("feature_mean", torch.zeros(config.num_regions, config.encoder_hidden_size))
-        self.register_buffer("feature_scale", torch.ones(()))
+        # Feature standardisation (feature_standardization.py), set from training data by `set_feature_statistics`.
+        self._build_feature_standardization(config.num_regions, config.encoder_hidden_size)
         self.post_init()
         self._apply_encoder_freeze()
         # Captions are short: without this, generate() warns and stops at 20 tokens, and image-text-to-text at 256.
@@ -276,25 +278,6 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Show
         if encoder_hidden_states is not None:
             return self._check_encoder_hidden_states(encoder_hidden_states)
         return self._encode(self._check_pixel_values(pixel_values))
-
-    def _standardize(self, features):
-        """The decoder's input, standardised once per call: `(features / rms - mean) / scale`. Dividing by the rms
-        also makes raw encoder maps of any scale safe (it is idempotent on `get_image_features` / cached features)."""
-        features = normalize_features(features.to(self.dtype))
-        return (features - self.feature_mean.to(features.dtype)) / self.feature_scale.to(features.dtype)
-
-    @torch.no_grad()
-    def set_feature_statistics(self, mean: torch.Tensor, scale: float | torch.Tensor):
-        """Standardise features as `(features - mean) / scale` from now on (`mean`: `(regions, channels)`, the
-        training set's mean of `get_image_features`; `scale`: the root-mean-square of what is left)."""
-        mean = torch.as_tensor(mean, dtype=self.feature_mean.dtype)
-        if mean.shape != self.feature_mean.shape:
-            raise ValueError(f"feature mean must have shape {tuple(self.feature_mean.shape)}, got {tuple(mean.shape)}")
-        scale = float(scale)
-        if not math.isfinite(scale) or scale <= 0 or not torch.isfinite(mean).all():
-            raise ValueError(f"feature statistics must be finite with a positive scale, got scale={scale}")
-        self.feature_mean.copy_(mean)
-        self.feature_scale.fill_(scale)
 
     # ------------------------------------------------------------------ forward
     @can_return_tuple
@@ -384,12 +367,6 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Show
             if return_logits if name == "logits" else wanted[name]:
                 fields[name] = self._unpack(packed, rows, positions, batch_size, seq_len)
         return fields
-
-
-def normalize_features(features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Divide each image's `(regions, channels)` map by its root-mean-square (computed in fp32)."""
-    rms = features.float().pow(2).mean(dim=(1, 2), keepdim=True).add(eps).sqrt()
-    return (features.float() / rms).to(features.dtype)
 
 
 __all__ = ["ShowAttendTellForConditionalGeneration", "ShowAttendTellPreTrainedModel", "ShowAttendTellState"]
