@@ -162,7 +162,7 @@ def test_train_with_scst_epochs_records_the_scst_stage_and_saves_the_scst_model(
         "--encoder", "random", "--image_size", "64", "--tokenizer", "captions", "--caption_vocab_size", "80",
         "--embedding_size", "24", "--attention_size", "24", "--hidden_size", "24", "--dropout", "0",
         "--batch_size", "8", "--learning_rate", "3e-3", "--eval_num_beams", "2", "--eval_max_new_tokens", "12",
-        "--report_to", "none", "--seed", "7", "--num_epochs", "2",
+        "--report_to", "none", "--seed", "7", "--num_epochs", "1",
         "--scst_epochs", "2", "--scst_num_samples", "3", "--scst_learning_rate", "1e-3",
     ]
     results = train_script.train(*train_script.parse_args(argv))
