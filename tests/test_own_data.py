@@ -323,3 +323,28 @@ def test_train_py_passes_the_dataset_arguments_on(monkeypatch, tmp_path):
     assert {k: seen[k] for k in ("source", "dataset_config", "revision", "image_column", "caption_column")} == {
         "source": "someone/shapes", "dataset_config": "full", "revision": "v2", "image_column": "img",
         "caption_column": "sentences"}
+
+
+def test_the_readme_trainer_recipe_trains_on_a_loaded_imagefolder(tmp_path):
+    """README "Training on your own data": the loaded splits go into `Trainer` with a collator made from the
+    processor (one random caption per image and batch)."""
+    from transformers import Trainer, TrainingArguments
+
+    from conftest import tiny_model, tiny_processor
+
+    write_imagefolder(tmp_path / "my_photos", scenes(10, seed=13, size=64), metadata="csv")
+    data = load_caption_dataset(str(tmp_path / "my_photos"))
+    model, processor = tiny_model().train(), tiny_processor()
+
+    def collate(rows):
+        batch = processor(images=[row["image"] for row in rows], text=[random.choice(row["captions"]) for row in rows])
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return dict(batch)
+
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    args = TrainingArguments(str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2,
+                             remove_unused_columns=False, report_to="none", save_strategy="no", use_cpu=True)
+    trainer = Trainer(model=model, args=args, train_dataset=data["train"], data_collator=collate)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert any(not (p.detach() == before[name]).all() for name, p in model.named_parameters() if name in before)
