@@ -192,6 +192,24 @@ def test_several_caption_columns_are_still_found_without_naming_them(tmp_path):
     assert first["captions"] == [f"caption number {k} of image 0" for k in (0, 1, 2, 10)]
 
 
+def test_rows_of_the_same_inline_image_without_a_file_name_are_one_image(tmp_path):
+    """Images held as bytes only (e.g. made from PIL images, no path), one row per caption and two caption columns
+    named in Python: rows with the same bytes are one image."""
+    pairs = scenes(10, seed=14)
+    encoded = [jpeg_bytes(image) for image, _ in pairs]
+    rows = [(k, c) for k, (_, captions) in enumerate(pairs) for c in captions[:2]]
+    ds = datasets.Dataset.from_dict(
+        {"picture": [{"bytes": encoded[k], "path": None} for k, _ in rows], "en": [c for _, c in rows],
+         "en_alt": [c.upper() for _, c in rows]},
+        features=datasets.Features({"picture": datasets.Image(), "en": datasets.Value("string"), "en_alt": datasets.Value("string")}))
+    dataset = load_caption_dataset(ds, caption_column=["en", "en_alt"], seed=1)  # the only Image column: found
+    loaded = [row for split in dataset.values() for row in split.cast_column("image", datasets.Image(decode=False))]
+    assert len(loaded) == 10
+    by_bytes = {row["image"]["bytes"]: row["captions"] for row in loaded}
+    first, second = pairs[0][1][:2]
+    assert by_bytes[encoded[0]] == [first, first.upper(), second, second.upper()]
+
+
 @pytest.mark.parametrize("argument, value, message", [
     ("caption_column", "sentence", r"no caption column 'sentence' \(columns: img, caption\)"),
     ("image_column", "picture", r"no image column 'picture' \(columns: img, caption\)"),
