@@ -125,6 +125,20 @@ def test_train_and_test_without_validation_carves_validation_from_train(tmp_path
     assert len(ids["validation"]) == 1 and sorted(ids["train"] + ids["validation"]) == train_names
 
 
+def test_images_with_the_same_file_name_in_different_folders_get_distinct_ids(tmp_path):
+    folder = tmp_path / "animals"
+    rows = []
+    for kind, pairs in (("cats", scenes(6, seed=15)), ("dogs", scenes(6, seed=16))):
+        (folder / kind).mkdir(parents=True)
+        for index, (image, captions) in enumerate(pairs):
+            image.save(folder / kind / f"{index}.jpg")
+            rows.append({"file_name": f"{kind}/{index}.jpg", "text": captions[0]})
+    write_metadata(folder, rows, "csv")
+    dataset = load_caption_dataset(str(folder))
+    ids = [i for split in dataset.values() for i in split["image_id"]]
+    assert sorted(ids) == sorted(row["file_name"] for row in rows)
+
+
 def test_bad_rows_of_an_imagefolder_are_counted_named_and_logged(tmp_path, caplog):
     pairs = scenes(8, seed=5)
     folder = tmp_path / "broken"
