@@ -158,7 +158,8 @@ def split_to_captions(data: Dataset, where: str, report: LoadReport, roots: list
     caption_names = find_caption_columns(data, caption_column, where)
     cells = data.with_format("arrow")[image_name]  # Arrow {bytes, path} structs (or paths / bytes), not decoded
     paths = _cell_paths(cells)
-    ids = data.select_columns(["image_id"]).to_dict()["image_id"] if "image_id" in data.column_names and image_name != "image_id" else None
+    has_ids = "image_id" in data.column_names and image_name != "image_id"  # the source's own ids, when it has them
+    ids = data.select_columns(["image_id"]).to_dict()["image_id"] if has_ids else None
     texts = data.select_columns(caption_names).to_dict()
 
     groups = _group_rows_by_image(cells, paths)
