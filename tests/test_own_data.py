@@ -125,6 +125,20 @@ def test_train_and_test_without_validation_carves_validation_from_train(tmp_path
     assert len(ids["validation"]) == 1 and sorted(ids["train"] + ids["validation"]) == train_names
 
 
+def test_images_with_the_same_file_name_in_different_folders_get_distinct_ids(tmp_path):
+    folder = tmp_path / "animals"
+    rows = []
+    for kind, pairs in (("cats", scenes(6, seed=15)), ("dogs", scenes(6, seed=16))):
+        (folder / kind).mkdir(parents=True)
+        for index, (image, captions) in enumerate(pairs):
+            image.save(folder / kind / f"{index}.jpg")
+            rows.append({"file_name": f"{kind}/{index}.jpg", "text": captions[0]})
+    write_metadata(folder, rows, "csv")
+    dataset = load_caption_dataset(str(folder))
+    ids = [i for split in dataset.values() for i in split["image_id"]]
+    assert sorted(ids) == sorted(row["file_name"] for row in rows)
+
+
 def test_bad_rows_of_an_imagefolder_are_counted_named_and_logged(tmp_path, caplog):
     pairs = scenes(8, seed=5)
     folder = tmp_path / "broken"
@@ -190,6 +204,24 @@ def test_several_caption_columns_are_still_found_without_naming_them(tmp_path):
     first = next(row for row in rows if row["image_id"] == "photo_0.jpg")
     # In numeric order (caption_10 after caption_2), whatever the column order.
     assert first["captions"] == [f"caption number {k} of image 0" for k in (0, 1, 2, 10)]
+
+
+def test_rows_of_the_same_inline_image_without_a_file_name_are_one_image(tmp_path):
+    """Images held as bytes only (e.g. made from PIL images, no path), one row per caption and two caption columns
+    named in Python: rows with the same bytes are one image."""
+    pairs = scenes(10, seed=14)
+    encoded = [jpeg_bytes(image) for image, _ in pairs]
+    rows = [(k, c) for k, (_, captions) in enumerate(pairs) for c in captions[:2]]
+    ds = datasets.Dataset.from_dict(
+        {"picture": [{"bytes": encoded[k], "path": None} for k, _ in rows], "en": [c for _, c in rows],
+         "en_alt": [c.upper() for _, c in rows]},
+        features=datasets.Features({"picture": datasets.Image(), "en": datasets.Value("string"), "en_alt": datasets.Value("string")}))
+    dataset = load_caption_dataset(ds, caption_column=["en", "en_alt"], seed=1)  # the only Image column: found
+    loaded = [row for split in dataset.values() for row in split.cast_column("image", datasets.Image(decode=False))]
+    assert len(loaded) == 10
+    by_bytes = {row["image"]["bytes"]: row["captions"] for row in loaded}
+    first, second = pairs[0][1][:2]
+    assert by_bytes[encoded[0]] == [first, first.upper(), second, second.upper()]
 
 
 @pytest.mark.parametrize("argument, value, message", [
@@ -323,3 +355,28 @@ def test_train_py_passes_the_dataset_arguments_on(monkeypatch, tmp_path):
     assert {k: seen[k] for k in ("source", "dataset_config", "revision", "image_column", "caption_column")} == {
         "source": "someone/shapes", "dataset_config": "full", "revision": "v2", "image_column": "img",
         "caption_column": "sentences"}
+
+
+def test_the_readme_trainer_recipe_trains_on_a_loaded_imagefolder(tmp_path):
+    """README "Training on your own data": the loaded splits go into `Trainer` with a collator made from the
+    processor (one random caption per image and batch)."""
+    from transformers import Trainer, TrainingArguments
+
+    from conftest import tiny_model, tiny_processor
+
+    write_imagefolder(tmp_path / "my_photos", scenes(10, seed=13, size=64), metadata="csv")
+    data = load_caption_dataset(str(tmp_path / "my_photos"))
+    model, processor = tiny_model().train(), tiny_processor()
+
+    def collate(rows):
+        batch = processor(images=[row["image"] for row in rows], text=[random.choice(row["captions"]) for row in rows])
+        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return dict(batch)
+
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    args = TrainingArguments(str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2,
+                             remove_unused_columns=False, report_to="none", save_strategy="no", use_cpu=True)
+    trainer = Trainer(model=model, args=args, train_dataset=data["train"], data_collator=collate)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert any(not (p.detach() == before[name]).all() for name, p in model.named_parameters() if name in before)

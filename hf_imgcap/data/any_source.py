@@ -20,9 +20,10 @@ Only public `datasets` APIs are used.
 
 import hashlib
 import logging
+import os
 import random
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -157,7 +158,8 @@ def split_to_captions(data: Dataset, where: str, report: LoadReport, roots: list
     caption_names = find_caption_columns(data, caption_column, where)
     cells = data.with_format("arrow")[image_name]  # Arrow {bytes, path} structs (or paths / bytes), not decoded
     paths = _cell_paths(cells)
-    ids = data.select_columns(["image_id"]).to_dict()["image_id"] if "image_id" in data.column_names and image_name != "image_id" else None
+    has_ids = "image_id" in data.column_names and image_name != "image_id"  # the source's own ids, when it has them
+    ids = data.select_columns(["image_id"]).to_dict()["image_id"] if has_ids else None
     texts = data.select_columns(caption_names).to_dict()
 
     groups = _group_rows_by_image(cells, paths)
@@ -171,7 +173,9 @@ def split_to_captions(data: Dataset, where: str, report: LoadReport, roots: list
         first_rows.append(first)
         all_captions.append(captions)
         given_id = ids[first] if ids is not None else None
-        image_ids.append(str(given_id) if given_id is not None else Path(paths[first]).name if paths[first] else f"{where.rsplit('/', 1)[-1]}-{first}")
+        image_ids.append(str(given_id) if given_id is not None else paths[first] or f"{where.rsplit('/', 1)[-1]}-{first}")
+    if ids is None:
+        image_ids = _short_names(image_ids)
     problems = image_problems(cells, first_rows, roots, verify_images, num_threads)
     for first, captions in zip(first_rows, all_captions):
         if first in problems:
@@ -190,6 +194,25 @@ def split_to_captions(data: Dataset, where: str, report: LoadReport, roots: list
     reshaped = reshaped.add_column("captions", column_captions, feature=List(Value("string")))
     reshaped = reshaped.cast_column("image", Image())
     return reshaped if keep == list(range(len(reshaped))) else reshaped.select(keep)
+
+
+def _short_names(paths: list[str]) -> list[str]:
+    """Unique image ids from file paths: the file names; where two images share one (`cats/1.jpg`, `dogs/1.jpg`),
+    the paths below the folder they share; images that still share an id (inline images all called `image.jpg`)
+    numbered by occurrence (`image.jpg#2`)."""
+    names = [Path(path).name for path in paths]
+    if len(set(names)) < len(names):
+        try:
+            common = os.path.commonpath(paths)
+        except ValueError:  # absolute and relative paths mixed
+            common = ""
+        if common and common not in paths:
+            names = [os.path.relpath(path, common) for path in paths]
+    seen, unique = Counter(), []
+    for name in names:
+        seen[name] += 1
+        unique.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return unique
 
 
 def _cell_paths(cells) -> list[str | None]:
