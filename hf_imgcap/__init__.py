@@ -20,8 +20,11 @@ AutoConfig.register(ShowAttendTellConfig.model_type, ShowAttendTellConfig, exist
 AutoModel.register(ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(ShowAttendTellConfig, ShowAttendTellProcessor, exist_ok=True)
-# `pipeline("image-captioning", model=model, processor=processor)` for models in memory. Saved folders carry their
-# own entry (config.json `custom_pipelines`, with the pipeline file): `pipeline(model=folder, trust_remote_code=True)`.
+# `pipeline("image-captioning", model=folder_or_repo)` and `pipeline("image-captioning", model=model,
+# processor=processor)` without remote code. Saved folders also carry the pipeline for users without hf-imgcap
+# (config.json `custom_pipelines`, with the pipeline file): `pipeline("image-to-text", model=folder,
+# trust_remote_code=True)`. Their entries deliberately leave out "image-captioning": a folder's own entry would
+# take precedence over this registration and ask for remote code.
 if PIPELINE_TASK not in PIPELINE_REGISTRY.supported_tasks:
     PIPELINE_REGISTRY.register_pipeline(
         PIPELINE_TASK, pipeline_class=ShowAttendTellCaptioningPipeline, pt_model=AutoModel, type="multimodal"

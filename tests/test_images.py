@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from hf_imgcap import ShowAttendTellCaptioningPipeline
+from hf_imgcap import PIPELINE_TASK
 from hf_imgcap.data.caption_datasets import load_caption_dataset
 from hf_imgcap.cli import main
 from hf_imgcap.data.feature_cache import build_feature_cache
@@ -516,7 +516,7 @@ def test_cli_survives_file_names_and_captions_its_output_cannot_encode(images, s
 def captioner(saved_model):
     from transformers import pipeline
 
-    return pipeline(model=str(saved_model[2]), pipeline_class=ShowAttendTellCaptioningPipeline)
+    return pipeline(PIPELINE_TASK, model=str(saved_model[2]))
 
 
 def test_pipeline_captions_every_good_kind(images, saved_model, captioner):

@@ -1,4 +1,5 @@
-"""The `image-captioning` pipeline (ours, saved with the model) and the built-in `image-text-to-text` pipeline."""
+"""The captioning pipeline: saved with the model under the Hub's task names ("image-to-text", "image-text-to-text"),
+registered as "image-captioning" by hf-imgcap, and the built-in `image-text-to-text` pipeline for models in memory."""
 
 import ast
 import functools
@@ -15,7 +16,9 @@ from hf_imgcap import PIPELINE_TASK, ShowAttendTellCaptioningPipeline
 from hf_imgcap.models.show_attend_tell import modeling_show_attend_tell, pipeline_show_attend_tell
 
 from conftest import run_fresh_python, tiny_model, tiny_processor
+from test_processor import image_server  # noqa: F401  (a fixture: a local http server)
 
+HUB_TASKS = ["image-to-text", "image-text-to-text"]  # the tasks a saved folder serves with remote code
 BEAM = {"num_beams": 3, "max_new_tokens": 6}
 GREEDY = {"num_beams": 1, "max_new_tokens": 6}
 
@@ -87,7 +90,7 @@ def saved(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def captioner(saved):
-    return pipeline(model=str(saved[2]), trust_remote_code=True)
+    return pipeline("image-to-text", model=str(saved[2]), trust_remote_code=True)
 
 
 # --------------------------------------------------------------------------------------------- saved folder
@@ -95,8 +98,10 @@ def test_saved_folder_carries_the_pipeline(saved):
     _, _, folder, _ = saved
     assert (folder / "pipeline_show_attend_tell.py").is_file()
     config = json.loads((folder / "config.json").read_text())
-    assert list(config["custom_pipelines"]) == [PIPELINE_TASK] == ["image-captioning"]
-    module, class_name = config["custom_pipelines"][PIPELINE_TASK]["impl"].split(".")
+    assert sorted(config["custom_pipelines"]) == sorted(HUB_TASKS)
+    assert PIPELINE_TASK not in config["custom_pipelines"]  # served by the installed package, without remote code
+    [impl] = {entry["impl"] for entry in config["custom_pipelines"].values()}
+    module, class_name = impl.split(".")
     assert (folder / f"{module}.py").read_text() == Path(pipeline_show_attend_tell.__file__).read_text()
     assert getattr(pipeline_show_attend_tell, class_name) is ShowAttendTellCaptioningPipeline
     # The file gets there explicitly (save_pretrained copies it), not through an import kept for its side effect.
@@ -117,10 +122,17 @@ def test_reference_options_are_distinguishable(saved):
 
 
 # --------------------------------------------------------------------------------------------- in process
-def test_pipeline_without_task_is_ours(captioner):
-    assert captioner.task == PIPELINE_TASK
+def test_hub_task_image_to_text_is_ours(captioner):
+    """What the Hub page shows for `pipeline_tag: image-to-text`; transformers 5 would redirect that name to its
+    built-in image-text-to-text pipeline, which reads an image path as the prompt."""
+    assert captioner.task == "image-to-text"
     assert type(captioner).__name__ == "ShowAttendTellCaptioningPipeline"
     assert type(captioner).__module__.startswith("transformers_modules.")  # the folder's own copy
+
+
+def test_pipeline_without_a_task_asks_for_one(saved):
+    with pytest.raises(RuntimeError, match="Pick one in .*image-to-text"):
+        pipeline(model=str(saved[2]), trust_remote_code=True)
 
 
 def test_pipeline_matches_generate_for_pil_path_and_list(saved, captioner):
@@ -152,7 +164,7 @@ def test_generation_options_pass_through(saved, captioner):
 
 def test_options_given_to_pipeline_apply_to_every_call(saved):
     model, processor, folder, paths = saved
-    beam_captioner = pipeline(model=str(folder), trust_remote_code=True, **BEAM)
+    beam_captioner = pipeline("image-to-text", model=str(folder), trust_remote_code=True, **BEAM)
     assert beam_captioner(paths[0]) == [{"generated_text": one_by_one(model, processor, paths[:1], **BEAM)[0]}]
 
 
@@ -182,6 +194,15 @@ def test_bad_image_raises_value_error_naming_it(saved, captioner, tmp_path):
         captioner([str(saved[3][0]), str(not_an_image)])
 
 
+def test_image_urls_with_a_timeout(saved, captioner, image_server):  # noqa: F811
+    model, processor, _, _ = saved
+    base, root = image_server
+    expected = one_by_one(model, processor, [root / "red.png"], **BEAM)[0]
+    assert captioner(f"{base}/red.png", timeout=5, **BEAM) == [{"generated_text": expected}]
+    with pytest.raises(ValueError, match=r"/missing.png: cannot download image \(HTTP 404"):
+        captioner(f"{base}/missing.png", timeout=5)
+
+
 def test_registered_task_for_models_in_memory(saved):
     model, processor, _, paths = saved
     captioner = pipeline(PIPELINE_TASK, model=model, processor=processor)
@@ -191,38 +212,53 @@ def test_registered_task_for_models_in_memory(saved):
 
 def test_installed_package_needs_no_remote_code(saved):
     model, processor, folder, paths = saved
-    captioner = pipeline(model=str(folder), pipeline_class=ShowAttendTellCaptioningPipeline)
+    captioner = pipeline("image-to-text", model=str(folder), pipeline_class=ShowAttendTellCaptioningPipeline)
+    assert type(captioner.model).__module__ == "hf_imgcap.models.show_attend_tell.modeling_show_attend_tell"
+    assert captioner(paths, **BEAM) == [[{"generated_text": c}] for c in one_by_one(model, processor, paths, **BEAM)]
+
+
+def test_registered_task_loads_a_folder_without_remote_code(saved):
+    """`import hf_imgcap` + `pipeline("image-captioning", model=folder)`: no trust_remote_code asked for, and the
+    installed package's classes (not the folder's copies) do the work."""
+    model, processor, folder, paths = saved
+    captioner = pipeline(PIPELINE_TASK, model=str(folder))
+    assert type(captioner) is ShowAttendTellCaptioningPipeline
     assert type(captioner.model).__module__ == "hf_imgcap.models.show_attend_tell.modeling_show_attend_tell"
     assert captioner(paths, **BEAM) == [[{"generated_text": c}] for c in one_by_one(model, processor, paths, **BEAM)]
 
 
 def test_pipeline_save_pretrained_round_trip(saved, captioner, tmp_path):
     captioner.save_pretrained(tmp_path)
-    reloaded = pipeline(model=str(tmp_path), trust_remote_code=True)
+    reloaded = pipeline("image-to-text", model=str(tmp_path), trust_remote_code=True)
     paths = saved[3]
     assert reloaded(paths, **BEAM) == captioner(paths, **BEAM)
 
 
 # --------------------------------------------------------------------------------------------- fresh process
+def run_without_the_package(code: str, cwd) -> dict:
+    """Run `code` in a fresh offline process where `import hf_imgcap` fails; return what it printed as RESULT<json>."""
+    check = "try:\n    import hf_imgcap\n    raise SystemExit('hf_imgcap should not be importable here')\nexcept ImportError:\n    pass\n"
+    result = run_fresh_python(check + code, cwd=cwd, block_package=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.split("RESULT", 1)[1])
+
+
 def test_pipeline_loads_offline_without_the_package(saved, tmp_path):
     model, processor, folder, paths = saved
     expected = {
         "pil": one_by_one(model, processor, paths[:1], **BEAM)[0],
         "list": one_by_one(model, processor, paths, **BEAM),
         "short": generate_captions(model, processor, paths[1:2], max_new_tokens=2)[0],
+        "greedy": generate_captions(model, processor, paths[:1])[0],  # the saved generation config alone
     }
     code = f"""
 import json
 import numpy as np
 from PIL import Image
 from transformers import pipeline
-try:
-    import hf_imgcap
-    raise SystemExit("hf_imgcap should not be importable here")
-except ImportError:
-    pass
 paths = {[str(p) for p in paths]!r}
-captioner = pipeline(model={str(folder)!r}, trust_remote_code=True)
+captioner = pipeline("image-to-text", model={str(folder)!r}, trust_remote_code=True)
+greedy = captioner(paths[0])
 with Image.open(paths[0]) as image:
     pil = captioner(image.convert("RGB"), num_beams=3, max_new_tokens=6)
 listed = captioner(paths, generate_kwargs={{"num_beams": 3, "max_new_tokens": 6}})
@@ -235,25 +271,62 @@ except ValueError as error:
 print("RESULT" + json.dumps({{
     "module": type(captioner).__module__, "task": captioner.task,
     "pil": pil[0]["generated_text"], "list": [r[0]["generated_text"] for r in listed], "short": short[0]["generated_text"],
+    "greedy": greedy[0]["generated_text"],
 }}))
 """
-    result = run_fresh_python(code, cwd=tmp_path, block_package=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = json.loads(result.stdout.split("RESULT", 1)[1])
+    got = run_without_the_package(code, tmp_path)
     assert got.pop("module").startswith("transformers_modules.")
-    assert got.pop("task") == PIPELINE_TASK
+    assert got.pop("task") == "image-to-text"
     assert got == expected
 
 
 # --------------------------------------------------------------------------------------------- image-text-to-text
-def test_builtin_image_text_to_text_pipeline(saved):
-    """transformers' own pipeline: `text=""` (a caption has no prompt), generation options via `generate_kwargs`.
+def test_image_text_to_text_without_the_package(saved, tmp_path):
+    """`pipeline("image-text-to-text", model=folder, trust_remote_code=True)`, as a transformers 5 user writes it,
+    without hf-imgcap: no text needed (a caption has no prompt), generation options loose or in generate_kwargs,
+    and that pipeline's result format (`input_text` + `generated_text`)."""
+    model, processor, folder, paths = saved
+    beam = one_by_one(model, processor, paths, **BEAM)
+    code = f"""
+import json
+from transformers import pipeline
+paths = {[str(p) for p in paths]!r}
+pipe = pipeline("image-text-to-text", model={str(folder)!r}, trust_remote_code=True)
+results = {{
+    "no_text": pipe(paths[0], num_beams=3, max_new_tokens=6),
+    "images_keyword": pipe(images=paths[0], generate_kwargs={{"num_beams": 3, "max_new_tokens": 6}}),
+    "empty_text": pipe(paths[0], text="", num_beams=3, generate_kwargs={{"max_new_tokens": 6}}),
+    "batch": pipe(images=paths, text=[""] * 3, num_beams=3, max_new_tokens=6),
+    "short": pipe(paths[1], max_new_tokens=2),
+}}
+try:
+    pipe(paths[0], text="a photo of")
+    raise SystemExit("a prompt should be refused")
+except ValueError as error:
+    results["prompt_error"] = str(error)
+print("RESULT" + json.dumps({{"task": pipe.task, "module": type(pipe).__module__, **results}}))
+"""
+    got = run_without_the_package(code, tmp_path)
+    assert got["task"] == "image-text-to-text" and got["module"].startswith("transformers_modules.")
+    first = [{"input_text": "", "generated_text": beam[0]}]
+    assert got["no_text"] == got["images_keyword"] == got["empty_text"] == first
+    assert got["batch"] == [[{"input_text": "", "generated_text": caption}] for caption in beam]
+    short = generate_captions(model, processor, paths[1:2], max_new_tokens=2)[0]
+    assert got["short"] == [{"input_text": "", "generated_text": short}]
+    assert "'a photo of'" in got["prompt_error"] and "no prompt" in got["prompt_error"]
 
-    Call-time keywords other than `max_new_tokens` / `generate_kwargs` go to the *processor* in this pipeline, not
+
+def test_builtin_image_text_to_text_pipeline_for_a_model_in_memory(saved):
+    """A model object has no `custom_pipelines` entry to consult, so "image-text-to-text" (and "image-to-text",
+    which transformers 5 redirects to it) is transformers' own pipeline: `text=""` (a caption has no prompt),
+    generation options via `generate_kwargs`.
+
+    Call-time keywords other than `max_new_tokens` / `generate_kwargs` go to the *processor* in that pipeline, not
     to generate(): our processor refuses them, so `pipe(image, text="", num_beams=3)` fails loudly.
     """
     model, processor, folder, paths = saved
-    pipe = pipeline("image-text-to-text", model=str(folder), trust_remote_code=True)
+    pipe = pipeline("image-text-to-text", model=model, processor=processor)
+    assert type(pipe).__name__ == "ImageTextToTextPipeline"
     out = pipe(str(paths[0]), text="", generate_kwargs=BEAM)
     assert len(out) == 1 and out[0]["input_text"] == "" and isinstance(out[0]["generated_text"], str)
     prompt_ids = processor(images=[paths[0]], text="").input_ids.tolist()

@@ -115,3 +115,110 @@ def test_every_caption_users_get_is_the_processors_batch_decode(monkeypatch):
     assert scored == [plain.upper()]
     captioner = pipeline(PIPELINE_TASK, model=model, processor=processor)
     assert captioner(image, max_new_tokens=6)[0]["generated_text"] == plain.upper()
+
+
+# --- options, URLs and datasets images, as transformers' own processors take them (issue 13) -------------------
+def test_truncation_and_max_length_for_text(processor):
+    long_caption = " ".join(["dog"] * 100)
+    assert processor(text=[long_caption], max_length=8).input_ids.shape[1] == 8
+    assert processor(text=[long_caption], text_kwargs={"max_length": 8}).input_ids.shape[1] == 8
+    untruncated = processor(text=[long_caption, "a cat"], truncation=False).input_ids
+    assert untruncated.shape[1] == 102 and untruncated[0, -1].item() == 102  # 100 words + [CLS] + [SEP]
+    fixed = processor(text=["a cat"], padding="max_length", max_length=12)
+    assert fixed.input_ids.shape[1] == 12 and fixed.attention_mask.sum().item() == 4
+    with pytest.raises(TypeError, match="num_beams"):  # unknown options are refused, not dropped
+        processor(text=["a cat"], num_beams=3)
+
+
+def test_image_processor_options_pass_through(processor):
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 255, (80, 100, 3), dtype=np.uint8))
+    assert processor(images=image).pixel_values.shape == (1, 3, 64, 64)
+    assert processor(images=image, size={"shortest_edge": 32}).pixel_values.shape == (1, 3, 32, 32)
+    assert processor(images=image, images_kwargs={"size": {"shortest_edge": 32}}).pixel_values.shape == (1, 3, 32, 32)
+    assert processor(images=image, do_resize=False).pixel_values.shape == (1, 3, 80, 100)
+    raw = processor(images=image, do_normalize=False).pixel_values
+    assert 0 <= raw.min() and raw.max() <= 1  # rescaled to [0, 1], not normalised
+    # do_rescale=False: the pixels are already in [0, 1] (e.g. torchvision's ToTensor), as transformers means it.
+    as_uint8 = processor(images=image).pixel_values
+    chw_01 = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255
+    torch.testing.assert_close(processor(images=[chw_01], do_rescale=False).pixel_values, as_uint8, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"image #0: do_rescale=False means pixel values already rescaled.*uint8"):
+        processor(images=[np.asarray(image)], do_rescale=False)
+    with pytest.raises(ValueError, match=r"do_rescale=False means pixel values in \[0, 1\], but these lie in 0\.\.2\d\d"):
+        processor(images=[chw_01 * 255], do_rescale=False)
+
+
+@pytest.fixture(scope="module")
+def image_server(tmp_path_factory):
+    """A local http server (no internet in tests) serving a PNG, a text file and a 404."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path_factory.mktemp("served")
+    Image.new("RGB", (70, 60), (200, 30, 30)).save(root / "red.png")
+    (root / "notes.png").write_text("this is text")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
+
+
+def test_image_urls_are_fetched(processor, image_server):
+    base, root = image_server
+    from_url = processor(images=f"{base}/red.png").pixel_values
+    torch.testing.assert_close(from_url, processor(images=root / "red.png").pixel_values)
+    assert processor(images=[f"{base}/red.png", root / "red.png"], timeout=5).pixel_values.shape[0] == 2
+    with pytest.raises(ValueError, match=r"/missing.png: cannot download image \(HTTP 404"):
+        processor(images=f"{base}/missing.png")
+    with pytest.raises(ValueError, match=r"/notes.png: not an image"):
+        processor(images=f"{base}/notes.png")
+
+
+def test_unreachable_and_silent_urls_fail_with_the_reason(processor):
+    import socket
+    import threading
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there any more
+    with pytest.raises(ValueError, match=rf"http://127.0.0.1:{port}/a.jpg: cannot download image \(.*refused"):
+        processor(images=f"http://127.0.0.1:{port}/a.jpg")
+    silent = socket.socket()  # accepts connections, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(silent.accept()), daemon=True).start()
+    try:
+        with pytest.raises(ValueError, match=r"cannot download image \(no answer within 0.5 s\)"):
+            processor(images=f"http://127.0.0.1:{silent.getsockname()[1]}/a.jpg", timeout=0.5)
+    finally:
+        silent.close()
+
+
+def test_datasets_image_dicts(processor, tmp_path):
+    """What a `datasets` Image column gives with decode=False (or after `cast_column(..., Image(decode=False))`)."""
+    import io
+
+    import datasets
+
+    Image.new("RGB", (70, 60), (30, 200, 30)).save(tmp_path / "green.png")
+    encoded = io.BytesIO()
+    Image.new("RGB", (70, 60), (30, 200, 30)).save(encoded, format="PNG")
+    expected = processor(images=tmp_path / "green.png").pixel_values
+    column = datasets.Dataset.from_dict({"image": [str(tmp_path / "green.png")]}).cast_column("image", datasets.Image(decode=False))
+    row = column[0]["image"]
+    assert set(row) == {"bytes", "path"}
+    torch.testing.assert_close(processor(images=row).pixel_values, expected)
+    torch.testing.assert_close(processor(images={"bytes": encoded.getvalue(), "path": None}).pixel_values, expected)
+    torch.testing.assert_close(processor(images=[row, {"bytes": None, "path": str(tmp_path / "green.png")}]).pixel_values,
+                               torch.cat([expected, expected]))
+    with pytest.raises(ValueError, match=r"broken.png: not an image"):
+        processor(images={"bytes": b"not an image", "path": "broken.png"})
+    with pytest.raises(ValueError, match=r"image #0: a dict image needs 'bytes' or 'path'.*\['url'\]"):
+        processor(images=[{"url": "x"}])

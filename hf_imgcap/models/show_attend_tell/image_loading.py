@@ -9,8 +9,11 @@ path when there is one. Batch jobs (the CLI, the feature cache, dataset verifica
 is reported and skipped, never an exception of some other type that stops the whole run.
 """
 
+import http.client
 import io
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,10 @@ MAX_IMAGE_PIXELS = 89_478_485
 # under 1% of the image anyway. No photograph or panorama comes close.
 MAX_ASPECT_RATIO = 100
 HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# Image URLs: how long to wait for the server (per connection and read) and the most bytes read from it.
+URL_TIMEOUT_SECONDS = 30.0
+MAX_DOWNLOAD_BYTES = 200 * 2**20
+URL_SCHEMES = ("http://", "https://")
 
 
 class ImageLoadError(ValueError):
@@ -40,6 +47,8 @@ def describe(image, index: int | None = None) -> str:
     """A short name for error messages: the path when there is one, else `image #index` or the type."""
     if isinstance(image, (str, os.PathLike)):
         return str(image)
+    if isinstance(image, dict) and isinstance(image.get("path"), (str, os.PathLike)) and str(image["path"]):
+        return str(image["path"])  # a `datasets` image: {"bytes": ..., "path": ...}
     filename = getattr(image, "filename", None) or getattr(image, "name", None)  # PIL image / open file
     if isinstance(filename, (str, os.PathLike)) and str(filename):
         return str(filename)
@@ -55,22 +64,38 @@ def load_image(
     name: str | None = None,
     *,
     max_aspect_ratio: float = MAX_ASPECT_RATIO,
+    timeout: float | None = None,
+    rescaled: bool = False,
 ) -> Image.Image:
-    """Return an 8-bit RGB `PIL.Image` from a path, encoded bytes / a binary file object, a PIL image, an
-    `(H, W[, C])` / `(C, H, W)` numpy array or a `(C, H, W)` / `(H, W, C)` torch tensor.
+    """Return an 8-bit RGB `PIL.Image` from a path, an http(s) URL, encoded bytes / a binary file object, a
+    `datasets` image dict `{"bytes": ..., "path": ...}`, a PIL image, an `(H, W[, C])` / `(C, H, W)` numpy array
+    or a `(C, H, W)` / `(H, W, C)` torch tensor.
 
     Handles EXIF orientation, transparency (composited on white), palette, CMYK, 16-bit and float images and
     animated images (first frame). Arrays and tensors: uint8 as is, uint16 as 16-bit (65535 = white), other
     integers must lie in 0..255, floats in [0, 1] (scaled by 255) or [0, 255]; anything else (e.g. an already
     normalised tensor) is refused rather than clipped. When both ends of a 3-D shape could be channels
     (e.g. `(3, 4, 3)`), numpy arrays are read channels-last (PIL's layout), tensors channels-first (torch's).
+    `rescaled=True` (what an image processor's `do_rescale=False` says) requires float pixels in [0, 1].
+    URLs are fetched with `timeout` seconds (default `URL_TIMEOUT_SECONDS`) to connect and for each read.
 
-    Raises `ImageLoadError` (a `ValueError`) "<name>: <reason>" for a missing file, something that is not an
-    image, a truncated file, an image over `max_pixels` or more elongated than `max_aspect_ratio`:1 (both checked
-    from the header, before decoding), and an array or tensor that is not an image.
+    Raises `ImageLoadError` (a `ValueError`) "<name>: <reason>" for a missing file, a URL that cannot be fetched,
+    something that is not an image, a truncated file, an image over `max_pixels` or more elongated than
+    `max_aspect_ratio`:1 (both checked from the header, before decoding), and an array or tensor that is not an
+    image.
     """
     name = name or describe(image)
     limits = (max_pixels, max_aspect_ratio)
+    if isinstance(image, dict):
+        image = _from_datasets_dict(image, name)
+    if rescaled and not (isinstance(image, np.ndarray) or _is_torch_tensor(image)):
+        raise ImageLoadError(
+            name,
+            "do_rescale=False means pixel values already rescaled to [0, 1], which only a float array or tensor "
+            f"holds; a {type(image).__name__} has 0..255 pixels: leave do_rescale out",
+        )
+    if isinstance(image, str) and image.startswith(URL_SCHEMES):
+        image = _download(image, name, URL_TIMEOUT_SECONDS if timeout is None else timeout)
     if isinstance(image, (str, os.PathLike)):
         with _open_path(Path(image), name) as opened:
             return _decode(opened, name, *limits)
@@ -80,12 +105,13 @@ def load_image(
     if isinstance(image, Image.Image):
         return _decode(image, name, *limits)
     if isinstance(image, np.ndarray):
-        return _array_to_rgb(image, name, limits, channels_first=False)
+        return _array_to_rgb(image, name, limits, channels_first=False, rescaled=rescaled)
     if _is_torch_tensor(image):
-        return _array_to_rgb(_tensor_to_array(image, name), name, limits, channels_first=True)
+        return _array_to_rgb(_tensor_to_array(image, name), name, limits, channels_first=True, rescaled=rescaled)
     raise ImageLoadError(
         name,
-        f"expected a file path, image bytes, a PIL.Image, a numpy array or a torch tensor, got {type(image).__name__}",
+        "expected a file path, an http(s) URL, image bytes, a datasets image dict, a PIL.Image, a numpy array or a "
+        f"torch tensor, got {type(image).__name__}",
     )
 
 
@@ -95,6 +121,8 @@ def verify_image(
     """Check that `load_image` would accept an image file, cheaply: same header checks, then one decode (JPEGs at
     reduced scale, which still reads every byte of the scan, so a truncated file fails). Raises `ImageLoadError`."""
     name = name or describe(image)
+    if isinstance(image, dict):
+        image = _from_datasets_dict(image, name)
     if isinstance(image, (str, os.PathLike)):
         opened = _open_path(Path(image), name)
     else:
@@ -107,6 +135,38 @@ def verify_image(
 
 
 # ---------------------------------------------------------------------------------------------- opening files
+def _from_datasets_dict(image: dict, name: str):
+    """A `datasets` `Image()` value left undecoded: its bytes when it has them (images embedded in parquet/arrow),
+    else its path."""
+    data, path = image.get("bytes"), image.get("path")
+    if data is not None:
+        return data
+    if path is not None:
+        return path
+    raise ImageLoadError(
+        name,
+        f"a dict image needs 'bytes' or 'path' (the datasets Image format), got keys {sorted(map(str, image))}",
+    )
+
+
+def _download(url: str, name: str, timeout: float) -> bytes:
+    """The bytes at an http(s) URL, or an `ImageLoadError` that says why not (status, refusal, timeout, size)."""
+    request = urllib.request.Request(url, headers={"User-Agent": "hf-imgcap"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data = response.read(MAX_DOWNLOAD_BYTES + 1)
+    except urllib.error.HTTPError as error:
+        raise ImageLoadError(name, f"cannot download image (HTTP {error.code} {error.reason})") from None
+    except (TimeoutError, urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        if isinstance(reason, TimeoutError):
+            raise ImageLoadError(name, f"cannot download image (no answer within {timeout:g} s)") from None
+        raise ImageLoadError(name, f"cannot download image ({_reason(reason) if isinstance(reason, Exception) else reason})") from None
+    if len(data) > MAX_DOWNLOAD_BYTES:
+        raise ImageLoadError(name, f"cannot download image (larger than {MAX_DOWNLOAD_BYTES:,} bytes)")
+    return data
+
+
 def _open_path(path: Path, name: str) -> Image.Image:
     # Checked first so that each case gets its own message (and a FIFO named .jpg is not read forever).
     try:
@@ -257,12 +317,27 @@ def _tensor_to_array(tensor, name: str) -> np.ndarray:
     return tensor.numpy()
 
 
-def _array_to_rgb(array: np.ndarray, name: str, limits: tuple, channels_first: bool) -> Image.Image:
+def _array_to_rgb(array: np.ndarray, name: str, limits: tuple, channels_first: bool, rescaled: bool = False) -> Image.Image:
     array = _channels_last(array, name, channels_first)
     if array.size == 0:
         raise ImageLoadError(name, f"empty image array of shape {array.shape}")
     _check_size((array.shape[1], array.shape[0]), name, *limits)
+    if rescaled:
+        _check_rescaled(array, name)
     return _to_rgb(Image.fromarray(_to_uint8(array, name)))  # mode L, RGB or RGBA
+
+
+def _check_rescaled(array: np.ndarray, name: str) -> None:
+    """What `do_rescale=False` promises: float pixels in [0, 1] (then `_to_uint8` scales them by 255)."""
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ImageLoadError(
+            name, f"do_rescale=False means pixel values already rescaled to [0, 1], but this is {array.dtype}: leave do_rescale out"
+        )
+    if np.isfinite(array).all() and (array.min() < 0 or array.max() > 1):
+        raise ImageLoadError(
+            name,
+            f"do_rescale=False means pixel values in [0, 1], but these lie in {float(array.min()):.4g}..{float(array.max()):.4g}",
+        )
 
 
 def _channels_last(array: np.ndarray, name: str, channels_first: bool) -> np.ndarray:

@@ -130,10 +130,14 @@ AUTO_MAP = {
     "AutoModelForImageTextToText": "modeling_show_attend_tell.ShowAttendTellForConditionalGeneration",
 }
 # The captioning pipeline travels with the model: `save_pretrained` copies its file next to the weights and names
-# its class here, in config.json, where `pipeline(model=folder, trust_remote_code=True)` looks it up.
+# its class here, in config.json, where `pipeline(task, model=folder_or_repo, trust_remote_code=True)` looks it up
+# before anything else. Under the Hub's task for the card's `pipeline_tag` (image-to-text, which transformers 5
+# would otherwise redirect to its built-in image-text-to-text) and under image-text-to-text itself. Not under
+# "image-captioning": a folder's entry would take precedence over the class hf-imgcap registers under that name
+# when installed, and ask for remote code.
 PIPELINE_FILE = "pipeline_show_attend_tell.py"
-CUSTOM_PIPELINES = {"image-captioning": {"impl": f"{Path(PIPELINE_FILE).stem}.ShowAttendTellCaptioningPipeline",
-                                         "pt": ["AutoModel"], "type": "multimodal"}}
+_PIPELINE_ENTRY = {"impl": f"{Path(PIPELINE_FILE).stem}.ShowAttendTellCaptioningPipeline", "pt": ["AutoModel"], "type": "multimodal"}
+CUSTOM_PIPELINES = {task: dict(_PIPELINE_ENTRY) for task in ("image-to-text", "image-text-to-text")}
 
 
 class ShowAttendTellDecoder:

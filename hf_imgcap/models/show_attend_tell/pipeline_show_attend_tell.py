@@ -1,33 +1,34 @@
 # Copyright 2026 The hf-imgcap authors. Apache-2.0.
-"""The `image-captioning` pipeline: images in, `[{"generated_text": caption}]` out, as v4's `image-to-text` was.
+"""The captioning pipeline: images in, `[{"generated_text": caption}]` out, as v4's `image-to-text` was.
 
 This file travels with the model: `ShowAttendTellForConditionalGeneration.save_pretrained` copies it next to the
-weights and writes the `custom_pipelines` entry of `config.json` (`CUSTOM_PIPELINES` there), so that
+weights and names it in the `custom_pipelines` entry of `config.json` (`CUSTOM_PIPELINES` there) under the tasks
+"image-to-text" (the Hub's task for the model card's `pipeline_tag`) and "image-text-to-text", so that
 
-    pipeline(model=folder_or_repo, trust_remote_code=True)
+    pipeline("image-to-text", model=folder_or_repo, trust_remote_code=True)
 
-finds this class without a task name, offline, without hf-imgcap installed. Keep it that way: no imports of
-hf_imgcap (same-folder relative imports only), and nothing beyond transformers, torch and Pillow.
+finds this class, offline, without hf-imgcap installed. Keep it that way: no imports of hf_imgcap (same-folder
+relative imports only), and nothing beyond transformers, torch and Pillow. (Two tasks means that `pipeline(model=...)`
+without a task asks to pick one.)
 
-With hf-imgcap installed, no remote code is needed: `pipeline(model=folder, pipeline_class=ShowAttendTellCaptioningPipeline)`,
-or `pipeline("image-captioning", model=model, processor=processor)` for objects in memory (`import hf_imgcap`
-registers the task). `pipeline("image-captioning", model=folder)` alone asks for `trust_remote_code=True`, because
-transformers gives a folder's own `custom_pipelines` entry precedence over its registry.
+With hf-imgcap installed, `import hf_imgcap` registers the task "image-captioning" with transformers, and no remote
+code is needed: `pipeline("image-captioning", model=folder_or_repo)`, or `pipeline("image-captioning", model=model,
+processor=processor)` for objects in memory.
 
-Why not the task name "image-to-text": transformers 5 redirects that name to "image-text-to-text" before it
-looks at its registry, so a pipeline registered under it in-process is unreachable when the model is passed as
-an object. (Only the `custom_pipelines` lookup of a saved folder happens before the redirect.)
+Why both names: transformers 5 redirects "image-to-text" to its built-in "image-text-to-text" before it looks at
+its registry, so only a saved folder's `custom_pipelines` entry (looked up before the redirect) can serve
+"image-to-text"; the models in memory are served under "image-captioning".
 """
 
 from typing import Any
 
 import torch
 from transformers import Pipeline
-from transformers.image_utils import load_image as load_image_from_url
 
-from .modeling_show_attend_tell import CUSTOM_PIPELINES
-
-(PIPELINE_TASK,) = CUSTOM_PIPELINES  # its one task: "image-captioning"
+# The task name hf-imgcap registers in transformers' pipeline registry when it is imported.
+PIPELINE_TASK = "image-captioning"
+# The task whose results, like transformers' own pipeline of that name, also give the (empty) prompt.
+IMAGE_TEXT_TO_TEXT = "image-text-to-text"
 
 
 class ShowAttendTellCaptioningPipeline(Pipeline):
@@ -35,7 +36,7 @@ class ShowAttendTellCaptioningPipeline(Pipeline):
 
     ```python
     >>> from transformers import pipeline
-    >>> captioner = pipeline(model="path/to/saved/model", trust_remote_code=True)
+    >>> captioner = pipeline("image-to-text", model="path/to/saved/model", trust_remote_code=True)
     >>> captioner("dog.jpg", num_beams=3, max_new_tokens=20)
     [{'generated_text': 'a dog runs through the grass'}]
     >>> captioner(["dog.jpg", "cat.png"])  # a list in, a list of results out
@@ -43,11 +44,14 @@ class ShowAttendTellCaptioningPipeline(Pipeline):
     ```
 
     Inputs: a path, an http(s) URL, encoded image bytes, a `PIL.Image`, an `(H, W[, C])` or `(C, H, W)` numpy array
-    or torch tensor, or a list / dataset / generator of them. Every keyword that is not a pipeline option goes to
-    `model.generate()` (`num_beams`, `max_new_tokens`,
+    or torch tensor, a `datasets` image dict `{"bytes": ..., "path": ...}`, or a list / dataset / generator of them.
+    Every keyword that is not a pipeline option goes to `model.generate()` (`num_beams`, `max_new_tokens`,
     `do_sample`, `num_return_sequences`, `length_penalty`, ...), as does `generate_kwargs={...}`; the same
     keywords given to `pipeline(...)` apply to every call. Pipeline options: `batch_size`, `num_workers`,
     `timeout` (seconds, for URLs). A result has one `{"generated_text": ...}` per returned sequence.
+
+    As "image-text-to-text" it takes that pipeline's call, `pipe(images=..., text=...)`: a caption has no prompt,
+    so the text is optional and must be empty, and each result also gives it back as `"input_text": ""`.
 
     An image that cannot be read raises a `ValueError` "<name>: <reason>" (the name is its path when it has one):
     missing, not an image, truncated, over the decompression-bomb pixel limit (refused before decoding), ...
@@ -61,19 +65,31 @@ class ShowAttendTellCaptioningPipeline(Pipeline):
     # Lets the base class set aside generation keywords given to `pipeline(...)` (see `_prepare_generate_kwargs`).
     _pipeline_calls_generate = True
 
-    def __call__(self, inputs=None, **kwargs) -> list[dict[str, str]] | list[list[dict[str, str]]]:
+    def __call__(self, images=None, text=None, **kwargs) -> list[dict[str, str]] | list[list[dict[str, str]]]:
         """Caption one image (returns a list of dicts) or a list of images (returns a list of such lists)."""
-        if "images" in kwargs:  # the keyword of the v4 image-to-text pipeline
-            if inputs is not None:
-                raise ValueError("pass the images either positionally or as images=..., not both")
-            inputs = kwargs.pop("images")
-        if inputs is None:
+        if "inputs" in kwargs:  # the base class's name for the first argument
+            if images is not None:
+                raise ValueError("pass the images either positionally or as inputs=..., not both")
+            images = kwargs.pop("inputs")
+        if images is None:
             raise ValueError("no image given")
-        if isinstance(inputs, tuple):
-            inputs = list(inputs)  # the base class batches lists only
-        if isinstance(inputs, list) and len(inputs) == 0:
+        self._check_no_prompt(text)
+        if isinstance(images, tuple):
+            images = list(images)  # the base class batches lists only
+        if isinstance(images, list) and len(images) == 0:
             return []
-        return super().__call__(inputs, **kwargs)
+        return super().__call__(images, **kwargs)
+
+    @staticmethod
+    def _check_no_prompt(text) -> None:
+        """image-text-to-text passes a text: empty (or none) is the only prompt a caption from scratch has."""
+        texts = [text] if text is None or isinstance(text, str) else list(text)
+        prompts = [t for t in texts if t not in (None, "")]
+        if prompts:
+            raise ValueError(
+                f"text={prompts[0]!r}: this pipeline captions an image from scratch (no prompt); leave text out or pass "
+                "text=\"\" (to continue a prompt, use model.generate(**processor(images=..., text=...)))"
+            )
 
     def _sanitize_parameters(self, max_new_tokens=None, generate_kwargs=None, timeout=None, **kwargs):
         preprocess_params = {} if timeout is None else {"timeout": timeout}
@@ -90,13 +106,8 @@ class ShowAttendTellCaptioningPipeline(Pipeline):
         return preprocess_params, forward_params, {}
 
     def preprocess(self, image, timeout: float | None = None) -> dict[str, torch.Tensor]:
-        if isinstance(image, str) and image.startswith(("http://", "https://")):
-            try:
-                image = load_image_from_url(image, timeout=timeout)
-            except Exception as error:  # network errors come in many types; the user needs the URL and the reason
-                raise ValueError(f"{image}: cannot download image ({error})") from error
-        # The processor opens files robustly and raises ValueError("<path>: <reason>") for a bad one.
-        return {"pixel_values": self.processor(images=[image]).pixel_values}
+        # The processor opens files and URLs robustly and raises ValueError("<path or URL>: <reason>") for a bad one.
+        return {"pixel_values": self.processor(images=[image], timeout=timeout).pixel_values}
 
     def _forward(self, model_inputs: dict[str, torch.Tensor], generate_kwargs: dict | None = None) -> dict:
         pixel_values = model_inputs["pixel_values"]
@@ -107,7 +118,8 @@ class ShowAttendTellCaptioningPipeline(Pipeline):
 
     def postprocess(self, model_outputs: dict) -> list[dict[str, str]]:
         sequences = model_outputs["sequences"][0]  # this image's sequences
-        return [{"generated_text": caption} for caption in self.processor.batch_decode(sequences)]
+        prompt = {"input_text": ""} if self.task == IMAGE_TEXT_TO_TEXT else {}  # that pipeline's result format
+        return [{**prompt, "generated_text": caption} for caption in self.processor.batch_decode(sequences)]
 
     def save_pretrained(self, save_directory, **kwargs: Any):
         """Save the model (with this pipeline's code and `custom_pipelines` entry) and the processor."""
@@ -116,4 +128,4 @@ class ShowAttendTellCaptioningPipeline(Pipeline):
         self.processor.save_pretrained(save_directory, **kwargs)
 
 
-__all__ = ["PIPELINE_TASK", "ShowAttendTellCaptioningPipeline"]
+__all__ = ["IMAGE_TEXT_TO_TEXT", "PIPELINE_TASK", "ShowAttendTellCaptioningPipeline"]

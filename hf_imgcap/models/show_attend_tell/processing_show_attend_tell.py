@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import BertTokenizerFast, ConvNextImageProcessor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ImagesKwargs, ProcessingKwargs, ProcessorMixin
 
 from .image_loading import MAX_IMAGE_PIXELS, describe, load_image
 
@@ -43,14 +43,30 @@ def default_tokenizer() -> BertTokenizerFast:
     return BertTokenizerFast.from_pretrained(str(BUNDLED_TOKENIZER_DIR))
 
 
+class ShowAttendTellImagesKwargs(ImagesKwargs, total=False):
+    timeout: int | float | None  # seconds to wait for an image URL
+
+
+class ShowAttendTellProcessorKwargs(ProcessingKwargs, total=False):
+    """The options `processor(...)` takes, as every transformers processor does: the tokenizer's (`truncation`,
+    `max_length`, `padding`, ...) and the image processor's (`do_rescale`, `do_resize`, `size`, ...), flat or as
+    `text_kwargs={...}` / `images_kwargs={...}`."""
+
+    images_kwargs: ShowAttendTellImagesKwargs
+    _defaults = {"text_kwargs": {"padding": "longest", "truncation": True, "return_token_type_ids": False}}
+
+
 class ShowAttendTellProcessor(ProcessorMixin):
     r"""
     Pairs an image processor (resize, center-crop 224, ImageNet mean/std) with a `BertTokenizerFast`.
 
     `processor(images=..., text=...)` returns a `BatchFeature` with `pixel_values` and/or `input_ids` and
-    `attention_mask` (right-padded to the longest caption in the batch). Images may be paths, PIL images
-    or arrays; they are opened as a viewer shows them (EXIF rotation, transparency on white, 16-bit,
-    CMYK, ...), and an unreadable one raises a `ValueError` naming it. `batch_decode` gives clean captions.
+    `attention_mask` (right-padded to the longest caption in the batch). Images may be paths, http(s) URLs
+    (`timeout=` seconds), encoded bytes, `datasets` image dicts `{"bytes": ..., "path": ...}`, PIL images or
+    arrays / tensors; they are opened as a viewer shows them (EXIF rotation, transparency on white, 16-bit,
+    CMYK, ...), and an unreadable one raises a `ValueError` naming it. Tokenizer options (`truncation`,
+    `max_length`, `padding`, ...) and image-processor options (`do_rescale`, `do_resize`, `size`, ...) are taken
+    as transformers processors take them; an unknown option is a `TypeError`. `batch_decode` gives clean captions.
 
     Args:
         image_processor: defaults to [`default_image_processor`].
@@ -58,6 +74,8 @@ class ShowAttendTellProcessor(ProcessorMixin):
         max_caption_length: captions are truncated to this many tokens, [CLS] and [SEP] included.
         max_image_pixels: larger images are refused before decoding (decompression-bomb guard).
     """
+
+    valid_processor_kwargs = ShowAttendTellProcessorKwargs
 
     def __init__(self, image_processor=None, tokenizer=None, max_caption_length: int = 40, max_image_pixels: int = MAX_IMAGE_PIXELS, **kwargs):
         self.max_caption_length = int(max_caption_length)
@@ -72,37 +90,60 @@ class ShowAttendTellProcessor(ProcessorMixin):
     def model_input_names(self):
         return ["pixel_values", "input_ids", "attention_mask"]
 
-    def load_images(self, images, names=None) -> list:
+    def load_images(self, images, names=None, *, timeout: float | None = None, rescaled: bool = False) -> list:
         """Open every image as 8-bit RGB; a `ValueError` names the first one that cannot be used (by its entry of
         `names` when given, e.g. the file an in-memory image came from)."""
         if images is None:
             return []
         if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
             images = list(images)  # a batch: (N, C, H, W) or (N, H, W, C)
-        elif isinstance(images, (str, os.PathLike, bytes, Image.Image, np.ndarray, torch.Tensor)) or not hasattr(images, "__iter__"):
+        elif isinstance(images, (str, os.PathLike, bytes, dict, Image.Image, np.ndarray, torch.Tensor)) or not hasattr(images, "__iter__"):
             images = [images]
         images = list(images)  # also a datasets Column or any other iterable of images
         if len(images) == 0:
             raise ValueError("images is an empty list")
         names = names or [describe(image, index) for index, image in enumerate(images)]
-        return [load_image(image, self.max_image_pixels, name) for image, name in zip(images, names)]
+        return [load_image(image, self.max_image_pixels, name, timeout=timeout, rescaled=rescaled) for image, name in zip(images, names)]
 
-    def image_pixel_values(self, images, names=None, return_tensors="pt"):
+    def image_pixel_values(self, images, names=None, return_tensors="pt", **images_kwargs):
         """The one image -> `pixel_values` step of the package (size guards, viewer-like decoding, ImageNet
         preprocessing): `caption()`, the pipeline, the CLI, evaluation, training on images and the feature cache
-        all call it, so they all feed the model the same input and refuse the same images."""
-        return self.image_processor(self.load_images(images, names), return_tensors=return_tensors).pixel_values
+        all call it, so they all feed the model the same input and refuse the same images.
 
-    def __call__(self, images=None, text=None, return_tensors="pt", max_length=None, padding="longest", **kwargs) -> BatchFeature:
+        `images_kwargs` are the image processor's options (`do_resize`, `size`, `do_normalize`, ...) and `timeout`
+        for URLs. `do_rescale=False` (pixels already in [0, 1]) is honoured by reading the images as such: they
+        become 8-bit images like every other input, which the image processor then rescales as usual.
+        """
+        images_kwargs.pop("return_tensors", None)
+        timeout = images_kwargs.pop("timeout", None)
+        rescaled = images_kwargs.get("do_rescale") is False
+        if rescaled:
+            images_kwargs["do_rescale"] = True
+        loaded = self.load_images(images, names, timeout=timeout, rescaled=rescaled)
+        return self.image_processor(loaded, return_tensors=return_tensors, **images_kwargs).pixel_values
+
+    def _known_options(self) -> set[str]:
+        kinds = ShowAttendTellProcessorKwargs.__annotations__
+        known = set(kinds) | set(kinds["text_kwargs"].__annotations__) | set(kinds["images_kwargs"].__annotations__)
+        return known | set(getattr(getattr(self.image_processor, "valid_kwargs", None), "__annotations__", {}))
+
+    def __call__(self, images=None, text=None, return_tensors="pt", **kwargs) -> BatchFeature:
+        """`pixel_values` for `images`, `input_ids` + `attention_mask` for `text`; options as described in
+        `ShowAttendTellProcessorKwargs` (captions are truncated to `max_caption_length` tokens unless
+        `max_length` or `truncation=False` says otherwise)."""
         # Unknown options are an error, not silently dropped: e.g. the image-text-to-text pipeline hands its call
         # options to the processor, so `num_beams=3` there must not quietly mean greedy decoding.
-        if kwargs:
-            raise TypeError(f"ShowAttendTellProcessor got unexpected options {sorted(kwargs)} (generation options go to generate())")
+        unknown = sorted(set(kwargs) - self._known_options())
+        if unknown:
+            raise TypeError(f"ShowAttendTellProcessor got unexpected options {unknown} (generation options go to generate())")
         if images is None and text is None:
             raise ValueError("pass images=..., text=... or both")
+        if kwargs.get("max_length", 0) is None:
+            del kwargs["max_length"]  # None means the default, as it always did here
+        options = self._merge_kwargs(ShowAttendTellProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
         data = {}
         if images is not None:
-            data["pixel_values"] = self.image_pixel_values(images, return_tensors=return_tensors)
+            data["pixel_values"] = self.image_pixel_values(images, return_tensors=return_tensors, **options["images_kwargs"])
         if text is not None:
             if isinstance(text, str):
                 text = [text]
@@ -115,15 +156,11 @@ class ShowAttendTellProcessor(ProcessorMixin):
                 data["input_ids"] = [[self.tokenizer.cls_token_id]] * rows
                 data["attention_mask"] = [[1]] * rows
                 return BatchFeature(data=data, tensor_type=return_tensors)
-            encoded = self.tokenizer(
-                list(text),
-                padding=padding,
-                truncation=True,
-                max_length=max_length or self.max_caption_length,
-                return_token_type_ids=False,
-                return_tensors=return_tensors,
-            )
-            data.update(encoded)
+            text_kwargs = options["text_kwargs"]
+            text_kwargs.pop("return_tensors", None)
+            if text_kwargs.get("truncation") not in (False, "do_not_truncate") or text_kwargs.get("padding") == "max_length":
+                text_kwargs.setdefault("max_length", self.max_caption_length)
+            data.update(self.tokenizer(list(text), return_tensors=return_tensors, **text_kwargs))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def batch_decode(self, sequences, **kwargs) -> list[str]:
