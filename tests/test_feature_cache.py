@@ -2,6 +2,12 @@
 
 import json
 import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +18,7 @@ from hf_imgcap.data.feature_cache import FeatureCache, build_feature_cache
 from hf_imgcap.data.synthetic import write_synthetic_flickr8k
 from hf_imgcap.data.training_data import CaptionPairs, collate_captions, tokenize_captions
 
-from conftest import tiny_model, tiny_processor
+from conftest import REPO_ROOT, tiny_model, tiny_processor
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +214,58 @@ def test_an_interrupted_build_with_a_damaged_progress_file_is_rebuilt(dataset, t
     assert rebuilt.folder == folder and rebuilt.valid.all()
     torch.testing.assert_close(rebuilt.batch(range(10)), build(model, processor, dataset["train"], tmp_path / "b").batch(range(10)))
     assert damaged in caplog.text and "starting over" in caplog.text
+
+
+# Run by each of the processes that `accelerate launch` starts: build the cache together, report what this rank encoded.
+SHARDED_BUILD = """
+import sys
+sys.path.insert(0, {tests!r})
+from accelerate import Accelerator
+from conftest import tiny_model, tiny_processor
+from hf_imgcap.data.caption_datasets import load_caption_dataset
+from hf_imgcap.data.feature_cache import build_feature_cache
+
+accelerator = Accelerator()
+model = tiny_model()
+encoded = []
+model.encoder.register_forward_hook(lambda module, args, output: encoded.append(args[0].shape[0]))
+dataset = load_caption_dataset({root!r}, verify_images=False)["train"]
+cache = build_feature_cache(model, tiny_processor(), dataset, {cache_dir!r}, batch_size=3, num_workers=0,
+                            show_progress=False, accelerator=accelerator)
+assert cache.meta["complete"]
+print(f"rank {{accelerator.process_index}} of {{accelerator.num_processes}} encoded {{sum(encoded)}} images")
+"""
+
+
+def test_two_processes_each_encode_their_shard_and_the_cache_is_byte_identical_to_one_process(tmp_path):
+    with socket.socket() as probe:  # a free port: not the default 29500, which another run on this machine may hold
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    root = write_synthetic_flickr8k(tmp_path / "ds", num_train=10, num_val=1, num_test=1, image_size=48)
+    dataset = load_caption_dataset(str(root), verify_images=False)
+    with open(dataset["train"][7]["image"].filename, "wb") as handle:  # a bad image in the second process's shard
+        handle.write(b"not an image at all")
+    one = build(tiny_model(), tiny_processor(), dataset["train"], tmp_path / "one", batch_size=3)
+    script = tmp_path / "build.py"
+    script.write_text(SHARDED_BUILD.format(tests=str(REPO_ROOT / "tests"), root=str(root), cache_dir=str(tmp_path / "two")))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    launch = subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), str(script)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )
+    try:
+        stdout, stderr = launch.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(launch.pid, signal.SIGKILL)  # the launcher and both ranks: never leave a hung rank behind
+        stdout, stderr = launch.communicate()
+    assert launch.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    # Both processes encoded: whole batches of 3, rank 0 images 0-5, rank 1 images 6-9 (one of them unreadable).
+    assert sorted(re.findall(r"rank (\d) of 2 encoded (\d+) images", stdout)) == [("0", "6"), ("1", "3")], stdout
+    two = FeatureCache(tmp_path / "two" / one.folder.relative_to(tmp_path / "one"))
+    for name in ("features.npy", "valid.npy"):
+        assert (two.folder / name).read_bytes() == (one.folder / name).read_bytes(), name
+    assert two.valid.tolist() == [True] * 7 + [False] + [True] * 2
+    assert [entry["index"] for entry in two.invalid_images] == [7] and two.invalid_images == one.invalid_images
+    assert sorted(p.name for p in two.folder.iterdir()) == sorted(p.name for p in one.folder.iterdir())  # no shard files left

@@ -10,10 +10,16 @@ the image preprocessing and the feature format, and the images key hashes the im
 modification time). A changed encoder or preprocessing never reuses stale features; an interrupted build
 resumes where it stopped; a cache is only used once its `meta.json` says it is complete.
 
-Several builders (training processes, an `evaluate` run) may share one cache folder: a file lock lets one of them
+Several builders (training runs, an `evaluate` run) may share one cache folder: a file lock lets one of them
 build a given cache while the others wait and then reuse it, and every file that records progress is replaced
 atomically (a unique temporary name, then `os.replace`), so a kill at any moment leaves a cache that either resumes
 or is refused with a message naming it.
+
+The processes of one multi-process run (`accelerate launch`, passing `accelerator=`) build a cache together: each
+encodes its shard of the images into the shared `features.npy` (disjoint rows), records its progress in its own
+`shard-<rank>-of-<N>.json`, and the main process marks the cache complete once every shard is done. Shards are
+whole batches, so every image is encoded in the same batch as a one-process build would: the cache is
+byte-identical to it, N times sooner.
 """
 
 import hashlib
@@ -178,17 +184,17 @@ class FeatureCache:
 
 # ---------------------------------------------------------------------------------------------- building
 class _ImagePixels(torch.utils.data.Dataset):
-    """Turns images into pixel_values (through the processor) in DataLoader workers; a bad image becomes an
-    error message, never an exception. Rows are read one at a time from the (memory-mapped) dataset, so memory
-    does not grow with its size."""
+    """Turns images `start..end-1` into pixel_values (through the processor) in DataLoader workers; a bad image
+    becomes an error message, never an exception. Rows are read one at a time from the (memory-mapped) dataset, so
+    memory does not grow with its size."""
 
-    def __init__(self, dataset: Dataset, start: int, processor):
+    def __init__(self, dataset: Dataset, start: int, end: int, processor):
         self.images = dataset.select_columns(["image"]).cast_column("image", Image(decode=False))
-        self.start = start
+        self.start, self.end = start, end
         self.processor = processor
 
     def __len__(self):
-        return len(self.images) - self.start
+        return self.end - self.start
 
     def __getitem__(self, index):
         struct = self.images[self.start + index]["image"]
@@ -217,23 +223,25 @@ def build_feature_cache(
     num_workers: int | None = None,
     description: str = "caching features",
     show_progress: bool = True,
+    accelerator=None,
 ) -> FeatureCache:
     """Encode every image of `dataset` once with `model.get_image_features` and store the result; return the
     cache. A complete cache with the same keys is reused without running the encoder. Images become pixels
-    through `processor` (the model's `ShowAttendTellProcessor`), its size guards included."""
+    through `processor` (the model's `ShowAttendTellProcessor`), its size guards included.
+
+    `accelerator` (an `accelerate.Accelerator` or `PartialState`): with several processes, every process must call
+    this; each encodes its shard of the images (see the module docstring) and all return the complete cache."""
     folder = Path(cache_dir) / encoder_fingerprint(model, processor)[:16] / images_fingerprint(dataset)[:16]
+    if accelerator is not None and accelerator.num_processes > 1:
+        return _build_sharded(model, processor, dataset, folder, accelerator, batch_size=batch_size, num_workers=num_workers,
+                              description=description, show_progress=show_progress)
     meta = _read_meta(folder)
     if meta and meta.get("complete"):  # complete caches are never written again: no lock needed to read one
         logger.info("%s: reusing the feature cache in %s", description, folder)
         return FeatureCache(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # One builder per cache: the others wait here, then find it complete and reuse it.
-    lock = FileLock(folder / "build.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        logger.info("%s: another process is building the feature cache in %s; waiting for it", description, folder)
-        lock.acquire()
+    lock = _acquire_build_lock(folder, description)
     try:
         meta = _read_meta(folder)
         if meta and meta.get("complete"):
@@ -245,34 +253,147 @@ def build_feature_cache(
         lock.release()
 
 
-def _build_locked(model, processor, dataset, folder: Path, meta, *, batch_size, num_workers,
-                  description, show_progress) -> FeatureCache:
-    meta_file = folder / "meta.json"
-    num_images = len(dataset)
-    shape = (num_images, model.config.num_regions, model.config.encoder_hidden_size)
-    features_file, valid_file = folder / "features.npy", folder / "valid.npy"
+def _acquire_build_lock(folder: Path, description: str) -> FileLock:
+    lock = FileLock(folder / "build.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("%s: another process is building the feature cache in %s; waiting for it", description, folder)
+        lock.acquire()
+    return lock
+
+
+def _shape(model, dataset) -> tuple:
+    return len(dataset), model.config.num_regions, model.config.encoder_hidden_size
+
+
+def _start_or_resume(folder: Path, shape: tuple, meta, description: str, shards: int, batch_size: int):
+    """The progress of an interrupted build split the same way (shards of whole batches), if its files are whole; else a fresh
+    build: a preallocated `features.npy` (sparse on disk; batches are written in place, never all held in RAM),
+    an all-zero `valid.npy` and a `meta.json` saying nothing is done. Returns `(meta, valid)`."""
     valid = None
-    if meta is not None and tuple(meta.get("shape", ())) == shape:
-        try:  # the progress of an interrupted build: resumable only if its files are whole
+    # Shards are runs of whole batches: their progress files only fit a build with the same shards and batch size.
+    same_split = meta is not None and meta.get("shards", 1) == shards and (shards == 1 or meta.get("shard_batch_size") == batch_size)
+    if same_split and tuple(meta.get("shape", ())) == shape:
+        try:
             _load_array(folder, "features.npy", shape, np.float16, mmap_mode="r")
             valid = _load_array(folder, "valid.npy", shape[:1], np.uint8)
         except ValueError as error:
             logger.warning("%s: %s; starting over", description, error)
             valid = None
-    if valid is None:
-        # Preallocate the .npy (sparse on disk); batches are then written in place, never all held in RAM.
-        np.lib.format.open_memmap(features_file, mode="w+", dtype=np.float16, shape=shape).flush()
-        valid = np.zeros(num_images, dtype=np.uint8)
-        _atomic_write(valid_file, lambda handle: np.save(handle, valid))
-        meta = {"complete": False, "done": 0, "num_images": num_images, "shape": list(shape), "invalid": [],
-                "format": FEATURE_FORMAT_VERSION, "seconds": 0.0}
-        _atomic_write_json(meta_file, meta)
-    elif meta["done"]:
-        logger.info("%s: resuming an interrupted build at image %d of %d", description, meta["done"], num_images)
+    elif meta is not None and not meta.get("complete"):
+        logger.info("%s: the interrupted build in %s was split into other shards (%s of batches of %s); starting over",
+                    description, folder, meta.get("shards", 1), meta.get("shard_batch_size", "?"))
+    if valid is not None:
+        return meta, valid
+    for leftover in folder.glob("shard-*-of-*.json"):
+        leftover.unlink(missing_ok=True)
+    np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=np.float16, shape=shape).flush()
+    valid = np.zeros(shape[0], dtype=np.uint8)
+    _atomic_write(folder / "valid.npy", lambda handle: np.save(handle, valid))
+    meta = {"complete": False, "done": 0, "num_images": shape[0], "shape": list(shape), "invalid": [],
+            "format": FEATURE_FORMAT_VERSION, "seconds": 0.0, "shards": shards, **({"shard_batch_size": batch_size} if shards > 1 else {})}
+    _atomic_write_json(folder / "meta.json", meta)
+    return meta, valid
 
-    done = processed = meta["done"]
+
+def _build_locked(model, processor, dataset, folder: Path, meta, *, batch_size, num_workers,
+                  description, show_progress) -> FeatureCache:
+    shape = _shape(model, dataset)
+    num_images = shape[0]
+    meta, valid = _start_or_resume(folder, shape, meta, description, shards=1, batch_size=batch_size)
+    done = meta["done"]
+    if done:
+        logger.info("%s: resuming an interrupted build at image %d of %d", description, done, num_images)
+
+    def save_progress(progress):  # valid.npy, then meta.json that says how far it is
+        _atomic_write(folder / "valid.npy", lambda handle: np.save(handle, valid))
+        _atomic_write_json(folder / "meta.json", progress)
+
+    _encode_images(model, processor, dataset, folder, range(done, num_images), meta, save_progress, valid, batch_size=batch_size,
+                   num_workers=num_workers, description=description, show_progress=show_progress)
+    meta["complete"] = True
+    _atomic_write_json(folder / "meta.json", meta)
+    _log_built(description, num_images - done, meta, folder)
+    return FeatureCache(folder)
+
+
+def _shard_range(num_images: int, rank: int, shards: int, batch_size: int) -> range:
+    """Rank `rank`'s images: a run of whole batches (the batches of a one-process build), about 1/shards of them."""
+    batches = -(-num_images // batch_size)
+    first, last = rank * batches // shards, (rank + 1) * batches // shards
+    return range(min(first * batch_size, num_images), min(last * batch_size, num_images))
+
+
+def _build_sharded(model, processor, dataset, folder: Path, accelerator, *, batch_size, num_workers,
+                   description, show_progress) -> FeatureCache:
+    """Every process of a run encodes its shard into the shared files. The main process holds the build lock (other
+    runs wait for the cache as they would for one builder), prepares or resumes the files, and seals the cache."""
+    rank, shards, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    shape = _shape(model, dataset)
+    lock = None
+    try:
+        if main:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = _acquire_build_lock(folder, description)
+            meta = _read_meta(folder)
+            if not (meta and meta.get("complete")):
+                _start_or_resume(folder, shape, meta, description, shards, batch_size)
+        accelerator.wait_for_everyone()  # the files exist (or the cache is complete) before any process writes
+        meta = _read_meta(folder)
+        if meta.get("complete"):
+            if main:
+                logger.info("%s: reusing the feature cache in %s", description, folder)
+        else:
+            shard = _shard_range(shape[0], rank, shards, batch_size)
+            progress_file = folder / f"shard-{rank}-of-{shards}.json"
+            progress = json.loads(progress_file.read_text()) if progress_file.is_file() else {"done": 0, "invalid": [], "seconds": 0.0}
+            _encode_images(model, processor, dataset, folder, range(shard.start + progress["done"], shard.stop), progress,
+                           lambda progress: _atomic_write_json(progress_file, progress), None, batch_size=batch_size,
+                           num_workers=num_workers, description=f"{description} (process {rank + 1}/{shards})",
+                           show_progress=show_progress and main)
+        accelerator.wait_for_everyone()  # every shard is written
+        if main and not meta.get("complete"):
+            _seal_shards(folder, meta, shards, batch_size, description)
+        accelerator.wait_for_everyone()
+    finally:
+        if lock is not None:
+            lock.release()
+    return FeatureCache(folder)
+
+
+def _seal_shards(folder: Path, meta: dict, shards: int, batch_size: int, description: str):
+    """Main process: merge the shards' progress into `valid.npy` and `meta.json` and mark the cache complete."""
+    num_images = meta["num_images"]
+    valid = np.zeros(num_images, dtype=np.uint8)
+    invalid, seconds = [], 0.0
+    for rank in range(shards):
+        shard = _shard_range(num_images, rank, shards, batch_size)
+        progress = json.loads((folder / f"shard-{rank}-of-{shards}.json").read_text()) if len(shard) else {"done": 0, "invalid": [], "seconds": 0.0}
+        if progress["done"] != len(shard):
+            raise RuntimeError(f"feature cache {folder}: process {rank} encoded {progress['done']} of its {len(shard)} images")
+        valid[shard.start : shard.stop] = 1
+        for entry in progress["invalid"]:
+            valid[entry["index"]] = 0
+        invalid += progress["invalid"]
+        seconds = max(seconds, progress["seconds"])  # the shards ran side by side
+    _atomic_write(folder / "valid.npy", lambda handle: np.save(handle, valid))
+    meta.update(complete=True, done=num_images, invalid=sorted(invalid, key=lambda entry: entry["index"]), seconds=seconds)
+    _atomic_write_json(folder / "meta.json", meta)
+    for rank in range(shards):
+        (folder / f"shard-{rank}-of-{shards}.json").unlink(missing_ok=True)
+    _log_built(f"{description} ({shards} processes)", num_images, meta, folder)
+
+
+def _encode_images(model, processor, dataset, folder: Path, images: range, progress: dict, save_progress, valid, *,
+                   batch_size, num_workers, description, show_progress):
+    """Encode `images` into their rows of `features.npy`. After every batch: the features are flushed to disk, then
+    `progress` (`done` counts the images handled, `invalid` lists the bad ones, `seconds`) is saved with
+    `save_progress(progress)`, so a kill in between only repeats that batch. `valid` (or None) is marked per image."""
+    shape = _shape(model, dataset)
+    features_file = folder / "features.npy"
     loader = torch.utils.data.DataLoader(
-        _ImagePixels(dataset, done, processor),
+        _ImagePixels(dataset, images.start, images.stop, processor),
         batch_size=batch_size,
         num_workers=_default_workers() if num_workers is None else num_workers,
         collate_fn=_collate_pixels,
@@ -282,42 +403,38 @@ def _build_locked(model, processor, dataset, folder: Path, meta, *, batch_size, 
     started = time.perf_counter()
     was_training = model.training
     model.eval()
-    progress = tqdm(total=num_images, initial=done, desc=description, unit="img", disable=not show_progress)
+    progress_bar = tqdm(total=len(images), desc=description, unit="img", disable=not show_progress)
     try:
         with open(features_file, "r+b") as out, torch.inference_mode():
             for indices, pixels, errors in loader:
                 for index, error in errors:
-                    meta["invalid"].append({"index": done + index, "reason": error})
+                    progress["invalid"].append({"index": images.start + index, "reason": error})
                     logger.warning("%s: skipped %s", description, error)
                 if indices:
                     features = model.get_image_features(pixels.to(model.device)).to("cpu", torch.float16).numpy()
                     for row, index in enumerate(indices):
-                        out.seek(header_size + (done + index) * row_bytes)
+                        out.seek(header_size + (images.start + index) * row_bytes)
                         out.write(features[row].tobytes())
-                        valid[done + index] = 1
-                processed += len(indices) + len(errors)
-                meta["done"] = processed
+                        if valid is not None:
+                            valid[images.start + index] = 1
+                progress["done"] += len(indices) + len(errors)
                 # Features first, then what marks them done: a kill in between only repeats this batch.
                 out.flush()
                 os.fsync(out.fileno())
-                _atomic_write(valid_file, lambda handle: np.save(handle, valid))
-                meta["seconds"] += time.perf_counter() - started
+                progress["seconds"] += time.perf_counter() - started
                 started = time.perf_counter()
-                _atomic_write_json(meta_file, meta)
-                progress.update(len(indices) + len(errors))
+                save_progress(progress)
+                progress_bar.update(len(indices) + len(errors))
     finally:
-        progress.close()
+        progress_bar.close()
         model.train(was_training)
-    meta["complete"] = True
-    _atomic_write_json(meta_file, meta)
-    per_image = meta["seconds"] / max(num_images - done, 1)
+
+
+def _log_built(description: str, encoded: int, meta: dict, folder: Path):
     logger.info(
         "%s: %d images in %.1f s (%.3f s/image), %d skipped, cache in %s",
-        description, num_images - done, meta["seconds"], per_image, len(meta["invalid"]), folder,
+        description, encoded, meta["seconds"], meta["seconds"] / max(encoded, 1), len(meta["invalid"]), folder,
     )
-    return FeatureCache(folder)
-
-
 def _default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
