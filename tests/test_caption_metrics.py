@@ -338,7 +338,7 @@ def test_hf_imgcap_scores_with_the_modules_code():
     """One implementation: the package's functions are the evaluate module's, not a copy of them."""
     import importlib
 
-    module = importlib.import_module("hf_imgcap.evaluation.metric_modules.caption_metrics.caption_metrics")
+    module = importlib.import_module("hf_imgcap.evaluation.metric_modules.caption_metrics.scoring")
     assert compute_caption_metrics is module.compute_caption_metrics
     assert normalize_for_scoring is module.normalize_for_scoring
 

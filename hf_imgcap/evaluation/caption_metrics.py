@@ -1,15 +1,15 @@
 # Copyright 2026 The hf-imgcap authors. Apache-2.0.
 """Caption metrics computed the way captioning papers compute them (the COCO caption evaluation code).
 
-The one implementation lives in the `evaluate` module shipped with the package
-(`metric_modules/caption_metrics/caption_metrics.py`), which is self-contained so that it can be published on the
-Hub on its own; this module re-exports it for hf-imgcap and loads it as an `evaluate` metric. See that file for
-the exact conventions of each score.
+The one implementation lives beside the `evaluate` module shipped with the package
+(`metric_modules/caption_metrics/scoring.py`, used by its `caption_metrics.py`), which is self-contained so that the
+folder can be published on the Hub on its own; this module re-exports it for hf-imgcap (without importing
+`evaluate`) and loads the module as an `evaluate` metric. See `scoring.py` for the exact conventions of each score.
 """
 
 from pathlib import Path
 
-from hf_imgcap.evaluation.metric_modules.caption_metrics.caption_metrics import (
+from hf_imgcap.evaluation.metric_modules.caption_metrics.scoring import (
     BLEU_NAMES,
     METEOR_TIMEOUT_SECONDS,
     METRIC_NAMES,
@@ -26,7 +26,7 @@ def load_caption_metric(**kwargs):
 
     Keyword arguments go to ``evaluate.load`` (e.g. ``experiment_id``, ``keep_in_memory``, ``cache_dir``).
     """
-    import evaluate
+    import evaluate  # deferred: scoring itself does not need it (importing it costs seconds)
 
     return evaluate.load(str(METRIC_MODULE_DIR), **kwargs)
 
