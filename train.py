@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from transformers import HfArgumentParser
 
@@ -38,12 +39,12 @@ from hf_imgcap.training.loop import TrainingRun, finish, resume_state, run_epoch
 from hf_imgcap.training.model_fields import model_field, processor_field
 from hf_imgcap.training.preemption import StopRequest
 from hf_imgcap.training.run_arguments import (
-    check_output_dir, check_resume_compatible, make_accelerator, refuse_untrained_run, remove_run_outputs,
+    LATEST_CHECKPOINT, check_output_dir, check_resume_compatible, make_accelerator, refuse_untrained_run, remove_run_outputs,
     validate_arguments, write_training_args,
 )
 from hf_imgcap.training.scst import self_critical_training
 
-logger = logging.getLogger("train")
+logger = get_logger("train")  # Accelerate's: logs once, on the main process (main_process_only=False for every process)
 
 
 # ---------------------------------------------------------------------------------------------- arguments
@@ -81,9 +82,9 @@ class ModelArguments:
 class TrainingArguments:
     output_dir: str = field(default="outputs/show-attend-tell", metadata={"help": "The Hub-ready output folder (checkpoints/ and runs/ inside)."})
     seed: int = field(default=42, metadata={"help": "Random seed (data order, dropout, initialisation)."})
-    num_epochs: int = field(default=120, metadata={"help": "Maximum number of epochs (early stopping usually ends sooner)."})
+    num_train_epochs: int = field(default=120, metadata={"aliases": ["--num_epochs"], "help": "Maximum number of epochs (early stopping usually ends sooner)."})
     max_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimizer steps in total."})
-    batch_size: int = field(default=32, metadata={"help": "Captions per batch per process."})
+    per_device_train_batch_size: int = field(default=32, metadata={"aliases": ["--batch_size"], "help": "Captions per batch per process."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     learning_rate: float = field(default=4e-4, metadata={"help": "Adam learning rate of the decoder."})
     encoder_learning_rate: float = field(default=1e-4, metadata={"help": "Adam learning rate of the encoder when fine-tuned."})
@@ -93,16 +94,18 @@ class TrainingArguments:
     lr_decay_patience: int = field(default=8, metadata={"help": "Epochs without BLEU-4 improvement before decaying the learning rate."})
     early_stopping_patience: int = field(default=20, metadata={"help": "Epochs without BLEU-4 improvement before stopping."})
     mixed_precision: str | None = field(default=None, metadata={"help": "'no', 'bf16', 'fp16' or 'fp8'; default: what `accelerate launch` / `accelerate config` says ('no' with plain python)."})
-    cpu: bool = field(default=False, metadata={"help": "Train on the CPU even when a GPU is available (default: the launcher / Accelerate decides)."})
+    use_cpu: bool = field(default=False, metadata={"aliases": ["--cpu"], "help": "Train on the CPU even when a GPU is available (default: the launcher / Accelerate decides)."})
     report_to: str = field(default="tensorboard", metadata={"help": "Tracker(s) for Accelerate, comma separated ('tensorboard', 'wandb', ...), or 'none'."})
     eval_num_beams: int = field(default=3, metadata={"help": "Beam size for validation and test captions."})
     eval_max_new_tokens: int = field(default=40, metadata={"help": "Longest caption generated during evaluation."})
-    eval_batch_size: int = field(default=32, metadata={"help": "Images per generation batch per process."})
+    per_device_eval_batch_size: int = field(default=32, metadata={"aliases": ["--eval_batch_size"], "help": "Images per generation batch per process."})
     checkpoint_every_steps: int = field(default=0, metadata={"help": "Also checkpoint every N optimizer steps (0: only at epoch ends)."})
-    checkpoints_to_keep: int = field(default=2, metadata={"help": "Newest checkpoints kept; older ones are deleted."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace the previous run in output_dir: delete the files a run wrote there (other files stay). Without it, a used output_dir needs --resume."})
-    resume: bool = field(default=False, metadata={"help": "Continue from the newest complete checkpoint in output_dir/checkpoints."})
-    resume_from: str | None = field(default=None, metadata={"help": "Continue from this checkpoint folder (verified first)."})
+    save_total_limit: int = field(default=2, metadata={"aliases": ["--checkpoints_to_keep"], "help": "Newest checkpoints kept; older ones are deleted."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace the previous run in output_dir: delete the files a run wrote there (other files stay). Without it, a used output_dir needs --resume_from_checkpoint."})
+    # `--resume_from_checkpoint` alone (or `latest`) continues from the newest checkpoint, as Trainer.train(resume_from_checkpoint=True).
+    resume_from_checkpoint: str | None = field(default=None, metadata={
+        "aliases": ["--resume", "--resume_from"], "nargs": "?", "const": LATEST_CHECKPOINT,
+        "help": f"Continue from this checkpoint folder (verified first); without a value or '{LATEST_CHECKPOINT}': from the newest complete checkpoint in output_dir/checkpoints."})
     max_nonfinite_steps: int = field(default=10, metadata={"help": "Stop after this many non-finite losses in a row (each is skipped)."})
     scst_epochs: int = field(default=0, metadata={"help": "Self-critical sequence training (CIDEr-D reward) epochs after the cross-entropy stage, from its best model; the best SCST epoch on validation CIDEr-D is the final model (0: off)."})
     scst_learning_rate: float = field(default=5e-5, metadata={"help": "Adam learning rate of the SCST stage."})
@@ -112,6 +115,15 @@ class TrainingArguments:
     demo: bool = field(default=False, metadata={"help": "Offline demo: synthetic Flickr8k, random ResNet-152, image vs blind BLEU table."})
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the output folder to the Hub at the end."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository for --push_to_hub (user/name)."})
+
+    # The meaning of --resume_from_checkpoint, read by the run.
+    @property
+    def resume(self) -> bool:
+        return self.resume_from_checkpoint is not None
+
+    @property
+    def resume_from(self) -> str | None:
+        return None if self.resume_from_checkpoint in (None, LATEST_CHECKPOINT) else self.resume_from_checkpoint
 
 
 # The demo: every real code path, sized to finish in minutes on 2 CPU cores without a network.
@@ -125,7 +137,7 @@ DEMO_OVERRIDES = {
     "hidden_size": 256,
     "dropout": 0.2,
     "output_dir": "outputs/demo",
-    "num_epochs": 12,
+    "num_train_epochs": 12,
     "learning_rate": 2e-3,
     "lr_decay_patience": 3,
     "early_stopping_patience": 5,
@@ -212,7 +224,7 @@ def start_run(model_args: ModelArguments, data_args: DataArguments, args: Traini
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
     accelerator, args = start_run(model_args, data_args, args)
     output_dir = Path(args.output_dir)
-    log = logger.info if accelerator.is_main_process else logger.debug
+    log = logger.info
     log("accelerate: %d process(es) on %s, mixed precision %s", accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
 
     # 1. Data: a DatasetDict of images + reference captions.
@@ -240,13 +252,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     # them. Fine-tuning reads the images instead; it still takes its starting statistics from the train cache.
     cache_dir = Path(data_args.cache_dir).expanduser()
     splits_to_cache = {"train": train_split} if args.finetune_encoder else {"train": train_split, "validation": val_split, "test": test_split}
-    caches = {}
-    with accelerator.main_process_first():
-        for name, split in splits_to_cache.items():
-            caches[name] = build_feature_cache(
-                model, processor, split, cache_dir, description=f"encoding {name} images",
-                show_progress=accelerator.is_main_process,
-            )
+    model.to(accelerator.device)  # encode on the GPU (prepare() would move it only later)
+    # Every process encodes its shard of each split into the shared cache (N processes: N times sooner).
+    caches = {
+        name: build_feature_cache(model, processor, split, cache_dir, description=f"encoding {name} images",
+                                  show_progress=accelerator.is_main_process, accelerator=accelerator)
+        for name, split in splits_to_cache.items()
+    }
     if not args.blind:
         model.set_feature_statistics(*caches["train"].statistics())
 
@@ -260,7 +272,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     )
     loader = torch.utils.data.DataLoader(
         examples,
-        batch_size=args.batch_size,
+        batch_size=args.per_device_train_batch_size,
         shuffle=True,
         collate_fn=lambda items: collate_captions(items, processor.tokenizer.pad_token_id),
         num_workers=data_args.num_workers,
@@ -274,14 +286,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=args.lr_decay_factor, patience=args.lr_decay_patience - 1)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
-    # 5. The loop: resume (model, optimizer and RNG states from Accelerate; TrainState and scheduler from JSON), then epochs.
+    # 5. The loop: resume (model, optimizer, scheduler and RNG states from Accelerate; TrainState from JSON), then epochs.
     hyperparameters = {k: v for a in (model_args, data_args, args) for k, v in dataclasses.asdict(a).items() if isinstance(v, (int, float, str, bool))}
     accelerator.init_trackers("hf_imgcap", config=hyperparameters)  # on every process; only the main one starts trackers
     run = TrainingRun(
         accelerator, model, optimizer, scheduler, loader, processor,
-        checkpoints=CheckpointManager(output_dir / "checkpoints", keep=args.checkpoints_to_keep),
+        checkpoints=CheckpointManager(output_dir / "checkpoints", keep=args.save_total_limit),
         args=args,
-        evaluation=dict(accelerator=accelerator, batch_size=args.eval_batch_size, blind=args.blind,
+        evaluation=dict(accelerator=accelerator, batch_size=args.per_device_eval_batch_size, blind=args.blind,
                         num_beams=args.eval_num_beams, max_new_tokens=args.eval_max_new_tokens, show_progress=False),
         best_dir=output_dir / "checkpoints" / "best",
     )
@@ -339,7 +351,8 @@ def run_demo(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     if "test" not in with_images:
         return with_images
     # The blind baseline is the cross-entropy recipe without images (no SCST stage: it is compared with that).
-    blind_args = dataclasses.replace(args, blind=True, output_dir=str(output_dir / "blind_baseline"), resume=args.resume, scst_epochs=0)
+    blind_args = dataclasses.replace(args, blind=True, output_dir=str(output_dir / "blind_baseline"), scst_epochs=0,
+                                     resume_from_checkpoint=LATEST_CHECKPOINT if args.resume else None)  # its own newest
     blind = train(model_args, data_args, blind_args)
     if "test" not in blind:
         return blind

@@ -118,7 +118,8 @@ def render_model_card(config, results: dict, model_args: dict, training_args: di
         best_bleu_4=f"{results['validation_best_bleu_4']:.4f}" if isinstance(results.get("validation_best_bleu_4"), (int, float)) else "n/a",
         steps=results.get("steps", "?"),
         **{k: getattr(config, k) for k in ("embedding_size", "attention_size", "hidden_size", "dropout", "attention_regularization")},
-        **{k: training_args.get(k) for k in ("learning_rate", "encoder_learning_rate", "finetune_encoder", "batch_size",
+        batch_size=training_args.get("per_device_train_batch_size", training_args.get("batch_size")),  # batch_size in earlier runs' training_args.json
+        **{k: training_args.get(k) for k in ("learning_rate", "encoder_learning_rate", "finetune_encoder",
                                              "gradient_accumulation_steps", "grad_clip", "lr_decay_factor", "lr_decay_patience",
                                              "early_stopping_patience", "mixed_precision")},
     )

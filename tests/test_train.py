@@ -309,9 +309,9 @@ NONSENSE = {
     "max_caption_length": "1",
     "output_dir": "FILE",
     "seed": "-1",
-    "num_epochs": "0",
+    "num_train_epochs": "0",
     "max_steps": "0",
-    "batch_size": "0",
+    "per_device_train_batch_size": "0",
     "gradient_accumulation_steps": "0",
     "learning_rate": "-0.001",
     "encoder_learning_rate": "0",
@@ -323,10 +323,10 @@ NONSENSE = {
     "report_to": "tensorbored",
     "eval_num_beams": "0",
     "eval_max_new_tokens": "0",
-    "eval_batch_size": "0",
+    "per_device_eval_batch_size": "0",
     "checkpoint_every_steps": "-1",
-    "checkpoints_to_keep": "0",
-    "resume_from": "/nonexistent/checkpoints/step_00000001",
+    "save_total_limit": "0",
+    "resume_from_checkpoint": "/nonexistent/checkpoints/step_00000001",
     "max_nonfinite_steps": "0",
     "hub_model_id": "not a/valid//id",
     "scst_epochs": "-1",
@@ -339,6 +339,30 @@ NONSENSE = {
 def value_arguments():
     return [f.name for cls in (train_script.ModelArguments, train_script.DataArguments, train_script.TrainingArguments)
             for f in dataclasses.fields(cls) if not isinstance(f.default, bool)]
+
+
+# Today's names of arguments that transformers' TrainingArguments spells differently: kept as aliases.
+ALIASES = {"num_epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size", "eval_batch_size": "per_device_eval_batch_size",
+           "checkpoints_to_keep": "save_total_limit", "resume_from": "resume_from_checkpoint", "resume": "resume_from_checkpoint",
+           "cpu": "use_cpu"}
+
+
+def test_training_arguments_spelled_as_in_transformers_or_as_before_mean_the_same():
+    help_text = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--help"], capture_output=True, text=True, timeout=120).stdout
+    for old, new in ALIASES.items():
+        value = {"resume": [], "cpu": [], "resume_from": ["/some/run/checkpoints/step_00000004"]}.get(old, ["7"])
+        by_old_name = train_script.parse_args([f"--{old}", *value])[2]
+        by_new_name = train_script.parse_args([f"--{new}", *value])[2]
+        assert dataclasses.asdict(by_old_name) == dataclasses.asdict(by_new_name), old
+        assert getattr(by_new_name, new) != getattr(train_script.TrainingArguments(), new), old  # the value arrived
+        # One entry in --help, the alias named beside it.
+        assert re.search(rf"--{new}(?: [A-Z_\[\]]+)?, (?:--[\w-]+(?: [A-Z_\[\]]+)?, )*--{old}\b", help_text), old
+    assert not hasattr(train_script.TrainingArguments(), "num_epochs")
+    # --resume_from_checkpoint alone (as --resume): the newest checkpoint; with a folder: that one.
+    latest, folder = train_script.parse_args(["--resume"])[2], train_script.parse_args(["--resume_from_checkpoint", "/r/step_1"])[2]
+    assert (latest.resume, latest.resume_from) == (True, None) and (folder.resume, folder.resume_from) == (True, "/r/step_1")
+    none = train_script.parse_args([])[2]
+    assert (none.resume, none.resume_from) == (False, None)
 
 
 def test_every_argument_that_takes_a_value_has_a_nonsense_case():
@@ -511,4 +535,34 @@ def test_a_training_state_in_the_checkpoint_layout_of_earlier_runs_loads_and_sav
     state = training_loop.TrainState.from_checkpoint(saved, scheduler)
     assert (state.epoch, state.step_in_epoch, state.global_step, state.nonfinite_total) == (2, 3, 23, 1)
     assert scheduler.num_bad_epochs == 2 and scheduler.best == 0.3  # the scheduler continues where it was
-    assert json.loads(json.dumps(state.to_checkpoint(scheduler))) == saved  # and is saved in the same layout
+    # Saved again, the scheduler's state goes to Accelerate (register_for_checkpointing), the rest is unchanged.
+    assert json.loads(json.dumps(state.to_checkpoint())) == {k: v for k, v in saved.items() if k != "scheduler"}
+
+
+def test_the_scheduler_is_checkpointed_by_accelerate_and_a_run_folder_of_the_earlier_layout_still_resumes(data, tmp_path):
+    import hashlib
+
+    cache = tmp_path / "cache"
+    run(tiny_args(data, tmp_path / "straight", cache, "--num_epochs", "2", "--lr_decay_patience", "1"))
+    out = tmp_path / "resumed"
+    run(tiny_args(data, out, cache, "--num_epochs", "1", "--lr_decay_patience", "1"))
+    checkpoint = sorted((out / "checkpoints").glob("step_*"))[-1]
+    state_file = checkpoint / "training_state.json"
+    assert (checkpoint / "custom_checkpoint_0.pkl").is_file() and "scheduler" not in json.loads(state_file.read_text())
+    # Rewrite the checkpoint as earlier versions wrote it: the scheduler's state inside training_state.json.
+    scheduler_state = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)
+    (checkpoint / "custom_checkpoint_0.pkl").unlink()
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "scheduler": scheduler_state}))
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                         for p in sorted(checkpoint.iterdir()) if p.is_file() and p.name != "manifest.json"}
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    run(tiny_args(data, out, cache, "--num_epochs", "2", "--lr_decay_patience", "1", "--resume"))
+    straight_name, straight = last_checkpoint_weights(tmp_path / "straight")
+    resumed_name, resumed = last_checkpoint_weights(out)
+    assert straight_name == resumed_name
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
+    newest = sorted((out / "checkpoints").glob("step_*"))[-1]
+    assert torch.load(newest / "custom_checkpoint_0.pkl", weights_only=False) == torch.load(
+        sorted((tmp_path / "straight" / "checkpoints").glob("step_*"))[-1] / "custom_checkpoint_0.pkl", weights_only=False)

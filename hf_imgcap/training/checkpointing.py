@@ -6,6 +6,13 @@ size and SHA-256, and only then renamed to `step_<N>` (a rename is atomic on one
 full disk during the save therefore leaves the previous checkpoint as the newest complete one. On load the
 manifest is checked file by file, so a checkpoint that was truncated or altered later is refused with an
 error naming the file. Old checkpoints rotate out once a newer one is sealed.
+
+Why not Accelerate's `ProjectConfiguration(automatic_checkpoint_naming=True, total_limit=N)` for the rotation: it
+deletes the oldest checkpoint *before* writing the new one (a kill or a full disk during the save then leaves one
+complete checkpoint fewer, possibly none), it counts every entry of the folder as a checkpoint (here also `best/`,
+`processor/` and unsealed temporary folders), and it writes `checkpoint_<i>` folders in place, so a partial one looks
+like a complete one. The files inside a checkpoint are Accelerate's (`save_state`, with the scheduler registered by
+`register_for_checkpointing`); only the sealing and the rotation are done here.
 """
 
 import hashlib

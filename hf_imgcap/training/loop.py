@@ -12,13 +12,13 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
 from hf_imgcap.evaluation.attention_maps import model_view_crop_fraction, render_attention_map
@@ -30,12 +30,13 @@ from hf_imgcap.training.checkpointing import CheckpointManager, verify_checkpoin
 from hf_imgcap.training.run_arguments import refuse_untrained_run
 from hf_imgcap.training.run_metrics import EvalSettings, RunMetrics, TrainingRecord
 
-logger = logging.getLogger("train")
+logger = get_logger("train")  # Accelerate's: logs once, on the main process
 
 
 @dataclass
 class TrainState:
-    """The loop's progress; saved as a checkpoint's training_state.json (with the scheduler's state beside it)."""
+    """The loop's progress; saved as a checkpoint's training_state.json. The scheduler's state is Accelerate's to save
+    (`register_for_checkpointing`: custom_checkpoint_0.pkl), beside the model, optimizer and RNG states."""
 
     epoch: int = 0
     step_in_epoch: int = 0  # micro-batches of `epoch` already trained on
@@ -46,14 +47,19 @@ class TrainState:
     nonfinite_total: int = 0
     history: list[dict] = field(default_factory=list)
 
-    def to_checkpoint(self, scheduler) -> dict:
-        return {**dataclasses.asdict(self), "scheduler": scheduler.state_dict()}
+    def to_checkpoint(self) -> dict:
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_checkpoint(cls, saved: dict, scheduler) -> "TrainState":
         saved = dict(saved)
-        scheduler.load_state_dict(saved.pop("scheduler"))
+        if EARLIER_SCHEDULER_KEY in saved:  # a checkpoint of an earlier version: the scheduler's state is here
+            scheduler.load_state_dict(saved.pop(EARLIER_SCHEDULER_KEY))
         return cls(**saved)
+
+
+# Checkpoints written before the scheduler was registered with Accelerate keep its state in training_state.json.
+EARLIER_SCHEDULER_KEY = "scheduler"
 
 
 @dataclass
@@ -73,22 +79,31 @@ class TrainingRun:
     batches_run: int = 0  # micro-batches run by this process since it started (for the no-step error)
 
     def log(self, *message):
-        (logger.info if self.accelerator.is_main_process else logger.debug)(*message)
+        logger.info(*message)
 
     def save_checkpoint(self, state: TrainState):
-        self.checkpoints.save(self.accelerator, state.global_step, state.to_checkpoint(self.scheduler))
+        self.checkpoints.save(self.accelerator, state.global_step, state.to_checkpoint())
 
 
 def resume_state(run: TrainingRun, resume: bool, resume_from: str | None) -> TrainState:
-    """A fresh state, or the one of the checkpoint to continue from (model, optimizer and RNG states via Accelerate)."""
+    """A fresh state, or the one of the checkpoint to continue from (model, optimizer, scheduler and RNG states via
+    Accelerate). Registers the scheduler for checkpointing: call once per run."""
     latest = Path(resume_from) if resume_from else run.checkpoints.latest() if resume else None
     if latest is None:
         if resume:
             run.log("--resume: no checkpoint in %s yet, starting from scratch", run.checkpoints.folder)
+        run.accelerator.register_for_checkpointing(run.scheduler)
         return TrainState()
     saved = verify_checkpoint(latest)
+    # The scheduler is saved and loaded by Accelerate with the model and optimizer; a checkpoint of an earlier version
+    # has no file for it (its state is in training_state.json), so it is registered only after loading such a one.
+    earlier_layout = EARLIER_SCHEDULER_KEY in saved
+    if not earlier_layout:
+        run.accelerator.register_for_checkpointing(run.scheduler)
     run.accelerator.load_state(str(latest))
     state = TrainState.from_checkpoint(saved, run.scheduler)
+    if earlier_layout:
+        run.accelerator.register_for_checkpointing(run.scheduler)
     run.log("resumed from %s (epoch %d, step %d)", latest, state.epoch, state.global_step)
     return state
 
@@ -155,7 +170,7 @@ def train_epoch(run: TrainingRun, state: TrainState, stop) -> EpochEnd:
     loader.set_epoch(state.epoch)
     batches = accelerator.skip_first_batches(loader, state.step_in_epoch) if state.step_in_epoch else loader
     run.model.train()
-    bar = tqdm(total=len(loader), initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{args.num_epochs}",
+    bar = tqdm(total=len(loader), initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{args.num_train_epochs}",
                disable=not accelerator.is_main_process, unit="batch")
     started, seen, losses = time.perf_counter(), 0, []
     end = EpochEnd(train_loss=0.0)
@@ -269,9 +284,9 @@ def write_attention_example(model, processor, image, path: Path, num_beams: int)
 
 
 def run_epochs(run: TrainingRun, state: TrainState, stop, val_split, val_features) -> str | None:
-    """Epochs until --num_epochs, --max_steps, early stopping or a stop signal; returns the signal's name if one
+    """Epochs until --num_train_epochs, --max_steps, early stopping or a stop signal; returns the signal's name if one
     stopped the run (a step checkpoint was saved), else None."""
-    for epoch in range(state.epoch, run.args.num_epochs):
+    for epoch in range(state.epoch, run.args.num_train_epochs):
         state.epoch = epoch
         end = train_epoch(run, state, stop)
         if end.stopped_by:

@@ -25,6 +25,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 logger = logging.getLogger(__name__)
 
 TRAINING_ARGS_FILE = "training_args.json"
+LATEST_CHECKPOINT = "latest"  # --resume_from_checkpoint's value (and its value when given alone): the newest checkpoint
 TRACKER_FOLDER = "runs"
 
 # What a training run writes into its output_dir (top-level names; folders are removed whole). Anything else there,
@@ -136,9 +137,9 @@ RULES = {
     # training
     "output_dir": _folder_to_write,
     "seed": lambda v: None if 0 <= v < 2**32 else "must be in [0, 2**32)",
-    "num_epochs": _at_least(1),
+    "num_train_epochs": _at_least(1),
     "max_steps": _at_least(1),
-    "batch_size": _at_least(1),
+    "per_device_train_batch_size": _at_least(1),
     "gradient_accumulation_steps": _at_least(1),
     "learning_rate": _positive_finite,
     "encoder_learning_rate": _positive_finite,
@@ -150,10 +151,10 @@ RULES = {
     "report_to": _report_to,
     "eval_num_beams": _at_least(1),
     "eval_max_new_tokens": _at_least(1),
-    "eval_batch_size": _at_least(1),
+    "per_device_eval_batch_size": _at_least(1),
     "checkpoint_every_steps": _at_least(0),
-    "checkpoints_to_keep": _at_least(1),
-    "resume_from": _existing_folder,
+    "save_total_limit": _at_least(1),
+    "resume_from_checkpoint": lambda v: None if v == LATEST_CHECKPOINT else _existing_folder(v),
     "max_nonfinite_steps": _at_least(1),
     "hub_model_id": _hub_model_id,
     "scst_epochs": _at_least(0),
@@ -247,7 +248,7 @@ def write_training_args(output_dir, model_args, data_args, args) -> Path:
 
 
 def check_resume_compatible(model_args, args):
-    """With --resume / --resume_from, refuse model-size arguments that differ from the run being continued,
+    """With --resume_from_checkpoint, refuse model-size arguments that differ from the run being continued,
     naming each one (before any data is read)."""
     if args.resume_from:
         saved = Path(args.resume_from).parent.parent / TRAINING_ARGS_FILE  # <run>/checkpoints/step_N
@@ -283,7 +284,7 @@ def make_accelerator(args) -> Accelerator:
     output_dir = Path(args.output_dir)
     return Accelerator(
         mixed_precision=args.mixed_precision,  # None: ACCELERATE_MIXED_PRECISION, set by the launcher or config
-        cpu=args.cpu,  # False still honours ACCELERATE_USE_CPU and falls back to the CPU without a GPU
+        cpu=args.use_cpu,  # False still honours ACCELERATE_USE_CPU and falls back to the CPU without a GPU
         log_with=None if args.report_to == "none" else args.report_to.split(","),
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / TRACKER_FOLDER)),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),

@@ -198,7 +198,7 @@ def self_critical_training(run, train_split, caches: dict, val_split, test_split
     train_features = caches["train"]
     reward = CiderDReward([list(refs) for refs in train_split["captions"]])
     images = [int(i) for i in np.flatnonzero(train_features.valid)]
-    loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size, shuffle=True,
+    loader = torch.utils.data.DataLoader(images, batch_size=args.per_device_train_batch_size, shuffle=True,
                                          generator=torch.Generator().manual_seed(args.seed))
     decoder_parameters = [p for n, p in unwrapped.named_parameters() if p.requires_grad and not n.startswith("encoder.")]
     optimizer = torch.optim.Adam(decoder_parameters, lr=args.scst_learning_rate, fused=True)
