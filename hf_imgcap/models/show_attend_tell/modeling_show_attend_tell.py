@@ -230,7 +230,7 @@ class ShowAttendTellForConditionalGeneration(
     def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
         """`PreTrainedModel.save_pretrained` (safetensors, code files, `auto_map`), plus the captioning pipeline:
         its file copied next to the weights and named in `custom_pipelines`, so that
-        `pipeline(model=folder, trust_remote_code=True)` works."""
+        `pipeline("image-to-text", model=folder, trust_remote_code=True)` works."""
         self.config.auto_map = dict(AUTO_MAP)
         self.config.custom_pipelines = copy.deepcopy(CUSTOM_PIPELINES)
         hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "create_pr", "token") if key in kwargs}
