@@ -269,3 +269,53 @@ def test_two_processes_each_encode_their_shard_and_the_cache_is_byte_identical_t
     assert two.valid.tolist() == [True] * 7 + [False] + [True] * 2
     assert [entry["index"] for entry in two.invalid_images] == [7] and two.invalid_images == one.invalid_images
     assert sorted(p.name for p in two.folder.iterdir()) == sorted(p.name for p in one.folder.iterdir())  # no shard files left
+
+
+class ThreadRank:
+    """One process of a multi-process run, played by a thread: what build_feature_cache needs of an Accelerator."""
+
+    def __init__(self, rank, barrier):
+        self.process_index, self.num_processes, self.is_main_process = rank, barrier.parties, rank == 0
+        self.barrier = barrier
+
+    def wait_for_everyone(self):
+        self.barrier.wait(timeout=120)
+
+
+def build_by_ranks(dataset, cache_dir, shards=2):
+    """Build with `shards` ranks (threads, each with its own model); returns the caches and the images each encoded."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    barrier = threading.Barrier(shards)
+    models, encoded = [tiny_model() for _ in range(shards)], [[] for _ in range(shards)]
+    for model, counts in zip(models, encoded):
+        model.encoder.register_forward_hook(lambda module, args, output, counts=counts: counts.append(args[0].shape[0]))
+    with ThreadPoolExecutor(shards) as pool:
+        futures = [pool.submit(build, models[rank], tiny_processor(), dataset, cache_dir, batch_size=3,
+                               accelerator=ThreadRank(rank, barrier)) for rank in range(shards)]
+        caches = [future.result() for future in futures]
+    return caches, [sum(counts) for counts in encoded]
+
+
+def test_an_interrupted_multi_process_build_resumes_each_shard_where_it_stopped(dataset, tmp_path):
+    caches, encoded = build_by_ranks(dataset["train"], tmp_path / "a")
+    assert encoded == [6, 4] and caches[0].folder == caches[1].folder
+    folder = caches[0].folder
+    # As if killed: rank 0 had written its first batch (images 0-2), rank 1 nothing yet.
+    meta = json.loads((folder / "meta.json").read_text())
+    assert (meta["shards"], meta["shard_batch_size"]) == (2, 3)
+    (folder / "meta.json").write_text(json.dumps({**meta, "complete": False, "done": 0, "invalid": []}))
+    (folder / "shard-0-of-2.json").write_text(json.dumps({"done": 3, "invalid": [], "seconds": 1.0}))
+    features = np.load(folder / "features.npy", mmap_mode="r+")
+    features[3:] = 0  # not written yet
+    features.flush()
+    del features
+    with pytest.raises(ValueError, match="incomplete"):
+        FeatureCache(folder)
+    resumed, encoded = build_by_ranks(dataset["train"], tmp_path / "a")
+    assert encoded == [3, 4]  # only what was left of each shard
+    one = build(tiny_model(), tiny_processor(), dataset["train"], tmp_path / "b", batch_size=3)
+    for name in ("features.npy", "valid.npy"):
+        assert (resumed[0].folder / name).read_bytes() == (one.folder / name).read_bytes(), name
+    assert not list(folder.glob("shard-*"))
