@@ -125,7 +125,7 @@ DEMO_OVERRIDES = {
     "early_stopping_patience": 5,
     "eval_num_beams": 3,
     "eval_max_new_tokens": 20,
-    "scst_epochs": 5,  # self-critical fine-tuning after the cross-entropy stage (test CIDEr-D before/after printed)
+    "scst_epochs": 3,  # self-critical fine-tuning after the cross-entropy stage (test CIDEr-D before/after printed)
     "scst_learning_rate": 5e-4,
     "report_to": "none",
     "overwrite_output_dir": True,  # a re-run of the demo replaces the previous demo run (its data and cache stay)
