@@ -327,7 +327,7 @@ def run_demo(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     if "scst" in with_images:  # the cross-entropy model the SCST stage started from, then the SCST model
         rows[:1] = [("with images, cross-entropy", with_images["scst"]["cross_entropy_test"]), ("with images, + SCST", with_images["test"])]
     for label, test in rows:
-        print(f"{label:<28}" + "".join(f"{test[n]:>9.3f}" for n in names))
+        print(f"{label:<28}" + "".join(f"{test.get(n, float('nan')):>9.3f}" for n in names))
     if "scst" in with_images:
         scst = with_images["scst"]
         print(f"\nSCST ({scst['epochs']} epochs, {scst['seconds']:.0f} s): test CIDEr-D {scst['cross_entropy_test']['cider']:.3f} -> "
