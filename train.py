@@ -143,6 +143,8 @@ DEMO_OVERRIDES = {
     "early_stopping_patience": 5,
     "eval_num_beams": 3,
     "eval_max_new_tokens": 20,
+    "scst_epochs": 3,  # self-critical fine-tuning after the cross-entropy stage (test CIDEr-D before/after printed)
+    "scst_learning_rate": 5e-4,
     "report_to": "none",
     "overwrite_output_dir": True,  # a re-run of the demo replaces the previous demo run (its data and cache stay)
 }
@@ -371,7 +373,7 @@ def print_demo_tables(with_images: dict, blind: dict, num_beams: int):
     if "scst" in with_images:  # the cross-entropy model the SCST stage started from, then the SCST model
         rows[:1] = [("with images, cross-entropy", with_images["scst"]["cross_entropy_test"]), ("with images, + SCST", with_images["test"])]
     for label, test in rows:
-        print(f"{label:<28}" + "".join(f"{test[n]:>9.3f}" for n in names))
+        print(f"{label:<28}" + "".join(f"{test.get(n, float('nan')):>9.3f}" for n in names))
     if "scst" in with_images:
         scst = with_images["scst"]
         print(f"\nSCST ({scst['epochs']} epochs, {scst['seconds']:.0f} s): test CIDEr-D {scst['cross_entropy_test']['cider']:.3f} -> "
