@@ -20,6 +20,7 @@ class EvalSettings:
     num_beams: int
     max_new_tokens: int
     blind: bool = False
+    length_penalty: float = 1.0
     split: str = "test"
     bleu: str = "COCO-caption BLEU (pycocoevalcap), closest reference length"
 
@@ -37,7 +38,9 @@ class TrainingRecord:
 @dataclass
 class RunMetrics:
     """The content of `metrics.json`. `history` holds one entry per epoch: epoch, step, train_loss and the
-    validation metrics, all rounded to 4 digits."""
+    validation metrics, all rounded to 4 digits. `validation_best_bleu_4` is the validation BLEU-4 of the kept
+    model; `best_model_selection` says what kept it (`metric`, its `value`, the `epoch`); files written before it
+    existed selected on BLEU-4."""
 
     test: dict[str, float]
     validation_best_bleu_4: float
@@ -49,6 +52,7 @@ class RunMetrics:
     num_train_images: int
     training: TrainingRecord
     vocab_size: int
+    best_model_selection: dict | None = None
 
     @property
     def train_loss_by_epoch(self) -> list[float]:
@@ -70,10 +74,11 @@ class RunMetrics:
     @classmethod
     def from_dict(cls, content: dict) -> "RunMetrics":
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(names - set(content))
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        missing = sorted(names - optional - set(content))
         if missing:
             raise KeyError(f"missing {', '.join(missing)}")
-        values = {name: content[name] for name in names}
+        values = {name: content[name] for name in names if name in content}
         values["eval"] = EvalSettings(**values["eval"])
         values["training"] = TrainingRecord(**values["training"])
         return cls(**values)
