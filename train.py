@@ -8,8 +8,8 @@
 
 By default the frozen encoder runs once per image into an fp16 feature cache and the decoder trains on that;
 `--finetune_encoder` trains end to end from the images instead. After every epoch the model captions the
-validation images with beam search and is selected on BLEU-4; at the end the best model is scored on the
-test split with every metric. `python train.py --help` documents every option.
+validation images with beam search and is selected on `--metric_for_best_model`; at the end the best model is
+scored on the test split with every metric. `python train.py --help` documents every option.
 """
 
 import dataclasses
@@ -37,6 +37,7 @@ from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import defaul
 from hf_imgcap.training.checkpointing import CheckpointManager
 from hf_imgcap.training.loop import TrainingRun, finish, resume_state, run_epochs
 from hf_imgcap.training.model_fields import model_field, processor_field
+from hf_imgcap.training.model_selection import LR_SCHEDULER_TYPES, SELECTION_METRICS, build_lr_scheduler
 from hf_imgcap.training.preemption import StopRequest
 from hf_imgcap.training.run_arguments import (
     LATEST_CHECKPOINT, check_output_dir, check_resume_compatible, make_accelerator, refuse_untrained_run, remove_run_outputs,
@@ -90,13 +91,17 @@ class TrainingArguments:
     encoder_learning_rate: float = field(default=1e-4, metadata={"help": "Adam learning rate of the encoder when fine-tuned."})
     finetune_encoder: bool = field(default=False, metadata={"help": "Train the encoder too, from the images (no feature cache)."})
     grad_clip: float = field(default=5.0, metadata={"help": "Clip the gradient norm to this value (0: off)."})
-    lr_decay_factor: float = field(default=0.8, metadata={"help": "Multiply the learning rates by this when validation BLEU-4 stalls."})
-    lr_decay_patience: int = field(default=8, metadata={"help": "Epochs without BLEU-4 improvement before decaying the learning rate."})
-    early_stopping_patience: int = field(default=20, metadata={"help": "Epochs without BLEU-4 improvement before stopping."})
+    lr_scheduler_type: str = field(default="reduce_lr_on_plateau", metadata={"help": f"Learning-rate schedule (transformers.get_scheduler name): {', '.join(LR_SCHEDULER_TYPES)}. reduce_lr_on_plateau decays at epoch ends when --metric_for_best_model stalls; the others follow the optimizer steps."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Fraction of the optimizer steps with a linear learning-rate warmup (step-based schedules)."})
+    lr_decay_factor: float = field(default=0.8, metadata={"help": "reduce_lr_on_plateau: multiply the learning rates by this when --metric_for_best_model stalls."})
+    lr_decay_patience: int = field(default=8, metadata={"help": "reduce_lr_on_plateau: epochs without improvement of --metric_for_best_model before decaying the learning rate."})
+    metric_for_best_model: str = field(default="bleu_4", metadata={"help": f"Validation number that selects the kept model and drives the plateau schedule and early stopping: {', '.join(SELECTION_METRICS)} (cider is CIDEr-D; loss is the teacher-forced caption loss, lower is better; meteor needs Java)."})
+    early_stopping_patience: int = field(default=20, metadata={"help": "Epochs without improvement of --metric_for_best_model before stopping."})
     mixed_precision: str | None = field(default=None, metadata={"help": "'no', 'bf16', 'fp16' or 'fp8'; default: what `accelerate launch` / `accelerate config` says ('no' with plain python)."})
     use_cpu: bool = field(default=False, metadata={"aliases": ["--cpu"], "help": "Train on the CPU even when a GPU is available (default: the launcher / Accelerate decides)."})
     report_to: str = field(default="tensorboard", metadata={"help": "Tracker(s) for Accelerate, comma separated ('tensorboard', 'wandb', ...), or 'none'."})
     eval_num_beams: int = field(default=3, metadata={"help": "Beam size for validation and test captions."})
+    eval_length_penalty: float = field(default=1.0, metadata={"help": "Beam search length penalty for validation and test captions (a beam's score is its log-probability / length**penalty: > 1 favours longer captions)."})
     eval_max_new_tokens: int = field(default=40, metadata={"help": "Longest caption generated during evaluation."})
     per_device_eval_batch_size: int = field(default=32, metadata={"aliases": ["--eval_batch_size"], "help": "Images per generation batch per process."})
     checkpoint_every_steps: int = field(default=0, metadata={"help": "Also checkpoint every N optimizer steps (0: only at epoch ends)."})
@@ -201,6 +206,17 @@ def build_model(model_args, tokenizer, finetune_encoder: bool) -> ShowAttendTell
     return build_captioner(model_args.encoder, **config_kwargs)
 
 
+def validation_batches(val_split, features, processor, model_args, args, accelerator):
+    """This process's share of the validation (image, caption) pairs, in batches, for the validation loss (each
+    process takes every num_processes-th pair: every pair is scored once)."""
+    pairs, _ = tokenize_captions(val_split, processor.tokenizer, model_args.max_caption_length,
+                                 valid_images=None if features is None else features.valid)
+    pairs = pairs.select(range(accelerator.process_index, len(pairs), accelerator.num_processes))
+    examples = CaptionPairs(pairs, features=features) if features is not None else CaptionPairs(pairs, images=val_split, processor=processor)
+    return torch.utils.data.DataLoader(examples, batch_size=args.eval_batch_size * 5,
+                                       collate_fn=lambda items: collate_captions(items, processor.tokenizer.pad_token_id))
+
+
 def subset(split, limit):
     return split if limit is None or limit >= len(split) else split.select(range(limit))
 
@@ -249,6 +265,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     model = build_model(model_args, processor.tokenizer, args.finetune_encoder)
     model.generation_config.num_beams = args.eval_num_beams
     model.generation_config.max_new_tokens = args.eval_max_new_tokens
+    model.generation_config.length_penalty = args.eval_length_penalty
 
     # 3. Encoder features, computed once per image (the encoder is frozen), and the statistics that standardise
     # them. Fine-tuning reads the images instead; it still takes its starting statistics from the train cache.
@@ -285,8 +302,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         parameter_groups.append({"params": list(model.encoder.parameters()), "lr": args.encoder_learning_rate})
     # fused: one kernel over all parameters; Adam's update is otherwise a sixth of a decoder step on the CPU.
     optimizer = torch.optim.Adam(parameter_groups, fused=True)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=args.lr_decay_factor, patience=args.lr_decay_patience - 1)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    scheduler = build_lr_scheduler(args, optimizer, steps_per_epoch=-(-len(loader) // args.gradient_accumulation_steps))
 
     # 5. The loop: resume (model, optimizer, scheduler and RNG states from Accelerate; TrainState from JSON), then epochs.
     hyperparameters = {k: v for a in (model_args, data_args, args) for k, v in dataclasses.asdict(a).items() if isinstance(v, (int, float, str, bool))}
@@ -296,8 +313,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         checkpoints=CheckpointManager(output_dir / "checkpoints", keep=args.save_total_limit),
         args=args,
         evaluation=dict(accelerator=accelerator, batch_size=args.per_device_eval_batch_size, blind=args.blind,
-                        num_beams=args.eval_num_beams, max_new_tokens=args.eval_max_new_tokens, show_progress=False),
+                        num_beams=args.eval_num_beams, max_new_tokens=args.eval_max_new_tokens,
+                        length_penalty=args.eval_length_penalty, show_progress=False),
         best_dir=output_dir / "checkpoints" / "best",
+        validation_batches=validation_batches(val_split, caches.get("validation"), processor, model_args, args, accelerator),
     )
     state = resume_state(run, args.resume, args.resume_from)
     with StopRequest() as stop:
@@ -428,6 +447,9 @@ def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), description=__doc__)
     model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
     if args.demo:  # demo presets apply to every option left at its default
+        unknown = set(DEMO_OVERRIDES) - {f.name for target in (model_args, data_args, args) for f in dataclasses.fields(target)}
+        if unknown:  # a renamed argument must not silently drop its demo preset
+            raise KeyError(f"DEMO_OVERRIDES names no argument: {sorted(unknown)}")
         for target in (model_args, data_args, args):
             for name, value in DEMO_OVERRIDES.items():
                 if hasattr(target, name) and getattr(target, name) == getattr(type(target), name):

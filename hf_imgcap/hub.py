@@ -92,6 +92,7 @@ def render_model_card(config, results: dict, model_args: dict, training_args: di
     encoder_description = "ResNet-152 with random weights (a demo: no pretrained weights)" if encoder == "random" else f"ResNet ({encoder})"
     tokenizer = model_args.get("tokenizer", "bert-base-uncased")
     eval_settings = results.get("eval", {})
+    selection = results.get("best_model_selection") or {}
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
@@ -117,11 +118,15 @@ def render_model_card(config, results: dict, model_args: dict, training_args: di
         num_train_images=results.get("num_train_images", "?"),
         best_bleu_4=f"{results['validation_best_bleu_4']:.4f}" if isinstance(results.get("validation_best_bleu_4"), (int, float)) else "n/a",
         steps=results.get("steps", "?"),
+        # metrics.json files from before --metric_for_best_model have no best_model_selection: they selected on BLEU-4.
+        selection_metric=METRIC_LABELS.get(selection.get("metric", "bleu_4"), ("", "caption loss"))[1],
+        selection_value=f"{selection['value']:.4f}" if isinstance(selection.get("value"), (int, float)) else None,
         **{k: getattr(config, k) for k in ("embedding_size", "attention_size", "hidden_size", "dropout", "attention_regularization")},
         batch_size=training_args.get("per_device_train_batch_size", training_args.get("batch_size")),  # batch_size in earlier runs' training_args.json
         **{k: training_args.get(k) for k in ("learning_rate", "encoder_learning_rate", "finetune_encoder",
                                              "gradient_accumulation_steps", "grad_clip", "lr_decay_factor", "lr_decay_patience",
-                                             "early_stopping_patience", "mixed_precision")},
+                                             "early_stopping_patience", "mixed_precision", "lr_scheduler_type",
+                                             "warmup_ratio")},
     )
 
 

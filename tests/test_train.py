@@ -75,7 +75,7 @@ def test_short_training_reduces_the_loss_and_writes_a_loadable_hub_folder(data, 
     # The synthetic dataset says what its images show (scenes.json): content accuracy and the probe come last.
     assert list(metrics) == ["test", "validation_best_bleu_4", "history", "train_loss_by_epoch", "steps",
                              "nonfinite_steps_skipped", "eval", "dataset", "num_train_images", "training", "vocab_size",
-                             "content_accuracy", "feature_probe"]
+                             "content_accuracy", "feature_probe", "best_model_selection"]
     assert recorded.to_dict() == metrics and recorded.train_loss_by_epoch == losses
     assert recorded.eval.num_beams == 2 and recorded.eval.split == "test" and recorded.training.steps == recorded.steps == 30
     assert recorded.training.device == "cpu" and recorded.vocab_size == results["vocab_size"]
@@ -317,6 +317,9 @@ NONSENSE = {
     "encoder_learning_rate": "0",
     "grad_clip": "-5",
     "lr_decay_factor": "1.5",
+    "lr_scheduler_type": "cosine_annealing",
+    "warmup_ratio": "1.0",
+    "metric_for_best_model": "bleu_5",
     "lr_decay_patience": "0",
     "early_stopping_patience": "0",
     "mixed_precision": "fp64",
@@ -324,6 +327,7 @@ NONSENSE = {
     "eval_num_beams": "0",
     "eval_max_new_tokens": "0",
     "per_device_eval_batch_size": "0",
+    "eval_length_penalty": "nan",
     "checkpoint_every_steps": "-1",
     "save_total_limit": "0",
     "resume_from_checkpoint": "/nonexistent/checkpoints/step_00000001",
@@ -517,8 +521,8 @@ def test_model_size_arguments_take_default_and_help_from_the_config():
     assert fields["max_caption_length"].metadata["help"] == "Captions are truncated to this many tokens, [CLS] and [SEP] included."
 
 
-def test_a_training_state_in_the_checkpoint_layout_of_earlier_runs_loads_and_saves_unchanged():
-    """`--resume` of a run folder written before TrainState existed: its training_state.json has these keys."""
+def test_a_training_state_in_the_checkpoint_layout_of_earlier_runs_loads_and_continues_selecting_on_bleu_4():
+    """`--resume` of a run folder written before --metric_for_best_model: its training_state.json has these keys."""
     def plateau():
         return torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), mode="max")
 
@@ -535,8 +539,13 @@ def test_a_training_state_in_the_checkpoint_layout_of_earlier_runs_loads_and_sav
     state = training_loop.TrainState.from_checkpoint(saved, scheduler)
     assert (state.epoch, state.step_in_epoch, state.global_step, state.nonfinite_total) == (2, 3, 23, 1)
     assert scheduler.num_bad_epochs == 2 and scheduler.best == 0.3  # the scheduler continues where it was
-    # Saved again, the scheduler's state goes to Accelerate (register_for_checkpointing), the rest is unchanged.
-    assert json.loads(json.dumps(state.to_checkpoint())) == {k: v for k, v in saved.items() if k != "scheduler"}
+    # Those runs selected on BLEU-4: the best value and its epoch carry over, so a worse epoch is not kept.
+    assert (state.metric_for_best_model, state.best_metric, state.best_epoch) == ("bleu_4", 0.3, 1)
+    assert state.best_entry()["bleu_4"] == 0.3
+    again = training_loop.TrainState.from_checkpoint(json.loads(json.dumps(state.to_checkpoint())), plateau())
+    assert again == state  # and it is saved in the current layout, which loads back the same
+    no_validation_yet = training_loop.TrainState.from_checkpoint({**saved, "best_bleu_4": -1.0, "history": []}, plateau())
+    assert no_validation_yet.best_metric is None and no_validation_yet.best_epoch == 0
 
 
 def test_the_scheduler_is_checkpointed_by_accelerate_and_a_run_folder_of_the_earlier_layout_still_resumes(data, tmp_path):
@@ -566,3 +575,63 @@ def test_the_scheduler_is_checkpointed_by_accelerate_and_a_run_folder_of_the_ear
     newest = sorted((out / "checkpoints").glob("step_*"))[-1]
     assert torch.load(newest / "custom_checkpoint_0.pkl", weights_only=False) == torch.load(
         sorted((tmp_path / "straight" / "checkpoints").glob("step_*"))[-1] / "custom_checkpoint_0.pkl", weights_only=False)
+
+
+def test_resuming_with_another_metric_for_best_model_is_refused_naming_both(data, tmp_path, monkeypatch):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2", "--metric_for_best_model", "cider"))
+    with pytest.raises(ValueError, match=r"--metric_for_best_model 'loss' \(the run being resumed used 'cider'\)"):
+        run(tiny_args(data, out, cache, "--resume", "--metric_for_best_model", "loss"))
+    # A run from before training_args.json recorded the metric (it selected on BLEU-4): refused by the checkpoint.
+    recorded = json.loads((out / "training_args.json").read_text())
+    del recorded["training"]["metric_for_best_model"]
+    (out / "training_args.json").write_text(json.dumps(recorded))
+    checkpoint = out / "checkpoints" / "step_00000002"
+    state = json.loads((checkpoint / "training_state.json").read_text())
+    state["metric_for_best_model"] = "bleu_4"
+    (checkpoint / "training_state.json").write_text(json.dumps(state))
+    monkeypatch.setattr(training_loop, "verify_checkpoint", lambda folder: json.loads((folder / "training_state.json").read_text()))
+    with pytest.raises(ValueError, match=r"selects its best model on 'bleu_4', not 'cider'; pass --metric_for_best_model bleu_4"):
+        run(tiny_args(data, out, cache, "--resume", "--metric_for_best_model", "cider"))
+
+
+def test_the_best_model_is_selected_on_the_chosen_metric_in_its_direction(data, tmp_path):
+    """--metric_for_best_model loss keeps the epoch of the lowest validation loss, whatever BLEU-4 did; metrics.json
+    says what selected it, and the final model is that epoch's."""
+    out = tmp_path / "out"
+    results = run(tiny_args(data, out, tmp_path / "cache", "--num_epochs", "4", "--learning_rate", "3e-2",
+                            "--metric_for_best_model", "loss", "--early_stopping_patience", "10", "--checkpoints_to_keep", "10"))
+    history = results["history"]
+    assert all(math.isfinite(entry["loss"]) for entry in history)  # every epoch records its validation loss
+    best = min(history, key=lambda entry: entry["loss"])
+    assert results["best_model_selection"] == {"metric": "loss", "value": best["loss"], "epoch": best["epoch"]}  # 4 digits
+    assert results["validation_best_bleu_4"] == best["bleu_4"]
+    final = load_file(out / "model.safetensors")
+    at_best = [checkpoint for checkpoint in sorted((out / "checkpoints").glob("step_*"))  # one per epoch end
+               if json.loads((checkpoint / "training_state.json").read_text())["epoch"] == best["epoch"]]
+    assert len(at_best) == 1
+    weights = load_file(at_best[0] / "model.safetensors")
+    assert all(torch.equal(final[key], weights[key]) for key in final)
+
+
+def test_a_step_schedule_with_warmup_spans_the_whole_run(data, tmp_path):
+    """--lr_scheduler_type cosine --warmup_ratio: the learning rate rises over the warmup steps and reaches 0 at the
+    last optimizer step of --num_epochs (16 images × 5 captions / batch 8 = 10 steps per epoch)."""
+    out = tmp_path / "out"
+    run(tiny_args(data, out, tmp_path / "cache", "--num_epochs", "2", "--lr_scheduler_type", "cosine", "--warmup_ratio", "0.25",
+                  "--checkpoint_every_steps", "1", "--checkpoints_to_keep", "20"))
+    rates = {}
+    for checkpoint in sorted((out / "checkpoints").glob("step_*")):
+        state = json.loads((checkpoint / "training_state.json").read_text())
+        scheduler = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=False)  # Accelerate saves it
+        rates[state["global_step"]] = scheduler["_last_lr"][0]
+    assert sorted(rates) == list(range(1, 21))
+    assert rates[1] == pytest.approx(3e-3 * 1 / 5) and rates[5] == pytest.approx(3e-3)  # 5 warmup steps
+    assert all(rates[s] > rates[s + 1] for s in range(5, 20)) and rates[20] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_every_demo_preset_names_an_argument_and_applies():
+    """A renamed argument (e.g. --num_epochs -> --num_train_epochs) once left its demo preset behind, silently."""
+    model_args, data_args, args = train_script.parse_args(["--demo"])
+    values = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **dataclasses.asdict(args)}
+    assert {name: values[name] for name in train_script.DEMO_OVERRIDES} == train_script.DEMO_OVERRIDES

@@ -27,6 +27,7 @@ from hf_imgcap.evaluation.generation import evaluate_captioner
 from hf_imgcap.hub import push_to_hub, write_model_card
 from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import ShowAttendTellForConditionalGeneration
 from hf_imgcap.training.checkpointing import CheckpointManager, verify_checkpoint
+from hf_imgcap.training.model_selection import is_epoch_scheduler, is_improvement
 from hf_imgcap.training.run_arguments import refuse_untrained_run
 from hf_imgcap.training.run_metrics import EvalSettings, RunMetrics, TrainingRecord
 
@@ -41,7 +42,9 @@ class TrainState:
     epoch: int = 0
     step_in_epoch: int = 0  # micro-batches of `epoch` already trained on
     global_step: int = 0  # optimizer steps taken
-    best_bleu_4: float = -1.0
+    metric_for_best_model: str = "bleu_4"  # what best_metric is a value of
+    best_metric: float | None = None  # the best validation value so far (None: no validation yet)
+    best_epoch: int = 0  # the epoch (1-based) whose model is the best so far
     epochs_without_improvement: int = 0
     nonfinite_in_a_row: int = 0
     nonfinite_total: int = 0
@@ -55,7 +58,16 @@ class TrainState:
         saved = dict(saved)
         if EARLIER_SCHEDULER_KEY in saved:  # a checkpoint of an earlier version: the scheduler's state is here
             scheduler.load_state_dict(saved.pop(EARLIER_SCHEDULER_KEY))
+        if "best_bleu_4" in saved:  # the layout before --metric_for_best_model: runs selected on BLEU-4
+            best = saved.pop("best_bleu_4")
+            saved |= {"metric_for_best_model": "bleu_4", "best_metric": best if best >= 0 else None}
+            history = [entry for entry in saved.get("history", []) if entry.get("bleu_4") == best]
+            saved["best_epoch"] = history[0]["epoch"] if history else 0
         return cls(**saved)
+
+    def best_entry(self) -> dict:
+        """The history entry (validation metrics) of the best epoch, or {} before any validation."""
+        return next((entry for entry in self.history if entry["epoch"] == self.best_epoch), {})
 
 
 # Checkpoints written before the scheduler was registered with Accelerate keep its state in training_state.json.
@@ -76,6 +88,7 @@ class TrainingRun:
     args: object  # TrainingArguments
     evaluation: dict  # keyword arguments of evaluate_captioner
     best_dir: Path
+    validation_batches: object = None  # this process's share of the validation captions (for the validation loss)
     batches_run: int = 0  # micro-batches run by this process since it started (for the no-step error)
 
     def log(self, *message):
@@ -89,11 +102,12 @@ def resume_state(run: TrainingRun, resume: bool, resume_from: str | None) -> Tra
     """A fresh state, or the one of the checkpoint to continue from (model, optimizer, scheduler and RNG states via
     Accelerate). Registers the scheduler for checkpointing: call once per run."""
     latest = Path(resume_from) if resume_from else run.checkpoints.latest() if resume else None
+    metric = run.args.metric_for_best_model
     if latest is None:
         if resume:
             run.log("--resume: no checkpoint in %s yet, starting from scratch", run.checkpoints.folder)
         run.accelerator.register_for_checkpointing(run.scheduler)
-        return TrainState()
+        return TrainState(metric_for_best_model=metric)
     saved = verify_checkpoint(latest)
     # The scheduler is saved and loaded by Accelerate with the model and optimizer; a checkpoint of an earlier version
     # has no file for it (its state is in training_state.json), so it is registered only after loading such a one.
@@ -104,6 +118,9 @@ def resume_state(run: TrainingRun, resume: bool, resume_from: str | None) -> Tra
     state = TrainState.from_checkpoint(saved, run.scheduler)
     if earlier_layout:
         run.accelerator.register_for_checkpointing(run.scheduler)
+    if state.metric_for_best_model != metric:  # its best value and plateau counts are of another metric
+        raise ValueError(f"cannot resume from {latest}: that run selects its best model on {state.metric_for_best_model!r}, "
+                         f"not {metric!r}; pass --metric_for_best_model {state.metric_for_best_model}")
     run.log("resumed from %s (epoch %d, step %d)", latest, state.epoch, state.global_step)
     return state
 
@@ -146,6 +163,8 @@ def optimizer_step(run: TrainingRun, micro_batches: list[dict]) -> tuple[float |
         if args.grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
         run.optimizer.step()
+        if not is_epoch_scheduler(run.scheduler):
+            run.scheduler.step()
     run.optimizer.zero_grad()
     return (loss if finite else None), caption_loss
 
@@ -206,22 +225,47 @@ def train_epoch(run: TrainingRun, state: TrainState, stop) -> EpochEnd:
     return end
 
 
+@torch.no_grad()
+def validation_loss(run: TrainingRun) -> float:
+    """The teacher-forced caption cross-entropy per token over the validation captions (every process scores its own
+    share; the sums are added up over the processes, so each caption counts once)."""
+    model = run.accelerator.unwrap_model(run.model)  # not through DDP: the processes may have different batch counts
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for batch in run.validation_batches:
+        batch.pop("image_index")
+        batch = {key: value.to(run.accelerator.device) for key, value in batch.items()}
+        if run.args.blind:
+            batch["encoder_hidden_states"].zero_()
+        total += model(**batch, return_logits=False, num_items_in_batch=1).caption_loss.item()  # summed over tokens
+        tokens += int((batch["labels"][:, 1:] != -100).sum())
+    model.train(was_training)
+    sums = run.accelerator.reduce(torch.tensor([total, tokens], dtype=torch.float64, device=run.accelerator.device), "sum")
+    return (sums[0] / sums[1].clamp(min=1)).item()
+
+
 def validate(run: TrainingRun, state: TrainState, end: EpochEnd, split, features):
-    """End of an epoch: caption the validation images, select on BLEU-4 (the best model goes to `best_dir`),
-    decay the learning rate on a plateau, record the epoch and checkpoint."""
-    accelerator = run.accelerator
-    metrics, _ = evaluate_captioner(run.model, run.processor, split, features=features, meteor=False, **run.evaluation)
-    bleu_4 = metrics["bleu_4"]
-    run.scheduler.step(bleu_4)
-    improved = bleu_4 > state.best_bleu_4
+    """End of an epoch: caption the validation images (and score the validation captions' loss), keep the best model
+    on --metric_for_best_model in `best_dir`, decay the learning rate on a plateau, record the epoch and checkpoint."""
+    accelerator, metric = run.accelerator, state.metric_for_best_model
+    metrics, _ = evaluate_captioner(run.model, run.processor, split, features=features, meteor=metric == "meteor",
+                                    **run.evaluation)
+    if run.validation_batches is not None:
+        metrics["loss"] = validation_loss(run)
+    value = metrics[metric]
+    if is_epoch_scheduler(run.scheduler):
+        run.scheduler.step(value)
+    improved = is_improvement(metric, value, state.best_metric)
     state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
     state.history.append({"epoch": state.epoch + 1, "step": state.global_step, "train_loss": round(end.train_loss, 4),
                           **{k: round(v, 4) for k, v in metrics.items()}})
-    run.log("epoch %d: validation BLEU-1..4 %s, CIDEr-D %.3f%s", state.epoch + 1,
-            " / ".join(f"{metrics[f'bleu_{n}']:.3f}" for n in range(1, 5)), metrics["cider"], " (best so far)" if improved else "")
+    run.log("epoch %d: validation BLEU-1..4 %s, CIDEr-D %.3f%s%s", state.epoch + 1,
+            " / ".join(f"{metrics[f'bleu_{n}']:.3f}" for n in range(1, 5)), metrics["cider"],
+            f", loss {metrics['loss']:.3f}" if "loss" in metrics else "", f" (best {metric} so far)" if improved else "")
     accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=state.global_step)
     if improved:
-        state.best_bleu_4 = bleu_4
+        state.best_metric, state.best_epoch = value, state.epoch + 1
         if accelerator.is_main_process:
             accelerator.unwrap_model(run.model).save_pretrained(run.best_dir)
             run.processor.save_pretrained(run.best_dir)
@@ -244,11 +288,14 @@ def finish(run: TrainingRun, state: TrainState, test_split, features, output_dir
     content = split_content_accuracy(test_split["image_id"], test_captions, scenes) if scenes is not None else None
     run_metrics = RunMetrics(
         test=test_metrics,
-        validation_best_bleu_4=state.best_bleu_4,
+        validation_best_bleu_4=state.best_entry().get("bleu_4", -1.0),
+        best_model_selection={"metric": state.metric_for_best_model, "epoch": state.best_epoch,
+                              "value": None if state.best_metric is None else round(state.best_metric, 4)},
         history=state.history,
         steps=state.global_step,
         nonfinite_steps_skipped=state.nonfinite_total,
-        eval=EvalSettings(num_beams=args.eval_num_beams, max_new_tokens=args.eval_max_new_tokens, blind=args.blind),
+        eval=EvalSettings(num_beams=args.eval_num_beams, max_new_tokens=args.eval_max_new_tokens, blind=args.blind,
+                          length_penalty=args.eval_length_penalty),
         dataset=record["data"]["dataset"],
         num_train_images=record["num_train_images"],
         training=TrainingRecord(steps=state.global_step, mixed_precision=accelerator.mixed_precision,
@@ -296,7 +343,7 @@ def run_epochs(run: TrainingRun, state: TrainState, stop, val_split, val_feature
         refuse_untrained_run(state.global_step, run.batches_run, state.nonfinite_total)  # before any model is saved
         validate(run, state, end, val_split, val_features)
         if state.epochs_without_improvement >= run.args.early_stopping_patience:
-            run.log("early stopping: no BLEU-4 improvement for %d epochs", state.epochs_without_improvement)
+            run.log("early stopping: no %s improvement for %d epochs", state.metric_for_best_model, state.epochs_without_improvement)
             return None
         if end.out_of_steps:
             return None

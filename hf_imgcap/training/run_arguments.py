@@ -22,6 +22,8 @@ from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from accelerate.utils import PrecisionType, ProjectConfiguration
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from hf_imgcap.training.model_selection import LR_SCHEDULER_TYPES, SELECTION_METRICS
+
 logger = logging.getLogger(__name__)
 
 TRAINING_ARGS_FILE = "training_args.json"
@@ -35,8 +37,9 @@ RUN_OUTPUT_PATTERNS = (
     "attention_example.png",
     # save_pretrained of the model and the processor
     "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", "*_show_attend_tell.py",
-    "image_loading.py", "processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "vocab.txt",
+    "image_loading.py", "feature_standardization.py", "fused_teacher_forcing.py", "input_checks.py",
+    "processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "vocab.txt",
 )
 # Any of these means the folder holds (part of) a previous run.
 RUN_MARKERS = (TRAINING_ARGS_FILE, "checkpoints", "config.json", "model.safetensors", "metrics.json")
@@ -46,7 +49,7 @@ MODEL_CARD_MARKER = "hf-imgcap"  # README.md is the run's model card only if it 
 RESUME_MUST_MATCH = {
     "model": ("encoder", "tokenizer", "caption_vocab_size", "embedding_size", "attention_size", "hidden_size", "image_size",
               "max_caption_length"),
-    "training": ("finetune_encoder", "blind"),
+    "training": ("finetune_encoder", "blind", "metric_for_best_model", "lr_scheduler_type"),
 }
 
 
@@ -101,6 +104,10 @@ def _report_to(v):
     return f"unknown tracker {', '.join(map(repr, unknown))} (known: none, {', '.join(sorted(known))})" if unknown else None
 
 
+def _one_of(choices):
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
 def _hub_model_id(v):
     try:
         validate_repo_id(v)
@@ -144,6 +151,9 @@ RULES = {
     "learning_rate": _positive_finite,
     "encoder_learning_rate": _positive_finite,
     "grad_clip": _non_negative_finite,
+    "lr_scheduler_type": _one_of(LR_SCHEDULER_TYPES),
+    "warmup_ratio": lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
+    "metric_for_best_model": _one_of(SELECTION_METRICS),
     "lr_decay_factor": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
     "lr_decay_patience": _at_least(1),
     "early_stopping_patience": _at_least(1),
@@ -152,6 +162,7 @@ RULES = {
     "eval_num_beams": _at_least(1),
     "eval_max_new_tokens": _at_least(1),
     "per_device_eval_batch_size": _at_least(1),
+    "eval_length_penalty": lambda v: None if math.isfinite(v) else "must be a finite number",
     "checkpoint_every_steps": _at_least(0),
     "save_total_limit": _at_least(1),
     "resume_from_checkpoint": lambda v: None if v == LATEST_CHECKPOINT else _existing_folder(v),

@@ -20,6 +20,7 @@ class EvalSettings:
     num_beams: int
     max_new_tokens: int
     blind: bool = False
+    length_penalty: float = 1.0
     split: str = "test"
     bleu: str = "COCO-caption BLEU (pycocoevalcap), closest reference length"
 
@@ -37,7 +38,9 @@ class TrainingRecord:
 @dataclass
 class RunMetrics:
     """The content of `metrics.json`. `history` holds one entry per epoch: epoch, step, train_loss and the
-    validation metrics, all rounded to 4 digits.
+    validation metrics, all rounded to 4 digits. `validation_best_bleu_4` is the validation BLEU-4 of the kept
+    model; `best_model_selection` says what kept it (`metric`, its `value`, the `epoch`); files written before it
+    existed selected on BLEU-4.
 
     Only for datasets that say what their images show (a synthetic dataset's `scenes.json`), two more keys follow:
     `content_accuracy` (colour / shape / relation accuracy of the test captions, with counts; see
@@ -59,6 +62,7 @@ class RunMetrics:
     scst: dict | None = None
     content_accuracy: dict | None = None
     feature_probe: dict | None = None
+    best_model_selection: dict | None = None
 
     @property
     def train_loss_by_epoch(self) -> list[float]:
@@ -69,7 +73,7 @@ class RunMetrics:
         content = dataclasses.asdict(self)
         ordered = {}
         for key, value in content.items():
-            if key in _OPTIONAL and value is None:
+            if key in _optional_fields(self) and value is None:  # absent where it does not apply
                 continue
             ordered[key] = value
             if key == "history":
@@ -82,7 +86,7 @@ class RunMetrics:
     @classmethod
     def from_dict(cls, content: dict) -> "RunMetrics":
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(names - _OPTIONAL - set(content))
+        missing = sorted(names - _optional_fields(cls) - set(content))
         if missing:
             raise KeyError(f"missing {', '.join(missing)}")
         values = {name: content[name] for name in names if name in content}
@@ -100,8 +104,10 @@ class RunMetrics:
         return path
 
 
-# Present only when they apply: content accuracy and the probe for datasets with scenes, scst after an SCST stage.
-_OPTIONAL = {"content_accuracy", "feature_probe", "scst"}
+def _optional_fields(metrics) -> set[str]:
+    """The keys present only when they apply (scst after an SCST stage, content accuracy and the probe for datasets
+    with scenes, best_model_selection since --metric_for_best_model): the fields with a default."""
+    return {f.name for f in dataclasses.fields(metrics) if f.default is not dataclasses.MISSING}
 
 
 def load_run_metrics(path) -> RunMetrics:
