@@ -213,7 +213,7 @@ def validation_batches(val_split, features, processor, model_args, args, acceler
                                  valid_images=None if features is None else features.valid)
     pairs = pairs.select(range(accelerator.process_index, len(pairs), accelerator.num_processes))
     examples = CaptionPairs(pairs, features=features) if features is not None else CaptionPairs(pairs, images=val_split, processor=processor)
-    return torch.utils.data.DataLoader(examples, batch_size=args.eval_batch_size * 5,
+    return torch.utils.data.DataLoader(examples, batch_size=args.per_device_eval_batch_size * 5,
                                        collate_fn=lambda items: collate_captions(items, processor.tokenizer.pad_token_id))
 
 

@@ -46,7 +46,7 @@ def build_lr_scheduler(args, optimizer, steps_per_epoch: int):
         mode = "max" if greater_is_better(args.metric_for_best_model) else "min"
         return get_scheduler("reduce_lr_on_plateau", optimizer, scheduler_specific_kwargs=dict(
             mode=mode, factor=args.lr_decay_factor, patience=args.lr_decay_patience - 1))
-    total = args.num_epochs * steps_per_epoch
+    total = args.num_train_epochs * steps_per_epoch
     if args.max_steps is not None:
         total = min(total, args.max_steps)
     return get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=round(args.warmup_ratio * total),
