@@ -487,7 +487,7 @@ def test_the_launchers_mixed_precision_is_used_and_cpu_is_a_flag(data, tmp_path)
     assert trained["mixed_precision"] == "bf16" and trained["device"] == "cpu"
     assert trained["steps"] == 2
     recorded = json.loads((out / "training_args.json").read_text())["training"]
-    assert recorded["mixed_precision"] == "bf16" and recorded["cpu"] is True  # what the card and a resume see
+    assert recorded["mixed_precision"] == "bf16" and recorded["use_cpu"] is True  # what the card and a resume see
     assert "precision: bf16" in (out / "README.md").read_text()
 
 
