@@ -70,3 +70,21 @@ def run_fresh_python(code: str, cwd, extra_env=None, timeout=300, block_package=
 @pytest.fixture
 def processor():
     return tiny_processor()
+
+
+def launch_two_processes(script_and_args: list, env: dict, timeout: int, port: int) -> tuple[int, str, str]:
+    """`accelerate launch` with 2 gloo processes on the CPU; on a timeout the launcher and both ranks are killed (never
+    leave a hung rank behind). Returns (returncode, stdout, stderr)."""
+    import signal
+
+    launch = subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), *map(str, script_and_args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )
+    try:
+        stdout, stderr = launch.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(launch.pid, signal.SIGKILL)
+        stdout, stderr = launch.communicate()
+    return launch.returncode, stdout, stderr

@@ -18,7 +18,7 @@ from hf_imgcap.data.feature_cache import FeatureCache, build_feature_cache
 from hf_imgcap.data.synthetic import write_synthetic_flickr8k
 from hf_imgcap.data.training_data import CaptionPairs, collate_captions, tokenize_captions
 
-from conftest import REPO_ROOT, tiny_model, tiny_processor
+from conftest import launch_two_processes, REPO_ROOT, tiny_model, tiny_processor
 
 
 @pytest.fixture(scope="module")
@@ -250,17 +250,8 @@ def test_two_processes_each_encode_their_shard_and_the_cache_is_byte_identical_t
     script = tmp_path / "build.py"
     script.write_text(SHARDED_BUILD.format(tests=str(REPO_ROOT / "tests"), root=str(root), cache_dir=str(tmp_path / "two")))
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    launch = subprocess.Popen(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), str(script)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
-    )
-    try:
-        stdout, stderr = launch.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(launch.pid, signal.SIGKILL)  # the launcher and both ranks: never leave a hung rank behind
-        stdout, stderr = launch.communicate()
-    assert launch.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    returncode, stdout, stderr = launch_two_processes([script], env, timeout=300, port=port)
+    assert returncode == 0, stdout[-3000:] + stderr[-3000:]
     # Both processes encoded: whole batches of 3, rank 0 images 0-5, rank 1 images 6-9 (one of them unreadable).
     assert sorted(re.findall(r"rank (\d) of 2 encoded (\d+) images", stdout)) == [("0", "6"), ("1", "3")], stdout
     two = FeatureCache(tmp_path / "two" / one.folder.relative_to(tmp_path / "one"))

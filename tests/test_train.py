@@ -21,7 +21,7 @@ from hf_imgcap.training.checkpointing import CheckpointError
 from hf_imgcap.training.run_metrics import load_run_metrics
 from hf_imgcap.data.synthetic import write_synthetic_flickr8k
 
-from conftest import REPO_ROOT
+from conftest import launch_two_processes, REPO_ROOT
 
 spec = importlib.util.spec_from_file_location("train_script", REPO_ROOT / "train.py")
 train_script = importlib.util.module_from_spec(spec)
@@ -211,18 +211,9 @@ def test_two_process_ddp_equals_one_process_with_double_batch(data, tmp_path):
     )
     assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    launch = subprocess.Popen(
-        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(REPO_ROOT / "train.py"),
-         *tiny_args(data, tmp_path / "two", cache, *common, "--batch_size", "4")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
-    )
-    try:
-        stdout, stderr = launch.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        os.killpg(launch.pid, signal.SIGKILL)  # the launcher and both ranks: never leave a hung rank behind
-        stdout, stderr = launch.communicate()
-    assert launch.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    returncode, stdout, stderr = launch_two_processes([REPO_ROOT / "train.py", *tiny_args(data, tmp_path / "two", cache, *common, "--batch_size", "4")],
+                                                      env, timeout=600, port=free_port())
+    assert returncode == 0, stdout[-3000:] + stderr[-3000:]
     # The single run used batch 8; the two ranks used 4 each (batch_size is per process).
     _, one = last_checkpoint_weights(tmp_path / "one")
     _, two = last_checkpoint_weights(tmp_path / "two")
