@@ -75,6 +75,7 @@ class ModelArguments:
     hidden_size: int = model_field("hidden_size")
     dropout: float = model_field("dropout")
     attention_regularization: float = model_field("attention_regularization")
+    whiten_features: bool = field(default=True, metadata={"help": "Decorrelate the standardised feature channels (ZCA whitening from the training set's covariance) before the decoder: it then learns what weak feature directions hold (issue 12). --no_whiten_features: per-channel standardisation only (models before it)."})
     image_size: int = model_field("image_size")
     max_caption_length: int = processor_field("max_caption_length")
 
@@ -194,6 +195,7 @@ def build_model(model_args, tokenizer, finetune_encoder: bool) -> ShowAttendTell
         hidden_size=model_args.hidden_size,
         dropout=model_args.dropout,
         attention_regularization=model_args.attention_regularization,
+        whiten_features=model_args.whiten_features,
         image_size=model_args.image_size,
         freeze_encoder=not finetune_encoder,
         pad_token_id=tokenizer.pad_token_id,
@@ -279,7 +281,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         for name, split in splits_to_cache.items()
     }
     if not args.blind:
-        model.set_feature_statistics(*caches["train"].statistics())
+        mean, std = caches["train"].statistics()
+        whitening = caches["train"].whitening(std) if model_args.whiten_features else None
+        model.set_feature_statistics(mean, std, whitening)
 
     # 4. Training pairs, optimizer, scheduler.
     pairs, counts = tokenize_captions(train_split, processor.tokenizer, model_args.max_caption_length, valid_images=caches["train"].valid)

@@ -130,6 +130,44 @@ def test_statistics_kept_by_an_earlier_version_are_recomputed_not_misread(datase
         assert {"mean", "variance", "format"} <= set(rewritten.files) and "scale" not in rewritten.files
 
 
+def test_whitening_decorrelates_the_standardised_features_and_is_kept_with_the_cache(dataset, tmp_path, monkeypatch):
+    """`cache.whitening(std)` is the ZCA matrix of the standardised features: after it the train features' channel
+    covariance is the identity on the directions they span (ε shrinks it slightly); it is computed once."""
+    from hf_imgcap.models.show_attend_tell.feature_standardization import whitening_matrix
+
+    cache = build(tiny_model(), tiny_processor(), dataset["train"], tmp_path)
+    mean, std = cache.statistics()
+    whitening = cache.whitening(std, epsilon=1e-6)
+    standardized = ((cache.batch(range(10)).double() - mean.double()) / std.double()).flatten(0, 1)
+    whitened = standardized @ whitening.double()
+    covariance = whitened.T @ whitened / len(whitened)
+    eigenvalues = torch.linalg.eigvalsh(covariance)
+    spanned = eigenvalues > 0.5
+    assert spanned.sum() >= 8  # the tiny encoder's 64 channels, 10 images x 4 regions: many directions spanned
+    torch.testing.assert_close(eigenvalues[spanned], torch.ones(int(spanned.sum()), dtype=torch.float64), rtol=1e-3, atol=0)
+    assert (eigenvalues[~spanned] < 1e-3).all()  # directions the data has no variance in stay at (near) zero
+    torch.testing.assert_close(whitening, whitening.T)
+    # Kept in covariance.npz: a second cache object reads it instead of the features.
+    assert (cache.folder / "covariance.npz").is_file()
+    reopened = FeatureCache(cache.folder)
+    monkeypatch.setattr(FeatureCache, "batch", lambda *a, **k: pytest.fail("recomputed the covariance"))
+    torch.testing.assert_close(reopened.whitening(std, epsilon=1e-6), whitening)
+    # Features that do not vary at all (a blind baseline's zeros): nothing to decorrelate.
+    channels = whitening.shape[0]
+    assert torch.equal(whitening_matrix(torch.zeros(channels, channels), torch.ones(channels)), torch.eye(channels))
+
+
+def test_a_damaged_covariance_file_is_recomputed(dataset, tmp_path, caplog):
+    cache = build(tiny_model(), tiny_processor(), dataset["train"], tmp_path)
+    _, std = cache.statistics()
+    expected = cache.whitening(std)
+    (cache.folder / "covariance.npz").write_bytes(b"not an npz")
+    with caplog.at_level(logging.WARNING, logger="hf_imgcap.data.feature_cache"):
+        again = FeatureCache(cache.folder).whitening(std)
+    torch.testing.assert_close(again, expected)
+    assert "covariance.npz is damaged" in caplog.text
+
+
 def test_training_pairs_pad_per_batch_with_labels_ignoring_padding(dataset, tmp_path):
     model, processor = tiny_model(), tiny_processor()
     cache = build(model, processor, dataset["train"], tmp_path)

@@ -7,7 +7,7 @@ import torch
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration
 
-from conftest import tiny_model, tiny_processor
+from conftest import tiny_config, tiny_model, tiny_processor
 
 PAD, BOS, EOS = 0, 101, 102
 
@@ -494,6 +494,45 @@ def test_per_channel_standardisation_gives_every_channel_unit_spread_and_floors_
     model.set_feature_statistics(mean, standard_deviation(variance, per="global"))
     globally = model._standardize(normalized).std(dim=(0, 1))
     assert globally[-1] / globally[2] > 8
+
+
+def test_whitened_features_are_the_standardised_ones_times_the_matrix_and_survive_save_and_load(tmp_path):
+    from hf_imgcap.models.show_attend_tell.feature_standardization import normalize_features, whitening_matrix
+
+    torch.manual_seed(0)
+    model = ShowAttendTellForConditionalGeneration(tiny_config(whiten_features=True)).eval()
+    regions, channels = model.feature_mean.shape
+    torch.manual_seed(1)
+    mixing = torch.randn(channels, channels) / channels**0.5  # correlated channels
+    features = torch.randn(50, regions, channels) @ mixing
+    normalized = normalize_features(features)
+    mean = normalized.mean(0)
+    centered = (normalized - mean).flatten(0, 1).double()
+    std = torch.full((channels,), 0.7)
+    whitening = whitening_matrix(centered.T @ centered / len(centered), std)
+    model.set_feature_statistics(mean, std, whitening)
+    expected = ((normalized - mean) / 0.7) @ whitening
+    torch.testing.assert_close(model._standardize(features), expected, rtol=1e-5, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    reloaded = ShowAttendTellForConditionalGeneration.from_pretrained(tmp_path)
+    assert reloaded.config.whiten_features and torch.equal(reloaded.feature_whitening, model.feature_whitening)
+    torch.testing.assert_close(reloaded.generate(encoder_hidden_states=features[:2], max_new_tokens=4),
+                               model.eval().generate(encoder_hidden_states=features[:2], max_new_tokens=4))
+
+
+@pytest.mark.parametrize("whiten, whitening, message", [
+    (True, None, "whiten_features is on: pass the whitening matrix"),
+    (False, "identity", "whiten_features is off"),
+    (True, "wrong shape", r"feature whitening must have shape"),
+    (True, "nan", "feature whitening must be finite"),
+])
+def test_a_whitening_matrix_is_required_exactly_when_the_config_whitens(whiten, whitening, message):
+    model = ShowAttendTellForConditionalGeneration(tiny_config(whiten_features=whiten))
+    channels = model.feature_mean.shape[1]
+    matrix = {None: None, "identity": torch.eye(channels), "wrong shape": torch.eye(channels + 1),
+              "nan": torch.full((channels, channels), float("nan"))}[whitening]
+    with pytest.raises(ValueError, match=message):
+        model.set_feature_statistics(torch.zeros_like(model.feature_mean), 1.0, matrix)
 
 
 @pytest.mark.parametrize("std, message", [

@@ -38,7 +38,12 @@ from datasets import Dataset, Image
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from hf_imgcap.models.show_attend_tell.feature_standardization import STANDARDIZE_PER, standard_deviation
+from hf_imgcap.models.show_attend_tell.feature_standardization import (
+    STANDARDIZE_PER,
+    WHITENING_EPSILON,
+    standard_deviation,
+    whitening_matrix,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -47,6 +52,8 @@ logger = logging.getLogger(__name__)
 FEATURE_FORMAT_VERSION = "rms-normalized-fp16-v1"
 # statistics.npz: per-(region, channel) mean and variance. Version 1 (no "format" key) held the mean and one scale.
 STATISTICS_FORMAT = "mean-variance-v2"
+# covariance.npz: the (channels, channels) covariance around the per-(region, channel) mean, for feature whitening.
+COVARIANCE_FORMAT = "channel-covariance-v1"
 
 
 # ---------------------------------------------------------------------------------------------- keys
@@ -176,6 +183,37 @@ class FeatureCache:
         _atomic_save_npz(stats_file, mean=mean, variance=variance, num_images=np.int64(len(valid)),
                          format=np.str_(STATISTICS_FORMAT))
         return torch.from_numpy(mean), torch.from_numpy(variance)
+
+    def whitening(self, std: torch.Tensor, epsilon: float = WHITENING_EPSILON, chunk_size: int = 256) -> torch.Tensor:
+        """The `(channels, channels)` ZCA matrix that `model.set_feature_statistics(mean, std, whitening)` takes for
+        `std` from `statistics()` (see `whitening_matrix`). The covariance is computed once, kept in covariance.npz."""
+        return whitening_matrix(self._channel_covariance(chunk_size), std, epsilon)
+
+    def _channel_covariance(self, chunk_size: int) -> torch.Tensor:
+        """Covariance of the channels around the per-(region, channel) mean, pooled over every region of every valid
+        image (a second pass: it needs the mean). float64, `(channels, channels)`."""
+        covariance_file = self.folder / "covariance.npz"
+        if covariance_file.is_file():
+            try:
+                with np.load(covariance_file) as stored:
+                    if str(stored["format"]) == COVARIANCE_FORMAT:
+                        return torch.from_numpy(stored["covariance"])
+            except (OSError, ValueError, EOFError, KeyError) as error:  # derived data: recompute it
+                logger.warning("%s is damaged (%s); computing the covariance again", covariance_file, error)
+        mean, _ = self._moments(chunk_size)
+        mean = mean.double()
+        valid = np.flatnonzero(self.valid)
+        channels = mean.shape[-1]
+        total = torch.zeros(channels, channels, dtype=torch.float64)
+        started = time.perf_counter()
+        for start in range(0, len(valid), chunk_size):
+            centered = (self.batch(valid[start : start + chunk_size]).double() - mean).reshape(-1, channels).float()
+            total += (centered.T @ centered).double()  # centred values: float32 products, float64 sums
+        covariance = total / (len(valid) * mean.shape[0])
+        _atomic_save_npz(covariance_file, covariance=covariance.numpy(), format=np.str_(COVARIANCE_FORMAT))
+        logger.info("channel covariance of %d images computed in %.1f s (kept in %s)", len(valid),
+                    time.perf_counter() - started, covariance_file)
+        return covariance
 
     @property
     def invalid_images(self) -> list:

@@ -48,9 +48,11 @@ MODEL_CARD_MARKER = "hf-imgcap"  # README.md is the run's model card only if it 
 # Arguments that decide the model's shapes or its processor: a resumed run must use the same values.
 RESUME_MUST_MATCH = {
     "model": ("encoder", "tokenizer", "caption_vocab_size", "embedding_size", "attention_size", "hidden_size", "image_size",
-              "max_caption_length"),
+              "max_caption_length", "whiten_features"),
     "training": ("finetune_encoder", "blind", "metric_for_best_model", "lr_scheduler_type"),
 }
+# What a run saved before an argument existed did instead (its training_args.json has no such key).
+VALUE_BEFORE_THE_ARGUMENT = {"model": {"whiten_features": False}}
 
 
 # ---------------------------------------------------------------------------------------------- argument values
@@ -274,11 +276,12 @@ def check_resume_compatible(model_args, args):
     except json.JSONDecodeError as error:
         raise ValueError(f"cannot resume: {saved} is not valid JSON ({error}); it records the run's arguments") from None
     current = {"model": dataclasses.asdict(model_args), "training": dataclasses.asdict(args)}
+    previous = {section: {**VALUE_BEFORE_THE_ARGUMENT.get(section, {}), **previous.get(section, {})} for section in current}
     differences = [
         f"--{name} {current[section][name]!r} (the run being resumed used {previous[section][name]!r})"
         for section, names in RESUME_MUST_MATCH.items()
         for name in names
-        if name in previous.get(section, {}) and previous[section][name] != current[section][name]
+        if name in previous[section] and previous[section][name] != current[section][name]
     ]
     if differences:
         raise ValueError(

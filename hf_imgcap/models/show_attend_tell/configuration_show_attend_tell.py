@@ -37,6 +37,10 @@ class ShowAttendTellConfig(PreTrainedConfig):
             attention term λ·Σ_regions(1 − Σ_t α)².
         freeze_encoder (`bool`, defaults to `True`): no gradients for the encoder and its BatchNorm
             statistics never move.
+        whiten_features (`bool`, defaults to `False`): after standardising each channel, decorrelate the channels
+            (ZCA whitening with the training set's channel covariance, the `feature_whitening` buffer). Gradient
+            descent then reads weak directions of the features (e.g. an object's colour in a random encoder's
+            features) as fast as strong ones. `train.py` turns it on; configs saved before it existed stay off.
         image_size (`int`, defaults to 224): side of the (square, center-cropped) images the processor makes;
             the encoder turns them into a ceil(image_size/32)² region map (7×7 = 49 at 224).
         pad_token_id / bos_token_id / eos_token_id: BERT's [PAD]=0, [CLS]=101 (start), [SEP]=102 (end).
@@ -55,6 +59,7 @@ class ShowAttendTellConfig(PreTrainedConfig):
     dropout: float = 0.5
     attention_regularization: float = 1.0
     freeze_encoder: bool = True
+    whiten_features: bool = False
     image_size: int = 224
     pad_token_id: int | None = 0
     bos_token_id: int | None = 101

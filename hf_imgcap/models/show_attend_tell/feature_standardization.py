@@ -1,5 +1,6 @@
 # Copyright 2026 The hf-imgcap authors. Apache-2.0.
-"""How the decoder's input is standardised: `(features / rms - feature_mean) / (feature_scale * feature_std)`.
+"""How the decoder's input is standardised: `(features / rms - feature_mean) / (feature_scale * feature_std)`, then,
+with `config.whiten_features`, multiplied by `feature_whitening` (ZCA: the channels decorrelated).
 
 A frozen encoder's features share a large image-independent part (for a randomly initialised ResNet-152, ~99% of
 every value): removing the per-(region, channel) mean makes what differs between images visible to the decoder.
@@ -12,6 +13,13 @@ Part of the remote-code bundle (imports torch only). Buffers, by their checkpoin
 - `feature_std` (regions, channels): the spread each value is divided by (per channel: the same in every region);
 - `feature_scale` (): one global divisor, the only scale of checkpoints saved before `feature_std` existed. Those
   checkpoints have no `feature_std`, which then stays at ones: they load and compute exactly what they did.
+- `feature_whitening` (channels, channels), only when `config.whiten_features`: the symmetric ZCA matrix
+  V·diag((λ + ε·mean λ)^-½)·Vᵀ of the standardised features' channel covariance VΛVᵀ. Per-channel scaling leaves
+  the channels correlated: a random ResNet's features vary mostly along a few directions (background, size), and
+  what tells one colour from another lies along weak ones, which Adam's updates hardly move along. Whitened, every
+  direction has unit variance (issue 12: the demo's captions then name the colour of 75% of held-out one-object
+  images after "a", against 35% without, with the same decoder, data and steps). The whitening is invertible, so the
+  decoder can represent the same functions: it changes how fast training finds them, not what can be learned.
 """
 
 import torch
@@ -21,6 +29,9 @@ import torch
 STD_FLOOR = 0.1
 # What a standard deviation is taken over: "channel" (pooled over the regions), "region_channel" or "global".
 STANDARDIZE_PER = "channel"
+# ZCA whitening's regulariser ε: each eigenvalue gets ε times the mean eigenvalue added before the inverse square root,
+# so directions the training set hardly spans (noise, or none at all with fewer samples than channels) are not blown up.
+WHITENING_EPSILON = 0.01
 
 
 def normalize_features(features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -45,6 +56,28 @@ def standard_deviation(variance: torch.Tensor, per: str = STANDARDIZE_PER, floor
     return std.expand_as(variance).float().contiguous()
 
 
+def whitening_matrix(covariance: torch.Tensor, std: torch.Tensor, epsilon: float = WHITENING_EPSILON) -> torch.Tensor:
+    """The `(channels, channels)` ZCA matrix for features standardised by `std` (a per-channel spread: `(channels,)`,
+    or `(regions, channels)` equal in every region), from `covariance`, the raw features' `(channels, channels)`
+    covariance around their per-(region, channel) mean. Identity when the features do not vary (a blind baseline)."""
+    covariance = torch.as_tensor(covariance, dtype=torch.float64)
+    std = torch.as_tensor(std, dtype=torch.float64)
+    if std.dim() == 2:
+        if not torch.equal(std, std[:1].expand_as(std)):
+            raise ValueError("feature whitening needs one standard deviation per channel (the same in every region)")
+        std = std[0]
+    channels = covariance.shape[0]
+    if covariance.shape != (channels, channels) or std.shape != (channels,):
+        raise ValueError(f"covariance {tuple(covariance.shape)} and std {tuple(std.shape)} do not describe the same channels")
+    standardized = covariance / torch.outer(std, std)
+    eigenvalues, eigenvectors = torch.linalg.eigh((standardized + standardized.T) / 2)
+    eigenvalues = eigenvalues.clamp(min=0)  # rounding makes the null space's eigenvalues slightly negative
+    if eigenvalues.mean() <= 0:
+        return torch.eye(channels)
+    scale = (eigenvalues + epsilon * eigenvalues.mean()).rsqrt()
+    return ((eigenvectors * scale) @ eigenvectors.T).float()
+
+
 class FeatureStandardization:
     """A mixin of the model: owns the standardisation buffers (see the module's docstring) and applies them."""
 
@@ -53,19 +86,26 @@ class FeatureStandardization:
         self.register_buffer("feature_mean", torch.zeros(num_regions, channels))
         self.register_buffer("feature_std", torch.ones(num_regions, channels))
         self.register_buffer("feature_scale", torch.ones(()))
+        if self.config.whiten_features:
+            self.register_buffer("feature_whitening", torch.eye(channels))
 
     def _standardize(self, features):
         """The decoder's input, standardised once per call. Dividing by the rms also makes raw encoder maps of any
         scale safe (it is idempotent on `get_image_features` / cached features)."""
         features = normalize_features(features.to(self.dtype))
         divisor = (self.feature_scale * self.feature_std).to(features.dtype)
-        return (features - self.feature_mean.to(features.dtype)) / divisor
+        standardized = (features - self.feature_mean.to(features.dtype)) / divisor
+        if self.config.whiten_features:
+            standardized = standardized @ self.feature_whitening.to(features.dtype)  # symmetric: rows or columns alike
+        return standardized
 
     @torch.no_grad()
-    def set_feature_statistics(self, mean, std):
+    def set_feature_statistics(self, mean, std, whitening=None):
         """Standardise features as `(features - mean) / std` from now on. `mean`: `(regions, channels)`, the training
         set's mean of `get_image_features`; `std`: a number, or a tensor `(channels,)` / `(1, channels)` /
-        `(regions, channels)` of positive spreads (`FeatureCache.statistics()` gives both)."""
+        `(regions, channels)` of positive spreads (`FeatureCache.statistics()` gives both). `whitening`: the
+        `(channels, channels)` matrix applied after (`whitening_matrix`), required when `config.whiten_features`
+        and refused otherwise."""
         mean = torch.as_tensor(mean, dtype=self.feature_mean.dtype)
         std = torch.as_tensor(std, dtype=self.feature_std.dtype)
         if mean.shape != self.feature_mean.shape:
@@ -78,6 +118,23 @@ class FeatureStandardization:
         if not torch.isfinite(mean).all() or not torch.isfinite(std).all() or not (std > 0).all():
             raise ValueError(f"feature statistics must be finite with a positive std, got std in "
                              f"[{std.min().item():g}, {std.max().item():g}]")
+        whitening = self._checked_whitening(whitening)
         self.feature_mean.copy_(mean)
         self.feature_std.copy_(std)
         self.feature_scale.fill_(1.0)
+        if whitening is not None:
+            self.feature_whitening.copy_(whitening)
+
+    def _checked_whitening(self, whitening):
+        if not self.config.whiten_features:
+            if whitening is not None:
+                raise ValueError("a whitening matrix was given but config.whiten_features is off")
+            return None
+        if whitening is None:
+            raise ValueError("config.whiten_features is on: pass the whitening matrix too (FeatureCache.whitening)")
+        whitening = torch.as_tensor(whitening, dtype=self.feature_whitening.dtype)
+        if whitening.shape != self.feature_whitening.shape:
+            raise ValueError(f"feature whitening must have shape {tuple(self.feature_whitening.shape)}, got {tuple(whitening.shape)}")
+        if not torch.isfinite(whitening).all():
+            raise ValueError("feature whitening must be finite")
+        return whitening

@@ -115,6 +115,8 @@ class ShowAttendTellPreTrainedModel(PreTrainedModel):
             init.zeros_(module.feature_mean)  # identity standardisation until set from data
             init.ones_(module.feature_std)
             init.ones_(module.feature_scale)
+            if module.config.whiten_features:
+                init.eye_(module.feature_whitening)
         elif isinstance(module, nn.Linear):  # torch's default Linear init
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
