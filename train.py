@@ -29,9 +29,9 @@ from hf_imgcap.data.caption_datasets import DEFAULT_DATASET, load_caption_datase
 from hf_imgcap.data.feature_cache import build_feature_cache
 from hf_imgcap.data.tokenizer_training import train_caption_tokenizer
 from hf_imgcap.data.training_data import CaptionPairs, collate_captions, tokenize_captions
-from hf_imgcap.evaluation.content_accuracy import find_scenes_file, load_scenes, score_caption, scene_of
+from hf_imgcap.evaluation.content_accuracy import find_scenes_file, load_scenes
+from hf_imgcap.evaluation.demo_report import print_demo_tables
 from hf_imgcap.evaluation.feature_probe import probe_cached_features
-from hf_imgcap.hub import METRIC_LABELS
 from hf_imgcap.models.pretrained_encoder import build_captioner
 from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import default_image_processor, default_tokenizer
 from hf_imgcap.training.checkpointing import CheckpointManager
@@ -385,65 +385,6 @@ def run_demo(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     print_demo_tables(with_images, blind, args.eval_num_beams)
     print(f"\nHub-ready folder: {output_dir}   (demo wall time {time.perf_counter() - started:.0f} s)")
     return {"with_images": with_images, "blind": blind}
-
-
-def print_demo_tables(with_images: dict, blind: dict, num_beams: int):
-    """BLEU & co. with images vs blind; content accuracy (with images, blind, linear probe); example captions."""
-    names = [n for n in METRIC_LABELS if n in with_images["test"]]
-    header = f"{'test split (' + str(with_images['test']['num_images']) + ' images)':<28}" + "".join(f"{METRIC_LABELS[n][1]:>9}" for n in names)
-    print("\n" + header)
-    rows = [("with images", with_images["test"]), ("image-blind baseline", blind["test"])]
-    if "scst" in with_images:  # the cross-entropy model the SCST stage started from, then the SCST model
-        rows[:1] = [("with images, cross-entropy", with_images["scst"]["cross_entropy_test"]), ("with images, + SCST", with_images["test"])]
-    for label, test in rows:
-        print(f"{label:<28}" + "".join(f"{test.get(n, float('nan')):>9.3f}" for n in names))
-    if "scst" in with_images:
-        scst = with_images["scst"]
-        print(f"\nSCST ({scst['epochs']} epochs, {scst['seconds']:.0f} s): test CIDEr-D {scst['cross_entropy_test']['cider']:.3f} -> "
-              f"{with_images['test']['cider']:.3f}; mean sampled reward by epoch {[entry['reward'] for entry in scst['history']]}")
-    print(f"\nBLEU-4 {with_images['test']['bleu_4']:.3f} with images vs {blind['test']['bleu_4']:.3f} blind "
-          f"(COCO-caption BLEU, beam {num_beams})")
-    scenes = None
-    if "content_accuracy" in with_images and "content_accuracy" in blind:
-        print_content_table(with_images, blind)
-        scenes_file = find_scenes_file(with_images["dataset"])
-        scenes = load_scenes(scenes_file) if scenes_file is not None else None
-    print("\nA few test images:")
-    for example, blind_example in demo_examples(with_images["test_examples"], blind["test_examples"], scenes):
-        scene = scene_of(example["image_id"], scenes) if scenes is not None else None
-        verdict = f" [{score_caption(example['caption'], scene).summary()}]" if scene is not None and example["caption"] is not None else ""
-        print(f"  {example['image_id']}: {example['caption']!r}{verdict}\n      blind: {blind_example['caption']!r}; "
-              f"a reference: {example['references'][0]!r}")
-
-
-def print_content_table(with_images: dict, blind: dict):
-    """Does the caption say what the image shows? Beside what a linear probe reads from the same features."""
-    def cell(score):
-        return f"{score['accuracy']:>9.3f}" if score and score.get("accuracy") is not None else f"{'n/a':>9}"
-
-    content, probe = with_images["content_accuracy"], with_images.get("feature_probe") or {}
-    print(f"\n{'content accuracy (test split)':<28}{'colour':>9}{'shape':>9}{'relation':>9}")
-    for label, result in (("with images", content), ("image-blind baseline", blind["content_accuracy"])):
-        print(f"{label:<28}{cell(result['one_object']['color'])}{cell(result['one_object']['shape'])}{cell(result['relation'])}")
-    print(f"{'linear probe (features)':<28}{cell(probe.get('color'))}{cell(probe.get('shape'))}{cell(probe.get('relation'))}")
-    print(f"colour and shape: the {content['one_object']['color']['total']} one-object images; relation: the "
-          f"{content['relation']['total']} two-object images. Over every object of every image, the captions name "
-          f"the colour right {content['color']['correct']}/{content['color']['total']} and the shape "
-          f"{content['shape']['correct']}/{content['shape']['total']}.")
-
-
-def demo_examples(examples: list, blind_examples: list, scenes: dict | None, count: int = 4) -> list:
-    """(with images, blind) example pairs: half one-object, half two-object images when the scenes are known."""
-    pairs = list(zip(examples, blind_examples))
-    if scenes is None:
-        return pairs[:count]
-    by_kind = {1: [], 2: []}
-    for pair in pairs:
-        scene = scene_of(pair[0]["image_id"], scenes)
-        if scene is not None:
-            by_kind[len(scene["objects"])].append(pair)
-    chosen = by_kind[1][: count // 2] + by_kind[2][: count - count // 2]
-    return chosen if len(chosen) == count else pairs[:count]
 
 
 # ---------------------------------------------------------------------------------------------- entry point

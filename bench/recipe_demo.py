@@ -27,13 +27,16 @@ train_script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_script)
 
 # The demo's recipe before issue 12 (every option a variant may change, stated, so that the demo's defaults may move).
-TODAY = ["--metric_for_best_model", "bleu_4", "--lr_scheduler_type", "reduce_lr_on_plateau", "--num_epochs", "12",
+TODAY = ["--no_whiten_features", "--metric_for_best_model", "bleu_4", "--lr_scheduler_type", "reduce_lr_on_plateau", "--num_epochs", "12",
          "--dropout", "0.2", "--learning_rate", "2e-3", "--lr_decay_patience", "3", "--early_stopping_patience", "5",
          "--eval_num_beams", "3", "--eval_length_penalty", "1.0"]
 # name -> (standardisation of the features, train.py arguments after TODAY's[, floor of the per-channel std])
 VARIANTS = {
     "today": ("global", []),  # one global scale, selection on BLEU-4, plateau decay
     "per_channel": ("channel", []),
+    "whitened": ("channel", ["--whiten_features", "true"]),  # ZCA after the per-channel standardisation (the default now)
+    "whitened_dropout_0.5": ("channel", ["--whiten_features", "true", "--dropout", "0.5"]),
+    "whitened_cider": ("channel", ["--whiten_features", "true", "--metric_for_best_model", "cider"]),
     "per_region_channel": ("region_channel", []),
     "per_channel_floor_0.01": ("channel", [], 0.01),
     "per_channel_floor_0.3": ("channel", [], 0.3),
@@ -68,11 +71,21 @@ def run_variant(name: str, seed: int, demo_dir: Path, out_root: Path, extra: lis
     history = results["history"]
     return {"variant": name, "seed": seed, "options": options + extra, "standardize_per": per, "std_floor": floor,
             "test_bleu_4": round(results["test"]["bleu_4"], 4), "test_cider": round(results["test"]["cider"], 4),
+            "content_accuracy": _content_summary(results.get("content_accuracy")),
+            "feature_probe": {task: probe["accuracy"] for task, probe in (results.get("feature_probe") or {}).items()},
             "kept_epoch": (results.get("best_model_selection") or {}).get("epoch"), "epochs": len(history),
             "val_cider_by_epoch": [entry["cider"] for entry in history],
             "val_bleu_4_by_epoch": [entry["bleu_4"] for entry in history],
             "val_loss_by_epoch": [entry.get("loss") for entry in history],
             "train_loss_by_epoch": [entry["train_loss"] for entry in history], "seconds": round(seconds, 1)}
+
+
+def _content_summary(content: dict | None) -> dict | None:
+    """What the demo's content table prints: colour and shape of the one-object images, relation of the others."""
+    if content is None:
+        return None
+    return {"color": content["one_object"]["color"]["accuracy"], "shape": content["one_object"]["shape"]["accuracy"],
+            "relation": content["relation"]["accuracy"]}
 
 
 def rescore(model_dir: Path, demo_dir: Path, beams: list, penalties: list) -> list:

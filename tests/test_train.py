@@ -20,6 +20,7 @@ from hf_imgcap.training import loop as training_loop
 from hf_imgcap.training.checkpointing import CheckpointError
 from hf_imgcap.training.run_metrics import load_run_metrics
 from hf_imgcap.data.synthetic import write_synthetic_flickr8k
+from hf_imgcap.evaluation.demo_report import print_demo_tables
 
 from conftest import launch_two_processes, REPO_ROOT
 
@@ -115,7 +116,7 @@ def test_a_dataset_with_scenes_gets_content_accuracy_of_its_test_captions_and_a_
     blind = run(tiny_args(data, tmp_path / "blind", cache, "--num_epochs", "1", "--blind"))
     assert "content_accuracy" in blind and "feature_probe" not in blind
     capsys.readouterr()
-    train_script.print_demo_tables(results, blind, num_beams=2)
+    print_demo_tables(results, blind, num_beams=2)
     printed = capsys.readouterr().out
     table = printed[printed.index("content accuracy (test split)"):].splitlines()
     assert table[0].split()[-3:] == ["colour", "shape", "relation"]
