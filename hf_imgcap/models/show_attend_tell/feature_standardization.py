@@ -14,7 +14,8 @@ Part of the remote-code bundle (imports torch only). Buffers, by their checkpoin
 - `feature_scale` (): one global divisor, the only scale of checkpoints saved before `feature_std` existed. Those
   checkpoints have no `feature_std`, which then stays at ones: they load and compute exactly what they did.
 - `feature_whitening` (channels, channels), only when `config.whiten_features`: the symmetric ZCA matrix
-  V·diag((λ + ε·mean λ)^-½)·Vᵀ of the standardised features' channel covariance VΛVᵀ. Per-channel scaling leaves
+  V·diag((λ + ε·mean λ)^-½)·Vᵀ of the standardised features' channel covariance VΛVᵀ (0 for directions the training
+  set does not span). Per-channel scaling leaves
   the channels correlated: a random ResNet's features vary mostly along a few directions (background, size), and
   what tells one colour from another lies along weak ones, which Adam's updates hardly move along. Whitened, every
   direction has unit variance (issue 12: the demo's captions then name the colour of 75% of held-out one-object
@@ -74,7 +75,10 @@ def whitening_matrix(covariance: torch.Tensor, std: torch.Tensor, epsilon: float
     eigenvalues = eigenvalues.clamp(min=0)  # rounding makes the null space's eigenvalues slightly negative
     if eigenvalues.mean() <= 0:
         return torch.eye(channels)
-    scale = (eigenvalues + epsilon * eigenvalues.mean()).rsqrt()
+    # Directions the training features do not span (fewer samples than channels, dead channels) are dropped, not
+    # amplified: their components are rounding noise, and Adam would random-walk the weights that read them.
+    spanned = eigenvalues > eigenvalues.max() * 1e-6
+    scale = torch.where(spanned, (eigenvalues + epsilon * eigenvalues.mean()).rsqrt(), torch.zeros_like(eigenvalues))
     return ((eigenvectors * scale) @ eigenvectors.T).float()
 
 
