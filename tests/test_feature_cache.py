@@ -144,7 +144,8 @@ def test_whitening_decorrelates_the_standardised_features_and_is_kept_with_the_c
     eigenvalues = torch.linalg.eigvalsh(covariance)
     spanned = eigenvalues > 0.5
     assert spanned.sum() >= 8  # the tiny encoder's 64 channels, 10 images x 4 regions: many directions spanned
-    torch.testing.assert_close(eigenvalues[spanned], torch.ones(int(spanned.sum()), dtype=torch.float64), rtol=1e-3, atol=0)
+    # λ / (λ + ε·mean λ): 1 up to ε's shrinkage of the weakest spanned directions
+    torch.testing.assert_close(eigenvalues[spanned], torch.ones(int(spanned.sum()), dtype=torch.float64), rtol=1e-2, atol=0)
     assert (eigenvalues[~spanned] < 1e-3).all()  # directions the data has no variance in stay at (near) zero
     torch.testing.assert_close(whitening, whitening.T)
     # Kept in covariance.npz: a second cache object reads it instead of the features.
