@@ -19,8 +19,9 @@ Part of the remote-code bundle (imports torch only). Buffers, by their checkpoin
   the channels correlated: a random ResNet's features vary mostly along a few directions (background, size), and
   what tells one colour from another lies along weak ones, which Adam's updates hardly move along. Whitened, every
   direction has unit variance (issue 12: the demo's captions then name the colour of 75% of held-out one-object
-  images after "a", against 35% without, with the same decoder, data and steps). The whitening is invertible, so the
-  decoder can represent the same functions: it changes how fast training finds them, not what can be learned.
+  images after "a", against 35% without, with the same decoder, data and steps). On the directions the training set
+  spans the whitening is invertible, so the decoder can represent the same functions there: it changes how fast
+  training finds them, not what can be learned.
 """
 
 import torch
@@ -31,7 +32,7 @@ STD_FLOOR = 0.1
 # What a standard deviation is taken over: "channel" (pooled over the regions), "region_channel" or "global".
 STANDARDIZE_PER = "channel"
 # ZCA whitening's regulariser ε: each eigenvalue gets ε times the mean eigenvalue added before the inverse square root,
-# so directions the training set hardly spans (noise, or none at all with fewer samples than channels) are not blown up.
+# so directions the training set hardly varies along are not blown up into noise (those it does not span are dropped).
 WHITENING_EPSILON = 0.01
 
 
