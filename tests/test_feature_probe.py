@@ -1,9 +1,13 @@
 """The linear probe of the features: it reads what is linearly there, and nothing when nothing is."""
 
+import numpy as np
 import pytest
 import torch
 
-from hf_imgcap.evaluation.feature_probe import fit_logistic_regression, linear_probe, probe_label, project_on_training_span
+from hf_imgcap.data.synthetic import COLORS, SHAPES
+from hf_imgcap.evaluation.feature_probe import (READING_TASKS, TWO_OBJECT_TASKS, fit_logistic_regression, linear_probe,
+                                              probe_cached_features, probe_label, project_on_training_span,
+                                              relation_of_readings)
 
 
 def linear_features(labels: torch.Tensor, dimension: int, num_classes: int, generator) -> torch.Tensor:
@@ -60,10 +64,104 @@ def test_probe_labels_name_the_relation_in_a_fixed_colour_order():
     yellow_below_green = {"objects": [{"color": "yellow", "shape": "square"}, {"color": "green", "shape": "circle"}],
                           "relation": "below"}
     # The same image described in either order: the same label (green comes before yellow in COLORS).
-    assert probe_label(green_above_yellow, "relation") == probe_label(yellow_below_green, "relation") == "above"
+    assert probe_label(green_above_yellow, "relation_alone") == probe_label(yellow_below_green, "relation_alone") == "above"
     assert probe_label(green_above_yellow, "color") is None  # colour and shape: one-object images only
     alone = {"objects": [{"color": "red", "shape": "triangle"}]}
     assert probe_label(alone, "color") == "red" and probe_label(alone, "shape") == "triangle"
-    assert probe_label(alone, "relation") is None
+    assert probe_label(alone, "relation_alone") is None and probe_label(alone, "first_color") is None
     with pytest.raises(ValueError, match="unknown probe task 'size'"):
         probe_label(alone, "size")
+
+
+def test_two_object_labels_name_each_object_by_its_place_whichever_order_the_scene_lists_them():
+    green_above_yellow = {"objects": [{"color": "green", "shape": "circle"}, {"color": "yellow", "shape": "square"}],
+                          "relation": "above"}
+    yellow_below_green = {"objects": [{"color": "yellow", "shape": "square"}, {"color": "green", "shape": "circle"}],
+                          "relation": "below"}
+    for scene in (green_above_yellow, yellow_below_green):  # "first": the object at the top (or on the left)
+        assert [probe_label(scene, task) for task in READING_TASKS] == ["green", "circle", "yellow", "square", "vertical"]
+    red_right_of_blue = {"objects": [{"color": "red", "shape": "triangle"}, {"color": "blue", "shape": "triangle"}],
+                         "relation": "right of"}
+    assert [probe_label(red_right_of_blue, task) for task in READING_TASKS] == ["blue", "triangle", "red", "triangle", "horizontal"]
+
+
+def _indices(**reading) -> dict:
+    return {task: [TWO_OBJECT_TASKS[task].index(reading[task])] for task in READING_TASKS}
+
+
+def test_the_probes_relation_is_its_readings_scored_by_the_captions_rule():
+    red_circle_left_of_blue_square = {"objects": [{"color": "red", "shape": "circle"}, {"color": "blue", "shape": "square"}],
+                                      "relation": "left of"}
+    right = dict(first_color="red", first_shape="circle", second_color="blue", second_shape="square", axis="horizontal")
+    assert relation_of_readings(_indices(**right), [red_circle_left_of_blue_square]) == {"accuracy": 1.0, "correct": 1, "total": 1}
+    # Each colour bound to the wrong place: the caption says blue is on the left. The shapes alone still name the objects.
+    swapped_colours = {**right, "first_color": "blue", "second_color": "red"}
+    assert relation_of_readings(_indices(**swapped_colours), [red_circle_left_of_blue_square])["correct"] == 0
+    assert relation_of_readings(_indices(**{**right, "axis": "vertical"}), [red_circle_left_of_blue_square])["correct"] == 0
+    # One object named by its shape alone is still named (the captions' rule); neither named is not.
+    shape_only = {**right, "first_color": "green"}
+    assert relation_of_readings(_indices(**shape_only), [red_circle_left_of_blue_square])["correct"] == 1
+    unnamed = {**right, "first_color": "green", "first_shape": "triangle"}
+    assert relation_of_readings(_indices(**unnamed), [red_circle_left_of_blue_square])["correct"] == 0
+
+
+class ArrayCache:
+    """The part of a FeatureCache the probe uses: rows of (regions, channels) features."""
+
+    def __init__(self, features):
+        self.features, self.valid = features, np.ones(len(features), dtype=bool)
+
+    def __len__(self):
+        return len(self.features)
+
+    def __getitem__(self, index):
+        return self.features[index]
+
+    def batch(self, rows):
+        return self.features[rows]
+
+
+def scene_features(count: int, generator, mixing) -> tuple[list, torch.Tensor]:
+    """Random one- and two-object scenes and (2, D) features: one region per object slot, holding a fixed linear
+    function of that object's colour and shape (and of the axis), plus noise; one-object scenes use slot 0."""
+    colors, scenes, rows = list(COLORS), [], []
+    for _ in range(count):
+        pick = lambda: {"color": colors[int(torch.randint(len(colors), (1,), generator=generator))],
+                        "shape": SHAPES[int(torch.randint(len(SHAPES), (1,), generator=generator))]}
+        codes = torch.zeros(2, len(colors) + len(SHAPES) + 2)
+        if torch.rand(1, generator=generator) < 0.3:
+            thing = pick()
+            scenes.append({"objects": [thing]})
+            codes[0, colors.index(thing["color"])] = codes[0, len(colors) + SHAPES.index(thing["shape"])] = 1
+        else:
+            first, second = pick(), pick()
+            while second["color"] == first["color"]:
+                second = pick()
+            relation = ("left of", "above")[int(torch.randint(2, (1,), generator=generator))]
+            scenes.append({"objects": [first, second], "relation": relation})
+            for slot, thing in enumerate((first, second)):
+                codes[slot, colors.index(thing["color"])] = codes[slot, len(colors) + SHAPES.index(thing["shape"])] = 1
+                codes[slot, -2 if relation == "left of" else -1] = 1
+        rows.append(codes @ mixing + 0.2 * torch.randn(2, mixing.shape[1], generator=generator))
+    return scenes, torch.stack(rows)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_the_probe_reads_the_relation_when_the_features_hold_each_object_in_its_place(shuffle):
+    generator = torch.Generator().manual_seed(3)
+    mixing = torch.randn(len(COLORS) + len(SHAPES) + 2, 24, generator=generator)
+    caches, splits, scenes = {}, {}, {}
+    for name, count in (("train", 400), ("validation", 100), ("test", 150)):
+        split_scenes, features = scene_features(count, generator, mixing)
+        if shuffle and name == "train":  # the features say nothing about the training scenes
+            features = features[torch.randperm(count, generator=generator)]
+        ids = [f"{name}_{index}.jpg" for index in range(count)]
+        scenes.update(zip(ids, split_scenes))
+        caches[name], splits[name] = ArrayCache(features), {"image_id": ids}
+    results = probe_cached_features(caches, splits, scenes, standardize=lambda features: features)
+    test_two_object = sum(len(scenes[i]["objects"]) == 2 for i in splits["test"]["image_id"])
+    assert results["relation"]["total"] == test_two_object and results["color"]["total"] == 150 - test_two_object
+    if shuffle:
+        assert results["relation"]["accuracy"] < 0.2 and results["color"]["accuracy"] < 0.4
+    else:
+        assert results["relation"]["accuracy"] >= 0.95 and results["color"]["accuracy"] >= 0.95

@@ -49,6 +49,11 @@ def print_content_table(with_images: dict, blind: dict):
           f"{content['relation']['total']} two-object images. Over every object of every image, the captions name "
           f"the colour right {content['color']['correct']}/{content['color']['total']} and the shape "
           f"{content['shape']['correct']}/{content['shape']['total']}.")
+    alone = probe.get("relation_alone")
+    if alone and alone.get("accuracy") is not None:
+        print(f"The probe's relation: its readings of each object's colour and shape by place, and of the axis, written "
+              f"as a caption and scored like the captions. A classifier of the relation alone (4 classes, objects not "
+              f"named) reads {alone['accuracy']:.3f}.")
 
 
 def demo_examples(examples: list, blind_examples: list, scenes: dict | None, count: int = 4) -> list:

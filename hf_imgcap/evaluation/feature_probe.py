@@ -1,14 +1,20 @@
 # Copyright 2026 The hf-imgcap authors. Apache-2.0.
 """A linear probe of the cached encoder features: what the features hold, to compare the captions with.
 
-A multinomial logistic regression on the flattened `(regions, channels)` features, standardised exactly as the
-model standardises them (its `_standardize`), is trained on the train split (full batch, L-BFGS, weight decay
-chosen on the validation split) to predict, from a synthetic scene (`scenes.json`):
-- `color` and `shape` of one-object images;
-- `relation` of two-object images: where the object whose colour comes first in `COLORS` is relative to the
-  other ("left of", "right of", "above", "below"). A fixed order is needed because features have none; colour
-  identifies the object, as in the captions' relation score.
-Its accuracy on the test split is the bar for the captions' content accuracy on the same images.
+Multinomial logistic regressions on the flattened `(regions, channels)` features, standardised exactly as the model
+standardises them (its `_standardize`), are trained on the train split (full batch, L-BFGS, weight decay chosen on
+the validation split) to predict, from a synthetic scene (`scenes.json`):
+- `color` and `shape` of one-object images (the captions' colour and shape accuracy are over the same images);
+- for two-object images, each object's colour and shape by where it is (`first_*`: the object on the left or at
+  the top; `second_*`: the other) and the `axis` they lie on. Written as a caption ("a red circle to the left of a
+  blue square") and scored by `content_accuracy.score_caption`, these readings give the probe's `relation` accuracy
+  by the captions' own rule: the objects must be named (colour or shape) and placed right, which needs each
+  colour bound to its place;
+- `relation_alone`: a 4-way classifier of where the object whose colour comes first in `COLORS` is relative to the
+  other, the objects not named (the earlier version of the relation probe; a caption cannot state a relation
+  without naming the objects, so this is not the captions' bar). A fixed order is needed because features have
+  none.
+Their accuracy on the test split is the bar for the captions' content accuracy on the same images.
 """
 
 import contextlib
@@ -19,26 +25,44 @@ import torch
 import torch.nn.functional as F
 
 from hf_imgcap.data.synthetic import COLORS, INVERSE_RELATION, RELATIONS, SHAPES
-from hf_imgcap.evaluation.content_accuracy import scene_of
+from hf_imgcap.evaluation.content_accuracy import scene_of, score_caption
 
 logger = logging.getLogger(__name__)
 
-PROBE_CLASSES = {"color": tuple(COLORS), "shape": SHAPES, "relation": RELATIONS}
+AXES = ("horizontal", "vertical")
+ONE_OBJECT_TASKS = {"color": tuple(COLORS), "shape": SHAPES}
+TWO_OBJECT_TASKS = {"first_color": tuple(COLORS), "first_shape": SHAPES, "second_color": tuple(COLORS),
+                    "second_shape": SHAPES, "axis": AXES, "relation_alone": RELATIONS}
+PROBE_CLASSES = {**ONE_OBJECT_TASKS, **TWO_OBJECT_TASKS}
+READING_TASKS = ("first_color", "first_shape", "second_color", "second_shape", "axis")  # reading_caption's arguments
 WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # wide: features have ~100k dimensions
 
 
 def probe_label(scene: dict, task: str) -> str | None:
     """The class a probe for `task` should predict for `scene`, or None when the task does not apply to it."""
-    objects = scene["objects"]
-    if task in ("color", "shape"):
-        return objects[0][task] if len(objects) == 1 else None
-    if task != "relation":
+    if task not in PROBE_CLASSES:
         raise ValueError(f"unknown probe task {task!r}; choose one of {tuple(PROBE_CLASSES)}")
+    objects = scene["objects"]
+    if task in ONE_OBJECT_TASKS:
+        return objects[0][task] if len(objects) == 1 else None
     if len(objects) != 2:
         return None
-    order = list(COLORS)
-    first_is_canonical = order.index(objects[0]["color"]) < order.index(objects[1]["color"])
-    return scene["relation"] if first_is_canonical else INVERSE_RELATION[scene["relation"]]
+    relation = scene["relation"]  # objects[0] RELATION objects[1]
+    if task == "axis":
+        return "horizontal" if relation in ("left of", "right of") else "vertical"
+    if task == "relation_alone":
+        order = list(COLORS)
+        first_is_canonical = order.index(objects[0]["color"]) < order.index(objects[1]["color"])
+        return relation if first_is_canonical else INVERSE_RELATION[relation]
+    first, second = (objects[0], objects[1]) if relation in ("left of", "above") else (objects[1], objects[0])
+    place, attribute = task.split("_")
+    return (first if place == "first" else second)[attribute]
+
+
+def reading_caption(first_color: str, first_shape: str, second_color: str, second_shape: str, axis: str) -> str:
+    """The probe's reading of a two-object image written as a caption, for `score_caption` to score."""
+    relation = "to the left of" if axis == "horizontal" else "above"
+    return f"a {first_color} {first_shape} {relation} a {second_color} {second_shape}"
 
 
 @contextlib.contextmanager
@@ -96,9 +120,14 @@ def linear_probe(train, validation, test, num_classes: int, weight_decays=WEIGHT
     """Fit on `train` = (features (N, D) float32, labels (N,) long) for each weight decay, keep the one with the
     best validation accuracy (the stronger decay on a tie), report its test accuracy as
     {"accuracy", "correct", "total", "weight_decay", "validation_accuracy"}."""
+    return fit_and_predict(train, validation, test, num_classes, weight_decays)[0]
+
+
+def fit_and_predict(train, validation, test, num_classes: int, weight_decays=WEIGHT_DECAYS) -> tuple[dict, list]:
+    """`linear_probe`'s result and the chosen probe's predicted class for each test row."""
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = train, validation, test
     if len(train_y) == 0 or len(test_y) == 0:
-        return {"accuracy": None, "correct": 0, "total": len(test_y), "weight_decay": None, "validation_accuracy": None}
+        return {"accuracy": None, "correct": 0, "total": len(test_y), "weight_decay": None, "validation_accuracy": None}, []
     if train_x.shape[1] > train_x.shape[0]:
         train_x, val_x, test_x = project_on_training_span(train_x, val_x, test_x)
     best = None
@@ -109,41 +138,65 @@ def linear_probe(train, validation, test, num_classes: int, weight_decays=WEIGHT
         if best is None or validation_accuracy > best[0]:
             best = (validation_accuracy, weight_decay, probe)
     validation_accuracy, weight_decay, probe = best
-    correct, total = _accuracy(probe, test_x, test_y)
-    return {"accuracy": correct / total, "correct": correct, "total": total, "weight_decay": weight_decay,
-            "validation_accuracy": validation_accuracy if len(val_y) else None}
+    with torch.no_grad():
+        predictions = probe(test_x.double()).argmax(-1)
+    correct = int((predictions == test_y).sum())
+    result = {"accuracy": correct / len(test_y), "correct": correct, "total": len(test_y), "weight_decay": weight_decay,
+              "validation_accuracy": validation_accuracy if len(val_y) else None}
+    return result, predictions.tolist()
 
 
 @torch.no_grad()
-def probe_examples(features, image_ids, scenes: dict, task: str, standardize, batch_size: int = 64):
-    """(standardised flattened features, label indices) of the images of a split to which `task` applies.
-    `features` is the split's `FeatureCache` (rows in `image_ids` order; images it could not encode or without a scene are left out)."""
-    classes = PROBE_CLASSES[task]
+def probe_examples(features, image_ids, scenes: dict, tasks: dict, standardize, batch_size: int = 64):
+    """(standardised flattened features, {task: label indices}, scenes) of the images of a split to which the
+    `tasks` (all of one kind: `ONE_OBJECT_TASKS` or `TWO_OBJECT_TASKS`) apply. `features` is the split's
+    `FeatureCache` (rows in `image_ids` order; images it could not encode or without a scene are left out)."""
     valid = getattr(features, "valid", np.ones(len(image_ids), dtype=bool))
-    rows, labels = [], []
+    rows, labels, kept_scenes = [], {task: [] for task in tasks}, []
     for index, image_id in enumerate(image_ids):
         scene = scene_of(image_id, scenes)
-        label = probe_label(scene, task) if scene is not None else None
-        if label is not None and valid[index]:
+        names = {task: probe_label(scene, task) for task in tasks} if scene is not None else {}
+        if names and all(name is not None for name in names.values()) and valid[index]:
             rows.append(index)
-            labels.append(classes.index(label))
+            kept_scenes.append(scene)
+            for task, name in names.items():
+                labels[task].append(tasks[task].index(name))
     chunks = [standardize(features.batch(rows[start : start + batch_size])).float().flatten(1)
               for start in range(0, len(rows), batch_size)]
     dimension = int(np.prod(features[0].shape)) if len(features) else 0
     stacked = torch.cat(chunks) if chunks else torch.zeros(0, dimension)
-    return stacked, torch.tensor(labels, dtype=torch.long)
+    return stacked, {task: torch.tensor(values, dtype=torch.long) for task, values in labels.items()}, kept_scenes
 
 
 def probe_cached_features(caches: dict, splits: dict, scenes: dict, standardize, weight_decays=WEIGHT_DECAYS) -> dict:
     """The linear probe for every task: trained on caches["train"], weight decay chosen on caches["validation"],
-    scored on caches["test"]. `splits` has the matching datasets (their `image_id` column names the scene);
-    `standardize` is the model's feature standardisation (features as the decoder sees them)."""
+    scored on caches["test"]; plus `relation`, the two-object readings scored as a caption (module docstring).
+    `splits` has the matching datasets (their `image_id` column names the scene); `standardize` is the model's
+    feature standardisation (features as the decoder sees them)."""
     results = {}
-    for task, classes in PROBE_CLASSES.items():
-        data = {name: probe_examples(caches[name], splits[name]["image_id"], scenes, task, standardize)
+    for tasks in (ONE_OBJECT_TASKS, TWO_OBJECT_TASKS):
+        data = {name: probe_examples(caches[name], splits[name]["image_id"], scenes, tasks, standardize)
                 for name in ("train", "validation", "test")}
-        results[task] = linear_probe(data["train"], data["validation"], data["test"], len(classes), weight_decays)
-        logger.info("linear probe %s: test accuracy %s (%d images; weight decay %s)", task,
-                    "n/a" if results[task]["accuracy"] is None else f"{results[task]['accuracy']:.3f}",
-                    results[task]["total"], results[task]["weight_decay"])
+        predictions = {}
+        for task, classes in tasks.items():
+            train, validation, test = ((data[name][0], data[name][1][task]) for name in ("train", "validation", "test"))
+            results[task], predictions[task] = fit_and_predict(train, validation, test, len(classes), weight_decays)
+        if tasks is TWO_OBJECT_TASKS:
+            results["relation"] = relation_of_readings(predictions, data["test"][2])
+    for task in ("color", "shape", "relation"):
+        logger.info("linear probe %s: test accuracy %s (%d images)", task,
+                    "n/a" if results[task]["accuracy"] is None else f"{results[task]['accuracy']:.3f}", results[task]["total"])
     return results
+
+
+def relation_of_readings(predictions: dict, test_scenes: list) -> dict:
+    """The two-object probes' predictions (class indices per `TWO_OBJECT_TASKS` task, one per test scene) written
+    as captions and scored like the captions' relation: {"accuracy", "correct", "total"}."""
+    total = len(test_scenes)
+    if total == 0 or any(len(predictions[task]) != total for task in READING_TASKS):
+        return {"accuracy": None, "correct": 0, "total": total}
+    correct = 0
+    for index, scene in enumerate(test_scenes):
+        reading = {task: TWO_OBJECT_TASKS[task][predictions[task][index]] for task in READING_TASKS}
+        correct += score_caption(reading_caption(**reading), scene).relation is True
+    return {"accuracy": correct / total, "correct": correct, "total": total}
