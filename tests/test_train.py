@@ -115,6 +115,9 @@ def test_a_dataset_with_scenes_gets_content_accuracy_of_its_test_captions_and_a_
     # The demo's tables: the blind baseline is scored the same way (no probe: its features are zeros).
     blind = run(tiny_args(data, tmp_path / "blind", cache, "--num_epochs", "1", "--blind"))
     assert "content_accuracy" in blind and "feature_probe" not in blind
+    # Whitening is on by default, but zero features have nothing to whiten: the blind model skips the product.
+    configs = {name: json.loads((tmp_path / name / "config.json").read_text()) for name in ("out", "blind")}
+    assert configs["out"]["whiten_features"] is True and configs["blind"]["whiten_features"] is False
     capsys.readouterr()
     print_demo_tables(results, blind, num_beams=2)
     printed = capsys.readouterr().out
