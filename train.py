@@ -395,14 +395,12 @@ def run_demo(model_args: ModelArguments, data_args: DataArguments, args: Trainin
 def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), description=__doc__)
     model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
-    if args.demo:  # demo presets apply to every option left at its default
+    if args.demo:  # the demo presets become the defaults: an option given on the command line still wins
         unknown = set(DEMO_OVERRIDES) - {f.name for target in (model_args, data_args, args) for f in dataclasses.fields(target)}
         if unknown:  # a renamed argument must not silently drop its demo preset
             raise KeyError(f"DEMO_OVERRIDES names no argument: {sorted(unknown)}")
-        for target in (model_args, data_args, args):
-            for name, value in DEMO_OVERRIDES.items():
-                if hasattr(target, name) and getattr(target, name) == getattr(type(target), name):
-                    setattr(target, name, value)
+        parser.set_defaults(**DEMO_OVERRIDES)  # (not "replace what equals the default": --scst_epochs 0 must stay 0)
+        model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
     return model_args, data_args, args
 
 

@@ -653,3 +653,11 @@ def test_every_demo_preset_names_an_argument_and_applies():
     model_args, data_args, args = train_script.parse_args(["--demo"])
     values = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **dataclasses.asdict(args)}
     assert {name: values[name] for name in train_script.DEMO_OVERRIDES} == train_script.DEMO_OVERRIDES
+
+
+def test_an_option_given_with_the_demo_wins_over_its_preset_even_when_it_equals_the_default():
+    """`--demo --scst_epochs 0` once ran 4 SCST epochs: 0 is the default, so the preset replaced it."""
+    model_args, _, args = train_script.parse_args(["--demo", "--scst_epochs", "0", "--num_epochs", "120", "--no_whiten_features",
+                                                   "--learning_rate", "1e-3"])
+    assert (args.scst_epochs, args.num_train_epochs, model_args.whiten_features, args.learning_rate) == (0, 120, False, 1e-3)
+    assert args.scst_baseline == train_script.DEMO_OVERRIDES["scst_baseline"]  # the others keep their presets
