@@ -99,8 +99,9 @@ def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_cl
 
 
 @torch.no_grad()
-def _accuracy(probe, features, labels) -> tuple[int, int]:
-    return int((probe(features.double()).argmax(-1) == labels).sum()), len(labels)
+@torch.no_grad()
+def _predict(probe, features) -> torch.Tensor:
+    return probe(features.double()).argmax(-1)
 
 
 def project_on_training_span(train_x: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
@@ -133,13 +134,11 @@ def fit_and_predict(train, validation, test, num_classes: int, weight_decays=WEI
     best = None
     for weight_decay in sorted(weight_decays, reverse=True):
         probe = fit_logistic_regression(train_x, train_y, num_classes, weight_decay)
-        correct, total = _accuracy(probe, val_x, val_y) if len(val_y) else (0, 0)
-        validation_accuracy = correct / total if total else 0.0
+        validation_accuracy = float((_predict(probe, val_x) == val_y).float().mean()) if len(val_y) else 0.0
         if best is None or validation_accuracy > best[0]:
             best = (validation_accuracy, weight_decay, probe)
     validation_accuracy, weight_decay, probe = best
-    with torch.no_grad():
-        predictions = probe(test_x.double()).argmax(-1)
+    predictions = _predict(probe, test_x)
     correct = int((predictions == test_y).sum())
     result = {"accuracy": correct / len(test_y), "correct": correct, "total": len(test_y), "weight_decay": weight_decay,
               "validation_accuracy": validation_accuracy if len(val_y) else None}
