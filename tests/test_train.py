@@ -111,10 +111,15 @@ def test_a_dataset_with_scenes_gets_content_accuracy_of_its_test_captions_and_a_
     for task in ("color", "shape", "relation"):
         assert probe[task]["accuracy"] is None or 0 <= probe[task]["accuracy"] <= 1
     assert load_run_metrics(tmp_path / "out").content_accuracy == content
+    # Where the model looked when it named a colour (None when no test caption names one of a two-object image).
+    grounding = content["attention_grounding"]
+    assert grounding is None or (grounding["colour_words"] >= 1 and grounding["half_share"] == 0.5
+                                 and 0 <= grounding["on_named_object"] + grounding["on_other_object"] <= 1 + 1e-6)
 
     # The demo's tables: the blind baseline is scored the same way (no probe: its features are zeros).
     blind = run(tiny_args(data, tmp_path / "blind", cache, "--num_epochs", "1", "--blind"))
     assert "content_accuracy" in blind and "feature_probe" not in blind
+    assert "attention_grounding" not in blind["content_accuracy"]  # zero features: uniform attention, nothing to read
     # Whitening is on by default, but zero features have nothing to whiten: the blind model skips the product.
     configs = {name: json.loads((tmp_path / name / "config.json").read_text()) for name in ("out", "blind")}
     assert configs["out"]["whiten_features"] is True and configs["blind"]["whiten_features"] is False

@@ -49,6 +49,12 @@ def print_content_table(with_images: dict, blind: dict):
           f"{content['relation']['total']} two-object images. Over every object of every image, the captions name "
           f"the colour right {content['color']['correct']}/{content['color']['total']} and the shape "
           f"{content['shape']['correct']}/{content['shape']['total']}.")
+    grounding = content.get("attention_grounding")
+    if grounding:
+        print(f"Attention when a caption names the colour of an object (two-object images, {grounding['colour_words']} "
+              f"words): {grounding['on_named_object']:.2f} on that object's half of the regions, "
+              f"{grounding['on_other_object']:.2f} on the other object's half ({grounding['half_share']:.2f} each if "
+              f"uniform). Saying which object is where needs the first clearly above the second.")
     alone = probe.get("relation_alone")
     if alone and alone.get("accuracy") is not None:
         print(f"The probe's relation: its readings of each object's colour and shape by place, and of the axis, written "

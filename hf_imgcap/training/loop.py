@@ -21,6 +21,7 @@ import torch
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
+from hf_imgcap.evaluation.attention_grounding import attention_grounding
 from hf_imgcap.evaluation.attention_maps import model_view_crop_fraction, render_attention_map
 from hf_imgcap.evaluation.content_accuracy import split_content_accuracy
 from hf_imgcap.evaluation.generation import evaluate_captioner
@@ -286,6 +287,9 @@ def finish(run: TrainingRun, state: TrainState, test_split, features, output_dir
     final.to(accelerator.device)
     test_metrics, test_captions = evaluate_captioner(final, run.processor, test_split, features=features, **run.evaluation)
     content = split_content_accuracy(test_split["image_id"], test_captions, scenes) if scenes is not None else None
+    if content is not None and features is not None and not args.blind:  # where it looked when it named a colour
+        content["attention_grounding"] = attention_grounding(final, processor.tokenizer, features, test_split["image_id"],
+                                                             test_captions, scenes)
     run_metrics = RunMetrics(
         test=test_metrics,
         validation_best_bleu_4=state.best_entry().get("bleu_4", -1.0),
