@@ -40,7 +40,7 @@ def test_each_colour_word_splits_the_attention_it_was_written_with_between_the_t
     assert len(found) == 2 and [share for pair in found for share in pair] == pytest.approx([0.8, 0.2, 0.9, 0.1])
 
 
-def test_the_split_mean_equals_each_caption_scored_alone():
+def test_the_split_mean_equals_each_caption_scored_alone(caplog):
     model, tokenizer = tiny_model(), tiny_processor().tokenizer
     side = int(model.config.num_regions ** 0.5)
     features = torch.randn(4, model.config.num_regions, model.config.encoder_hidden_size)
@@ -63,5 +63,11 @@ def test_the_split_mean_equals_each_caption_scored_alone():
     assert result["on_named_object"] == pytest.approx(sum(e[0] for e in expected) / 4, abs=1e-6)
     assert result["on_other_object"] == pytest.approx(sum(e[1] for e in expected) / 4, abs=1e-6)
     assert result["half_share"] == 0.5
+    # A hand-written scene that does not say where its objects are is left out (counted in a warning), not a crash.
+    unplaced = {"objects": [{k: v for k, v in o.items() if k != "position"} for o in RED_LEFT_OF_BLUE["objects"]], "relation": "left of"}
+    with caplog.at_level("WARNING"):
+        alone = attention_grounding(model, tokenizer, features, ["a.jpg", "e.jpg"], [captions[0], captions[0]],
+                                    {**scenes, "e.jpg": unplaced})
+    assert alone["colour_words"] == 2 and "1 two-object scene(s) without positions" in caplog.text
     # No caption naming a colour of a two-object scene: nothing to report.
     assert attention_grounding(model, tokenizer, features, ["a.jpg", "c.jpg"], ["a circle", "a red circle"], scenes) is None

@@ -8,9 +8,19 @@ that reads only the image's mean (uniform attention) puts the same on both. That
 object is where: the relation accuracy of `content_accuracy` needs it, the colour and shape accuracy do not.
 """
 
+import logging
+
 import torch
 
 from hf_imgcap.evaluation.content_accuracy import scene_of
+
+logger = logging.getLogger(__name__)
+PLACEMENTS = ({"left", "right"}, {"top", "bottom"})  # the two objects' positions: side by side or one above the other
+
+
+def is_placed(scene: dict) -> bool:
+    """A two-object scene whose objects are on opposite sides ("left" / "right" or "top" / "bottom")."""
+    return len(scene["objects"]) == 2 and {o.get("position") for o in scene["objects"]} in PLACEMENTS
 
 
 def object_half(position: str, side: int) -> torch.Tensor:
@@ -49,10 +59,15 @@ def attention_grounding(model, tokenizer, features, image_ids, captions, scenes:
     the two-object images' captions ({"on_named_object", "on_other_object", "colour_words", "half_share"}; the half's
     share of the regions is what uniform attention would give). `features[i]` are image i's cached features
     (e.g. a `FeatureCache`); captions that are None (images without features) are left out. None when no caption
-    names a colour of a two-object scene."""
+    names a colour of a two-object scene. Scenes whose objects are not placed left / right or top / bottom (a
+    hand-written scenes.json) are left out and counted in a warning."""
     rows = [(index, caption, scene_of(image_id, scenes)) for index, (image_id, caption) in enumerate(zip(image_ids, captions))
             if caption is not None]
     rows = [(index, caption, scene) for index, caption, scene in rows if scene is not None and len(scene["objects"]) == 2]
+    unplaced = sum(not is_placed(scene) for _, _, scene in rows)
+    if unplaced:  # a hand-written scenes.json may not say where its objects are
+        logger.warning("attention grounding: %d two-object scene(s) without positions left/right or top/bottom are left out", unplaced)
+        rows = [row for row in rows if is_placed(row[2])]
     side = int(round(model.config.num_regions ** 0.5))
     was_training = model.training
     model.eval()
@@ -74,4 +89,4 @@ def attention_grounding(model, tokenizer, features, image_ids, captions, scenes:
             "colour_words": len(pairs), "half_share": float(object_half("left", side).sum()) / side**2}
 
 
-__all__ = ["attention_grounding", "colour_word_attention", "object_half"]
+__all__ = ["attention_grounding", "colour_word_attention", "is_placed", "object_half"]
