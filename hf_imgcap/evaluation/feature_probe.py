@@ -99,7 +99,6 @@ def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_cl
 
 
 @torch.no_grad()
-@torch.no_grad()
 def _predict(probe, features) -> torch.Tensor:
     return probe(features.double()).argmax(-1)
 

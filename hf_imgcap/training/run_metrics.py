@@ -44,10 +44,10 @@ class RunMetrics:
 
     Only for datasets that say what their images show (a synthetic dataset's `scenes.json`), two more keys follow:
     `content_accuracy` (colour / shape / relation accuracy of the test captions, with counts; see
-    `hf_imgcap.evaluation.content_accuracy`; for a run with images and cached features also
-    `attention_grounding`, where the decoder looked when it named a colour: `hf_imgcap.evaluation.attention_grounding`)
-    and `feature_probe` (a linear probe's test accuracy on the same
-    features; `hf_imgcap.evaluation.feature_probe`). Other runs' metrics.json has neither key."""
+    `hf_imgcap.evaluation.content_accuracy`; for a run with images and cached features also `attention_grounding`,
+    where the decoder looked when it named a colour: `hf_imgcap.evaluation.attention_grounding`) and `feature_probe`
+    (a linear probe's test accuracy on the same features; `hf_imgcap.evaluation.feature_probe`). Other runs'
+    metrics.json has neither key."""
 
     test: dict[str, float]
     validation_best_bleu_4: float
