@@ -276,7 +276,10 @@ print(f"rank {{accelerator.process_index}} of {{accelerator.num_processes}} enco
 """
 
 
-def test_two_processes_each_encode_their_shard_and_the_cache_is_byte_identical_to_one_process(tmp_path):
+def test_two_processes_each_encode_their_shard_and_the_cache_equals_one_process(tmp_path):
+    """What a multi-process build guarantees: the same images, the same valid mask and skip records, and features
+    equal to a one-process build's up to float rounding (the processes may run convolutions with other thread
+    counts, which sum in another order, so the fp16 values may differ in their last bit)."""
     with socket.socket() as probe:  # a free port: not the default 29500, which another run on this machine may hold
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -294,10 +297,14 @@ def test_two_processes_each_encode_their_shard_and_the_cache_is_byte_identical_t
     # Both processes encoded: whole batches of 3, rank 0 images 0-5, rank 1 images 6-9 (one of them unreadable).
     assert sorted(re.findall(r"rank (\d) of 2 encoded (\d+) images", stdout)) == [("0", "6"), ("1", "3")], stdout
     two = FeatureCache(tmp_path / "two" / one.folder.relative_to(tmp_path / "one"))
-    for name in ("features.npy", "valid.npy"):
-        assert (two.folder / name).read_bytes() == (one.folder / name).read_bytes(), name
+    assert (two.folder / "valid.npy").read_bytes() == (one.folder / "valid.npy").read_bytes()
     assert two.valid.tolist() == [True] * 7 + [False] + [True] * 2
     assert [entry["index"] for entry in two.invalid_images] == [7] and two.invalid_images == one.invalid_images
+    features_one, features_two = np.asarray(one.features, np.float32), np.asarray(two.features, np.float32)
+    assert features_two.shape == features_one.shape
+    assert not features_two[~two.valid].any()  # the unreadable image's row stays zero
+    # fp16 keeps 11 significant bits: a different summation order moves a value by at most a few units in its last place.
+    np.testing.assert_allclose(features_two, features_one, rtol=4e-3, atol=1e-4)
     assert sorted(p.name for p in two.folder.iterdir()) == sorted(p.name for p in one.folder.iterdir())  # no shard files left
 
 
