@@ -226,3 +226,119 @@ def test_the_scst_reward_tokenises_each_new_caption_once_in_one_java_call(monkey
     second = reward(["two dogs", "a red dog"], [1, 0])
     assert calls == [["a man's dog", "two dogs"], ["a red dog"]]
     assert first[1] == second[0] and first[0] > 0
+
+
+# --- robustness of the Java path, and the fallback ---------------------------------------------------------------
+
+
+@needs_java
+def test_java_line_breaks_inside_a_caption_do_not_shift_the_captions_after_it():
+    """pycocoevalcap replaces only "\\n"; Java also ends lines at \\r, \\x0b, \\x0c, \\u2028, \\u2029, so there every
+    later caption lands on the wrong image. Here they are spaces: the scores equal pycocoevalcap's on the text with
+    spaces instead."""
+    breaks = ["\r", "\r\n", "\x0b", "\x0c", "\u2028", "\u2029", "\n"]
+    predictions, references = random_corpus(3, 30)
+    broken = [p.replace(" ", breaks[i % len(breaks)], 1) for i, p in enumerate(predictions)]
+    broken_refs = [[r.replace(" ", breaks[(i + j) % len(breaks)], 1) for j, r in enumerate(refs)]
+                   for i, refs in enumerate(references)]
+    spaced = [p.replace(" ", "  ", 1) for p in predictions]
+    spaced_refs = [[r.replace(" ", "  ", 1) for r in refs] for refs in references]
+    ours = compute_caption_metrics(broken, broken_refs, meteor=False)
+    assert ours == pytest.approx(pycocoevalcap_scores(spaced, spaced_refs, meteor=False), abs=1e-9)
+
+
+@needs_java
+def test_empty_and_blank_predictions_score_as_empty_captions_wherever_they_are():
+    """An empty or blank prediction is an empty caption, also last in the file (where a missing final line
+    would misalign); pycocoevalcap agrees."""
+    references = [["a dog runs on the grass"], ["a cat sits on a mat"], ["a red ball"], ["two men"]]
+    for predictions in (["", "a cat sits on a mat", "a red ball", "   "], ["a dog", "", "\t", ""]):
+        ours = compute_caption_metrics(predictions, references, meteor=False)
+        assert ours == pytest.approx(pycocoevalcap_scores(predictions, references, meteor=False), abs=1e-12)
+
+
+def test_a_line_count_mismatch_from_java_is_an_error_not_a_misalignment(monkeypatch):
+    from hf_imgcap.evaluation.metric_modules.caption_metrics import tokenization
+
+    monkeypatch.setattr(tokenization, "_run_ptb_jar", lambda data, timeout: ("a dog\nruns\nextra", ""))
+    with pytest.raises(RuntimeError, match="returned 3 lines for 2 captions"):
+        tokenization.ptb_tokenize(["a dog", "runs"])
+    with pytest.raises(RuntimeError, match="returned 3 lines for 2 captions"):
+        compute_caption_metrics(["a dog"], [["runs"]], meteor=False)
+
+
+def fake_java(tmp_path, monkeypatch, script: str) -> None:
+    """Put a `java` that runs `script` first on PATH (or, with an empty script, no java at all)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if script:
+        java = bin_dir / "java"
+        java.write_text("#!/bin/sh\n" + script + "\n")
+        java.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+
+
+def test_without_java_the_approximation_is_used_and_labelled(tmp_path, monkeypatch, caplog):
+    from hf_imgcap.evaluation.caption_metrics import PTBTokenizerError, score_captions
+
+    fake_java(tmp_path, monkeypatch, "")
+    predictions, references = ["a man's dog isn't red"], [["a man's dog is not red"]]
+    with caplog.at_level(logging.WARNING):
+        result = score_captions(predictions, references)
+    assert result.tokenizer == "python" and "not comparable" in result.tokenizer_label
+    assert "NOT comparable with pycocoevalcap" in caplog.text and "Java not found on PATH" in caplog.text
+    assert result.scores == compute_caption_metrics(predictions, references, tokenizer="python")
+    with pytest.raises(PTBTokenizerError, match="Java not found on PATH"):
+        compute_caption_metrics(predictions, references, tokenizer="ptb")
+
+
+def test_a_failing_java_falls_back_with_its_error_in_the_warning(tmp_path, monkeypatch, caplog):
+    from hf_imgcap.evaluation.caption_metrics import PTBTokenizerError, score_captions
+
+    fake_java(tmp_path, monkeypatch, 'echo "Error: could not reserve heap" >&2; exit 1')
+    with caplog.at_level(logging.WARNING):
+        assert score_captions(["a dog"], [["a dog"]], meteor=False).tokenizer == "python"
+    assert "could not reserve heap" in caplog.text
+    with pytest.raises(PTBTokenizerError, match="exited with status 1: Error: could not reserve heap"):
+        compute_caption_metrics(["a dog"], [["a dog"]], meteor=False, tokenizer="ptb")
+
+
+def test_the_ptb_tokenizer_times_out(tmp_path, monkeypatch):
+    from hf_imgcap.evaluation.caption_metrics import PTBTokenizerError, ptb_tokenize
+
+    fake_java(tmp_path, monkeypatch, f"exec {shutil.which('sleep')} 60")
+    started = time.perf_counter()
+    with pytest.raises(PTBTokenizerError, match="no answer within 0.5 s"):
+        ptb_tokenize(["a dog"], timeout=0.5)
+    assert time.perf_counter() - started < 30
+
+
+@needs_java
+def test_the_java_run_writes_nothing_into_pycocoevalcap(monkeypatch):
+    """pycocoevalcap writes its temporary file next to the jar, in its installed package (maybe read-only)."""
+    from hf_imgcap.evaluation.caption_metrics import ptb_tokenize
+    from hf_imgcap.evaluation.metric_modules.caption_metrics.tokenization import stanford_jar
+
+    folder = stanford_jar().parent
+    before = sorted(p.name for p in folder.iterdir())
+    assert ptb_tokenize(["A man's dog."]) == ["a man 's dog"]
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+# --- how close the approximation is ------------------------------------------------------------------------------
+
+
+@needs_java
+def test_the_python_approximation_agrees_with_java_on_random_captions():
+    """Measured on captions from the generator above (seeds not used elsewhere): the approximation is not exact
+    (PTB has many rare rules), so it stays labelled approximate; it must still agree on nearly every caption."""
+    from hf_imgcap.evaluation.caption_metrics import approximate_ptb_tokenize, ptb_tokenize
+
+    texts = []
+    for seed in (500, 501):
+        predictions, references = random_corpus(seed, 300)
+        texts += predictions + [r for refs in references for r in refs]
+    java = ptb_tokenize(texts)
+    python = [approximate_ptb_tokenize(t) for t in texts]
+    agreement = sum(j == p for j, p in zip(java, python)) / len(texts)
+    assert agreement >= 0.995, [(t, j, p) for t, j, p in zip(texts, java, python) if j != p][:5]
