@@ -72,7 +72,10 @@ class CiderDReward:
     `reward(captions, image_indices)` scores `captions[i]` against `references[image_indices[i]]` and returns one
     float per caption (pycocoevalcap's scale: a caption equal to all its references scores about 10 × its
     n-gram rarity, a caption sharing nothing scores 0). With the scored set equal to the corpus it is exactly
-    pycocoevalcap's `Cider().compute_score` per image.
+    pycocoevalcap's `Cider().compute_score` per image, on pycocoevalcap's PTB tokenisation.
+
+    `tokenizer` is chosen once, here, as in `compute_caption_metrics` ("ptb", "python" or None: Java when it can
+    run, else the approximation with a warning); `self.tokenizer` says which one every reward uses.
     """
 
     def __init__(self, references, n: int = 4, sigma: float = 6.0, tokenizer: str | None = None):
