@@ -20,15 +20,16 @@ from nltk.translate.bleu_score import corpus_bleu
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
-from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
+from pycocoevalcap.tokenizer import ptbtokenizer
 
 from hf_imgcap.evaluation.caption_metrics import (
     METRIC_MODULE_DIR,
     METRIC_NAMES,
-    PUNCTUATION_CHARS,
+    PUNCTUATIONS,
     compute_caption_metrics,
     load_caption_metric,
     normalize_for_scoring,
+    tokenize_for_scoring,
 )
 
 from conftest import run_fresh_python
@@ -82,9 +83,10 @@ def noisy(words: list[str], rng: random.Random) -> str:
 
 
 def normalised_dicts(predictions, references):
-    """The gts/res dicts pycocoevalcap's scorers take, built from our normalisation."""
-    res = {i: [normalize_for_scoring(p)] for i, p in enumerate(predictions)}
-    gts = {i: [normalize_for_scoring(r) for r in refs] for i, refs in enumerate(references)}
+    """The gts/res dicts pycocoevalcap's scorers take, built from our tokenisation (one call for all captions)."""
+    tokens = iter(tokenize_for_scoring(list(predictions) + [r for refs in references for r in refs]))
+    res = {i: [next(tokens)] for i in range(len(predictions))}
+    gts = {i: [next(tokens) for _ in refs] for i, refs in enumerate(references)}
     return gts, res
 
 
@@ -95,8 +97,9 @@ def pycoco_bleu(predictions, references) -> list[float]:
 
 
 def nltk_bleu(predictions, references) -> list[float]:
-    hypotheses = [normalize_for_scoring(p).split() for p in predictions]
-    refs = [[normalize_for_scoring(r).split() for r in rs] for rs in references]
+    gts, res = normalised_dicts(predictions, references)
+    hypotheses = [res[i][0].split() for i in range(len(predictions))]
+    refs = [[r.split() for r in gts[i]] for i in range(len(predictions))]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a zero-match order would warn: the data must avoid that
         return corpus_bleu(refs, hypotheses, weights=NLTK_WEIGHTS)
@@ -104,42 +107,54 @@ def nltk_bleu(predictions, references) -> list[float]:
 
 def brevity_lengths(predictions, references) -> tuple[int, int]:
     """Corpus hypothesis length c and sum of closest reference lengths r (ties -> shorter)."""
+    gts, res = normalised_dicts(predictions, references)
     c = r = 0
-    for prediction, refs in zip(predictions, references):
-        n = len(normalize_for_scoring(prediction).split())
-        ref_lengths = [len(normalize_for_scoring(ref).split()) for ref in refs]
+    for i in range(len(predictions)):
+        n = len(res[i][0].split())
+        ref_lengths = [len(ref.split()) for ref in gts[i]]
         c += n
         r += min(ref_lengths, key=lambda length: (abs(length - n), length))
     return c, r
 
 
-# --- normalisation --------------------------------------------------------------------------------------------
+# --- tokenisation ---------------------------------------------------------------------------------------------
+
+# What pycocoevalcap's PTBTokenizer gives (Stanford PTB -lowerCase, then its PUNCTUATIONS dropped).
+TOKENISATION_CASES = [
+    ("A dog, running.", "a dog running"),
+    ("  A\tBROWN   dog\n", "a brown dog"),
+    ("Don't stop the dog's ball!", "do n't stop the dog 's ball"),  # clitics split
+    ("A black-and-white photo of a t-shirt.", "a black-and-white photo of a t-shirt"),
+    ("It costs 3.5 dollars... really -- yes; no: ok?", "it costs 3.5 dollars really yes no ok"),
+    # -LRB- etc. are in PUNCTUATIONS but the output is lowercased first, so the bracket tokens stay
+    ('He said "hi" to `her` (twice) {ok}', "he said hi to her -lrb- twice -rrb- -lcb- ok -rcb-"),
+    ("\u201cCurly\u201d \u2018quotes\u2019 \u2026 pre\u2013war a\u2014b", "curly quotes pre war a b"),
+    ("dog,cat -a dog-", "dog cat a dog"),
+    ("50% [box]", "50 % -lsb- box -rsb-"),  # not in PUNCTUATIONS: kept as tokens
+    ("They're here, we'll go; I've seen, she'd say, I'M ok", "they 're here we 'll go i 've seen she 'd say i 'm ok"),
+    ("10,000 dogs in the 1990s!!! Really?!", "10,000 dogs in the 1990s !!! really ?!"),  # runs are not in the list
+    ("caf\u00e9 \u6771\u4eac \U0001F600 dog", "caf\u00e9 \u6771\u4eac dog"),  # PTB deletes the emoji
+    ("line\rbreak\u2028here", "line break here"),  # Java line breaks inside a caption are spaces
+    ("...", ""),
+    ("   ", ""),
+    ("", ""),
+]
 
 
-@pytest.mark.parametrize(
-    "raw, expected",
-    [
-        ("A dog, running.", "a dog running"),
-        ("  A\tBROWN   dog\n", "a brown dog"),
-        ("Don't stop the dog's ball!", "dont stop the dogs ball"),  # PTB: "do n't ... dog 's"
-        ("A black-and-white photo of a t-shirt.", "a black-and-white photo of a t-shirt"),
-        ("It costs 3.5 dollars... really -- yes; no: ok?", "it costs 3.5 dollars really yes no ok"),
-        ('He said "hi" to `her` (twice) {ok}', "he said hi to her twice ok"),
-        ("\u201cCurly\u201d \u2018quotes\u2019 \u2026 pre\u2013war a\u2014b", "curly quotes pre war a b"),
-        ("dog,cat -a dog-", "dog cat a dog"),
-        ("50% [box]", "50% [box]"),  # not in PUNCTUATIONS: left alone
-        ("...", ""),
-        ("", ""),
-    ],
-)
-def test_normalize_for_scoring(raw, expected):
-    assert normalize_for_scoring(raw) == expected
+@pytest.mark.skipif(JAVA is None, reason="the PTB tokenizer needs Java and `java` is not on PATH")
+def test_tokenize_for_scoring_is_pycocoevalcaps_tokenisation():
+    raw = [case[0] for case in TOKENISATION_CASES]
+    assert tokenize_for_scoring(raw) == [case[1] for case in TOKENISATION_CASES]
+    assert normalize_for_scoring(raw[2]) == TOKENISATION_CASES[2][1]
 
 
-def test_punctuation_chars_cover_pycocoevalcap_list():
-    literal = {c for token in PUNCTUATIONS if not token.startswith("-") or set(token) == {"-"} for c in token}
-    assert literal <= PUNCTUATION_CHARS
-    assert set("(){}") <= PUNCTUATION_CHARS  # what -LRB- -RRB- -LCB- -RCB- stand for
+@pytest.mark.parametrize("raw, expected", TOKENISATION_CASES)
+def test_the_python_approximation_on_everyday_cases(raw, expected):
+    assert tokenize_for_scoring([raw], tokenizer="python") == [expected]
+
+
+def test_punctuations_are_pycocoevalcaps_list():
+    assert PUNCTUATIONS == frozenset(ptbtokenizer.PUNCTUATIONS)
 
 
 # --- BLEU -----------------------------------------------------------------------------------------------------
@@ -270,8 +285,9 @@ def test_meteor_java_crash(tmp_path, monkeypatch, caplog):
 
 def test_meteor_java_hang(tmp_path, monkeypatch):
     fake_java(tmp_path, monkeypatch, f"exec {shutil.which('sleep')} 60")
-    with pytest.raises(RuntimeError, match=r"METEOR failed: no answer from Java within 0.5 s"):
-        compute_caption_metrics(["a dog"], [["a dog"]], meteor=True, meteor_timeout=0.5)
+    with pytest.raises(RuntimeError, match=r"METEOR failed: no answer from Java within 0.5 s"):  # (the PTB
+        # tokenizer would hang on this java too: that is test_the_ptb_tokenizer_times_out)
+        compute_caption_metrics(["a dog"], [["a dog"]], meteor=True, meteor_timeout=0.5, tokenizer="python")
 
 
 # --- evaluate module ------------------------------------------------------------------------------------------
@@ -295,11 +311,14 @@ def test_evaluate_module_loads_offline_and_matches(monkeypatch, tmp_path):
 
     predictions, references = random_corpus(1, "mixed", n_images=8)
     expected = compute_caption_metrics(predictions, references, meteor=False)
-    assert metric.compute(predictions=predictions, references=references, meteor=False) == expected
+    tokenizer = "ptb" if JAVA else "python (approximate PTB: not comparable with published scores)"
+    assert metric.compute(predictions=predictions, references=references, meteor=False) == {**expected, "tokenizer": tokenizer}
     # the incremental API goes through the same arrow cache and _compute
     for p, refs in zip(predictions, references):
         metric.add(prediction=p, reference=refs)
-    assert metric.compute(meteor=False) == expected
+    assert metric.compute(meteor=False) == {**expected, "tokenizer": tokenizer}
+    approximate = metric.compute(predictions=predictions, references=references, meteor=False, tokenizer="python")
+    assert approximate["tokenizer"] == "python (approximate PTB: not comparable with published scores)"
 
 
 def test_evaluate_module_works_without_hf_imgcap(tmp_path):
@@ -308,7 +327,7 @@ def test_evaluate_module_works_without_hf_imgcap(tmp_path):
     folder = tmp_path / "caption_metrics"
     shutil.copytree(METRIC_MODULE_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
     predictions, references = random_corpus(2, "mixed", n_images=8)
-    predictions[0] = "A Dog's T-shirt, (red)!"  # the normalisation must travel with the module too
+    predictions[0] = "A Dog's T-shirt, (red)!"  # the tokenisation must travel with the module too
     expected = compute_caption_metrics(predictions, references, meteor=False)
     code = f"""
 import json
@@ -324,13 +343,14 @@ try:
     metric.compute(predictions=["a dog"], references=[[" ... "]], meteor=False)
     raise SystemExit("an empty reference should be refused")
 except ValueError as error:
-    assert "references[0][0] is empty after normalisation" in str(error), error
+    assert "references[0][0] is empty after tokenisation" in str(error), error
 print("RESULT" + json.dumps({{"scores": scores, "name": type(metric).__name__}}))
 """
     result = run_fresh_python(code, cwd=tmp_path, block_package=True)
     assert result.returncode == 0, result.stderr[-3000:]
     got = json.loads(result.stdout.split("RESULT", 1)[1])
     assert got["name"] == "CaptionMetrics"
+    assert got["scores"].pop("tokenizer") == ("ptb" if JAVA else got["scores"]["tokenizer"])
     assert got["scores"] == expected
 
 
@@ -341,6 +361,7 @@ def test_hf_imgcap_scores_with_the_modules_code():
     module = importlib.import_module("hf_imgcap.evaluation.metric_modules.caption_metrics.scoring")
     assert compute_caption_metrics is module.compute_caption_metrics
     assert normalize_for_scoring is module.normalize_for_scoring
+    assert tokenize_for_scoring is module.tokenize_for_scoring
 
 
 def test_metric_card_is_a_hub_metric_card():
@@ -376,10 +397,17 @@ def test_metric_card_is_a_hub_metric_card():
         (["a dog", None], [["a dog"], ["a cat"]], r"predictions\[1\] must be a str, got NoneType"),
         (["a dog"], [["a dog", 3]], r"references\[0\]\[1\] must be a str, got int"),
         (["a dog"], ["a dog"], r"references\[0\] must be a list of reference strings, got str"),
-        (["a dog"], [["a dog", " ... "]], r"references\[0\]\[1\] is empty after normalisation"),
+        (["a dog"], [["a dog", " ... "]], r"references\[0\]\[1\] is empty after tokenisation"),
+        (["a dog"], [["a dog", "\U0001F600 !"]], r"references\[0\]\[1\] is empty after tokenisation"),
+        (["a dog\ud800"], [["a dog"]], r"predictions\[0\] is not valid Unicode text"),
         ("a dog", [["a dog"]], "predictions must be a list, got str"),
     ],
 )
 def test_invalid_inputs(predictions, references, message):
     with pytest.raises(ValueError, match=message):
         compute_caption_metrics(predictions, references, meteor=False)
+
+
+def test_unknown_tokenizer_is_refused():
+    with pytest.raises(ValueError, match=r"unknown tokenizer 'moses' \(expected one of ptb, python, or None\)"):
+        compute_caption_metrics(["a dog"], [["a dog"]], meteor=False, tokenizer="moses")

@@ -4,7 +4,8 @@
 The one implementation lives beside the `evaluate` module shipped with the package
 (`metric_modules/caption_metrics/scoring.py`, used by its `caption_metrics.py`), which is self-contained so that the
 folder can be published on the Hub on its own; this module re-exports it for hf-imgcap (without importing
-`evaluate`) and loads the module as an `evaluate` metric. See `scoring.py` for the exact conventions of each score.
+`evaluate`) and loads the module as an `evaluate` metric. See `scoring.py` for the exact conventions of each score
+and `tokenization.py` for the tokenisation (pycocoevalcap's Java PTB tokenizer; a labelled approximation without Java).
 """
 
 from pathlib import Path
@@ -13,9 +14,22 @@ from hf_imgcap.evaluation.metric_modules.caption_metrics.scoring import (
     BLEU_NAMES,
     METEOR_TIMEOUT_SECONDS,
     METRIC_NAMES,
-    PUNCTUATION_CHARS,
+    CaptionScores,
     compute_caption_metrics,
     normalize_for_scoring,
+    score_captions,
+    tokenize_for_scoring,
+)
+from hf_imgcap.evaluation.metric_modules.caption_metrics.tokenization import (
+    PUNCTUATIONS,
+    PTB_TOKENIZER,
+    PYTHON_TOKENIZER,
+    TOKENIZERS,
+    PTBTokenizerError,
+    TokenizedCaptions,
+    approximate_ptb_tokenize,
+    ptb_tokenize,
+    tokenize_captions,
 )
 
 METRIC_MODULE_DIR = Path(__file__).resolve().parent / "metric_modules" / "caption_metrics"
@@ -36,8 +50,19 @@ __all__ = [
     "METEOR_TIMEOUT_SECONDS",
     "METRIC_MODULE_DIR",
     "METRIC_NAMES",
-    "PUNCTUATION_CHARS",
+    "PTB_TOKENIZER",
+    "PTBTokenizerError",
+    "PUNCTUATIONS",
+    "PYTHON_TOKENIZER",
+    "TOKENIZERS",
+    "CaptionScores",
+    "TokenizedCaptions",
+    "approximate_ptb_tokenize",
     "compute_caption_metrics",
     "load_caption_metric",
     "normalize_for_scoring",
+    "ptb_tokenize",
+    "score_captions",
+    "tokenize_captions",
+    "tokenize_for_scoring",
 ]

@@ -8,7 +8,9 @@ other samples: the "new self-critical" variant of ruotianluo/self-critical.pytor
 
 - The reward is pycocoevalcap's CIDEr-D with the document frequencies of the training references, computed once
   (ruotianluo's "coco-train-idxs"), not of the batch being scored: a caption's reward never depends on the
-  other captions of its batch. Text is normalised exactly as the evaluation does (`normalize_for_scoring`).
+  other captions of its batch. Text is tokenised exactly as the evaluation does (pycocoevalcap's PTB tokenizer on
+  Java): the references once, the captions of a step in one Java call (starting Java is the cost), each distinct
+  caption once per run.
 - Sampling is `generate(do_sample=True, num_return_sequences=k, top_k=0)` on the cached features, without
   gradient; a teacher-forced forward in train mode over the sampled ids then gives their log-probabilities.
 - After every SCST epoch the model captions the validation images; the epoch with the best validation CIDEr-D
@@ -25,13 +27,14 @@ import torch
 from pycocoevalcap.cider.cider_scorer import CiderScorer, cook_refs, cook_test
 from tqdm.auto import tqdm
 
-from hf_imgcap.evaluation.caption_metrics import normalize_for_scoring
+from hf_imgcap.evaluation.caption_metrics import PTB_TOKENIZER, approximate_ptb_tokenize, ptb_tokenize, tokenize_captions
 from hf_imgcap.evaluation.generation import evaluate_captioner
 from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import ShowAttendTellForConditionalGeneration
 
 logger = logging.getLogger("train")
 
 BASELINES = ("greedy", "mean")
+_MAX_REMEMBERED_CAPTIONS = 200_000  # tokenised captions kept by a reward (a few tens of MB)
 SCST_BEST = "scst_best"  # folder under checkpoints/ holding the selected SCST model
 
 
@@ -69,32 +72,56 @@ class CiderDReward:
     `reward(captions, image_indices)` scores `captions[i]` against `references[image_indices[i]]` and returns one
     float per caption (pycocoevalcap's scale: a caption equal to all its references scores about 10 × its
     n-gram rarity, a caption sharing nothing scores 0). With the scored set equal to the corpus it is exactly
-    pycocoevalcap's `Cider().compute_score` per image.
+    pycocoevalcap's `Cider().compute_score` per image, on pycocoevalcap's PTB tokenisation.
+
+    `tokenizer` is chosen once, here, as in `compute_caption_metrics` ("ptb", "python" or None: Java when it can
+    run, else the approximation with a warning); `self.tokenizer` says which one every reward uses.
     """
 
-    def __init__(self, references, n: int = 4, sigma: float = 6.0):
+    def __init__(self, references, n: int = 4, sigma: float = 6.0, tokenizer: str | None = None):
         self.n, self.sigma = n, sigma
-        self.references = []
+        references = list(references)
         for index, refs in enumerate(references):
             if isinstance(refs, str) or len(refs) == 0:
                 raise ValueError(f"references[{index}] must be a non-empty list of reference captions, got {refs!r}")
-            self.references.append(cook_refs([normalize_for_scoring(ref) for ref in refs], n))
-        if not self.references:
+        if not references:
             raise ValueError("CiderDReward needs the references of at least one image")
+        # Tokenised once, in one call; the tokenizer chosen here (Java, or the approximation without it) serves
+        # every later reward, so rewards never mix two tokenisations.
+        tokenized = tokenize_captions([ref for refs in references for ref in refs], tokenizer)
+        self.tokenizer = tokenized.tokenizer
+        tokens = iter(tokenized.texts)
+        self.references = [cook_refs([next(tokens) for _ in refs], n) for refs in references]
+        self._tokenized_captions: dict[str, str] = {}
         corpus = CiderScorer(n=n, sigma=sigma)
         corpus.crefs = self.references
         corpus.compute_doc_freq()
         self.document_frequency = _CorpusFrequencies(corpus.document_frequency)
         self.log_corpus_size = float(np.log(len(self.references)))
 
+    def tokenize(self, captions) -> list[str]:
+        """The scoring tokens of `captions`: the ones not seen before in one tokenizer call, the rest from memory."""
+        new = [caption for caption in dict.fromkeys(captions) if caption not in self._tokenized_captions]
+        if new:
+            if len(self._tokenized_captions) + len(new) > _MAX_REMEMBERED_CAPTIONS:
+                self._tokenized_captions.clear()
+            if self.tokenizer == PTB_TOKENIZER:
+                tokenized = ptb_tokenize(new)
+            else:
+                tokenized = [approximate_ptb_tokenize(caption) for caption in new]
+            self._tokenized_captions.update(zip(new, tokenized))
+        return [self._tokenized_captions[caption] for caption in captions]
+
     def __call__(self, captions, image_indices) -> np.ndarray:
         image_indices = [int(i) for i in image_indices]
         if len(captions) != len(image_indices):
             raise ValueError(f"got {len(captions)} captions for {len(image_indices)} image indices")
+        if not captions:
+            return np.zeros(0)
         scorer = _FixedCorpusCiderScorer(self.document_frequency, self.log_corpus_size, self.n, self.sigma)
-        scorer.ctest = [cook_test(normalize_for_scoring(caption), self.n) for caption in captions]
+        scorer.ctest = [cook_test(tokens, self.n) for tokens in self.tokenize(captions)]
         scorer.crefs = [self.references[i] for i in image_indices]
-        return np.asarray(scorer.compute_cider(), dtype=np.float64) if captions else np.zeros(0)
+        return np.asarray(scorer.compute_cider(), dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------------- the policy gradient
@@ -151,15 +178,20 @@ def scst_step(accelerator, model, optimizer, processor, reward: CiderDReward, fe
         features = torch.zeros_like(features)
     k, images = settings.num_samples, features.shape[0]
     decoding = dict(encoder_hidden_states=features, num_beams=1, max_new_tokens=settings.max_new_tokens)
-    greedy_rewards = None
+    greedy_captions, greedy_rewards = [], None
     if settings.baseline == "greedy":
         unwrapped.eval()
-        greedy = unwrapped.generate(do_sample=False, **decoding)
-        greedy_rewards = torch.as_tensor(reward(processor.batch_decode(greedy), image_indices), dtype=torch.float32)
+        greedy_captions = processor.batch_decode(unwrapped.generate(do_sample=False, **decoding))
     unwrapped.train()
     samples = unwrapped.generate(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, num_return_sequences=k, **decoding)
     sample_indices = np.repeat(np.asarray(image_indices), k)  # generate returns an image's samples consecutively
-    rewards = torch.as_tensor(reward(processor.batch_decode(samples), sample_indices), dtype=torch.float32).view(images, k)
+    # One reward call for the greedy and the sampled captions: one tokenizer run per step.
+    all_rewards = reward(greedy_captions + processor.batch_decode(samples),
+                         np.concatenate([np.asarray(image_indices)[: len(greedy_captions)], sample_indices]))
+    all_rewards = torch.as_tensor(all_rewards, dtype=torch.float32)
+    if greedy_captions:
+        greedy_rewards = all_rewards[: len(greedy_captions)]
+    rewards = all_rewards[len(greedy_captions):].view(images, k)
     advantage = (rewards - baseline_rewards(rewards, settings.baseline, greedy_rewards)).to(accelerator.device)
 
     log_probs = sampled_log_probs(model, features, samples, config.eos_token_id, config.pad_token_id)

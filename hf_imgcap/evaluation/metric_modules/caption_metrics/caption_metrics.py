@@ -8,18 +8,23 @@ Hub metric and loaded by path or Hub id::
     metric = evaluate.load("path/to/caption_metrics")  # the folder; the file name must equal the folder name
     metric.compute(predictions=["a dog runs"], references=[["a dog is running", "a brown dog runs"]])
 
-The scores come from `scoring.py` beside this file, which is also what hf-imgcap's
+The scores come from `scoring.py` and `tokenization.py` beside this file, which are also what hf-imgcap's
 `hf_imgcap.evaluation.caption_metrics` uses: one implementation.
 """
 
 import datasets
 import evaluate
 
-from .scoring import compute_caption_metrics
+from .scoring import score_captions
+
+# evaluate.load copies the local files that this script imports (not those its imports import), so every local
+# file is imported here; evaluate reads any comment on an import line as a download URL, hence none there.
+from .tokenization import TOKENIZER_LABELS
 
 _DESCRIPTION = """\
-Image-caption metrics computed with the MS COCO caption evaluation code (pycocoevalcap), on text normalised the
-COCO way (lowercase, punctuation removed) by a pure-Python tokeniser:
+Image-caption metrics computed with the MS COCO caption evaluation code (pycocoevalcap), on text tokenised as
+pycocoevalcap tokenises it (its Stanford PTB tokenizer on Java, lowercased, its punctuation list dropped; without
+Java a pure-Python approximation, flagged in the result's `tokenizer`):
 
 - bleu_1 .. bleu_4: corpus-level BLEU with the brevity penalty against the closest reference length
   ("COCO-caption BLEU"; differs from sacrebleu and from the Hub's "bleu", which uses the shortest reference);
@@ -36,8 +41,11 @@ Args:
     references (`list` of `list` of `str`): the reference captions of each image (at least one per image).
     meteor (`bool`, optional): True forces METEOR (raises if Java fails), False skips it, None (default) runs it
         when Java is on PATH.
+    tokenizer (`str`, optional): "ptb" requires the Java PTB tokenizer, "python" uses the approximation, None
+        (default) uses Java when it can run and the approximation otherwise.
 Returns:
-    `dict` with `bleu_1`, `bleu_2`, `bleu_3`, `bleu_4`, `rouge_l`, `cider` and, when computed, `meteor`.
+    `dict` with `bleu_1`, `bleu_2`, `bleu_3`, `bleu_4`, `rouge_l`, `cider` and, when computed, `meteor` (floats),
+    and `tokenizer`: "ptb" when the scores are pycocoevalcap's, otherwise a label saying they are approximate.
 Examples:
     >>> metric = evaluate.load("path/to/caption_metrics")
     >>> metric.compute(predictions=["a dog runs on the grass"],
@@ -109,5 +117,6 @@ class CaptionMetrics(evaluate.Metric):
             ],
         )
 
-    def _compute(self, predictions, references, meteor=None) -> dict:
-        return compute_caption_metrics(list(predictions), [list(refs) for refs in references], meteor=meteor)
+    def _compute(self, predictions, references, meteor=None, tokenizer=None) -> dict:
+        result = score_captions(list(predictions), [list(refs) for refs in references], meteor=meteor, tokenizer=tokenizer)
+        return {**result.scores, "tokenizer": TOKENIZER_LABELS[result.tokenizer]}

@@ -4,8 +4,11 @@
 Kept apart from `caption_metrics.py` (the `evaluate.Metric`) so that hf-imgcap scores with this code without
 importing `evaluate`; both files travel together when the folder is published or loaded with `evaluate.load`.
 
-Every number comes from pycocoevalcap's own scorers, run on text normalised by :func:`normalize_for_scoring`.
-All scores are on pycocoevalcap's 0-1 scale (CIDEr is not bounded by 1; multiply by 100 for paper tables).
+Every number comes from pycocoevalcap's own scorers, run on the text of pycocoevalcap's own tokenisation (the
+Stanford PTB tokenizer on Java, then its PUNCTUATIONS dropped; `tokenization.py`), so the scores equal what the COCO
+caption evaluation gives. Without Java a pure-Python approximation of the tokenizer is used, with a warning: those
+scores are close but NOT comparable with published ones. All scores are on pycocoevalcap's 0-1 scale (CIDEr is not
+bounded by 1; multiply by 100 for paper tables).
 
 - ``bleu_1`` .. ``bleu_4``: pycocoevalcap ``Bleu(4)``. Corpus-level BLEU (Papineni et al. 2002): clipped n-gram
   counts summed over all images, geometric mean of the 1..n precisions, brevity penalty against the sum of each
@@ -25,16 +28,17 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import re
 import shutil
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
-from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
+
+from .tokenization import TOKENIZER_LABELS, tokenize_captions
 
 logger = logging.getLogger(__name__)
 
@@ -44,53 +48,23 @@ METRIC_NAMES = (*BLEU_NAMES, "meteor", "rouge_l", "cider")
 
 METEOR_TIMEOUT_SECONDS = 600.0
 
-# --- normalisation --------------------------------------------------------------------------------------------
-
-# PUNCTUATIONS names brackets by their PTB escapes; these are the characters they stand for.
-_PTB_ESCAPES = {"-LRB-": "(", "-RRB-": ")", "-LCB-": "{", "-RCB-": "}"}
-# Characters that the Java PTBTokenizer rewrites into tokens of PUNCTUATIONS before they are dropped
-# ('"' -> `` or '', curly quotes -> ` ' `` '', ellipsis -> ..., en/em dash -> --).
-_PTB_REWRITTEN = "\"\u2018\u2019\u201c\u201d\u2026\u2013\u2014"
-PUNCTUATION_CHARS = frozenset(
-    "".join(_PTB_ESCAPES.get(token, token) for token in PUNCTUATIONS) + _PTB_REWRITTEN
-)  # ' ` . ? ! , : - ; ( ) { } plus the rewritten characters above
-
-# Apostrophes are deleted rather than turned into spaces, so "don't" stays one word ("dont").
-_APOSTROPHES = "'`\u2018\u2019"
-_DELETE_APOSTROPHES = str.maketrans("", "", _APOSTROPHES)
-# Hyphens and periods are handled by _LOOSE_HYPHEN_OR_PERIOD; everything else separates words.
-_SEPARATORS = str.maketrans({c: " " for c in PUNCTUATION_CHARS - set(_APOSTROPHES) - {"-", "."}})
-# A hyphen or period that is not between two letters/digits. PTB keeps "t-shirt" and "3.5" as single tokens.
-_LOOSE_HYPHEN_OR_PERIOD = re.compile(r"(?<![^\W_])[-.]|[-.](?![^\W_])")
+# --- tokenisation ---------------------------------------------------------------------------------------------
 
 
-def normalize_for_scoring(text: str) -> str:
-    """COCO-caption style tokenisation in pure Python: what pycocoevalcap's PTBTokenizer does, without Java.
+def tokenize_for_scoring(texts: Sequence[str], tokenizer: str | None = None) -> list[str]:
+    """The text the scores are computed on, for many captions at once (one Java process for all of them).
 
-    Steps, in order:
-
-    1. lowercase (``str.lower``);
-    2. delete apostrophes ``' ` ‘ ’`` ("don't" -> "dont", "dog's" -> "dogs");
-    3. replace by a space every other character of pycocoevalcap's ``PUNCTUATIONS`` list (``. ? ! , : ; -`` and
-       the brackets ``( ) { }`` that its ``-LRB-``/``-RRB-``/``-LCB-``/``-RCB-`` entries stand for) and the
-       characters PTB rewrites into listed tokens (``"`` and ``“ ” … – —``), EXCEPT a hyphen or period with a
-       letter or digit on both sides, which is kept ("t-shirt", "3.5");
-    4. split on whitespace and join the tokens with single spaces.
-
-    Differences from the Java ``PTBTokenizer -lowerCase`` + ``PUNCTUATIONS`` filter that pycocoevalcap runs:
-
-    - clitics are not split: PTB gives "do n't" and "dog 's", this gives "dont" and "dogs";
-    - other symbols stay attached: PTB splits "50%" -> "50 %" and "a+b" -> "a + b", this leaves them;
-    - PTB keeps the final period of abbreviations ("mr.", "u.s."); this drops it ("mr", "u.s");
-    - PTB keeps runs such as "!!!" and "yes?no" as tokens; this splits/removes them;
-    - brackets: pycocoevalcap lowercases before filtering, so "-LRB-" never matches and its output keeps
-      "-lrb-" tokens; this removes ``( ) { }`` as the list intends. Square brackets are not in the list and
-      are left untouched.
-
-    On ordinary captions (words, commas, final periods, hyphenated compounds) the two agree exactly.
+    Each caption becomes its lowercased PTB tokens minus pycocoevalcap's PUNCTUATIONS, joined by single spaces:
+    "A man's dog isn't red (really)." -> "a man 's dog is n't red -lrb- really -rrb-". `tokenizer` is "ptb"
+    (Java, exactly pycocoevalcap's; raises if it cannot run), "python" (approximate) or None (Java when it can
+    run, else the approximation with a warning); see `tokenization.py`.
     """
-    text = text.lower().translate(_DELETE_APOSTROPHES).translate(_SEPARATORS)
-    return " ".join(_LOOSE_HYPHEN_OR_PERIOD.sub(" ", text).split())
+    return tokenize_captions(list(texts), tokenizer).texts
+
+
+def normalize_for_scoring(text: str, tokenizer: str | None = None) -> str:
+    """:func:`tokenize_for_scoring` of one caption. Each call starts Java: tokenise many captions in one call."""
+    return tokenize_for_scoring([text], tokenizer)[0]
 
 
 # --- validation -----------------------------------------------------------------------------------------------
@@ -118,14 +92,29 @@ def _validate(predictions: Sequence[str], references: Sequence[Sequence[str]]) -
             )
         if not refs:
             raise ValueError(f"references[{i}] is empty: image {i} has no reference captions")
+        _check_text(prediction, f"predictions[{i}]")
         for j, ref in enumerate(refs):
             if not isinstance(ref, str):
                 raise ValueError(f"references[{i}][{j}] must be a str, got {type(ref).__name__}")
-            # An empty reference skews BLEU's closest length, makes ROUGE-L tokenise it as [""], and crashes
-            # CIDEr when every reference is empty: reject it instead of scoring it silently.
-            if not normalize_for_scoring(ref):
+            _check_text(ref, f"references[{i}][{j}]")
+
+
+def _check_text(text: str, name: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate: not text any tokenizer can read
+        raise ValueError(f"{name} is not valid Unicode text ({err.reason} at position {err.start}: {text!r})") from None
+
+
+def _check_references_have_words(references: Sequence[Sequence[str]], gts: dict[int, list[str]]) -> None:
+    # An empty reference skews BLEU's closest length, makes ROUGE-L tokenise it as [""], and crashes CIDEr when
+    # every reference is empty: reject it instead of scoring it silently.
+    for i, refs in enumerate(references):
+        for j, ref in enumerate(refs):
+            if not gts[i][j]:
                 raise ValueError(
-                    f"references[{i}][{j}] is empty after normalisation ({ref!r}): a reference needs at least one word"
+                    f"references[{i}][{j}] is empty after tokenisation ({ref!r}): a reference needs at least one "
+                    f"word (punctuation, quotes and characters the tokenizer deletes, such as emoji, do not count)"
                 )
 
 
@@ -178,12 +167,18 @@ def _meteor_score(gts: dict[int, list[str]], res: dict[int, list[str]], timeout:
     raise RuntimeError(f"METEOR failed: {reason}{detail}")
 
 
-def _meteor_text(text: str) -> str:
-    # "|||" separates fields in Meteor's stdin protocol; Meteor strips it from hypotheses only.
-    return " ".join(text.replace("|||", " ").split())
-
-
 # --- public API -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptionScores:
+    scores: dict[str, float]  # what compute_caption_metrics returns
+    tokenizer: str  # "ptb" (exactly pycocoevalcap's, COCO-comparable) or "python" (approximate)
+
+    @property
+    def tokenizer_label(self) -> str:
+        """The tokenizer as results should state it ("ptb", or "python (approximate PTB: not comparable ...)")."""
+        return TOKENIZER_LABELS[self.tokenizer]
 
 
 def compute_caption_metrics(
@@ -191,15 +186,23 @@ def compute_caption_metrics(
     references: list[list[str]],
     meteor: bool | None = None,
     *,
+    tokenizer: str | None = None,
     meteor_timeout: float = METEOR_TIMEOUT_SECONDS,
 ) -> dict[str, float]:
-    """Corpus-level COCO caption metrics for one prediction per image against that image's references.
+    """Corpus-level COCO caption metrics for one prediction per image against all of that image's references.
+
+    Equal to pycocoevalcap run the way the COCO caption evaluation runs it (its ``PTBTokenizer`` over the
+    references and the predictions, then ``Bleu(4)``, ``Meteor()``, ``Rouge()``, ``Cider()``) when Java is
+    available; see :func:`score_captions` for which tokenizer ran.
 
     Args:
         predictions: one generated caption per image. An empty string is allowed and scores as an empty caption.
-        references: for each image, a non-empty list of reference captions.
+        references: for each image, a non-empty list of reference captions (all of them: BLEU's clipping and
+            brevity penalty use every reference of the image).
         meteor: True runs METEOR (raises RuntimeError if Java fails), False skips it, None (default) runs it when
             ``shutil.which("java")`` finds Java and, if it fails, logs a warning and leaves the key out.
+        tokenizer: "ptb" forces the Java PTB tokenizer (raises if it cannot run), "python" the pure-Python
+            approximation, None (default) uses Java when it can and otherwise the approximation with a warning.
         meteor_timeout: seconds to wait for the METEOR Java process before giving up.
 
     Returns:
@@ -208,7 +211,10 @@ def compute_caption_metrics(
 
     Conventions worth knowing when comparing numbers:
 
-    - Text is normalised with :func:`normalize_for_scoring` (pure Python, so scores never depend on Java).
+    - Text is tokenised as pycocoevalcap does (:func:`tokenize_for_scoring`): PTB tokens, lowercased, minus its
+      PUNCTUATIONS ("isn't" -> "is n't", brackets kept as -lrb- / -rrb-). Captions containing characters that
+      Java reads as line breaks (``\r``, ``\u2028`` ...) score as if those were spaces; pycocoevalcap itself would
+      shift every later caption onto the wrong image.
     - pycocoevalcap adds 1e-15 / 1e-9 to n-gram counts instead of returning 0 or failing: a perfect match scores
       1 - O(1e-9), a corpus with no matching n-gram of some order gets a tiny BLEU-n rather than 0, and a corpus
       with no n-grams of order n at all (every caption shorter than n words) gets an artefact such as
@@ -218,13 +224,31 @@ def compute_caption_metrics(
       number of n-grams (0), as Papineni et al. and mteval do.
 
     Raises:
-        ValueError: mismatched lengths, no images, an image without references, an empty reference, or
-            non-string entries; the message names the index.
-        RuntimeError: ``meteor=True`` and METEOR could not be computed.
+        ValueError: mismatched lengths, no images, an image without references, a reference with no words after
+            tokenisation, non-string entries or invalid Unicode; the message names the index.
+        RuntimeError: ``meteor=True`` and METEOR could not be computed, or ``tokenizer="ptb"`` and the PTB
+            tokenizer could not run.
     """
+    return score_captions(predictions, references, meteor, tokenizer=tokenizer, meteor_timeout=meteor_timeout).scores
+
+
+def score_captions(
+    predictions: list[str],
+    references: list[list[str]],
+    meteor: bool | None = None,
+    *,
+    tokenizer: str | None = None,
+    meteor_timeout: float = METEOR_TIMEOUT_SECONDS,
+) -> CaptionScores:
+    """:func:`compute_caption_metrics` (same arguments), also saying which tokenizer ran."""
     _validate(predictions, references)
-    res = {i: [normalize_for_scoring(p)] for i, p in enumerate(predictions)}
-    gts = {i: [normalize_for_scoring(r) for r in refs] for i, refs in enumerate(references)}
+    # One tokenizer run for every caption: starting Java is the expensive part.
+    texts = list(predictions) + [ref for refs in references for ref in refs]
+    tokenized = tokenize_captions(texts, tokenizer)
+    tokens = iter(tokenized.texts)
+    res = {i: [next(tokens)] for i in range(len(predictions))}
+    gts = {i: [next(tokens) for _ in refs] for i, refs in enumerate(references)}
+    _check_references_have_words(references, gts)
 
     with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its counts and ratio
         bleu, _ = Bleu(4).compute_score(gts, res)
@@ -232,10 +256,8 @@ def compute_caption_metrics(
 
     run_meteor = shutil.which("java") is not None if meteor is None else meteor
     if run_meteor:
-        meteor_gts = {i: [_meteor_text(r) for r in refs] for i, refs in gts.items()}
-        meteor_res = {i: [_meteor_text(h) for h in hyps] for i, hyps in res.items()}
         try:
-            scores["meteor"] = _meteor_score(meteor_gts, meteor_res, meteor_timeout)
+            scores["meteor"] = _meteor_score(gts, res, meteor_timeout)
         except RuntimeError as err:
             if meteor:
                 raise
@@ -245,4 +267,4 @@ def compute_caption_metrics(
 
     scores["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
     scores["cider"] = float(Cider().compute_score(gts, res)[0])
-    return scores
+    return CaptionScores(scores, tokenized.tokenizer)

@@ -1,0 +1,100 @@
+# Copyright 2026 The hf-imgcap authors. Apache-2.0.
+"""COCO caption metrics for transformers' `Seq2SeqTrainer`, whose datasets have one row per (image, caption).
+
+A Trainer evaluation dataset usually repeats each image once per reference caption (the layout training needs).
+Scoring each row against its own caption would give every prediction ONE reference, while COCO-caption BLEU,
+METEOR, ROUGE-L and CIDEr-D score each image's caption once against ALL of its references. The helpers here group
+the rows by image first, so a Trainer reports the numbers papers report::
+
+    compute_metrics = caption_metrics_for_trainer(processor, pairs["validation"]["image_id"],
+                                                  pairs["validation"]["caption"])
+    Seq2SeqTrainer(..., eval_dataset=pairs["validation"], compute_metrics=compute_metrics)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable, Sequence
+
+import numpy as np
+
+from hf_imgcap.evaluation.caption_metrics import compute_caption_metrics
+
+logger = logging.getLogger(__name__)
+
+LABEL_PAD = -100  # what Trainer pads predictions and labels with when it concatenates batches
+
+
+def group_rows_by_image(
+    image_ids: Sequence[Hashable], predictions: Sequence[str], captions: Sequence[str]
+) -> tuple[list[str], list[list[str]]]:
+    """Rows of (image id, predicted caption, reference caption) -> one prediction and all references per image.
+
+    Images come in the order of their first row. A model captions from the image alone, so every row of an image
+    carries the same prediction; the first row's is used, and images whose rows disagree (e.g. sampled
+    generation) are counted in a warning.
+    """
+    if not len(image_ids) == len(predictions) == len(captions):
+        raise ValueError(
+            f"one image id, prediction and reference caption per row: got {len(image_ids)} image ids, "
+            f"{len(predictions)} predictions and {len(captions)} captions"
+        )
+    first_prediction: dict[Hashable, str] = {}
+    references: dict[Hashable, list[str]] = {}
+    disagreeing = set()
+    for image_id, prediction, caption in zip(image_ids, predictions, captions):
+        if image_id not in references:
+            first_prediction[image_id], references[image_id] = prediction, []
+        elif prediction != first_prediction[image_id]:
+            disagreeing.add(image_id)
+        references[image_id].append(caption)
+    if disagreeing:
+        logger.warning(
+            "%d of %d images have different predictions on different rows (e.g. image %r); each is scored with "
+            "the prediction of its first row", len(disagreeing), len(references), next(iter(disagreeing))
+        )
+    return list(first_prediction.values()), list(references.values())
+
+
+def caption_metrics_for_trainer(
+    processor,
+    image_ids: Sequence[Hashable],
+    captions: Sequence[str],
+    *,
+    meteor: bool | None = False,
+    tokenizer: str | None = None,
+) -> Callable[..., dict[str, float]]:
+    """A `compute_metrics` for `Seq2SeqTrainer(..., args=Seq2SeqTrainingArguments(predict_with_generate=True))`
+    that scores each image once against all of its references (COCO-comparable numbers).
+
+    Args:
+        processor: the model's processor; its `batch_decode` turns the generated ids into the captions users see.
+        image_ids: the image of each row of the evaluation dataset, in its order (e.g. `pairs["validation"]["image_id"]`).
+        captions: the reference caption of each row, raw text (not decoded labels: WordPiece round trips change
+            text such as "t-shirt" and "3.5", which the scores would then see).
+        meteor, tokenizer: as for :func:`compute_caption_metrics` (METEOR is off by default: it starts a JVM that
+            loads for tens of seconds).
+
+    The returned function raises ValueError when the number of predictions is not the number of rows given here
+    (it was built for another dataset).
+    """
+    image_ids, captions = list(image_ids), list(captions)
+    if len(image_ids) != len(captions):
+        raise ValueError(f"got {len(image_ids)} image ids for {len(captions)} captions: pass one of each per row")
+
+    def compute_metrics(eval_prediction) -> dict[str, float]:
+        generated = eval_prediction.predictions
+        if isinstance(generated, tuple):  # models that return more than the sequences put them first
+            generated = generated[0]
+        generated = np.asarray(generated)
+        pad = processor.tokenizer.pad_token_id
+        predictions = processor.batch_decode(np.where(generated == LABEL_PAD, pad, generated).tolist())
+        if len(predictions) != len(image_ids):
+            raise ValueError(
+                f"compute_metrics got {len(predictions)} predictions for an evaluation dataset of {len(image_ids)} "
+                f"rows: build it from the image ids and captions of the dataset being evaluated, in its order"
+            )
+        grouped_predictions, references = group_rows_by_image(image_ids, predictions, captions)
+        return compute_caption_metrics(grouped_predictions, references, meteor=meteor, tokenizer=tokenizer)
+
+    return compute_metrics
