@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Image, IterableDataset, IterableDatasetDict, LargeList, List, Value
 
 from hf_imgcap.data.caption_datasets import SPLITS, LoadReport, _decodes, _outside, normalize_caption
+from hf_imgcap.data.caption_lists import CaptionListError, parse_caption_list
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +74,31 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
     result = {}
     for split, found in names.items():
         if found is not None:
-            result[split] = split_to_captions(
-                splits[found], f"{name}/{split}", report, roots, image_column=image_column,
-                caption_column=caption_column, verify_images=verify_images, num_threads=num_threads)
+            try:
+                result[split] = split_to_captions(
+                    splits[found], f"{name}/{split}", report, roots, image_column=image_column,
+                    caption_column=caption_column, verify_images=verify_images, num_threads=num_threads)
+            except CaptionListError as error:
+                files = _text_files(source, dataset_config, revision, found) if isinstance(source, str) else []
+                origin = f" (from {', '.join(files)})" if files else ""
+                raise CaptionListError(f"{name}/{split}{origin}: {error}") from None
     return DatasetDict(_carve_missing_splits(result, name, seed, report)), report
+
+
+_TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt")
+
+
+def _text_files(source: str, dataset_config: str | None, revision: str | None, split: str) -> list[str]:
+    """The caption files (csv, jsonl, parquet, ...; not the images) `datasets` read for `split` of `source`, to name
+    them in an error; [] when they cannot be told."""
+    from datasets import load_dataset_builder
+
+    try:
+        data_files = load_dataset_builder(source, name=dataset_config, revision=revision).config.data_files or {}
+        files = [str(file) for file in data_files.get(split, [])]
+    except Exception:  # only for an error message: never hide the error being reported
+        return []
+    return [file for file in files if file.lower().endswith(_TABLE_SUFFIXES)][:5]
 
 
 def _split_names(splits: DatasetDict, source: str) -> dict[str, str | None]:
@@ -164,8 +186,10 @@ def split_to_captions(data: Dataset, where: str, report: LoadReport, roots: list
 
     groups = _group_rows_by_image(cells, paths)
     first_rows, all_captions, image_ids = [], [], []
+    lists_as_text = set()
     for rows in groups:
-        captions = [caption for row in rows for caption in _row_captions(texts, caption_names, row, where, report)]
+        captions = [caption for row in rows
+                    for caption in _row_captions(texts, caption_names, row, where, report, lists_as_text)]
         first = rows[0]
         if not captions:
             report.skip("image_without_captions", f"{where} row {first} ({paths[first] or 'no file name'}): no captions; skipped")
@@ -174,6 +198,9 @@ def split_to_captions(data: Dataset, where: str, report: LoadReport, roots: list
         all_captions.append(captions)
         given_id = ids[first] if ids is not None else None
         image_ids.append(str(given_id) if given_id is not None else paths[first] or f"{where.rsplit('/', 1)[-1]}-{first}")
+    if lists_as_text:
+        logger.info("%s: column(s) %s hold lists of captions written as text: read as lists", where,
+                    ", ".join(sorted(lists_as_text)))
     if ids is None:
         image_ids = _short_names(image_ids)
     problems = image_problems(cells, first_rows, roots, verify_images, num_threads)
@@ -255,12 +282,26 @@ def _digest(cells, row: int) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _row_captions(texts: dict, caption_names: list[str], row: int, where: str, report: LoadReport) -> list[str]:
+def _row_captions(texts: dict, caption_names: list[str], row: int, where: str, report: LoadReport,
+                  lists_as_text: set | None = None) -> list[str]:
     """The row's captions from every caption column (a string or a list of strings each), normalised; empty and
-    null ones counted and named."""
+    null ones counted and named. A string holding a list written as text (a CSV has no list type) is that list
+    (see `caption_lists`); the columns where that happened are added to `lists_as_text`."""
     captions = []
     for column in caption_names:
         value = texts[column][row]
+        if isinstance(value, str):
+            try:
+                parsed = parse_caption_list(value)
+            except CaptionListError as error:
+                raise CaptionListError(
+                    f"row {row}: column '{column}' holds {_shorten(value)}, which looks like a list of captions "
+                    f"written as text but cannot be read as one: {error}. Write the list as JSON "
+                    '(["a dog", "a cat"]), or one row per caption') from None
+            if parsed is not None:
+                value = parsed
+                if lists_as_text is not None:
+                    lists_as_text.add(column)
         items = [(column, value)] if not isinstance(value, list) else [(f"{column}[{k}]", v) for k, v in enumerate(value)]
         for label, text in items:
             caption = normalize_caption(text) if isinstance(text, str) else ""
@@ -269,6 +310,10 @@ def _row_captions(texts: dict, caption_names: list[str], row: int, where: str, r
             else:
                 report.skip("empty_caption", f"{where} row {row}: {label} is {'null' if text is None else 'empty'}; skipped")
     return captions
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 _CHECK_CHUNK = 256  # image cells decoded at a time: bounded memory for a million-image split
