@@ -61,6 +61,7 @@ class DataArguments:
     max_train_images: int | None = field(default=None, metadata={"help": "Use only the first N training images (quick runs)."})
     max_eval_images: int | None = field(default=None, metadata={"help": "Use only the first N validation and test images."})
     verify_images: bool = field(default=True, metadata={"help": "Decode every image once at load time and skip the broken ones."})
+    allow_split_overlap: bool = field(default=False, metadata={"help": "Keep validation / test images that are also in train (or test images also in validation): the same file, bytes or pixels under any name. By default they are left out of the evaluation split, counted and named in a warning, so that its scores are not inflated."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes for training batches."})
 
 
@@ -257,7 +258,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         dataset = load_caption_dataset(
             data_args.dataset, dataset_config=data_args.dataset_config, revision=data_args.revision,
             image_column=data_args.image_column, caption_column=data_args.caption_column, image_dir=data_args.image_dir,
-            seed=args.seed, verify_images=data_args.verify_images,
+            seed=args.seed, verify_images=data_args.verify_images, allow_split_overlap=data_args.allow_split_overlap,
         )
     train_split = subset(dataset["train"], data_args.max_train_images)
     val_split, test_split = subset(dataset["validation"], data_args.max_eval_images), subset(dataset["test"], data_args.max_eval_images)

@@ -125,6 +125,7 @@ def load_caption_dataset(
     seed: int = 0,
     verify_images: bool = True,
     num_threads: int = 4,
+    allow_split_overlap: bool = False,
     return_report: bool = False,
 ):
     """Load a captioning dataset as a `DatasetDict` with `train` / `validation` / `test` splits and the columns
@@ -147,9 +148,14 @@ def load_caption_dataset(
             split, or no validation split).
         verify_images: decode every image once (at reduced JPEG scale: ~1 ms each) and skip those that do
             not decode, so that no DataLoader worker meets a broken file later.
+        allow_split_overlap: keep validation / test images that are also in train (or test images also in
+            validation). By default they are left out of the later split, counted as `split_overlap` and named in a
+            warning: scores on images the model trained on are inflated. The same image is the same file, the
+            same bytes under another name, or the same pixels (see `hf_imgcap.data.split_overlap`).
         return_report: also return the `LoadReport`.
     """
     from hf_imgcap.data.any_source import load_datasets_source
+    from hf_imgcap.data.split_overlap import leave_out_split_overlap
 
     is_object = not isinstance(source, (str, Path))
     name = f"<{type(source).__name__}>" if is_object else str(source)
@@ -174,10 +180,14 @@ def load_caption_dataset(
         if verify_images:
             records = _drop_undecodable(records, report, num_threads)
         dataset = DatasetDict({split: _records_to_dataset(records[split]) for split in SPLITS})
+    dataset = leave_out_split_overlap(dataset, report, allow_split_overlap, num_threads)
     for split in SPLITS:
         if len(dataset[split]) == 0:
             hint = (" Images outside the dataset folder (e.g. behind a symlink) are refused: pass image_dir= to read "
                     "them from another folder." if report.counts["path_outside_dataset"] else "")
+            if report.counts["split_overlap"]:
+                hint += (" Images also in an earlier split are left out of the later one: pass "
+                         "allow_split_overlap=True / --allow_split_overlap to keep them.")
             raise ValueError(f"split '{split}' of {name} is empty after loading. {report.summary()}{hint}")
     logger.info(
         "%s: %s; %s", name, ", ".join(f"{s} {len(dataset[s])} images" for s in SPLITS), report.summary()
