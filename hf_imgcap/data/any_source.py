@@ -32,11 +32,12 @@ from datasets import Dataset, DatasetDict, Image, IterableDataset, IterableDatas
 
 from hf_imgcap.data.caption_datasets import SPLITS, LoadReport, _decodes, _outside, normalize_caption
 from hf_imgcap.data.caption_lists import CaptionListError, parse_caption_list
+from hf_imgcap.data.caption_table import find_caption_tables, read_caption_table
 
 logger = logging.getLogger(__name__)
 
 VALIDATION_SPLIT_NAMES = ("validation", "val", "dev", "valid")
-CAPTION_COLUMN_NAMES = ("captions", "caption", "text", "sentences")  # tried in this order when none is named
+CAPTION_COLUMN_NAMES = ("captions", "caption", "text", "sentences", "raw")  # tried in this order when none is named
 CARVED_FRACTION = 0.1  # of the train images, for each evaluation split a source lacks
 
 
@@ -47,6 +48,7 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
     captioning `DatasetDict` and the `LoadReport` of what was skipped."""
     if isinstance(source, (IterableDataset, IterableDatasetDict)):
         raise TypeError("a streaming (Iterable) dataset cannot be split and cached: load it without streaming=True")
+    tables = {}  # split -> caption table beside a folder of images (see `caption_table`), when source is that
     if isinstance(source, (Dataset, DatasetDict)):
         if dataset_config is not None or revision is not None:
             raise ValueError("dataset_config / revision choose what datasets.load_dataset reads; they do not apply "
@@ -62,14 +64,21 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
         from huggingface_hub.constants import HF_HUB_CACHE
 
         name = str(source)
-        report = LoadReport(name, "hub", split_source=f"the splits of {name}")
-        splits = load_dataset(source, name=dataset_config, revision=revision)
         local_root = Path(source) if Path(source).is_dir() else None
+        tables = find_caption_tables(local_root) if local_root is not None else {}
+        if tables:
+            report = LoadReport(name, "table", split_source=", ".join(f"{split}: {table.name}" for split, table in tables.items()))
+            splits = DatasetDict({split: read_caption_table(table, local_root, image_column) for split, table in tables.items()})
+            image_column = None  # it named the tables' column of file names, now the `image` column
+        else:
+            report = LoadReport(name, "hub", split_source=f"the splits of {name}")
+            splits = load_dataset(source, name=dataset_config, revision=revision)
         # Image cells holding a path may point inside the dataset only: its folder when local, else the files
         # `datasets` downloaded for it.
         roots = [local_root] if local_root is not None else [Path(config.HF_DATASETS_CACHE), Path(HF_HUB_CACHE)]
         if not isinstance(splits, DatasetDict):
             splits = DatasetDict({"train": splits})
+    splits = _splits_from_split_column(splits, name, report)
     names = _split_names(splits, name)
     result = {}
     for split, found in names.items():
@@ -79,7 +88,8 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
                     splits[found], f"{name}/{split}", report, roots, image_column=image_column,
                     caption_column=caption_column, verify_images=verify_images, num_threads=num_threads)
             except CaptionListError as error:
-                files = _text_files(source, dataset_config, revision, found) if isinstance(source, str) else []
+                files = ([str(tables[found])] if tables else _text_files(source, dataset_config, revision, found)
+                         ) if isinstance(source, str) else []
                 origin = f" (from {', '.join(files)})" if files else ""
                 raise CaptionListError(f"{name}/{split}{origin}: {error}") from None
     return DatasetDict(_carve_missing_splits(result, name, seed, report)), report
@@ -99,6 +109,31 @@ def _text_files(source: str, dataset_config: str | None, revision: str | None, s
     except Exception:  # only for an error message: never hide the error being reported
         return []
     return [file for file in files if file.lower().endswith(_TABLE_SUFFIXES)][:5]
+
+
+SPLIT_COLUMN = "split"
+SPLIT_VALUES = {"train": "train", "restval": "train", **{name: "validation" for name in VALIDATION_SPLIT_NAMES},
+                "test": "test"}
+
+
+def _splits_from_split_column(splits: DatasetDict, source: str, report: LoadReport) -> DatasetDict:
+    """A source with one split whose rows say their split in a `split` column (Karpathy-style annotations, a
+    metadata file with a split field): that split, not a random one. `restval` is train, as in Karpathy's files."""
+    if set(splits) != {"train"} or SPLIT_COLUMN not in splits["train"].column_names:
+        return splits
+    data = splits["train"]
+    values = data.select_columns([SPLIT_COLUMN]).to_dict()[SPLIT_COLUMN]
+    unknown = sorted({str(value) for value in values if not isinstance(value, str) or value.strip().lower() not in SPLIT_VALUES})
+    if unknown:
+        raise ValueError(f"{source}: column '{SPLIT_COLUMN}' holds {', '.join(map(repr, unknown[:10]))}, not a split "
+                         f"name ({', '.join(SPLIT_VALUES)}); fix those rows, or rename the column to split at random")
+    rows = defaultdict(list)
+    for row, value in enumerate(values):
+        rows[SPLIT_VALUES[value.strip().lower()]].append(row)
+    report.split_source = f"the '{SPLIT_COLUMN}' column of {source}"
+    logger.info("%s: splits from its '%s' column: %s", source, SPLIT_COLUMN,
+                ", ".join(f"{split} {len(rows[split])} rows" for split in SPLITS if split in rows))
+    return DatasetDict({split: data.select(rows[split]) for split in SPLITS if split in rows})
 
 
 def _split_names(splits: DatasetDict, source: str) -> dict[str, str | None]:
@@ -123,6 +158,22 @@ def _is_text_list(feature) -> bool:
     return isinstance(feature, (List, LargeList)) and _is_text(feature.feature)
 
 
+def _is_image_struct(feature) -> bool:
+    """`{bytes, path}`: an image as `datasets` stores it, in a parquet file written without its Image() feature
+    (by pandas or pyarrow)."""
+    return isinstance(feature, dict) and "bytes" in feature and set(feature) <= {"bytes", "path"}
+
+
+SENTENCE_TEXT_FIELDS = ("raw", "caption", "text", "sentence")  # the text of a sentence object, in this order
+
+
+def _sentence_text_field(feature) -> str | None:
+    """For a list of objects (Karpathy's `sentences: [{"raw": ..., "tokens": [...]}]`), the field holding the text."""
+    if not (isinstance(feature, (List, LargeList)) and isinstance(feature.feature, dict)):
+        return None
+    return next((name for name in SENTENCE_TEXT_FIELDS if _is_text(feature.feature.get(name))), None)
+
+
 def find_image_column(data: Dataset, requested: str | None, where: str) -> str:
     columns = data.column_names
     if requested is not None:
@@ -140,7 +191,8 @@ def find_image_column(data: Dataset, requested: str | None, where: str) -> str:
                              "pass image_column= / --image_column")
         name = found[0]
     feature = data.features[name]
-    if not (isinstance(feature, Image) or _is_text(feature) or feature in (Value("binary"), Value("large_binary"))):
+    if not (isinstance(feature, Image) or _is_text(feature) or feature in (Value("binary"), Value("large_binary"))
+            or _is_image_struct(feature)):
         raise ValueError(f"{where}: image column '{name}' holds {feature}, not images (an Image() feature, file "
                          "paths or encoded bytes)")
     return name
@@ -162,8 +214,12 @@ def find_caption_columns(data: Dataset, requested, where: str) -> list[str]:
                              f"{', '.join(CAPTION_COLUMN_NAMES)}; columns: {', '.join(columns)}); "
                              "pass caption_column= / --caption_column")
     for name in names:
-        if not (_is_text(data.features[name]) or _is_text_list(data.features[name])):
-            raise ValueError(f"{where}: caption column '{name}' holds {data.features[name]}, not text (a string or a "
+        feature = data.features[name]
+        if isinstance(feature, (List, LargeList)) and isinstance(feature.feature, dict) and not _sentence_text_field(feature):
+            raise ValueError(f"{where}: caption column '{name}' holds objects with the fields "
+                             f"{', '.join(sorted(feature.feature))}: none of them is the text ({', '.join(SENTENCE_TEXT_FIELDS)})")
+        if not (_is_text(feature) or _is_text_list(feature) or _sentence_text_field(feature)):
+            raise ValueError(f"{where}: caption column '{name}' holds {feature}, not text (a string or a "
                              "list of strings per row)")
     return names
 
@@ -183,6 +239,11 @@ def split_to_captions(data: Dataset, where: str, report: LoadReport, roots: list
     has_ids = "image_id" in data.column_names and image_name != "image_id"  # the source's own ids, when it has them
     ids = data.select_columns(["image_id"]).to_dict()["image_id"] if has_ids else None
     texts = data.select_columns(caption_names).to_dict()
+    for column in caption_names:  # sentence objects -> their text
+        text_field = _sentence_text_field(data.features[column])
+        if text_field is not None:
+            texts[column] = [None if sentences is None else [s.get(text_field) if isinstance(s, dict) else None for s in sentences]
+                             for sentences in texts[column]]
 
     groups = _group_rows_by_image(cells, paths)
     first_rows, all_captions, image_ids = [], [], []
@@ -201,13 +262,15 @@ def split_to_captions(data: Dataset, where: str, report: LoadReport, roots: list
     if lists_as_text:
         logger.info("%s: column(s) %s hold lists of captions written as text: read as lists", where,
                     ", ".join(sorted(lists_as_text)))
-    if ids is None:
-        image_ids = _short_names(image_ids)
     problems = image_problems(cells, first_rows, roots, verify_images, num_threads)
     for first, captions in zip(first_rows, all_captions):
         if first in problems:
             kind, reason = problems[first]
             report.skip(kind, f"{where} row {first} ({paths[first] or 'no file name'}): {reason}; its {len(captions)} captions skipped")
+    if ids is None:  # names of the images kept: one refused never makes the others' ids longer
+        kept = [k for k, first in enumerate(first_rows) if first not in problems]
+        for k, name in zip(kept, _short_names([image_ids[k] for k in kept])):
+            image_ids[k] = name
 
     # Columns are added at full length and rows selected last: `add_column` on a selection would copy the images.
     column_ids, column_captions = [""] * len(data), [[] for _ in range(len(data))]
