@@ -51,11 +51,11 @@ logger = get_logger("train")  # Accelerate's: logs once, on the main process (ma
 # ---------------------------------------------------------------------------------------------- arguments
 @dataclass
 class DataArguments:
-    dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "A Hub dataset id, a local folder datasets.load_dataset reads (imagefolder with metadata.jsonl / metadata.csv, parquet, ...), or a local Flickr8k folder (original, Kaggle or Karpathy layout). Without validation / test splits, they are carved from train (seeded, by image)."})
+    dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "A Hub dataset id, a local folder datasets.load_dataset reads (imagefolder with metadata.jsonl / metadata.csv, parquet, ...), a folder of images with a caption table (captions.csv, or train.csv / val.csv / test.csv), or a local Flickr8k folder (original, Kaggle or Karpathy layout). Splits come from the source (or its 'split' column); missing validation / test splits are carved from train (seeded, by image)."})
     dataset_config: str | None = field(default=None, metadata={"help": "Configuration (subset) name of --dataset, passed to datasets.load_dataset as name=."})
     revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of a Hub --dataset, passed to datasets.load_dataset."})
-    image_column: str | None = field(default=None, metadata={"help": "Column holding the images (default: 'image', or the only Image column)."})
-    caption_column: str | None = field(default=None, metadata={"help": "Column holding the captions: a string or a list of strings per row (default: caption_0..caption_N, else captions / caption / text / sentences)."})
+    image_column: str | None = field(default=None, metadata={"help": "Column holding the images (default: 'image', or the only Image column); for a caption table, its column of image file names (default: file_name / image / image_path / filename / ...)."})
+    caption_column: str | None = field(default=None, metadata={"help": "Column holding the captions: a string or a list of strings per row (default: caption_0..caption_N, else captions / caption / text / sentences / raw)."})
     image_dir: str | None = field(default=None, metadata={"help": "Folder of the images, if not next to the caption file."})
     cache_dir: str = field(default="~/.cache/hf_imgcap/features", metadata={"help": "Where the encoder feature cache lives (reused across runs)."})
     max_train_images: int | None = field(default=None, metadata={"help": "Use only the first N training images (quick runs)."})

@@ -1,17 +1,21 @@
 # Copyright 2026 The hf-imgcap authors. Apache-2.0.
 """Any `datasets` source as a captioning `DatasetDict`: a Hub id, a local folder `datasets.load_dataset` reads
-(`imagefolder` with `metadata.jsonl` / `metadata.csv`, parquet, ...), or a `Dataset` / `DatasetDict` object.
+(`imagefolder` with `metadata.jsonl` / `metadata.csv`, parquet, ...), a folder of images with a caption table
+imagefolder would not read (see `caption_table`), or a `Dataset` / `DatasetDict` object.
 
 Whatever the source, the result has train / validation / test splits and exactly the columns `image` (an `Image()`
 feature), `image_id` (a string) and `captions` (a list of strings):
 
-* the images come from `image_column`, else the `image` column, else the only `Image()` column;
-* the captions come from `caption_column` (a column of strings or of lists of strings; a list of names for
-  several columns), else from `caption_0..caption_N` (the `jxie/flickr8k` format), else from the first of
-  `captions` / `caption` / `text` / `sentences`;
+* the images come from `image_column`, else the `image` column, else the only `Image()` column (an `Image()`
+  feature, file paths, encoded bytes, or `{bytes, path}` structs as pandas / pyarrow write them to parquet);
+* the captions come from `caption_column` (a column of strings, of lists of strings, or of sentence objects
+  such as Karpathy's `{"raw": ..., "tokens": [...]}`; a list of names for several columns), else from
+  `caption_0..caption_N` (the `jxie/flickr8k` format), else from the first of `captions` / `caption` / `text` /
+  `sentences` / `raw`; a string cell holding a list written as text (a CSV has no lists) is that list;
 * rows that name the same image (an imagefolder `metadata.csv` with one `file_name,text` row per caption) become
   one image with all their captions, so an image is never in two splits;
-* a source without a validation and/or test split gets them carved from its train images by a seeded split.
+* a source with one split whose rows have a `split` column (train / restval / val / validation / dev / test) is
+  split by it; one without a validation and/or test split gets them carved from its train images by a seeded split.
 
 Bad rows are skipped, counted and logged in the `LoadReport` like the Flickr8k layouts': empty or null captions,
 images that are null, missing, undecodable or (for sources read from disk or the Hub) outside the dataset's files.

@@ -13,9 +13,13 @@ is any of:
     seeded split by image;
   - Karpathy: `dataset_flickr8k.json` / `dataset_flickr30k.json` / `dataset_coco.json` with its own split;
 * anything else `datasets.load_dataset` reads (a Hub id such as the default `jxie/flickr8k`, with a config name
-  and a revision; an `imagefolder` with `metadata.jsonl` / `metadata.csv`; parquet, ...), or a `Dataset` /
+  and a revision; an `imagefolder` with `metadata.jsonl` / `metadata.csv`; parquet, ...), a folder of images with
+  a caption table beside them (`captions.csv`, `train.csv` / `val.csv` / `test.csv`, ...), or a `Dataset` /
   `DatasetDict` object: see `hf_imgcap.data.any_source` for how its image and caption columns are found, rows of
   the same image grouped, and missing validation / test splits made.
+
+Whatever the source, an image that is also in an earlier split (train, then validation, then test) is left out of
+the later one, counted and named, unless `allow_split_overlap=True` (see `hf_imgcap.data.split_overlap`).
 
 Images of the Flickr8k layouts are read from inside the dataset folder only (or an `image_dir` passed
 explicitly): absolute paths, `..` and symlinks leading elsewhere are refused and counted as
@@ -135,13 +139,16 @@ def load_caption_dataset(
         source: a local folder in the original Flickr8k, Kaggle or Karpathy layout (detected from the files
             present); else anything `datasets.load_dataset` reads: a Hub dataset id (`jxie/flickr8k`,
             `user/name`), a local `imagefolder` with `metadata.jsonl` / `metadata.csv`, a parquet folder, ...;
-            or a `datasets.Dataset` (taken as the train split) / `DatasetDict` object.
+            a folder of images with a caption table (csv / tsv / jsonl) beside them; or a `datasets.Dataset`
+            (taken as the train split, or split by its `split` column) / `DatasetDict` object.
         dataset_config: the configuration (subset) name, `load_dataset(source, name=...)`.
         revision: branch, tag or commit of a Hub dataset, `load_dataset(source, revision=...)`.
-        image_column: the column holding the images (default `image`, or the only `Image()` column).
+        image_column: the column holding the images (default `image`, or the only `Image()` column); for a
+            caption table, its column of image file names (default the first of `file_name`, `image`,
+            `image_path`, `image_file`, `filename`, `image_name`, `img`, `path`, `file`).
         caption_column: the column holding the captions, a string or a list of strings per row (or a list of
             such column names); default `caption_0..caption_N`, else the first of `captions`, `caption`, `text`,
-            `sentences`.
+            `sentences`, `raw`.
         image_dir: where the images of a Flickr8k-layout folder are, if not in one of the usual folders next to
             the caption file.
         seed: seeds the split of sources that have none (Kaggle layout; a `datasets` source with only a train

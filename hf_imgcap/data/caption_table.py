@@ -54,7 +54,7 @@ def find_caption_tables(root: Path) -> dict[str, Path]:
 def _is_imagefolder_metadata(path: Path) -> bool:
     """Whether imagefolder can link this metadata file to its images (it needs a `file_name` / `*_file_name`
     column, or the plural forms); a metadata.parquet is taken as such."""
-    if path.suffix != ".csv" and path.suffix != ".jsonl":
+    if path.suffix not in (".csv", ".jsonl"):
         return True
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:

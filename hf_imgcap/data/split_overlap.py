@@ -7,11 +7,12 @@ An image is the same image as another when it is the same file, has the same byt
 metadata, the same picture as BMP, a JPEG decoded and saved as PNG). A file name alone proves nothing: split
 folders often restart their numbering, so `train/0001.jpg` and `test/0001.jpg` are usually different photos.
 
-What it costs: every image file is read and hashed once (about 2 s for 8,000 Flickr-sized JPEGs, against about
-15 s to verify them by decoding). Pixels are decoded only for images in a format other than JPEG whose size
-matches an image of another split, and for the JPEGs of the same size as such an image: never for an all-JPEG
-dataset. Two JPEG files with different bytes are taken as different images (they could decode the same only by
-differing in metadata; finding that would mean decoding every image).
+What it costs: every image file is read and hashed once (8,000 Flickr-sized JPEGs, 876 MB, on 2 busy cores: 7 s,
+against 35 s for `verify_images` to decode them in the same run). Pixels are decoded only for
+images in a format other than JPEG whose size matches an image of another split, and for the JPEGs of the same
+size as such an image: never for an all-JPEG dataset; for an all-PNG dataset of one image size, about one more
+`verify_images` pass. Two JPEG files with different bytes are taken as different images (they could decode the same
+only by differing in metadata; finding that would mean decoding every image).
 """
 
 import hashlib  # sha256: hardware-accelerated on most CPUs (SHA-NI, ARMv8), faster than blake2b there
