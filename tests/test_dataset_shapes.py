@@ -187,3 +187,9 @@ def test_a_caption_table_cannot_reach_images_outside_the_dataset_folder(tmp_path
     with caplog.at_level(logging.WARNING):
         dataset, report = load_caption_dataset(str(root), return_report=True)
     assert captions_by_id(dataset) == expected and report.counts["path_outside_dataset"] == 2
+
+
+def test_a_caption_table_folder_refuses_dataset_config_and_revision(tmp_path):
+    write_caption_table(tmp_path / "mine", scenes(4, seed=51))
+    with pytest.raises(ValueError, match=r"captions.csv.*dataset_config / revision"):
+        load_caption_dataset(str(tmp_path / "mine"), revision="v2")

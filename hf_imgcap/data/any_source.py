@@ -70,6 +70,9 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
         name = str(source)
         local_root = Path(source) if Path(source).is_dir() else None
         tables = find_caption_tables(local_root) if local_root is not None else {}
+        if tables and (dataset_config is not None or revision is not None):
+            raise ValueError(f"{name} is a folder of images with caption table(s) ({', '.join(t.name for t in tables.values())}): "
+                             "dataset_config / revision choose what datasets.load_dataset reads and do not apply")
         if tables:
             report = LoadReport(name, "table", split_source=", ".join(f"{split}: {table.name}" for split, table in tables.items()))
             splits = DatasetDict({split: read_caption_table(table, local_root, image_column) for split, table in tables.items()})
@@ -99,7 +102,7 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
     return DatasetDict(_carve_missing_splits(result, name, seed, report)), report
 
 
-_TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt")
+_CAPTION_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt")
 
 
 def _text_files(source: str, dataset_config: str | None, revision: str | None, split: str) -> list[str]:
@@ -112,7 +115,7 @@ def _text_files(source: str, dataset_config: str | None, revision: str | None, s
         files = [str(file) for file in data_files.get(split, [])]
     except Exception:  # only for an error message: never hide the error being reported
         return []
-    return [file for file in files if file.lower().endswith(_TABLE_SUFFIXES)][:5]
+    return [file for file in files if file.lower().endswith(_CAPTION_FILE_SUFFIXES)][:5]
 
 
 SPLIT_COLUMN = "split"
@@ -130,7 +133,7 @@ def _splits_from_split_column(splits: DatasetDict, source: str, report: LoadRepo
     unknown = sorted({str(value) for value in values if not isinstance(value, str) or value.strip().lower() not in SPLIT_VALUES})
     if unknown:
         raise ValueError(f"{source}: column '{SPLIT_COLUMN}' holds {', '.join(map(repr, unknown[:10]))}, not a split "
-                         f"name ({', '.join(SPLIT_VALUES)}); fix those rows, or rename the column to split at random")
+                         f"name ({', '.join(SPLIT_VALUES)}); fix those rows, or rename the column (the splits are then made at random)")
     rows = defaultdict(list)
     for row, value in enumerate(values):
         rows[SPLIT_VALUES[value.strip().lower()]].append(row)

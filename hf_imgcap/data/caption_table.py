@@ -71,7 +71,7 @@ def _is_imagefolder_metadata(path: Path) -> bool:
 
 def _has_images(root: Path) -> bool:
     extensions = _image_extensions()
-    return any(path.suffix.lower() in extensions for path in root.rglob("*") if path.is_file())
+    return any(path.suffix.lower() in extensions and path.is_file() for path in root.rglob("*"))
 
 
 def _image_extensions() -> set[str]:
@@ -89,7 +89,7 @@ def read_caption_table(table: Path, root: Path, image_column: str | None = None)
     except Exception as error:  # any parse error of the file: say which file, with the library's reason
         raise ValueError(f"{table}: cannot read it as a caption table ({type(error).__name__}: {error})") from error
     column = _image_path_column(data, image_column, table)
-    paths = _resolve_image_paths(data[column], table.parent, root)
+    paths = _resolve_image_paths(data.select_columns([column]).to_dict()[column], table.parent, root)
     logger.info("%s: captions from %s, images named in its column '%s'", root, table.name, column)
     # The names are replaced by the resolved paths; another column called `image` (not the one read) would clash.
     data = data.remove_columns([column] + [name for name in ("image",) if name in data.column_names and name != column])
