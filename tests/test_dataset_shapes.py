@@ -193,3 +193,18 @@ def test_a_caption_table_folder_refuses_dataset_config_and_revision(tmp_path):
     write_caption_table(tmp_path / "mine", scenes(4, seed=51))
     with pytest.raises(ValueError, match=r"captions.csv.*dataset_config / revision"):
         load_caption_dataset(str(tmp_path / "mine"), revision="v2")
+
+
+@pytest.mark.parametrize("delimiter", ["| ", ";", "\t"])
+def test_a_caption_table_with_another_delimiter(tmp_path, delimiter):
+    """Kaggle's Flickr30k `results.csv` is `image_name| comment_number| comment`; Excel in many locales writes `;`."""
+    pairs = scenes(12, seed=52)
+    root = tmp_path / "flickr30k"
+    (root / "flickr30k_images").mkdir(parents=True)
+    lines = [delimiter.join(["image_name", "comment_number", "comment"])]
+    for k, (image, captions) in enumerate(pairs):
+        image.save(root / "flickr30k_images" / f"{k}.jpg")
+        lines += [delimiter.join([f"{k}.jpg", str(i), caption]) for i, caption in enumerate(captions)]
+    (root / "results.csv").write_text("\n".join(lines) + "\n")
+    dataset = load_caption_dataset(str(root), caption_column="comment")
+    assert captions_by_id(dataset) == {f"{k}.jpg": captions for k, (_, captions) in enumerate(pairs)}

@@ -83,7 +83,7 @@ def read_caption_table(table: Path, root: Path, image_column: str | None = None)
     from datasets import load_dataset
 
     builder = TABLE_SUFFIXES[table.suffix.lower()]
-    options = {"delimiter": "\t"} if table.suffix.lower() == ".tsv" else {}
+    options = _csv_options(table) if builder == "csv" else {}
     try:
         data = load_dataset(builder, data_files=str(table), split="train", **options)
     except Exception as error:  # any parse error of the file: say which file, with the library's reason
@@ -94,6 +94,23 @@ def read_caption_table(table: Path, root: Path, image_column: str | None = None)
     # The names are replaced by the resolved paths; another column called `image` (not the one read) would clash.
     data = data.remove_columns([column] + [name for name in ("image",) if name in data.column_names and name != column])
     return data.add_column("image", paths, feature=Value("string")).cast_column("image", Image())
+
+
+CSV_DELIMITERS = ",\t|;"
+
+
+def _csv_options(table: Path) -> dict:
+    """The delimiter of a CSV / TSV caption table, told from its header line: a comma unless the header has none
+    and has exactly one of tab, `|` (Kaggle's Flickr30k `results.csv`) or `;` (Excel in many locales). Spaces
+    after a delimiter (`image_name| comment`) are not part of the names or values."""
+    try:
+        with open(table, encoding="utf-8-sig", errors="replace") as handle:
+            header = handle.readline()
+    except OSError:
+        header = ""
+    others = [delimiter for delimiter in CSV_DELIMITERS[1:] if delimiter in header]
+    delimiter = "\t" if table.suffix.lower() == ".tsv" else others[0] if "," not in header and len(others) == 1 else ","
+    return {"delimiter": delimiter, "skipinitialspace": True}
 
 
 def _image_path_column(data: Dataset, requested: str | None, table: Path) -> str:
