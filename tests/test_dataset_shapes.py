@@ -208,3 +208,44 @@ def test_a_caption_table_with_another_delimiter(tmp_path, delimiter):
     (root / "results.csv").write_text("\n".join(lines) + "\n")
     dataset = load_caption_dataset(str(root), caption_column="comment")
     assert captions_by_id(dataset) == {f"{k}.jpg": captions for k, (_, captions) in enumerate(pairs)}
+
+
+def write_coco(root, pairs, splits):
+    """The COCO captions release: `annotations/captions_<split>2017.json` ({images: [{id, file_name}], annotations:
+    [{image_id, id, caption}]}) next to `train2017/`, `val2017/`, and other annotation files that hold no captions."""
+    (root / "annotations").mkdir(parents=True)
+    expected = {}
+    for split, rows in splits.items():
+        (root / f"{split}2017").mkdir()
+        images, annotations = [], []
+        for k in rows:
+            name = f"{k:012d}.jpg"
+            pairs[k][0].save(root / f"{split}2017" / name)
+            images.append({"id": 1000 + k, "file_name": name, "height": 48, "width": 48})
+            annotations += [{"image_id": 1000 + k, "id": 10 * k + i, "caption": c} for i, c in enumerate(pairs[k][1])]
+            expected[name] = pairs[k][1]
+        (root / "annotations" / f"captions_{split}2017.json").write_text(
+            json.dumps({"info": {}, "licenses": [], "images": images, "annotations": annotations}))
+        (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps({"images": images, "annotations": []}))
+    return expected
+
+
+def test_the_coco_captions_release(tmp_path):
+    pairs = scenes(24, seed=53)
+    expected = write_coco(tmp_path / "coco", pairs, {"train": range(20), "val": range(20, 24)})
+    dataset, report = load_caption_dataset(str(tmp_path / "coco"), return_report=True)
+    assert captions_by_id(dataset) == {name: captions for name, captions in expected.items()}
+    assert sorted(dataset["validation"]["image_id"]) == [f"{k:012d}.jpg" for k in range(20, 24)]
+    assert len(dataset["test"]) == 2 and len(dataset["train"]) == 18  # COCO has no test captions: carved from train
+    assert not report.counts
+
+
+def test_coco_annotations_of_missing_images_are_counted(tmp_path, caplog):
+    pairs = scenes(24, seed=54)
+    root = tmp_path / "coco"
+    expected = write_coco(root, pairs, {"train": range(20), "val": range(20, 24)})
+    (root / "train2017" / f"{3:012d}.jpg").unlink()
+    with caplog.at_level(logging.WARNING):
+        dataset, report = load_caption_dataset(str(root), return_report=True)
+    assert f"{3:012d}.jpg" not in captions_by_id(dataset) and len(captions_by_id(dataset)) == 23
+    assert report.counts and f"{3:012d}.jpg" in caplog.text

@@ -14,7 +14,8 @@ is any of:
   - Karpathy: `dataset_flickr8k.json` / `dataset_flickr30k.json` / `dataset_coco.json` with its own split;
 * anything else `datasets.load_dataset` reads (a Hub id such as the default `jxie/flickr8k`, with a config name
   and a revision; an `imagefolder` with `metadata.jsonl` / `metadata.csv`; parquet, ...), a folder of images with
-  a caption table beside them (`captions.csv`, `train.csv` / `val.csv` / `test.csv`, ...), or a `Dataset` /
+  a caption table beside them (`captions.csv`, `train.csv` / `val.csv` / `test.csv`, ...; COCO's
+  `annotations/captions_*.json`), or a `Dataset` /
   `DatasetDict` object: see `hf_imgcap.data.any_source` for how its image and caption columns are found, rows of
   the same image grouped, and missing validation / test splits made.
 
@@ -139,7 +140,8 @@ def load_caption_dataset(
         source: a local folder in the original Flickr8k, Kaggle or Karpathy layout (detected from the files
             present); else anything `datasets.load_dataset` reads: a Hub dataset id (`jxie/flickr8k`,
             `user/name`), a local `imagefolder` with `metadata.jsonl` / `metadata.csv`, a parquet folder, ...;
-            a folder of images with a caption table (csv / tsv / jsonl) beside them; or a `datasets.Dataset`
+            a folder of images with a caption table (csv / tsv / jsonl, or COCO's `captions_*.json`) beside
+            them; or a `datasets.Dataset`
             (taken as the train split, or split by its `split` column) / `DatasetDict` object.
         dataset_config: the configuration (subset) name, `load_dataset(source, name=...)`.
         revision: branch, tag or commit of a Hub dataset, `load_dataset(source, revision=...)`.

@@ -2,7 +2,8 @@
 """A folder of images with a caption table beside them that `datasets`' imagefolder would not read: a CSV / TSV /
 JSON Lines file under another name than `metadata.*` (`captions.csv`, `annotations.csv`, Kaggle-style
 `image,caption`; or one per split: `train.csv`, `val.csv`, `test.csv`), or a `metadata.csv` without the
-`file_name` column imagefolder needs.
+`file_name` column imagefolder needs; or the COCO captions release (`annotations/captions_train2017.json`,
+`captions_val2017.json` beside `train2017/`, `val2017/`).
 
 The table is read with `datasets` (its csv / json builders); its image column holds paths relative to the table,
 or bare file names of images anywhere in the folder (Kaggle's `captions.txt` names `1000268201.jpg` that lives in
@@ -14,10 +15,11 @@ honoured, bad rows counted.
 import csv
 import json
 import logging
+import re
 from collections import defaultdict
 from pathlib import Path
 
-from datasets import Dataset, Image, Value
+from datasets import Dataset, Features, Image, List, Value
 from PIL import Image as PILImage
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,9 @@ def find_caption_tables(root: Path) -> dict[str, Path]:
     whose tables are ambiguous."""
     if any(_is_imagefolder_metadata(path) for name in METADATA_NAMES for path in root.rglob(name)):
         return {}
+    coco = _coco_caption_files(root)
+    if coco:
+        return coco
     tables = sorted(path for path in root.iterdir() if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES)
     if not tables or not _has_images(root):
         return {}
@@ -82,6 +87,8 @@ def read_caption_table(table: Path, root: Path, image_column: str | None = None)
     """The table as a `Dataset` whose `image` column is an `Image()` feature over the image files it names."""
     from datasets import load_dataset
 
+    if table.suffix.lower() == ".json":
+        return read_coco_captions(table, root)
     builder = TABLE_SUFFIXES[table.suffix.lower()]
     options = _csv_options(table) if builder == "csv" else {}
     try:
@@ -162,3 +169,57 @@ def _is_file(path: Path) -> bool:
         return path.is_file()
     except OSError:
         return False
+
+
+# ---------------------------------------------------------------------------------------------- COCO
+def _coco_caption_files(root: Path) -> dict[str, Path]:
+    """split -> `captions_<split><year>.json` of the COCO release (in the folder or its `annotations/`), by the
+    split its name says (`captions_val2017.json` -> validation)."""
+    by_split = defaultdict(list)
+    for file in sorted(root.glob("captions_*.json")) + sorted(root.glob("annotations/captions_*.json")):
+        words = [word for word in re.split(r"[^a-z]+", file.stem.lower()) if word]
+        split = next((TABLE_SPLIT_NAMES[word] for word in words if word in TABLE_SPLIT_NAMES), None)
+        if split is not None:
+            by_split[split].append(file)
+    several = {split: files for split, files in by_split.items() if len(files) > 1}
+    if several:
+        listed = "; ".join(f"{split}: {', '.join(file.name for file in files)}" for split, files in several.items())
+        raise ValueError(f"{root}: several COCO caption files for one split ({listed}); keep one per split")
+    return {split: files[0] for split, files in by_split.items()} if "train" in by_split else {}
+
+
+def read_coco_captions(file: Path, root: Path) -> Dataset:
+    """A COCO captions file ({images: [{id, file_name}], annotations: [{image_id, caption}]}) as one row per image
+    with all its captions, the images found by file name under `root` (COCO keeps them in `train2017/` ...)."""
+    images, annotations = _coco_tables(file)
+    captions = defaultdict(list)
+    orphans = []
+    known = {image.get("id") for image in images if isinstance(image, dict)}
+    for annotation in annotations:
+        image_id = annotation.get("image_id") if isinstance(annotation, dict) else None
+        if image_id in known:
+            captions[image_id].append(annotation.get("caption"))
+        else:
+            orphans.append(annotation)
+    if orphans:
+        logger.warning("%s: %d annotations name no image of its 'images' list (e.g. %s); their captions are not used",
+                       file, len(orphans), str(orphans[0])[:120])
+    names = [image.get("file_name") if isinstance(image, dict) else None for image in images]
+    rows = {
+        "image": _resolve_image_paths(names, file.parent, root),
+        "captions": [captions.get(image.get("id"), []) if isinstance(image, dict) else [] for image in images],
+    }
+    logger.info("%s: captions from %s (%d images, %d annotations)", root, file.name, len(images), len(annotations))
+    features = Features({"image": Value("string"), "captions": List(Value("string"))})
+    return Dataset.from_dict(rows, features=features).cast_column("image", Image())
+
+
+def _coco_tables(file: Path) -> tuple[list, list]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8-sig"))
+        images, annotations = data["images"], data["annotations"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as error:
+        raise ValueError(f"{file}: not a COCO captions file ({type(error).__name__}: {error})") from None
+    if not isinstance(images, list) or not isinstance(annotations, list):
+        raise ValueError(f"{file}: not a COCO captions file ('images' and 'annotations' must be lists)")
+    return images, annotations
