@@ -175,3 +175,23 @@ def test_a_jpeg_decoded_and_saved_as_png_is_the_same_image(tmp_path):
     (root / "test" / names["test"][1]).write_bytes(save(decoded, "PNG"))  # a PNG under a .jpg name: Pillow reads it
     dataset = load_caption_dataset(str(root))
     assert all_ids(dataset)["test"] == [names["test"][0]]
+
+
+def test_the_same_image_id_given_by_the_source_is_the_same_image(tmp_path, caplog):
+    """A source with its own `image_id` column (COCO ids, ...): the same id in train and test is the same photo, even
+    re-encoded (other bytes, other pixels). Ids the loader makes from file names prove nothing (see above)."""
+    pairs = scenes(14, seed=37)
+
+    def split(rows, quality=75):
+        return datasets.Dataset.from_dict(
+            {"image": [{"bytes": save(pairs[k][0], "JPEG", quality=quality), "path": None} for k in rows],
+             "image_id": [f"coco_{k}" for k in rows], "captions": [pairs[k][1] for k in rows]},
+            features=datasets.Features({"image": datasets.Image(), "image_id": datasets.Value("string"),
+                                        "captions": datasets.List(datasets.Value("string"))}))
+
+    # Test's second image is train's coco_1 re-encoded at another quality: other bytes, other pixels, same id.
+    source = datasets.DatasetDict({"train": split(range(10)), "validation": split([10, 11]), "test": split([12, 1], quality=40)})
+    with caplog.at_level(logging.WARNING):
+        dataset, report = load_caption_dataset(source, return_report=True)
+    assert dataset["test"]["image_id"] == ["coco_12"] and report.counts["split_overlap"] == 1
+    assert "coco_1 (= train coco_1)" in caplog.text

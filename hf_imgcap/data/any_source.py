@@ -245,6 +245,7 @@ def split_to_captions(data: Dataset, where: str, report: LoadReport, roots: list
     paths = _cell_paths(cells)
     has_ids = "image_id" in data.column_names and image_name != "image_id"  # the source's own ids, when it has them
     ids = data.select_columns(["image_id"]).to_dict()["image_id"] if has_ids else None
+    report.image_ids_from_source |= has_ids
     texts = data.select_columns(caption_names).to_dict()
     for column in caption_names:  # sentence objects -> their text
         text_field = _sentence_text_field(data.features[column])

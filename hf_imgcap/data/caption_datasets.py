@@ -71,6 +71,7 @@ class LoadReport:
     source: str
     layout: str
     split_source: str = ""  # where the train / validation / test membership came from
+    image_ids_from_source: bool = False  # the source named its images (an image_id column), not the loader
     counts: Counter = field(default_factory=Counter)
     messages: list = field(default_factory=list)  # the logged ones: the first MAX_LOGGED_PER_KIND of each kind
     _logged: Counter = field(default_factory=Counter, init=False, repr=False, compare=False)
@@ -160,7 +161,8 @@ def load_caption_dataset(
         allow_split_overlap: keep validation / test images that are also in train (or test images also in
             validation). By default they are left out of the later split, counted as `split_overlap` and named in a
             warning: scores on images the model trained on are inflated. The same image is the same file, the
-            same bytes under another name, or the same pixels (see `hf_imgcap.data.split_overlap`).
+            same bytes under another name, the same pixels, or the same `image_id` when the source gives its own
+            (see `hf_imgcap.data.split_overlap`).
         return_report: also return the `LoadReport`.
     """
     from hf_imgcap.data.any_source import load_datasets_source
