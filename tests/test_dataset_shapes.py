@@ -249,3 +249,16 @@ def test_coco_annotations_of_missing_images_are_counted(tmp_path, caplog):
         dataset, report = load_caption_dataset(str(root), return_report=True)
     assert f"{3:012d}.jpg" not in captions_by_id(dataset) and len(captions_by_id(dataset)) == 23
     assert report.counts and f"{3:012d}.jpg" in caplog.text
+
+
+def test_a_karpathy_split_file_under_another_name(tmp_path):
+    """Karpathy's format is shared under many names (`flickr8k_karpathy.json`, `coco_karpathy.json`, ...)."""
+    from hf_imgcap.data.synthetic import write_synthetic_flickr8k
+
+    root = write_synthetic_flickr8k(tmp_path / "k", layout="karpathy", num_train=8, num_val=2, num_test=2, image_size=32)
+    reference = load_caption_dataset(str(root))
+    (root / "dataset_flickr8k.json").rename(root / "karpathy_flickr8k.json")
+    (root / "notes.json").write_text(json.dumps({"about": "not captions"}))
+    renamed, report = load_caption_dataset(str(root), return_report=True)
+    assert report.layout == "karpathy" and "karpathy_flickr8k.json" in report.split_source
+    assert all(renamed[split]["image_id"] == reference[split]["image_id"] for split in SPLITS)

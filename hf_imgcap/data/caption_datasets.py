@@ -11,7 +11,8 @@ is any of:
   - Kaggle: `Images/`, `captions.txt` (CSV `image,caption`); the official split files of the text release when
     they sit beside `captions.txt` (or one folder down, e.g. `Flickr8k_text/`, or in the folder above), else a
     seeded split by image;
-  - Karpathy: `dataset_flickr8k.json` / `dataset_flickr30k.json` / `dataset_coco.json` with its own split;
+  - Karpathy: `dataset_flickr8k.json` / `dataset_flickr30k.json` / `dataset_coco.json` (or the same format under
+    another name) with its own split;
 * anything else `datasets.load_dataset` reads (a Hub id such as the default `jxie/flickr8k`, with a config name
   and a revision; an `imagefolder` with `metadata.jsonl` / `metadata.csv`; parquet, ...), a folder of images with
   a caption table beside them (`captions.csv`, `train.csv` / `val.csv` / `test.csv`, ...; COCO's
@@ -210,10 +211,30 @@ def detect_layout(root: Path) -> str | None:
     """`flickr8k`, `kaggle` or `karpathy` from the files in `root` (or one folder down), else None."""
     if _find(root, "Flickr8k.token.txt"):
         return "flickr8k"
-    if _find(root, "dataset_*.json"):
+    if find_karpathy_json(root):
         return "karpathy"
     if _find(root, "captions.txt"):
         return "kaggle"
+    return None
+
+
+_KARPATHY_PEEK_BYTES = 1 << 16  # the first image entry is well inside this
+
+
+def find_karpathy_json(root: Path) -> Path | None:
+    """Karpathy's split file: `dataset_*.json` (or one folder down), else a top-level `*.json` under another name
+    whose start has the format's keys (`images`, `sentences`, `split`): it is shared under many names."""
+    named = _find(root, "dataset_*.json")
+    if named is not None:
+        return named
+    for candidate in sorted(root.glob("*.json")):
+        try:
+            with open(candidate, "rb") as handle:
+                start = handle.read(_KARPATHY_PEEK_BYTES)
+        except OSError:
+            continue
+        if all(key in start for key in (b'"images"', b'"sentences"', b'"split"', b'"filename"')):
+            return candidate
     return None
 
 
@@ -551,7 +572,7 @@ def _karpathy_captions(sentences: list, where: str, filename: str, report: LoadR
 
 
 def _read_karpathy(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
-    json_file = _find(root, "dataset_*.json")
+    json_file = find_karpathy_json(root)
     report.split_source = f"the 'split' field of {json_file}"
     return read_karpathy_json(json_file, root, image_dir, report)
 
