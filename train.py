@@ -51,16 +51,17 @@ logger = get_logger("train")  # Accelerate's: logs once, on the main process (ma
 # ---------------------------------------------------------------------------------------------- arguments
 @dataclass
 class DataArguments:
-    dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "A Hub dataset id, a local folder datasets.load_dataset reads (imagefolder with metadata.jsonl / metadata.csv, parquet, ...), or a local Flickr8k folder (original, Kaggle or Karpathy layout). Without validation / test splits, they are carved from train (seeded, by image)."})
+    dataset: str = field(default=DEFAULT_DATASET, metadata={"help": "A Hub dataset id, a local folder datasets.load_dataset reads (imagefolder with metadata.jsonl / metadata.csv, parquet, ...), a folder of images with a caption table (captions.csv, or train.csv / val.csv / test.csv; COCO's annotations/captions_*.json), or a local Flickr8k folder (original, Kaggle or Karpathy layout). Splits come from the source (or its 'split' column); missing validation / test splits are carved from train (seeded, by image)."})
     dataset_config: str | None = field(default=None, metadata={"help": "Configuration (subset) name of --dataset, passed to datasets.load_dataset as name=."})
     revision: str | None = field(default=None, metadata={"help": "Branch, tag or commit of a Hub --dataset, passed to datasets.load_dataset."})
-    image_column: str | None = field(default=None, metadata={"help": "Column holding the images (default: 'image', or the only Image column)."})
-    caption_column: str | None = field(default=None, metadata={"help": "Column holding the captions: a string or a list of strings per row (default: caption_0..caption_N, else captions / caption / text / sentences)."})
+    image_column: str | None = field(default=None, metadata={"help": "Column holding the images (default: 'image', or the only Image column); for a caption table, its column of image file names (default: file_name / image / image_path / filename / ...)."})
+    caption_column: str | None = field(default=None, metadata={"help": "Column holding the captions: a string or a list of strings per row (default: caption_0..caption_N, else captions / caption / text / sentences / raw)."})
     image_dir: str | None = field(default=None, metadata={"help": "Folder of the images, if not next to the caption file."})
     cache_dir: str = field(default="~/.cache/hf_imgcap/features", metadata={"help": "Where the encoder feature cache lives (reused across runs)."})
     max_train_images: int | None = field(default=None, metadata={"help": "Use only the first N training images (quick runs)."})
     max_eval_images: int | None = field(default=None, metadata={"help": "Use only the first N validation and test images."})
     verify_images: bool = field(default=True, metadata={"help": "Decode every image once at load time and skip the broken ones."})
+    allow_split_overlap: bool = field(default=False, metadata={"help": "Keep validation / test images that are also in train (or test images also in validation): the same file, bytes or pixels under any name. By default they are left out of the evaluation split, counted and named in a warning, so that its scores are not inflated."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes for training batches."})
 
 
@@ -257,7 +258,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         dataset = load_caption_dataset(
             data_args.dataset, dataset_config=data_args.dataset_config, revision=data_args.revision,
             image_column=data_args.image_column, caption_column=data_args.caption_column, image_dir=data_args.image_dir,
-            seed=args.seed, verify_images=data_args.verify_images,
+            seed=args.seed, verify_images=data_args.verify_images, allow_split_overlap=data_args.allow_split_overlap,
         )
     train_split = subset(dataset["train"], data_args.max_train_images)
     val_split, test_split = subset(dataset["validation"], data_args.max_eval_images), subset(dataset["test"], data_args.max_eval_images)

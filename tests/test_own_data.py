@@ -380,3 +380,103 @@ def test_the_readme_trainer_recipe_trains_on_a_loaded_imagefolder(tmp_path):
     trainer.train()
     assert trainer.state.global_step == 2
     assert any(not (p.detach() == before[name]).all() for name, p in model.named_parameters() if name in before)
+
+
+# ---------------------------------------------------------------------------------------------- a list of captions as text
+# Captions with the characters that make writing a list as text tricky: apostrophes, double quotes, commas, brackets.
+AWKWARD_CAPTIONS = ["a man's dog runs", 'he says "sit" to the dog', "a dog, a cat, and a bird", "a dog [left] and a cat"]
+
+
+def write_caption_list_csv(folder, count, write_cell, seed=20):
+    """An imagefolder whose metadata.csv has one row per image and its captions in one cell, written by
+    `write_cell(list of captions)`. Returns {file name: captions}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    expected = {}
+    for index, (image, captions) in enumerate(scenes(count, seed=seed)):
+        name = f"img_{index:03d}.jpg"
+        image.save(folder / name)
+        expected[name] = AWKWARD_CAPTIONS[index % 2 :] + captions[:2]
+    write_metadata(folder, [{"file_name": name, "captions": write_cell(captions)} for name, captions in expected.items()], "csv")
+    return expected
+
+
+def numpy_repr(captions):
+    """What pandas writes for a list column read from parquet (a numpy array per cell): no commas, long rows wrapped."""
+    import numpy as np
+
+    return str(np.array(captions, dtype=object))
+
+
+def loaded_captions(dataset):
+    return {row_id: captions for split in dataset.values() for row_id, captions in zip(split["image_id"], split["captions"])}
+
+
+@pytest.mark.parametrize("write_cell", [json.dumps, str, numpy_repr], ids=["json", "python_literal", "numpy_repr"])
+def test_a_csv_cell_holding_a_list_of_captions_is_read_as_several_captions(tmp_path, write_cell):
+    """`metadata.csv` with one row per image: the list written as JSON, as Python writes it (what `df.to_csv` of a
+    list column gives) or as numpy writes it (`df.to_csv` of a list column read from parquet)."""
+    expected = write_caption_list_csv(tmp_path / "lists", 12, write_cell)
+    assert any("\n" in write_cell(captions) for captions in expected.values()) or write_cell is not numpy_repr
+    dataset, report = load_caption_dataset(str(tmp_path / "lists"), return_report=True)
+    assert loaded_captions(dataset) == expected
+    assert not report.counts
+
+
+def test_pandas_to_csv_of_a_list_column_round_trips(tmp_path):
+    pandas = pytest.importorskip("pandas")
+    folder = tmp_path / "pandas"
+    folder.mkdir()
+    expected = {}
+    for index, (image, captions) in enumerate(scenes(12, seed=21)):
+        image.save(folder / f"{index}.jpg")
+        expected[f"{index}.jpg"] = AWKWARD_CAPTIONS + captions[:1]
+    pandas.DataFrame({"file_name": list(expected), "captions": list(expected.values())}).to_csv(folder / "metadata.csv", index=False)
+    assert loaded_captions(load_caption_dataset(str(folder))) == expected
+
+
+@pytest.mark.parametrize("cell, why", [
+    ("['a dog', 'a cat'", "not closed"),                # cut off (a spreadsheet's cell limit, a bad export)
+    ("['a dog', 3]", "not a string"),                   # a list, but not of captions
+    ('["a dog", "a cat"] and more', "after the list"),
+    ("['a dog' 'a cat', 'a bird']", "commas"),         # some commas: Python would glue 'a dog' 'a cat' together
+    ("[f'a {dog}']", "string"),                          # code, never run
+    ("[b'a dog']", "bytes"),
+])
+def test_a_cell_that_looks_like_a_list_but_cannot_be_read_is_refused_naming_file_column_and_row(tmp_path, cell, why):
+    write_caption_list_csv(tmp_path / "bad", 12, json.dumps)
+    rows = list(csv.DictReader(open(tmp_path / "bad" / "metadata.csv")))
+    rows[4]["captions"] = cell
+    write_metadata(tmp_path / "bad", rows, "csv")
+    with pytest.raises(ValueError) as raised:
+        load_caption_dataset(str(tmp_path / "bad"))
+    message = str(raised.value)
+    assert "metadata.csv" in message and "'captions'" in message and "row 4" in message and cell[:10] in message
+    assert why in message
+
+
+def test_captions_that_merely_start_with_a_bracket_stay_captions(tmp_path):
+    folder = tmp_path / "brackets"
+    pairs = scenes(12, seed=22)
+    write_imagefolder(folder, pairs, metadata="csv")
+    rows = list(csv.DictReader(open(folder / "metadata.csv")))
+    rows[0]["text"], rows[1]["text"], rows[2]["text"] = "[a dog] on the beach", "[sic] a dgo", "[]a"
+    write_metadata(folder, rows, "csv")
+    dataset, report = load_caption_dataset(str(folder), return_report=True)
+    assert loaded_captions(dataset)["img_000.jpg"][:3] == ["[a dog] on the beach", "[sic] a dgo", "[]a"]
+    assert not report.counts
+
+
+def test_a_list_column_keeps_working_from_jsonl_parquet_and_a_dataset_object(tmp_path):
+    pairs = scenes(12, seed=23)
+    expected = {f"img_{k:03d}.jpg": AWKWARD_CAPTIONS + captions[:1] for k, (_, captions) in enumerate(pairs)}
+    with_awkward = [(image, expected[f"img_{k:03d}.jpg"]) for k, (image, _) in enumerate(pairs)]
+    write_imagefolder(tmp_path / "jsonl", with_awkward, metadata="jsonl", caption_key="captions", one_row_per_caption=False)
+    assert loaded_captions(load_caption_dataset(str(tmp_path / "jsonl"))) == expected
+    ds = datasets.Dataset.from_dict(
+        {"image": [{"bytes": jpeg_bytes(image), "path": name} for (image, _), name in zip(pairs, expected)],
+         "captions": list(expected.values())},
+        features=datasets.Features({"image": datasets.Image(), "captions": datasets.List(datasets.Value("string"))}))
+    (tmp_path / "parquet").mkdir()
+    ds.to_parquet(tmp_path / "parquet" / "train.parquet")
+    assert loaded_captions(load_caption_dataset(str(tmp_path / "parquet"))) == expected
+    assert loaded_captions(load_caption_dataset(ds)) == expected

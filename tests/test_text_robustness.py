@@ -417,3 +417,34 @@ def test_train_with_a_tiny_caption_vocabulary_finishes_and_says_why_captions_hav
         results = run(argv)
     assert results["vocab_size"] == 15 and (tmp_path / "out" / "model.safetensors").is_file()
     assert "vocab_size=15 is too small" in caplog.text and "captions contain [UNK]" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------- nothing to train on
+# Text the tokenizer reduces to nothing: BERT's normaliser strips combining marks and drops control and format
+# characters, so each of these would train as [CLS][SEP] alone.
+NOTHING_TO_TOKENIZE = ["\u0301\u0301", "\u0300 \u0308\u0327", "\u200b\u2060", "\x00\x01", "\ufffd"]
+
+
+def test_captions_the_tokenizer_reduces_to_nothing_are_counted_and_skipped(caplog):
+    tokenizer = tiny_processor().tokenizer
+    assert all(tokenizer(text)["input_ids"] == [tokenizer.cls_token_id, tokenizer.sep_token_id] for text in NOTHING_TO_TOKENIZE)
+    train = datasets.Dataset.from_dict({
+        "image_id": ["dog.jpg", "marks.jpg", "cat.jpg"],
+        "captions": [["a dog runs", NOTHING_TO_TOKENIZE[0]], NOTHING_TO_TOKENIZE[1:], ["a cat", "\u0301a cat"]],
+    })
+    with caplog.at_level(logging.WARNING):
+        pairs, counts = tokenize_captions(train, tokenizer, max_length=40)
+    assert counts["empty_after_tokenization"] == len(NOTHING_TO_TOKENIZE) and counts["captions"] == 3
+    decoded = [tokenizer.decode(ids, skip_special_tokens=True) for ids in pairs["input_ids"]]
+    assert decoded == ["a dog runs", "a cat", "a cat"] and pairs["image_index"] == [0, 2, 2]
+    assert all(ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id for ids in pairs["input_ids"])
+    assert f"left out {len(NOTHING_TO_TOKENIZE)} of 8 captions" in caplog.text and "dog.jpg" in caplog.text  # counted, named
+    # A caption of text the vocabulary cannot spell is not empty: it stays, as [UNK].
+    pairs, counts = tokenize_captions(datasets.Dataset.from_dict({"captions": [["🐶"]]}), tokenizer, max_length=40)
+    assert counts["empty_after_tokenization"] == 0 and pairs["input_ids"] == [[101, tokenizer.unk_token_id, 102]]
+
+
+def test_a_split_whose_captions_all_tokenize_to_nothing_is_refused_with_the_reason():
+    train = datasets.Dataset.from_dict({"image_id": ["a.jpg"], "captions": [NOTHING_TO_TOKENIZE]})
+    with pytest.raises(ValueError, match="no real tokens"):
+        tokenize_captions(train, tiny_processor().tokenizer, max_length=40)

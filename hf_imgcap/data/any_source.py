@@ -1,17 +1,21 @@
 # Copyright 2026 The hf-imgcap authors. Apache-2.0.
 """Any `datasets` source as a captioning `DatasetDict`: a Hub id, a local folder `datasets.load_dataset` reads
-(`imagefolder` with `metadata.jsonl` / `metadata.csv`, parquet, ...), or a `Dataset` / `DatasetDict` object.
+(`imagefolder` with `metadata.jsonl` / `metadata.csv`, parquet, ...), a folder of images with a caption table
+imagefolder would not read (see `caption_table`), or a `Dataset` / `DatasetDict` object.
 
 Whatever the source, the result has train / validation / test splits and exactly the columns `image` (an `Image()`
 feature), `image_id` (a string) and `captions` (a list of strings):
 
-* the images come from `image_column`, else the `image` column, else the only `Image()` column;
-* the captions come from `caption_column` (a column of strings or of lists of strings; a list of names for
-  several columns), else from `caption_0..caption_N` (the `jxie/flickr8k` format), else from the first of
-  `captions` / `caption` / `text` / `sentences`;
+* the images come from `image_column`, else the `image` column, else the only `Image()` column (an `Image()`
+  feature, file paths, encoded bytes, or `{bytes, path}` structs as pandas / pyarrow write them to parquet);
+* the captions come from `caption_column` (a column of strings, of lists of strings, or of sentence objects
+  such as Karpathy's `{"raw": ..., "tokens": [...]}`; a list of names for several columns), else from
+  `caption_0..caption_N` (the `jxie/flickr8k` format), else from the first of `captions` / `caption` / `text` /
+  `sentences` / `raw`; a string cell holding a list written as text (a CSV has no lists) is that list;
 * rows that name the same image (an imagefolder `metadata.csv` with one `file_name,text` row per caption) become
   one image with all their captions, so an image is never in two splits;
-* a source without a validation and/or test split gets them carved from its train images by a seeded split.
+* a source with one split whose rows have a `split` column (train / restval / val / validation / dev / test) is
+  split by it; one without a validation and/or test split gets them carved from its train images by a seeded split.
 
 Bad rows are skipped, counted and logged in the `LoadReport` like the Flickr8k layouts': empty or null captions,
 images that are null, missing, undecodable or (for sources read from disk or the Hub) outside the dataset's files.
@@ -31,11 +35,13 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Image, IterableDataset, IterableDatasetDict, LargeList, List, Value
 
 from hf_imgcap.data.caption_datasets import SPLITS, LoadReport, _decodes, _outside, normalize_caption
+from hf_imgcap.data.caption_lists import CaptionListError, parse_caption_list
+from hf_imgcap.data.caption_table import find_caption_tables, read_caption_table
 
 logger = logging.getLogger(__name__)
 
 VALIDATION_SPLIT_NAMES = ("validation", "val", "dev", "valid")
-CAPTION_COLUMN_NAMES = ("captions", "caption", "text", "sentences")  # tried in this order when none is named
+CAPTION_COLUMN_NAMES = ("captions", "caption", "text", "sentences", "raw")  # tried in this order when none is named
 CARVED_FRACTION = 0.1  # of the train images, for each evaluation split a source lacks
 
 
@@ -46,6 +52,7 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
     captioning `DatasetDict` and the `LoadReport` of what was skipped."""
     if isinstance(source, (IterableDataset, IterableDatasetDict)):
         raise TypeError("a streaming (Iterable) dataset cannot be split and cached: load it without streaming=True")
+    tables = {}  # split -> caption table beside a folder of images (see `caption_table`), when source is that
     if isinstance(source, (Dataset, DatasetDict)):
         if dataset_config is not None or revision is not None:
             raise ValueError("dataset_config / revision choose what datasets.load_dataset reads; they do not apply "
@@ -61,22 +68,79 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
         from huggingface_hub.constants import HF_HUB_CACHE
 
         name = str(source)
-        report = LoadReport(name, "hub", split_source=f"the splits of {name}")
-        splits = load_dataset(source, name=dataset_config, revision=revision)
         local_root = Path(source) if Path(source).is_dir() else None
+        tables = find_caption_tables(local_root) if local_root is not None else {}
+        if tables and (dataset_config is not None or revision is not None):
+            raise ValueError(f"{name} is a folder of images with caption table(s) ({', '.join(t.name for t in tables.values())}): "
+                             "dataset_config / revision choose what datasets.load_dataset reads and do not apply")
+        if tables:
+            report = LoadReport(name, "table", split_source=", ".join(f"{split}: {table.name}" for split, table in tables.items()))
+            splits = DatasetDict({split: read_caption_table(table, local_root, image_column) for split, table in tables.items()})
+            image_column = None  # it named the tables' column of file names, now the `image` column
+        else:
+            report = LoadReport(name, "hub", split_source=f"the splits of {name}")
+            splits = load_dataset(source, name=dataset_config, revision=revision)
         # Image cells holding a path may point inside the dataset only: its folder when local, else the files
         # `datasets` downloaded for it.
         roots = [local_root] if local_root is not None else [Path(config.HF_DATASETS_CACHE), Path(HF_HUB_CACHE)]
         if not isinstance(splits, DatasetDict):
             splits = DatasetDict({"train": splits})
+    splits = _splits_from_split_column(splits, name, report)
     names = _split_names(splits, name)
     result = {}
     for split, found in names.items():
         if found is not None:
-            result[split] = split_to_captions(
-                splits[found], f"{name}/{split}", report, roots, image_column=image_column,
-                caption_column=caption_column, verify_images=verify_images, num_threads=num_threads)
+            try:
+                result[split] = split_to_captions(
+                    splits[found], f"{name}/{split}", report, roots, image_column=image_column,
+                    caption_column=caption_column, verify_images=verify_images, num_threads=num_threads)
+            except CaptionListError as error:
+                files = ([str(tables[found])] if tables else _text_files(source, dataset_config, revision, found)
+                         ) if isinstance(source, str) else []
+                origin = f" (from {', '.join(files)})" if files else ""
+                raise CaptionListError(f"{name}/{split}{origin}: {error}") from None
     return DatasetDict(_carve_missing_splits(result, name, seed, report)), report
+
+
+_CAPTION_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt")
+
+
+def _text_files(source: str, dataset_config: str | None, revision: str | None, split: str) -> list[str]:
+    """The caption files (csv, jsonl, parquet, ...; not the images) `datasets` read for `split` of `source`, to name
+    them in an error; [] when they cannot be told."""
+    from datasets import load_dataset_builder
+
+    try:
+        data_files = load_dataset_builder(source, name=dataset_config, revision=revision).config.data_files or {}
+        files = [str(file) for file in data_files.get(split, [])]
+    except Exception:  # only for an error message: never hide the error being reported
+        return []
+    return [file for file in files if file.lower().endswith(_CAPTION_FILE_SUFFIXES)][:5]
+
+
+SPLIT_COLUMN = "split"
+SPLIT_VALUES = {"train": "train", "restval": "train", **{name: "validation" for name in VALIDATION_SPLIT_NAMES},
+                "test": "test"}
+
+
+def _splits_from_split_column(splits: DatasetDict, source: str, report: LoadReport) -> DatasetDict:
+    """A source with one split whose rows say their split in a `split` column (Karpathy-style annotations, a
+    metadata file with a split field): that split, not a random one. `restval` is train, as in Karpathy's files."""
+    if set(splits) != {"train"} or SPLIT_COLUMN not in splits["train"].column_names:
+        return splits
+    data = splits["train"]
+    values = data.select_columns([SPLIT_COLUMN]).to_dict()[SPLIT_COLUMN]
+    unknown = sorted({str(value) for value in values if not isinstance(value, str) or value.strip().lower() not in SPLIT_VALUES})
+    if unknown:
+        raise ValueError(f"{source}: column '{SPLIT_COLUMN}' holds {', '.join(map(repr, unknown[:10]))}, not a split "
+                         f"name ({', '.join(SPLIT_VALUES)}); fix those rows, or rename the column (the splits are then made at random)")
+    rows = defaultdict(list)
+    for row, value in enumerate(values):
+        rows[SPLIT_VALUES[value.strip().lower()]].append(row)
+    report.split_source = f"the '{SPLIT_COLUMN}' column of {source}"
+    logger.info("%s: splits from its '%s' column: %s", source, SPLIT_COLUMN,
+                ", ".join(f"{split} {len(rows[split])} rows" for split in SPLITS if split in rows))
+    return DatasetDict({split: data.select(rows[split]) for split in SPLITS if split in rows})
 
 
 def _split_names(splits: DatasetDict, source: str) -> dict[str, str | None]:
@@ -101,6 +165,22 @@ def _is_text_list(feature) -> bool:
     return isinstance(feature, (List, LargeList)) and _is_text(feature.feature)
 
 
+def _is_image_struct(feature) -> bool:
+    """`{bytes, path}`: an image as `datasets` stores it, in a parquet file written without its Image() feature
+    (by pandas or pyarrow)."""
+    return isinstance(feature, dict) and "bytes" in feature and set(feature) <= {"bytes", "path"}
+
+
+SENTENCE_TEXT_FIELDS = ("raw", "caption", "text", "sentence")  # the text of a sentence object, in this order
+
+
+def _sentence_text_field(feature) -> str | None:
+    """For a list of objects (Karpathy's `sentences: [{"raw": ..., "tokens": [...]}]`), the field holding the text."""
+    if not (isinstance(feature, (List, LargeList)) and isinstance(feature.feature, dict)):
+        return None
+    return next((name for name in SENTENCE_TEXT_FIELDS if _is_text(feature.feature.get(name))), None)
+
+
 def find_image_column(data: Dataset, requested: str | None, where: str) -> str:
     columns = data.column_names
     if requested is not None:
@@ -118,7 +198,8 @@ def find_image_column(data: Dataset, requested: str | None, where: str) -> str:
                              "pass image_column= / --image_column")
         name = found[0]
     feature = data.features[name]
-    if not (isinstance(feature, Image) or _is_text(feature) or feature in (Value("binary"), Value("large_binary"))):
+    if not (isinstance(feature, Image) or _is_text(feature) or feature in (Value("binary"), Value("large_binary"))
+            or _is_image_struct(feature)):
         raise ValueError(f"{where}: image column '{name}' holds {feature}, not images (an Image() feature, file "
                          "paths or encoded bytes)")
     return name
@@ -140,8 +221,12 @@ def find_caption_columns(data: Dataset, requested, where: str) -> list[str]:
                              f"{', '.join(CAPTION_COLUMN_NAMES)}; columns: {', '.join(columns)}); "
                              "pass caption_column= / --caption_column")
     for name in names:
-        if not (_is_text(data.features[name]) or _is_text_list(data.features[name])):
-            raise ValueError(f"{where}: caption column '{name}' holds {data.features[name]}, not text (a string or a "
+        feature = data.features[name]
+        if isinstance(feature, (List, LargeList)) and isinstance(feature.feature, dict) and not _sentence_text_field(feature):
+            raise ValueError(f"{where}: caption column '{name}' holds objects with the fields "
+                             f"{', '.join(sorted(feature.feature))}: none of them is the text ({', '.join(SENTENCE_TEXT_FIELDS)})")
+        if not (_is_text(feature) or _is_text_list(feature) or _sentence_text_field(feature)):
+            raise ValueError(f"{where}: caption column '{name}' holds {feature}, not text (a string or a "
                              "list of strings per row)")
     return names
 
@@ -160,12 +245,20 @@ def split_to_captions(data: Dataset, where: str, report: LoadReport, roots: list
     paths = _cell_paths(cells)
     has_ids = "image_id" in data.column_names and image_name != "image_id"  # the source's own ids, when it has them
     ids = data.select_columns(["image_id"]).to_dict()["image_id"] if has_ids else None
+    report.image_ids_from_source |= has_ids
     texts = data.select_columns(caption_names).to_dict()
+    for column in caption_names:  # sentence objects -> their text
+        text_field = _sentence_text_field(data.features[column])
+        if text_field is not None:
+            texts[column] = [None if sentences is None else [s.get(text_field) if isinstance(s, dict) else None for s in sentences]
+                             for sentences in texts[column]]
 
     groups = _group_rows_by_image(cells, paths)
     first_rows, all_captions, image_ids = [], [], []
+    lists_as_text = set()
     for rows in groups:
-        captions = [caption for row in rows for caption in _row_captions(texts, caption_names, row, where, report)]
+        captions = [caption for row in rows
+                    for caption in _row_captions(texts, caption_names, row, where, report, lists_as_text)]
         first = rows[0]
         if not captions:
             report.skip("image_without_captions", f"{where} row {first} ({paths[first] or 'no file name'}): no captions; skipped")
@@ -174,13 +267,18 @@ def split_to_captions(data: Dataset, where: str, report: LoadReport, roots: list
         all_captions.append(captions)
         given_id = ids[first] if ids is not None else None
         image_ids.append(str(given_id) if given_id is not None else paths[first] or f"{where.rsplit('/', 1)[-1]}-{first}")
-    if ids is None:
-        image_ids = _short_names(image_ids)
+    if lists_as_text:
+        logger.info("%s: column(s) %s hold lists of captions written as text: read as lists", where,
+                    ", ".join(sorted(lists_as_text)))
     problems = image_problems(cells, first_rows, roots, verify_images, num_threads)
     for first, captions in zip(first_rows, all_captions):
         if first in problems:
             kind, reason = problems[first]
             report.skip(kind, f"{where} row {first} ({paths[first] or 'no file name'}): {reason}; its {len(captions)} captions skipped")
+    if ids is None:  # names of the images kept: one refused never makes the others' ids longer
+        kept = [k for k, first in enumerate(first_rows) if first not in problems]
+        for k, name in zip(kept, _short_names([image_ids[k] for k in kept])):
+            image_ids[k] = name
 
     # Columns are added at full length and rows selected last: `add_column` on a selection would copy the images.
     column_ids, column_captions = [""] * len(data), [[] for _ in range(len(data))]
@@ -255,12 +353,26 @@ def _digest(cells, row: int) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _row_captions(texts: dict, caption_names: list[str], row: int, where: str, report: LoadReport) -> list[str]:
+def _row_captions(texts: dict, caption_names: list[str], row: int, where: str, report: LoadReport,
+                  lists_as_text: set | None = None) -> list[str]:
     """The row's captions from every caption column (a string or a list of strings each), normalised; empty and
-    null ones counted and named."""
+    null ones counted and named. A string holding a list written as text (a CSV has no list type) is that list
+    (see `caption_lists`); the columns where that happened are added to `lists_as_text`."""
     captions = []
     for column in caption_names:
         value = texts[column][row]
+        if isinstance(value, str):
+            try:
+                parsed = parse_caption_list(value)
+            except CaptionListError as error:
+                raise CaptionListError(
+                    f"row {row}: column '{column}' holds {_shorten(value)}, which looks like a list of captions "
+                    f"written as text but cannot be read as one: {error}. Write the list as JSON "
+                    '(["a dog", "a cat"]), or one row per caption') from None
+            if parsed is not None:
+                value = parsed
+                if lists_as_text is not None:
+                    lists_as_text.add(column)
         items = [(column, value)] if not isinstance(value, list) else [(f"{column}[{k}]", v) for k, v in enumerate(value)]
         for label, text in items:
             caption = normalize_caption(text) if isinstance(text, str) else ""
@@ -269,6 +381,10 @@ def _row_captions(texts: dict, caption_names: list[str], row: int, where: str, r
             else:
                 report.skip("empty_caption", f"{where} row {row}: {label} is {'null' if text is None else 'empty'}; skipped")
     return captions
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 _CHECK_CHUNK = 256  # image cells decoded at a time: bounded memory for a million-image split

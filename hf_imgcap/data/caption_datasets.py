@@ -11,11 +11,17 @@ is any of:
   - Kaggle: `Images/`, `captions.txt` (CSV `image,caption`); the official split files of the text release when
     they sit beside `captions.txt` (or one folder down, e.g. `Flickr8k_text/`, or in the folder above), else a
     seeded split by image;
-  - Karpathy: `dataset_flickr8k.json` / `dataset_flickr30k.json` / `dataset_coco.json` with its own split;
+  - Karpathy: `dataset_flickr8k.json` / `dataset_flickr30k.json` / `dataset_coco.json` (or the same format under
+    another name) with its own split;
 * anything else `datasets.load_dataset` reads (a Hub id such as the default `jxie/flickr8k`, with a config name
-  and a revision; an `imagefolder` with `metadata.jsonl` / `metadata.csv`; parquet, ...), or a `Dataset` /
+  and a revision; an `imagefolder` with `metadata.jsonl` / `metadata.csv`; parquet, ...), a folder of images with
+  a caption table beside them (`captions.csv`, `train.csv` / `val.csv` / `test.csv`, ...; COCO's
+  `annotations/captions_*.json`), or a `Dataset` /
   `DatasetDict` object: see `hf_imgcap.data.any_source` for how its image and caption columns are found, rows of
   the same image grouped, and missing validation / test splits made.
+
+Whatever the source, an image that is also in an earlier split (train, then validation, then test) is left out of
+the later one, counted and named, unless `allow_split_overlap=True` (see `hf_imgcap.data.split_overlap`).
 
 Images of the Flickr8k layouts are read from inside the dataset folder only (or an `image_dir` passed
 explicitly): absolute paths, `..` and symlinks leading elsewhere are refused and counted as
@@ -66,6 +72,7 @@ class LoadReport:
     source: str
     layout: str
     split_source: str = ""  # where the train / validation / test membership came from
+    image_ids_from_source: bool = False  # the source named its images (an image_id column), not the loader
     counts: Counter = field(default_factory=Counter)
     messages: list = field(default_factory=list)  # the logged ones: the first MAX_LOGGED_PER_KIND of each kind
     _logged: Counter = field(default_factory=Counter, init=False, repr=False, compare=False)
@@ -125,6 +132,7 @@ def load_caption_dataset(
     seed: int = 0,
     verify_images: bool = True,
     num_threads: int = 4,
+    allow_split_overlap: bool = False,
     return_report: bool = False,
 ):
     """Load a captioning dataset as a `DatasetDict` with `train` / `validation` / `test` splits and the columns
@@ -134,22 +142,32 @@ def load_caption_dataset(
         source: a local folder in the original Flickr8k, Kaggle or Karpathy layout (detected from the files
             present); else anything `datasets.load_dataset` reads: a Hub dataset id (`jxie/flickr8k`,
             `user/name`), a local `imagefolder` with `metadata.jsonl` / `metadata.csv`, a parquet folder, ...;
-            or a `datasets.Dataset` (taken as the train split) / `DatasetDict` object.
+            a folder of images with a caption table (csv / tsv / jsonl, or COCO's `captions_*.json`) beside
+            them; or a `datasets.Dataset`
+            (taken as the train split, or split by its `split` column) / `DatasetDict` object.
         dataset_config: the configuration (subset) name, `load_dataset(source, name=...)`.
         revision: branch, tag or commit of a Hub dataset, `load_dataset(source, revision=...)`.
-        image_column: the column holding the images (default `image`, or the only `Image()` column).
+        image_column: the column holding the images (default `image`, or the only `Image()` column); for a
+            caption table, its column of image file names (default the first of `file_name`, `image`,
+            `image_path`, `image_file`, `filename`, `image_name`, `img`, `path`, `file`).
         caption_column: the column holding the captions, a string or a list of strings per row (or a list of
             such column names); default `caption_0..caption_N`, else the first of `captions`, `caption`, `text`,
-            `sentences`.
+            `sentences`, `raw`.
         image_dir: where the images of a Flickr8k-layout folder are, if not in one of the usual folders next to
             the caption file.
         seed: seeds the split of sources that have none (Kaggle layout; a `datasets` source with only a train
             split, or no validation split).
         verify_images: decode every image once (at reduced JPEG scale: ~1 ms each) and skip those that do
             not decode, so that no DataLoader worker meets a broken file later.
+        allow_split_overlap: keep validation / test images that are also in train (or test images also in
+            validation). By default they are left out of the later split, counted as `split_overlap` and named in a
+            warning: scores on images the model trained on are inflated. The same image is the same file, the
+            same bytes under another name, the same pixels, or the same `image_id` when the source gives its own
+            (see `hf_imgcap.data.split_overlap`).
         return_report: also return the `LoadReport`.
     """
     from hf_imgcap.data.any_source import load_datasets_source
+    from hf_imgcap.data.split_overlap import leave_out_split_overlap
 
     is_object = not isinstance(source, (str, Path))
     name = f"<{type(source).__name__}>" if is_object else str(source)
@@ -174,10 +192,14 @@ def load_caption_dataset(
         if verify_images:
             records = _drop_undecodable(records, report, num_threads)
         dataset = DatasetDict({split: _records_to_dataset(records[split]) for split in SPLITS})
+    dataset = leave_out_split_overlap(dataset, report, allow_split_overlap, num_threads)
     for split in SPLITS:
         if len(dataset[split]) == 0:
             hint = (" Images outside the dataset folder (e.g. behind a symlink) are refused: pass image_dir= to read "
                     "them from another folder." if report.counts["path_outside_dataset"] else "")
+            if report.counts["split_overlap"]:
+                hint += (" Images also in an earlier split are left out of the later one: pass "
+                         "allow_split_overlap=True / --allow_split_overlap to keep them.")
             raise ValueError(f"split '{split}' of {name} is empty after loading. {report.summary()}{hint}")
     logger.info(
         "%s: %s; %s", name, ", ".join(f"{s} {len(dataset[s])} images" for s in SPLITS), report.summary()
@@ -189,10 +211,30 @@ def detect_layout(root: Path) -> str | None:
     """`flickr8k`, `kaggle` or `karpathy` from the files in `root` (or one folder down), else None."""
     if _find(root, "Flickr8k.token.txt"):
         return "flickr8k"
-    if _find(root, "dataset_*.json"):
+    if find_karpathy_json(root):
         return "karpathy"
     if _find(root, "captions.txt"):
         return "kaggle"
+    return None
+
+
+_KARPATHY_PEEK_BYTES = 1 << 16  # the first image entry is well inside this
+
+
+def find_karpathy_json(root: Path) -> Path | None:
+    """Karpathy's split file: `dataset_*.json` (or one folder down), else a top-level `*.json` under another name
+    whose start has the format's keys (`images`, `sentences`, `split`): it is shared under many names."""
+    named = _find(root, "dataset_*.json")
+    if named is not None:
+        return named
+    for candidate in sorted(root.glob("*.json")):
+        try:
+            with open(candidate, "rb") as handle:
+                start = handle.read(_KARPATHY_PEEK_BYTES)
+        except OSError:
+            continue
+        if all(key in start for key in (b'"images"', b'"sentences"', b'"split"', b'"filename"')):
+            return candidate
     return None
 
 
@@ -530,7 +572,7 @@ def _karpathy_captions(sentences: list, where: str, filename: str, report: LoadR
 
 
 def _read_karpathy(root: Path, image_dir: Path | None, report: LoadReport, seed: int) -> dict:
-    json_file = _find(root, "dataset_*.json")
+    json_file = find_karpathy_json(root)
     report.split_source = f"the 'split' field of {json_file}"
     return read_karpathy_json(json_file, root, image_dir, report)
 

@@ -10,7 +10,7 @@ import logging
 import torch
 from datasets import Dataset
 
-from hf_imgcap.data.tokenizer_training import warn_about_unknown_tokens
+from hf_imgcap.data.tokenizer_training import MAX_NAMED_CAPTIONS, warn_about_unknown_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +20,8 @@ def tokenize_captions(split: Dataset, tokenizer, max_length: int, valid_images=N
 
     Captions longer than `max_length` tokens are cut (keeping the final [SEP]) and counted in the log.
     Pairs whose image is marked invalid (e.g. it failed to decode while caching) are left out, counted.
+    Captions the tokenizer reduces to no tokens at all (only combining marks, control or zero-width characters,
+    whatever its normaliser drops) would train as [CLS][SEP] alone: they are left out, counted and named.
     Captions the tokenizer can only write with [UNK] are kept, counted and named in a warning.
     """
     image_indices, captions = [], []
@@ -35,7 +37,10 @@ def tokenize_captions(split: Dataset, tokenizer, max_length: int, valid_images=N
         logger.warning("left out %d captions of images that could not be used", skipped)
     if not captions:
         raise ValueError("no (image, caption) pairs left to train on")
-    encoded = tokenizer(captions, add_special_tokens=True, truncation=False, return_attention_mask=False)["input_ids"]
+    encoded = tokenizer(captions, add_special_tokens=True, truncation=False, return_attention_mask=False,
+                        return_special_tokens_mask=True)
+    image_indices, captions, encoded, empty = _drop_captions_without_tokens(
+        image_indices, captions, encoded["input_ids"], encoded["special_tokens_mask"], image_ids)
     with_unknown = warn_about_unknown_tokens(tokenizer, captions, encoded, [image_ids[i] for i in image_indices])
     truncated = 0
     for row, ids in enumerate(encoded):
@@ -46,7 +51,28 @@ def tokenize_captions(split: Dataset, tokenizer, max_length: int, valid_images=N
         logger.warning("%d of %d captions were longer than %d tokens and were truncated", truncated, len(encoded), max_length)
     pairs = Dataset.from_dict({"image_index": image_indices, "input_ids": encoded})
     return pairs, {"captions": len(encoded), "truncated": truncated, "left_out_invalid_image": skipped,
-                   "with_unknown_tokens": with_unknown}
+                   "empty_after_tokenization": empty, "with_unknown_tokens": with_unknown}
+
+
+def _drop_captions_without_tokens(image_indices: list, captions: list, input_ids: list, special_tokens_mask: list,
+                                  image_ids: list) -> tuple[list, list, list, int]:
+    """Leave out the captions whose encoding holds only the special tokens the tokenizer added ([CLS] [SEP]):
+    decided on the tokenizer's own output, so whatever its normaliser drops counts, and [UNK] (a real position in
+    the caption) does not. Returns the kept image indices, captions and ids, and how many were left out."""
+    empty = [row for row, mask in enumerate(special_tokens_mask) if all(mask)]
+    if not empty:
+        return image_indices, captions, input_ids, 0
+    examples = "; ".join(f"{image_ids[image_indices[row]]}: {captions[row]!r}" for row in empty[:MAX_NAMED_CAPTIONS])
+    logger.warning("left out %d of %d captions that the tokenizer reduces to no tokens at all (e.g. only combining "
+                   "marks, control or zero-width characters), e.g. %s%s", len(empty), len(captions), examples,
+                   " ..." if len(empty) > MAX_NAMED_CAPTIONS else "")
+    if len(empty) == len(captions):
+        raise ValueError(f"no (image, caption) pairs left to train on: all {len(captions)} captions have no real "
+                         f"tokens after tokenization (e.g. {examples})")
+    left_out = set(empty)
+    kept = [row for row in range(len(captions)) if row not in left_out]
+    return ([image_indices[row] for row in kept], [captions[row] for row in kept], [input_ids[row] for row in kept],
+            len(empty))
 
 
 class CaptionPairs(torch.utils.data.Dataset):
