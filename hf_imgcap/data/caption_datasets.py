@@ -103,8 +103,9 @@ _MAX_UNESCAPE_ROUNDS = 10  # "&amp;amp;" is two rounds; real data never needs mo
 def normalize_caption(text: str) -> str:
     """Clean a caption as written by annotators: HTML entities decoded (`&amp;` -> `&`, also when escaped twice),
     Unicode NFC, control characters read as spaces, runs of whitespace (tabs, newlines, non-breaking spaces)
-    collapsed to one space, ends stripped. Idempotent. A caption that is empty, whitespace-only or made only of
-    zero-width / format (Unicode Cf) characters comes back as "" (callers reject it)."""
+    collapsed to one space, ends stripped. Idempotent. A caption without a single letter or digit (empty, whitespace,
+    punctuation such as "...", combining marks or zero-width characters alone, emoji alone) comes back as "" (callers
+    reject it): it has no word to learn and no word to score against (the COCO tokenizer drops punctuation)."""
     for _ in range(_MAX_UNESCAPE_ROUNDS):
         # Until nothing changes, so that normalize(normalize(x)) == normalize(x): decoding "&amp;lt;" gives an
         # entity again, and NFC can complete one ("&lt" + U+037E GREEK QUESTION MARK -> "&lt;").
@@ -113,9 +114,8 @@ def normalize_caption(text: str) -> str:
             break
         text = cleaned
     text = " ".join(_CONTROL_CHARACTERS.sub(" ", text).split())
-    # Only format characters (zero-width spaces and joiners, direction marks, soft hyphens) is nothing to read:
-    # an empty caption, whatever its length. Next to real characters they stay (emoji ZWJ sequences need them).
-    if all(unicodedata.category(char) == "Cf" for char in text.replace(" ", "")):
+    # Format characters, marks and punctuation stay next to words (emoji ZWJ sequences, accents, "t-shirt").
+    if not any(char.isalnum() for char in text):
         return ""
     return text
 
