@@ -7,15 +7,17 @@ never saw. Each finished run appends one JSON line to --results, so an interrupt
 
     python bench/standin_encoder.py train --output /tmp/standin/encoder
     python bench/standin_defaults.py data                                   # 300 / 50 / 50 held-out scenes
-    python bench/standin_defaults.py whitening --seeds 1 2 3                # whitening on vs off, per seed
+    python bench/standin_defaults.py whitening --seeds 1 2 3 --epochs 6     # whitening on vs off, per seed
     python bench/standin_defaults.py scst --seed 1 --sampling_seeds 1 2     # SCST variants from one CE model
     python bench/standin_defaults.py table                                  # the tables of docs/standin_encoder.md
 
 `whitening` trains the cross-entropy stage only (no SCST), so the comparison is of the features' treatment alone.
 `scst` takes the cross-entropy model of `whitening`'s run with whitening on and the same seed (or trains it), copies
 the run folder for each variant and continues it with `--resume_from_checkpoint latest --scst_epochs N`: every
-variant starts from the same model. The SCST run's `--seed` (the "sampling seed") sets the order of its batches;
-the torch random state comes from the checkpoint, so the samples drawn differ between seeds through that order.
+variant starts from the same model. A resumed run restores the random state saved in the checkpoint, so its `--seed`
+changes nothing in the SCST stage (measured: the same rewards to 4 decimals). A sampling seed other than the
+cross-entropy seed therefore replaces the random states in the copied checkpoint by those of `set_seed(sampling seed)`
+(`reseed_checkpoint`); the sampling seed equal to the cross-entropy seed continues from the checkpoint's own state.
 """
 
 import argparse
@@ -96,13 +98,61 @@ def content_summary(metrics: dict) -> dict | None:
     content = metrics.get("content_accuracy")
     if content is None:
         return None
+    grounding = content.get("attention_grounding") or {}
     return {"color": content["one_object"]["color"]["accuracy"], "shape": content["one_object"]["shape"]["accuracy"],
-            "relation": content["relation"]["accuracy"]}
+            "relation": content["relation"]["accuracy"],
+            # every object of every test image (one-object images alone saturate with a trained encoder)
+            "all_objects_color": content["color"]["accuracy"], "all_objects_shape": content["shape"]["accuracy"],
+            "attention_on_named_object": grounding.get("on_named_object"), "attention_on_other_object": grounding.get("on_other_object")}
 
 
 def probe_summary(metrics: dict) -> dict | None:
     probe = metrics.get("feature_probe")
     return None if probe is None else {task: probe[task]["accuracy"] for task in ("color", "shape", "relation", "relation_alone")}
+
+
+def prune_run(output_dir: Path):
+    """Delete a measured run's checkpoints and weights (its metrics.json, captions and log stay): a run folder holds
+    ~300 MB, and the shared disk fills up."""
+    shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)
+    for weights in output_dir.glob("*.safetensors"):
+        weights.unlink()
+
+
+def copy_for_resume(source: Path, destination: Path):
+    """The files a resumed run needs (newest step checkpoint, best model, processor, arguments), not older checkpoints."""
+    steps = sorted((source / "checkpoints").glob("step_*"))
+    older = {path.name for path in steps[:-1]}
+    shutil.copytree(source, destination, ignore=lambda folder, names: [n for n in names if n in older])
+
+
+def reseed_checkpoint(run_dir: Path, seed: int):
+    """Replace the Python / NumPy / torch random states that the newest step checkpoint of `run_dir` restores on resume
+    by those right after `set_seed(seed)` (train.py cannot reseed a resumed run), and its manifest to match."""
+    import random
+
+    import numpy as np
+    import torch
+    from accelerate.utils import set_seed
+
+    newest = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
+    for states_file in newest.glob("random_states_*.pkl"):
+        states = torch.load(states_file, weights_only=False)  # written by Accelerate's save_state in this sweep
+        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        set_seed(seed)
+        states.update(random_state=random.getstate(), numpy_random_seed=np.random.get_state(), torch_manual_seed=torch.get_rng_state())
+        random.setstate(saved[0]), np.random.set_state(saved[1]), torch.set_rng_state(saved[2])
+        torch.save(states, states_file)
+        record_in_manifest(states_file)
+
+
+def record_in_manifest(path: Path):
+    """Update the size and sha256 of a rewritten checkpoint file in its checkpoint's manifest.json, which train.py
+    verifies before resuming."""
+    manifest_file = path.parent / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["files"][path.name] = {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    manifest_file.write_text(json.dumps(manifest, indent=1))
 
 
 def append(results: Path, row: dict):
@@ -139,8 +189,10 @@ def train_cross_entropy(args, whiten: bool, seed: int) -> tuple[dict, float]:
 def sweep_whitening(args):
     fingerprint = encoder_fingerprint(args.encoder)
     for seed in args.seeds:
-        for whiten in (True, False):
+        for whiten in (setting == "on" for setting in args.whiten):
             metrics, seconds = train_cross_entropy(args, whiten, seed)
+            if not (whiten and seed == args.seed):  # the cross-entropy model `scst` starts from is kept
+                prune_run(whitening_run_dir(args, whiten, seed))
             history = metrics["history"]
             append(args.results, {
                 "experiment": "whitening", "whiten_features": whiten, "seed": seed, "encoder": fingerprint,
@@ -164,12 +216,15 @@ def sweep_scst(args):
             output_dir = args.runs / f"scst_{name}-ce{args.seed}-seed{sampling_seed}"
             if output_dir.exists():
                 shutil.rmtree(output_dir)
-            shutil.copytree(cross_entropy_dir, output_dir)
+            copy_for_resume(cross_entropy_dir, output_dir)
+            if sampling_seed != args.seed:
+                reseed_checkpoint(output_dir, sampling_seed)
             argv = [*recipe_argv(args.dataset, args.encoder, args.cache_dir, trained_epochs), "--output_dir", str(output_dir),
                     "--resume_from_checkpoint", "latest", "--seed", str(sampling_seed), "--whiten_features", "true",
                     "--scst_epochs", str(args.scst_epochs), "--scst_baseline", baseline, "--scst_learning_rate", str(learning_rate)]
             seconds = run_train(argv, args.runs / f"{output_dir.name}.log", args.nice, args.threads)
             metrics = json.loads((output_dir / "metrics.json").read_text())
+            prune_run(output_dir)
             scst = metrics["scst"]
             before, after = scst["cross_entropy_test"], metrics["test"]
             append(args.results, {
@@ -196,6 +251,10 @@ def mean_spread(values: list) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def _number(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def print_tables(args):
     rows = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
     stats = [r for r in rows if r.get("kind") == "feature_statistics"]
@@ -208,35 +267,41 @@ def print_tables(args):
         print()
     whitening = [r for r in rows if r.get("experiment") == "whitening"]
     if whitening:
-        print("| whitening | seed | test BLEU-4 | test CIDEr-D | colour | shape | relation | probe colour / shape / relation | kept epoch | s |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("| whitening | seed | test BLEU-4 | test CIDEr-D | colour (1 shape) | shape (1 shape) | colour (all objects) "
+              "| shape (all objects) | relation | attention on named / other object | probe colour / shape / relation | kept epoch | s |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        keys = ("color", "shape", "all_objects_color", "all_objects_shape", "relation")
         for whiten in (True, False):
-            group = [r for r in whitening if r["whiten_features"] is whiten]
-            for r in sorted(group, key=lambda r: r["seed"]):
+            group = sorted((r for r in whitening if r["whiten_features"] is whiten), key=lambda r: r["seed"])
+            for r in group:
                 c, p = r["content_accuracy"] or {}, r["feature_probe"] or {}
-                print(f"| {'on' if whiten else 'off'} | {r['seed']} | {r['test_bleu_4']:.3f} | {r['test_cider']:.3f} | "
-                      f"{c.get('color', 0):.3f} | {c.get('shape', 0):.3f} | {c.get('relation', 0):.3f} | "
+                cells = " | ".join(_number(c.get(key)) for key in keys)
+                attention = f"{_number(c.get('attention_on_named_object'), 2)} / {_number(c.get('attention_on_other_object'), 2)}"
+                print(f"| {'on' if whiten else 'off'} | {r['seed']} | {r['test_bleu_4']:.3f} | {r['test_cider']:.3f} | {cells} | {attention} | "
                       f"{p.get('color', 0):.3f} / {p.get('shape', 0):.3f} / {p.get('relation', 0):.3f} | {r['kept_epoch']} | {r['seconds']:.0f} |")
             if group:
-                content = lambda key: mean_spread([(r["content_accuracy"] or {}).get(key) for r in group])
+                cells = " | ".join(mean_spread([(r["content_accuracy"] or {}).get(key) for r in group]) for key in keys)
                 print(f"| **{'on' if whiten else 'off'}: mean ± sd** | {len(group)} | {mean_spread([r['test_bleu_4'] for r in group])} | "
-                      f"{mean_spread([r['test_cider'] for r in group])} | {content('color')} | {content('shape')} | {content('relation')} | | | |")
+                      f"{mean_spread([r['test_cider'] for r in group])} | {cells} | | | | |")
         print()
     scst = [r for r in rows if r.get("experiment") == "scst"]
     if scst:
-        print("| SCST variant | sampling seed | test CIDEr-D before → after | gain | test BLEU-4 before → after | kept SCST epoch | mean sampled reward by epoch | s |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| SCST variant | sampling seed | test CIDEr-D before → after | gain | test BLEU-4 before → after | validation CIDEr-D before → "
+              "by SCST epoch | kept SCST epoch | mean sampled reward by epoch | relation after | s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for name in SCST_VARIANTS:
             group = [r for r in scst if r["variant"] == name]
             for r in sorted(group, key=lambda r: r["sampling_seed"]):
                 gain = r["test_cider_after"] / r["test_cider_before"] - 1
                 print(f"| {name} | {r['sampling_seed']} | {r['test_cider_before']:.3f} → {r['test_cider_after']:.3f} | {gain:+.1%} | "
-                      f"{r['test_bleu_4_before']:.3f} → {r['test_bleu_4_after']:.3f} | {r['kept_scst_epoch']} | "
-                      f"{', '.join(f'{v:.2f}' for v in r['reward_by_epoch'])} | {r['seconds']:.0f} |")
+                      f"{r['test_bleu_4_before']:.3f} → {r['test_bleu_4_after']:.3f} | {_number(r['val_cider_before'])} → "
+                      f"{', '.join(f'{v:.3f}' for v in r['val_cider_by_epoch'])} | {r['kept_scst_epoch']} | "
+                      f"{', '.join(f'{v:.2f}' for v in r['reward_by_epoch'])} | {_number((r['content_accuracy_after'] or {}).get('relation'), 2)} "
+                      f"| {r['seconds']:.0f} |")
             if len(group) > 1:
                 gains = [r["test_cider_after"] / r["test_cider_before"] - 1 for r in group]
                 print(f"| **{name}: mean** | {len(group)} | {mean_spread([r['test_cider_after'] for r in group])} | "
-                      f"{statistics.mean(gains):+.1%} | | | | |")
+                      f"{statistics.mean(gains):+.1%} | | | | | | |")
 
 
 def main():
@@ -249,7 +314,9 @@ def main():
     parser.add_argument("--results", type=Path, default=Path("/tmp/standin/results.jsonl"))
     parser.add_argument("--epochs", type=int, default=None, help="--num_train_epochs of the cross-entropy runs (default: the demo's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="training seeds of the whitening sweep")
-    parser.add_argument("--seed", type=int, default=1, help="training seed of the cross-entropy model SCST starts from")
+    parser.add_argument("--whiten", nargs="+", default=["on", "off"], choices=["on", "off"], help="the whitening settings to run")
+    parser.add_argument("--seed", type=int, default=1, help="training seed of the cross-entropy model SCST starts from "
+                        "(`whitening` keeps that run's checkpoints and prunes the others)")
     parser.add_argument("--sampling_seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--variants", nargs="+", default=list(SCST_VARIANTS), choices=list(SCST_VARIANTS))
     parser.add_argument("--scst_epochs", type=int, default=4)

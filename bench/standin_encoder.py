@@ -210,7 +210,8 @@ def heldout_accuracy(predictions: dict, labels: dict, scenes: list[dict]) -> dic
 
 def train_standin(args) -> dict:
     set_seed(args.seed)
-    torch.set_num_threads(args.threads) if args.threads else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data_dir = args.work_dir / f"scenes_seed{STANDIN_SEED}"
     started = time.perf_counter()
     scenes = write_scenes(data_dir, args.num_train, args.num_heldout, STANDIN_SEED)
@@ -289,7 +290,8 @@ def feature_statistics(features: torch.Tensor) -> dict:
 
 def compare_statistics(args) -> dict:
     """The stand-in's and the random ResNet-152's feature statistics on the same held-out scenes at 224 px."""
-    torch.set_num_threads(args.threads) if args.threads else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data_dir = args.work_dir / f"scenes_seed{args.stats_seed}"
     scenes = write_scenes(data_dir, args.num_images, 0, args.stats_seed)
     pixels, _, _ = split_examples(data_dir, scenes, "train")
