@@ -100,7 +100,7 @@ class TrainingArguments:
     early_stopping_patience: int = field(default=20, metadata={"help": "Epochs without improvement of --metric_for_best_model before stopping."})
     mixed_precision: str | None = field(default=None, metadata={"help": "'no', 'bf16', 'fp16' or 'fp8'; default: what `accelerate launch` / `accelerate config` says ('no' with plain python)."})
     use_cpu: bool = field(default=False, metadata={"aliases": ["--cpu"], "help": "Train on the CPU even when a GPU is available (default: the launcher / Accelerate decides)."})
-    report_to: str = field(default="tensorboard", metadata={"help": "Tracker(s) for Accelerate, comma separated ('tensorboard', 'wandb', ...), or 'none'."})
+    report_to: str = field(default="tensorboard", metadata={"help": "Tracker(s) for Accelerate, comma separated ('tensorboard', 'wandb', ...), 'all' (every installed one) or 'none'. A tracker named here must be installed (e.g. pip install wandb): the run refuses to start otherwise."})
     eval_num_beams: int = field(default=3, metadata={"help": "Beam size for validation and test captions."})
     eval_length_penalty: float = field(default=1.0, metadata={"help": "Beam search length penalty for validation and test captions (a beam's score is its log-probability / length**penalty: > 1 favours longer captions)."})
     eval_max_new_tokens: int = field(default=40, metadata={"help": "Longest caption generated during evaluation."})

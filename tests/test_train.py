@@ -673,3 +673,46 @@ def test_an_option_given_with_the_demo_wins_over_its_preset_even_when_it_equals_
                                                    "--learning_rate", "1e-3"])
     assert (args.scst_epochs, args.num_train_epochs, model_args.whiten_features, args.learning_rate) == (0, 120, False, 1e-3)
     assert args.scst_baseline == train_script.DEMO_OVERRIDES["scst_baseline"]  # the others keep their presets
+
+
+# ---------------------------------------------------------------------------------------------- trackers
+def only_installed(monkeypatch, *names):
+    """Pretend that only these trackers' packages are installed (whatever this machine has)."""
+    import accelerate.tracking
+    from accelerate.utils import LoggerType
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [LoggerType(name) for name in names])
+
+
+@pytest.mark.parametrize("report_to, tracker, package", [
+    ("wandb", "wandb", "pip install wandb"),
+    ("tensorboard,comet_ml", "comet_ml", "pip install comet_ml"),
+    ("all, mlflow", "mlflow", "pip install mlflow"),  # named next to "all", it is still asked for by name
+])
+def test_a_tracker_whose_package_is_missing_is_refused_before_any_data_is_read(report_to, tracker, package, data, tmp_path, monkeypatch):
+    """Accelerate drops a tracker it cannot import with a debug message: the run trained for hours untracked."""
+    only_installed(monkeypatch, "tensorboard")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the trackers were checked")
+
+    monkeypatch.setattr(train_script, "load_caption_dataset", no_data)
+    argv = tiny_args(data, tmp_path / "out", tmp_path / "cache", "--report_to", report_to)
+    with pytest.raises(ValueError) as refused:
+        run(argv)
+    message = str(refused.value)
+    assert f"--report_to {report_to!r}" in message and f"'{tracker}' is not installed" in message and package in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_installed_trackers_all_and_none_keep_their_meaning(tmp_path, monkeypatch):
+    from hf_imgcap.training.run_arguments import make_accelerator, validate_arguments
+
+    only_installed(monkeypatch, "tensorboard")
+    for report_to in ("tensorboard", "none", "all", "all,tensorboard", " tensorboard "):
+        model_args, data_args, args = train_script.parse_args(["--report_to", report_to, "--output_dir", str(tmp_path / "out")])
+        validate_arguments(model_args, data_args, args)  # accepted
+    # "all" is Accelerate's: every tracker whose package is installed (tensorboard is a dependency); spaces are trimmed.
+    for report_to, trackers in (("all", ["tensorboard"]), (" tensorboard ", ["tensorboard"]), ("none", [])):
+        args = train_script.parse_args(["--report_to", report_to, "--output_dir", str(tmp_path / "out")])[2]
+        assert [str(tracker) for tracker in make_accelerator(args).log_with] == trackers, report_to
