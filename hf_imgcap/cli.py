@@ -13,7 +13,9 @@ import errno
 import json
 import math
 import os
+import shutil
 import sys
+import traceback
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +23,97 @@ from pathlib import Path
 from hf_imgcap.evaluation.attention_maps import model_view_crop_fraction, render_attention_map
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
+PROGRAM = "hf-imgcap"
 MAX_PATH_COLUMN = 60  # table mode: longer paths push their caption to the right instead of widening every row
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 128 + 2  # Ctrl-C: what a shell reports for a tool ended by SIGINT
 EXIT_BROKEN_PIPE = 128 + 13  # the reader went away (`| head`): what a shell reports for a tool ended by SIGPIPE
+DEBUG_VARIABLE = "HF_IMGCAP_DEBUG"
+DEBUG_HELP = f"Errors the user can fix print one message; set {DEBUG_VARIABLE}=1 to see their Python traceback too."
 
 
 class UsageError(Exception):
     """A problem the user can fix (missing model, no images, ...): one line on stderr, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------- errors at the entry points
+def is_user_error(error: BaseException) -> bool:
+    """Whether `error` is the user's to fix (a message is enough) rather than a bug (the traceback is the report).
+
+    User errors are what our checks raise (`UsageError`, `ValueError` and its subclasses: argument values, data
+    layouts, columns, checkpoints, images) and `OSError`, which Python, transformers, datasets and huggingface_hub
+    raise for files, folders and repositories that are missing, unreadable or full; also the errors of the two
+    libraries that read a user's data and weights files when those files are damaged. Anything else (TypeError,
+    KeyError, AttributeError, RuntimeError, ...) is a bug and keeps its traceback.
+    """
+    return isinstance(error, (UsageError, ValueError, OSError, *_damaged_file_errors()))
+
+
+def _damaged_file_errors() -> tuple[type, ...]:
+    """What datasets and safetensors raise for a damaged data or weights file; looked up only if those libraries
+    are loaded (whatever raised one has imported it)."""
+    found = []
+    if "datasets.exceptions" in sys.modules:
+        found.append(sys.modules["datasets.exceptions"].DatasetGenerationError)
+    if "safetensors" in sys.modules:
+        found.append(sys.modules["safetensors"].SafetensorError)
+    return tuple(found)
+
+
+def error_message(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:  # "name: No such file or directory", not "[Errno 2] ..."
+        return f"{error.filename}: {error.strerror}" if error.filename is not None else error.strerror
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, _damaged_file_errors()) and error.__cause__ is not None:  # datasets: "An error occurred while
+        text += f" ({type(error.__cause__).__name__}: {_first_line(error.__cause__)})"  # generating the dataset": why
+    return text
+
+
+def debug_requested() -> bool:
+    return os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def run_as_program(program: str, body) -> int:
+    """Run `body()` as a command-line program named `program` and return its exit status: `body()`'s own, 2 for a
+    user error (`is_user_error`: one message on stderr, the traceback only with HF_IMGCAP_DEBUG=1), 130 for Ctrl-C,
+    141 when the reader of stdout went away. Any other exception (a bug) propagates with its traceback."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        if debug_requested():
+            traceback.print_exc()
+        print(f"{program}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of our output went away (`hf-imgcap caption ... | head -1`): stop quietly like other tools.
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+    except Exception as error:
+        if not is_user_error(error):
+            raise
+        if debug_requested():
+            traceback.print_exc()
+        _discard_stdout_if_unwritable()
+        print(printable(f"{program}: error: {error_message(error)}", sys.stderr), file=sys.stderr, flush=True)
+        return EXIT_USAGE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: Python flushes it at exit, which would fail (and print) again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a real file (an embedding program's or a test's stream): nothing to protect
+        pass
+
+
+def _discard_stdout_if_unwritable() -> None:
+    try:
+        sys.stdout.flush()
+    except OSError:  # a full disk or a closed pipe: what is left in the buffer cannot be written either
+        _discard_stdout()
 
 
 # ---------------------------------------------------------------------------------------------- arguments
@@ -41,7 +126,9 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hf-imgcap", description="Show, Attend and Tell image captioning (transformers-native)."
+        prog=PROGRAM, description="Show, Attend and Tell image captioning (transformers-native).",
+        epilog=f"Exit status: 0 on success, 2 for a user error (bad arguments, a missing or unreadable model, dataset "
+        f"or file), 130 when interrupted. {DEBUG_HELP}",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -51,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Caption image files and the images in folders, in batches.",
         epilog="Exit status: 0 if every image was captioned, 1 if some could not be read (each is reported on "
         "stderr with the reason; the others are still captioned), 2 for a usage error (e.g. model not found, "
-        "no images found), 141 when the reader of the output goes away (e.g. `| head`).",
+        f"no images found), 130 when interrupted, 141 when the reader of the output goes away (e.g. `| head`). {DEBUG_HELP}",
     )
     caption.add_argument("images", nargs="+", metavar="IMAGES", help="image files and/or folders of images")
     _add_model_arguments(caption)
@@ -70,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score a model on a dataset split (BLEU, METEOR, ROUGE-L, CIDEr)",
         description="Caption every image of a dataset split by generation and score the captions against the "
         "references (COCO-caption metrics).",
+        epilog=f"Exit status: 0 on success, 2 for a user error (e.g. model or dataset not found), 130 when interrupted. {DEBUG_HELP}",
     )
     _add_model_arguments(evaluate)
     evaluate.add_argument("--dataset", required=True, help="Hub dataset id or local folder (Flickr8k, Kaggle or Karpathy layout)")
@@ -357,6 +445,8 @@ def evaluate_command(args) -> int:
 
     if _looks_like_a_path(args.dataset) and not Path(args.dataset).exists():  # before the slow loads
         raise UsageError(f"dataset folder not found: {args.dataset}")
+    if args.meteor and shutil.which("java") is None:
+        raise UsageError("--meteor needs Java, and no `java` is on PATH: install a Java runtime, or pass --no-meteor")
     device = resolve_device(args.device)
     model, processor = load_model_and_processor(args.model, device, args.trust_remote_code)
     try:
@@ -397,20 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_request:  # --help (0) or an argparse error (2, message already printed)
         return int(exit_request.code or 0)
     command = {"caption": caption_command, "evaluate": evaluate_command}[args.command]
-    try:
-        return command(args)
-    except UsageError as error:
-        print(printable(f"hf-imgcap: error: {error}", sys.stderr), file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("hf-imgcap: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # The reader of our output went away (`hf-imgcap caption ... | head -1`): stop quietly like other tools.
-        # Python flushes stdout at exit, which would raise again: point it at /dev/null first.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
+    return run_as_program(PROGRAM, lambda: command(args))
 
 
 if __name__ == "__main__":

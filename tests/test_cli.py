@@ -1,5 +1,6 @@
 """`hf-imgcap caption` / `hf-imgcap evaluate`, in process through `main()` and once through the console script."""
 
+import errno
 import json
 import os
 import resource
@@ -138,7 +139,70 @@ def test_usage_errors_exit_2_with_one_line(saved, tmp_path, capsys):
 
 def test_help_documents_exit_codes(capsys):
     assert main(["caption", "--help"]) == 0
-    assert "1 if some could not be read" in " ".join(capsys.readouterr().out.split())
+    text = " ".join(capsys.readouterr().out.split())
+    assert "1 if some could not be read" in text and "HF_IMGCAP_DEBUG=1" in text
+    assert main(["--help"]) == 0
+    assert "HF_IMGCAP_DEBUG=1" in capsys.readouterr().out
+
+
+class FullDisk:
+    """A stdout on a full disk: every write fails as the OS reports it."""
+
+    encoding = "utf-8"
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def flush(self):
+        pass
+
+
+def test_a_user_error_met_while_a_command_runs_is_one_line_and_exit_2(saved, tmp_path, capsys, monkeypatch):
+    """Not only the errors the commands check for: an OSError or ValueError met on the way (a full disk, Java
+    missing for --meteor) is the user's to fix as well."""
+    _, _, folder, paths = saved
+    monkeypatch.delenv("HF_IMGCAP_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "stdout", FullDisk())
+    assert main(["caption", str(paths[0]), "--model", str(folder), *OPTIONS]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "hf-imgcap: error: No space left on device", err
+    monkeypatch.undo()
+
+    dataset = write_synthetic_flickr8k(tmp_path / "flickr8k", num_train=4, num_val=2, num_test=2, image_size=64)
+    monkeypatch.setenv("PATH", str(tmp_path / "no_programs_here"))  # no java
+    monkeypatch.delenv("HF_IMGCAP_DEBUG", raising=False)
+    assert main(["evaluate", "--model", str(folder), "--dataset", str(dataset), "--meteor", *OPTIONS]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "--meteor needs Java" in err, err
+
+
+def test_hf_imgcap_debug_shows_the_traceback_of_a_user_error(saved, tmp_path, capsys, monkeypatch):
+    _, _, _, paths = saved
+    monkeypatch.setenv("HF_IMGCAP_DEBUG", "1")
+    assert main(["caption", str(paths[0]), "--model", str(tmp_path / "no_such_model")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "load_model_and_processor" in err
+    assert err.strip().splitlines()[-1] == f"hf-imgcap: error: model folder not found: {tmp_path / 'no_such_model'}"
+
+
+def test_a_bug_keeps_its_traceback_and_ctrl_c_exits_130(saved, capsys, monkeypatch):
+    from hf_imgcap import cli
+
+    _, _, folder, paths = saved
+
+    def bug(*args, **kwargs):
+        raise TypeError("'NoneType' object is not subscriptable")
+
+    monkeypatch.setattr(cli, "load_model_and_processor", bug)  # not the user's fault: Python's own report
+    with pytest.raises(TypeError, match="not subscriptable"):
+        main(["caption", str(paths[0]), "--model", str(folder)])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_model_and_processor", interrupted)
+    assert main(["caption", str(paths[0]), "--model", str(folder)]) == 130
+    assert capsys.readouterr().err == "hf-imgcap: interrupted\n"
 
 
 def test_evaluate_prints_metrics(saved, tmp_path, capsys):
