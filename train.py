@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from transformers import HfArgumentParser
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, ShowAttendTellProcessor
-from hf_imgcap.cli import DEBUG_HELP, run_as_program
+from hf_imgcap.cli import DEBUG_HELP, TerminalSafeFormatter, run_as_program
 from hf_imgcap.data.caption_datasets import DEFAULT_DATASET, load_caption_dataset
 from hf_imgcap.data.feature_cache import build_feature_cache
 from hf_imgcap.data.tokenizer_training import train_caption_tokenizer
@@ -416,7 +416,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     """`python train.py ...`: the exit status (see EPILOG); a user error is one message on stderr, a bug raises."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stdout)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(TerminalSafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))  # logs name files
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     for noisy in ("httpx", "accelerate", "datasets", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -11,11 +11,13 @@ batch at a time, and each result is written (and flushed) as soon as its batch i
 import argparse
 import errno
 import json
+import logging
 import math
 import os
 import shutil
 import sys
 import traceback
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +65,7 @@ def _damaged_file_errors() -> tuple[type, ...]:
 
 def error_message(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:  # "name: No such file or directory", not "[Errno 2] ..."
-        return f"{error.filename}: {error.strerror}" if error.filename is not None else error.strerror
+        return f"{terminal_safe(str(error.filename))}: {error.strerror}" if error.filename is not None else error.strerror
     text = str(error).strip() or type(error).__name__
     if isinstance(error, _damaged_file_errors()) and error.__cause__ is not None:  # datasets: "An error occurred while
         text += f" ({type(error.__cause__).__name__}: {_first_line(error.__cause__)})"  # generating the dataset": why
@@ -95,7 +97,7 @@ def run_as_program(program: str, body) -> int:
         if debug_requested():
             traceback.print_exc()
         _discard_stdout_if_unwritable()
-        print(printable(f"{program}: error: {error_message(error)}", sys.stderr), file=sys.stderr, flush=True)
+        print(printable(f"{program}: error: {error_message(error)}", sys.stderr, keep_newlines=True), file=sys.stderr, flush=True)
         return EXIT_USAGE
 
 
@@ -202,7 +204,7 @@ def load_model_and_processor(model: str, device, trust_remote_code: bool = False
 
     model = os.path.expanduser(model)
     if _looks_like_a_path(model) and not Path(model).is_dir():
-        raise UsageError(f"model folder not found: {model}")
+        raise UsageError(f"model folder not found: {terminal_safe(model)}")
     try:
         # The config first: its sizes are checked (by the config itself, and against the weights below) before
         # from_pretrained allocates the model.
@@ -235,7 +237,7 @@ def check_weights_match_config(folder: Path, config) -> None:
             try:
                 shards = set(json.loads((folder / index).read_text())["weight_map"].values())
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-                raise UsageError(f"{folder / index} cannot be read ({_first_line(error)})") from None
+                raise UsageError(f"{terminal_safe(str(folder / index))} cannot be read ({_first_line(error)})") from None
             files += [folder / shard for shard in sorted(shards) if (folder / shard).is_file()]
     if not files:
         return  # from_pretrained says which weight file is missing
@@ -243,7 +245,7 @@ def check_weights_match_config(folder: Path, config) -> None:
     parameters = config.estimated_num_parameters()
     if stored < parameters:  # under 1 byte per parameter: a checkpoint holds at least 2 (16-bit)
         raise UsageError(
-            f"{folder}: config.json asks for {parameters:,} parameters ({config.describe_sizes()}), at least "
+            f"{terminal_safe(str(folder))}: config.json asks for {parameters:,} parameters ({config.describe_sizes()}), at least "
             f"{2 * parameters / 1e9:.1f} GB of weights, but its weight files ({', '.join(p.name for p in files)}) hold only {stored:,} bytes: "
             "refused before allocating the model (a damaged or tampered folder?)"
         )
@@ -333,14 +335,12 @@ class CaptionRun:
             record = {"image": str(path), "caption": caption}
             if attention_map is not None:
                 record["attention_map"] = str(attention_map)
-            line = json.dumps(record, ensure_ascii=False)
-            if not _encodable(line, self.out):
-                line = json.dumps(record)  # \uXXXX escapes: still valid, lossless JSON
+            line = json_line(record, self.out)
         else:
             if not self._header_written:
                 print(f"{'image':<{self.path_width}}  caption", file=self.out)
                 self._header_written = True
-            line = printable(f"{str(path):<{self.path_width}}  {caption}", self.out)
+            line = printable(f"{terminal_safe(str(path)):<{self.path_width}}  {caption}", self.out)
         print(line, file=self.out, flush=True)  # results appear as they are made
         self.captioned += 1
 
@@ -354,6 +354,55 @@ class CaptionRun:
         return folder / name
 
 
+# ---------------------------------------------------------------------------------------------- text for a terminal
+# Kept although not "printable": the joiners that Persian, Indic scripts and emoji sequences need.
+JOINERS = frozenset("\u200c\u200d")
+# Non-printable characters that do nothing to a terminal: non-ASCII spaces, private use, unassigned code points.
+HARMLESS_CATEGORIES = frozenset({"Zs", "Co", "Cn"})
+SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _is_unsafe(char: str) -> bool:
+    """Control characters (C0, DEL, C1: newline, ESC, BEL, ...), invisible format characters (the bidirectional
+    overrides and isolates that reorder what a terminal shows, U+202E etc.), line and paragraph separators, and the
+    lone surrogates that stand for file-name bytes that are not UTF-8."""
+    return not char.isprintable() and char not in JOINERS and unicodedata.category(char) not in HARMLESS_CATEGORIES
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in SHORT_ESCAPES:
+        return SHORT_ESCAPES[char]
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for a byte that is not UTF-8: show that byte
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def terminal_safe(text: str, keep_newlines: bool = False) -> str:
+    """`text` (a file name, a user's argument, or a message holding them) as it may be shown on a terminal: every
+    character that would move the cursor, break the line, drive the terminal or reorder the text (`_is_unsafe`) is
+    written as a visible escape (\\n, \\x1b, \\u202e; a file-name byte that is not UTF-8 as \\xNN); everything
+    else, é and 日本 included, stays as it is. `keep_newlines` keeps the line breaks of a message of several lines."""
+    if text.isprintable():  # the common case, at C speed
+        return text
+    return "".join(char if (keep_newlines and char == "\n") or not _is_unsafe(char) else _escape(char) for char in text)
+
+
+def json_line(record: dict, stream) -> str:
+    """`record` as one line of JSON that is exact (file names round-trip) and safe on a terminal: the characters
+    `terminal_safe` escapes that JSON itself leaves raw (DEL, C1, bidirectional controls, separators) become \\uXXXX
+    escapes; other non-ASCII text stays readable unless `stream` cannot encode it."""
+    line = json.dumps(record, ensure_ascii=False)
+    if not line.isprintable():
+        line = "".join(_json_escape(char) if _is_unsafe(char) else char for char in line)
+    return line if _encodable(line, stream) else json.dumps(record)  # \uXXXX escapes: still valid, lossless JSON
+
+
+def _json_escape(char: str) -> str:
+    units = char.encode("utf-16-le", "surrogatepass")
+    return "".join(f"\\u{int.from_bytes(units[i:i + 2], 'little'):04x}" for i in range(0, len(units), 2))
+
+
 def _encodable(text: str, stream) -> bool:
     try:
         text.encode(getattr(stream, "encoding", None) or "utf-8")
@@ -362,11 +411,11 @@ def _encodable(text: str, stream) -> bool:
         return False
 
 
-def printable(text: str, stream) -> str:
-    """`text` as `stream` can write it. A file name that is not valid UTF-8 (Python keeps its bytes as lone
-    surrogates) or a caption in a script the stream's encoding lacks (Windows code pages, PYTHONIOENCODING=ascii)
-    would otherwise raise UnicodeEncodeError in the middle of a run; such characters are written as \\x.. / \\u....
-    escapes instead."""
+def printable(text: str, stream, keep_newlines: bool = False) -> str:
+    """`text` as `stream` can show it: `terminal_safe`, then, for a stream whose encoding lacks some characters
+    (Windows code pages, PYTHONIOENCODING=ascii), those as \\x.. / \\u.... escapes instead of a UnicodeEncodeError in
+    the middle of a run."""
+    text = terminal_safe(text, keep_newlines)
     if _encodable(text, stream):
         return text
     encoding = getattr(stream, "encoding", None) or "utf-8"
@@ -376,18 +425,25 @@ def printable(text: str, stream) -> str:
         return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
+class TerminalSafeFormatter(logging.Formatter):
+    """Log lines with the names they hold escaped as `terminal_safe` does (multi-line messages keep their lines)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_safe(super().format(record), keep_newlines=True)
+
+
 def caption_command(args) -> int:
     from tqdm.auto import tqdm
 
     # One cheap pass over the names (no file is opened) for the progress bar's total and the table's width.
     total, longest = 0, 0
     for path in iter_image_paths(args.images, args.recursive):
-        total, longest = total + 1, max(longest, len(str(path)))
+        total, longest = total + 1, max(longest, len(terminal_safe(str(path))))
     if total == 0:
-        raise UsageError(f"no images found in {' '.join(args.images)} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}"
+        raise UsageError(f"no images found in {' '.join(map(terminal_safe, args.images))} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}"
                          + ("" if args.recursive else "; use --recursive for sub-folders") + ")")
     if args.attention_map is not None and args.attention_map.exists() and not args.attention_map.is_dir():
-        raise UsageError(f"--attention-map {args.attention_map}: exists and is not a folder")
+        raise UsageError(f"--attention-map {terminal_safe(str(args.attention_map))}: exists and is not a folder")
     model, processor = load_model_and_processor(args.model, resolve_device(args.device), args.trust_remote_code)
     generate_kwargs = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}
     run = CaptionRun(as_json=args.json, path_width=min(max(longest, len("image")), MAX_PATH_COLUMN))
@@ -444,7 +500,7 @@ def evaluate_command(args) -> int:
     from hf_imgcap.evaluation.generation import evaluate_captioner
 
     if _looks_like_a_path(args.dataset) and not Path(args.dataset).exists():  # before the slow loads
-        raise UsageError(f"dataset folder not found: {args.dataset}")
+        raise UsageError(f"dataset folder not found: {terminal_safe(args.dataset)}")
     if args.meteor and shutil.which("java") is None:
         raise UsageError("--meteor needs Java, and no `java` is on PATH: install a Java runtime, or pass --no-meteor")
     device = resolve_device(args.device)
@@ -469,7 +525,7 @@ def evaluate_command(args) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{args.model} on {args.dataset} [{args.split}], {metrics['num_images']} images, "
+        print(f"{terminal_safe(args.model)} on {terminal_safe(args.dataset)} [{args.split}], {metrics['num_images']} images, "
               f"beam {args.num_beams}, max {args.max_new_tokens} new tokens")
         for name, value in metrics.items():
             shown = value if isinstance(value, int) or not math.isfinite(value) else f"{value:.4f}"

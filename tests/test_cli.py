@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -318,3 +319,71 @@ def test_the_parameter_estimate_matches_the_built_model():
         with torch.device("meta"):  # the real size, nothing allocated
             model = ShowAttendTellForConditionalGeneration(config)
         assert config.estimated_num_parameters() == model.num_parameters(), config
+
+
+# ---------------------------------------------------------------------------------------------- names on a terminal
+# File names that would break lines or drive the terminal if printed raw, and how each is shown instead.
+HOSTILE_NAMES = {
+    "new\nline.png": "new\\nline.png",
+    "carriage\rreturn.png": "carriage\\rreturn.png",
+    "esc\x1b[31mred.png": "esc\\x1b[31mred.png",
+    "title\x1b]0;pwned\x07.png": "title\\x1b]0;pwned\\x07.png",
+    "bidi\u202egnp.exe.png": "bidi\\u202egnp.exe.png",  # RIGHT-TO-LEFT OVERRIDE: "bidi" + reversed text
+    "isolate\u2067x\u2069.png": "isolate\\u2067x\\u2069.png",
+    "line\u2028separator.png": "line\\u2028separator.png",
+    "c1\x9bcontrol.png": "c1\\x9bcontrol.png",
+}
+READABLE_NAMES = ["café.png", "日本の写真.png", "emoji 👩\u200d💻.png", "tab-free name (1).png"]  # stay as they are
+RAW_CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+@pytest.fixture
+def hostile_folder(saved, tmp_path):
+    _, _, _, paths = saved
+    folder = tmp_path / "names"
+    folder.mkdir()
+    for name in [*HOSTILE_NAMES, *READABLE_NAMES]:
+        shutil.copy(paths[0], folder / name)
+    (folder / "broken\x1b[2J\u202e.png").write_text("not an image")  # reported on stderr, with its name
+    latin1 = os.fsdecode(b"latin1-caf\xe9.png")  # not UTF-8: Python keeps the byte as a lone surrogate
+    shutil.copy(paths[0], folder / latin1)
+    return folder, latin1
+
+
+def test_file_names_are_escaped_in_the_table_and_kept_exact_in_json(saved, hostile_folder, capsys, monkeypatch):
+    _, _, folder, _ = saved
+    images, latin1 = hostile_folder
+    monkeypatch.chdir(images)
+    assert main(["caption", ".", "--model", str(folder), *OPTIONS]) == 1  # the broken one fails
+    out, err = capsys.readouterr()
+    assert not RAW_CONTROLS.search(out) and not RAW_CONTROLS.search(err), (out, err)
+    rows = out.splitlines()[1:]
+    assert len(rows) == len(HOSTILE_NAMES) + len(READABLE_NAMES) + 1  # one line per image, none broken in two
+    shown = {row.split("  ")[0].strip() for row in rows}
+    assert set(HOSTILE_NAMES.values()) <= shown, shown
+    assert set(READABLE_NAMES) <= shown  # é, 日本, a joined emoji: readable
+    assert "latin1-caf\\xe9.png" in shown  # the byte that is not UTF-8, as \xNN
+    (skipped,) = [line for line in err.splitlines() if "skipped" in line]
+    assert "broken\\x1b[2J\\u202e.png" in skipped and "not an image" in skipped
+
+    assert main(["caption", ".", "--model", str(folder), *OPTIONS, "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert not RAW_CONTROLS.search(out) and not RAW_CONTROLS.search(err)
+    lines = out.splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert {record["image"] for record in records} == {*HOSTILE_NAMES, *READABLE_NAMES, latin1}
+    assert "café" in out and "日本の写真" in out  # readable in the JSON text too, not \u escapes
+
+
+def test_names_in_error_messages_are_escaped(saved, tmp_path, capsys):
+    _, _, folder, paths = saved
+    empty = tmp_path / "empty\x1b[2J\u202efolder"
+    empty.mkdir()
+    missing_model = tmp_path / "model\nfolder\x1b]0;x\x07"
+    for argv, message in (
+        (["caption", str(empty), "--model", str(folder)], f"no images found in {tmp_path}/empty\\x1b[2J\\u202efolder"),
+        (["caption", str(paths[0]), "--model", str(missing_model)], f"model folder not found: {tmp_path}/model\\nfolder\\x1b]0;x\\x07"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert not RAW_CONTROLS.search(err) and len(err.splitlines()) == 1 and message in err, err

@@ -792,9 +792,23 @@ def test_ctrl_c_exits_130_without_a_traceback_and_a_bug_keeps_its_traceback(caps
         train_script.main([])
 
 
-def test_train_py_exits_2_with_the_message_alone():
-    """The script itself, as a shell runs it."""
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--per_device_train_batch_size", "0"],
+def test_train_py_exits_2_with_one_message_and_prints_names_escaped(tmp_path):
+    """The script itself, as a shell runs it: it replaces a previous run (logging the user's files it keeps), then
+    meets a dataset folder without data. Names holding terminal control characters reach neither the log nor the
+    error raw."""
+    out = tmp_path / "run\x1b[2J"
+    out.mkdir()
+    (out / "training_args.json").write_text("{}")
+    (out / "notes\u202etxt.md").write_text("the user's own file: kept")
+    empty = tmp_path / "photos\x1b]0;pwned\x07"
+    empty.mkdir()
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--dataset", str(empty), "--output_dir", str(out),
+                             "--overwrite_output_dir", "--cache_dir", str(tmp_path / "cache"), "--report_to", "none"],
                             capture_output=True, text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "HF_IMGCAP_DEBUG"})
-    assert result.returncode == 2
-    assert result.stderr == "train.py: error: invalid arguments:\n  --per_device_train_batch_size 0: must be ≥ 1\n"
+    assert result.returncode == 2, result.stderr[-3000:]
+    raw_controls = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+    assert not raw_controls.search(result.stdout) and not raw_controls.search(result.stderr), (result.stdout, result.stderr)
+    assert "kept notes\\u202etxt.md" in result.stdout  # the log line of --overwrite_output_dir
+    assert "Traceback" not in result.stderr
+    error = result.stderr[result.stderr.index("train.py: error: "):]
+    assert str(tmp_path / "photos\\x1b]0;pwned\\x07") in error and len(error.splitlines()) == 1, error
