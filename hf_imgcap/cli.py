@@ -1,8 +1,9 @@
 # Copyright 2026 The hf-imgcap authors. Apache-2.0.
-"""`hf-imgcap`: caption images and evaluate captioners from a shell.
+"""`hf-imgcap`: caption images, evaluate captioners and share them on the Hub from a shell.
 
     hf-imgcap caption photos/ dog.jpg --model path/or/repo --num-beams 5 --json
     hf-imgcap evaluate --model path/or/repo --dataset path/to/flickr8k --split test
+    hf-imgcap push outputs/show-attend-tell --repo-id user/name
 
 Memory stays flat however many images there are: paths are found lazily, images are opened and preprocessed one
 batch at a time, and each result is written (and flushed) as soon as its batch is done.
@@ -173,6 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="run METEOR (needs Java); default: when Java is found",
     )
     evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+
+    push = commands.add_parser(
+        "push",
+        help="upload a training output folder to the Hub",
+        description="Upload the model of a training output folder (weights, code files, processor, model card, "
+        "metrics) to a Hub model repository in one commit; the model card is rewritten first to name the repository. "
+        "Checkpoints, logs and any other file of the folder stay local. The token comes from HF_TOKEN or `hf auth login`.",
+        epilog=f"Exit status: 0 when pushed, 2 for a user error (no model in the folder, a bad repository id, no "
+        f"network or no permission), 130 when interrupted. {DEBUG_HELP}",
+    )
+    push.add_argument("folder", type=Path, metavar="FOLDER", help="the training output folder (train.py's --output_dir)")
+    push.add_argument("--repo-id", required=True, metavar="USER/NAME", help="the Hub model repository (created if needed)")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--commit-message", help="(default: 'Upload Show-Attend-Tell captioner (hf-imgcap)')")
     return parser
 
 
@@ -533,6 +548,25 @@ def evaluate_command(args) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------------------------- push
+def push_command(args) -> int:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from hf_imgcap.hub import push_to_hub
+
+    try:
+        validate_repo_id(args.repo_id)
+    except HFValidationError as error:
+        raise UsageError(f"--repo-id {args.repo_id!r} is not a Hub repository id: {_first_line(error)}") from None
+    if "/" not in args.repo_id:
+        raise UsageError(f"--repo-id {args.repo_id!r}: give user/name (or organization/name)")
+    if not args.folder.is_dir():
+        raise UsageError(f"folder not found: {terminal_safe(str(args.folder))}")
+    push_to_hub(args.folder, args.repo_id, private=args.private or None, commit_message=args.commit_message)
+    print(f"pushed {terminal_safe(str(args.folder))} to https://huggingface.co/{args.repo_id}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> int:
     """Run the `hf-imgcap` command line; returns the exit status (0 ok, 1 some images failed, 2 usage error,
@@ -542,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_request:  # --help (0) or an argparse error (2, message already printed)
         return int(exit_request.code or 0)
-    command = {"caption": caption_command, "evaluate": evaluate_command}[args.command]
+    command = {"caption": caption_command, "evaluate": evaluate_command, "push": push_command}[args.command]
     return run_as_program(PROGRAM, lambda: command(args))
 
 

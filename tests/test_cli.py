@@ -222,10 +222,7 @@ def test_evaluate_prints_metrics(saved, tmp_path, capsys):
 
 def test_console_script_gives_the_same_captions(saved, tmp_path):
     model, processor, folder, paths = saved
-    script = shutil.which("hf-imgcap")
-    if script is None:  # installed next to this interpreter even when that directory is not on PATH
-        script = os.path.join(os.path.dirname(sys.executable), "hf-imgcap")
-    assert os.path.exists(script), "hf-imgcap is not installed: pip install -e ."
+    script = console_script()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
@@ -237,7 +234,8 @@ def test_console_script_gives_the_same_captions(saved, tmp_path):
 
 
 def console_script() -> str:
-    script = shutil.which("hf-imgcap") or os.path.join(os.path.dirname(sys.executable), "hf-imgcap")
+    """The hf-imgcap script of this interpreter's environment (next to it), whatever PATH holds."""
+    script = os.path.join(os.path.dirname(sys.executable), "hf-imgcap")
     assert os.path.exists(script), "hf-imgcap is not installed: pip install -e ."
     return script
 
@@ -387,3 +385,36 @@ def test_names_in_error_messages_are_escaped(saved, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert not RAW_CONTROLS.search(err) and len(err.splitlines()) == 1 and message in err, err
+
+
+# ---------------------------------------------------------------------------------------------- push
+def test_push_uploads_a_training_folder_and_its_card_names_the_repository(saved, tmp_path, capsys, monkeypatch):
+    from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
+
+    _, _, folder, _ = saved
+    run = tmp_path / "run"
+    shutil.copytree(folder, run)
+    (run / "metrics.json").write_text(json.dumps({"test": {"bleu_4": 0.2, "num_images": 3}, "num_train_images": 9,
+                                                  "eval": {"split": "test", "num_beams": 1, "max_new_tokens": 6}}))
+    commits = []
+
+    def create_commit(self, repo_id, operations, commit_message=None, **kwargs):
+        commits.append((repo_id, sorted(op.path_in_repo for op in operations)))
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/0", commit_message=commit_message,
+                          commit_description="", oid="0" * 40)
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    assert main(["push", str(run), "--repo-id", "someone/tiny-captioner"]) == 0
+    (repo_id, files), = commits
+    assert repo_id == "someone/tiny-captioner" and {"config.json", "model.safetensors", "README.md"} <= set(files)
+    assert "https://huggingface.co/someone/tiny-captioner" in capsys.readouterr().out
+    card = ModelCard.load(run / "README.md")
+    assert card.data.model_name == "someone/tiny-captioner" and 'from_pretrained("someone/tiny-captioner"' in card.text
+
+    for argv, message in ((["push", str(tmp_path), "--repo-id", "someone/x"], "holds no saved model"),
+                          (["push", str(run), "--repo-id", "not a repo"], "--repo-id 'not a repo'")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.splitlines()) == 1, err
+    assert len(commits) == 1
