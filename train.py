@@ -25,6 +25,7 @@ from accelerate.utils import set_seed
 from transformers import HfArgumentParser
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, ShowAttendTellProcessor
+from hf_imgcap.cli import DEBUG_HELP, TerminalSafeFormatter, run_as_program
 from hf_imgcap.data.caption_datasets import DEFAULT_DATASET, load_caption_dataset
 from hf_imgcap.data.feature_cache import build_feature_cache
 from hf_imgcap.data.tokenizer_training import train_caption_tokenizer
@@ -101,7 +102,7 @@ class TrainingArguments:
     early_stopping_patience: int = field(default=20, metadata={"help": "Epochs without improvement of --metric_for_best_model before stopping."})
     mixed_precision: str | None = field(default=None, metadata={"help": "'no', 'bf16', 'fp16' or 'fp8'; default: what `accelerate launch` / `accelerate config` says ('no' with plain python)."})
     use_cpu: bool = field(default=False, metadata={"aliases": ["--cpu"], "help": "Train on the CPU even when a GPU is available (default: the launcher / Accelerate decides)."})
-    report_to: str = field(default="tensorboard", metadata={"help": "Tracker(s) for Accelerate, comma separated ('tensorboard', 'wandb', ...), or 'none'."})
+    report_to: str = field(default="tensorboard", metadata={"help": "Tracker(s) for Accelerate, comma separated ('tensorboard', 'wandb', ...), 'all' (every installed one) or 'none'. A tracker named here must be installed (e.g. pip install wandb): the run refuses to start otherwise."})
     eval_num_beams: int = field(default=3, metadata={"help": "Beam size for validation and test captions."})
     eval_length_penalty: float = field(default=1.0, metadata={"help": "Beam search length penalty for validation and test captions (a beam's score is its log-probability / length**penalty: > 1 favours longer captions)."})
     eval_max_new_tokens: int = field(default=40, metadata={"help": "Longest caption generated during evaluation."})
@@ -394,9 +395,17 @@ def run_demo(model_args: ModelArguments, data_args: DataArguments, args: Trainin
 
 
 # ---------------------------------------------------------------------------------------------- entry point
+PROGRAM = Path(__file__).name
+EPILOG = (f"Exit status: 0 when the run finished or stopped at a checkpoint (SIGTERM, Ctrl-C: continue with --resume), "
+          f"2 for a user error (a bad argument, a used --output_dir, a dataset, column, image or model that cannot be "
+          f"read), 130 when interrupted outside the training loop. {DEBUG_HELP}")
+
+
 def parse_args(argv=None):
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), description=__doc__)
-    model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog=PROGRAM, description=__doc__, epilog=EPILOG)
+    model_args, data_args, args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:  # argparse's usage error (exit 2), as for any other mistyped command line
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.demo:  # the demo presets become the defaults: an option given on the command line still wins
         unknown = set(DEMO_OVERRIDES) - {f.name for target in (model_args, data_args, args) for f in dataclasses.fields(target)}
         if unknown:  # a renamed argument must not silently drop its demo preset
@@ -406,16 +415,23 @@ def parse_args(argv=None):
     return model_args, data_args, args
 
 
-def main(argv=None):
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO, stream=sys.stdout)
+def main(argv=None) -> int:
+    """`python train.py ...`: the exit status (see EPILOG); a user error is one message on stderr, a bug raises."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(TerminalSafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))  # logs name files
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     for noisy in ("httpx", "accelerate", "datasets", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    model_args, data_args, args = parse_args(argv)
-    if args.demo:
-        run_demo(model_args, data_args, args)
-    else:
-        train(model_args, data_args, args)
-    return 0
+
+    def run() -> int:
+        try:
+            model_args, data_args, args = parse_args(argv)
+        except SystemExit as exit_request:  # --help (0) or an argparse error (2, message already printed)
+            return int(exit_request.code or 0)
+        (run_demo if args.demo else train)(model_args, data_args, args)
+        return 0
+
+    return run_as_program(PROGRAM, run)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 # Copyright 2026 The hf-imgcap authors. Apache-2.0.
-"""`hf-imgcap`: caption images and evaluate captioners from a shell.
+"""`hf-imgcap`: caption images, evaluate captioners and share them on the Hub from a shell.
 
     hf-imgcap caption photos/ dog.jpg --model path/or/repo --num-beams 5 --json
     hf-imgcap evaluate --model path/or/repo --dataset path/to/flickr8k --split test
+    hf-imgcap push outputs/show-attend-tell --repo-id user/name
 
 Memory stays flat however many images there are: paths are found lazily, images are opened and preprocessed one
 batch at a time, and each result is written (and flushed) as soon as its batch is done.
@@ -11,9 +12,13 @@ batch at a time, and each result is written (and flushed) as soon as its batch i
 import argparse
 import errno
 import json
+import logging
 import math
 import os
+import shutil
 import sys
+import traceback
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +26,97 @@ from pathlib import Path
 from hf_imgcap.evaluation.attention_maps import model_view_crop_fraction, render_attention_map
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
+PROGRAM = "hf-imgcap"
 MAX_PATH_COLUMN = 60  # table mode: longer paths push their caption to the right instead of widening every row
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 128 + 2  # Ctrl-C: what a shell reports for a tool ended by SIGINT
 EXIT_BROKEN_PIPE = 128 + 13  # the reader went away (`| head`): what a shell reports for a tool ended by SIGPIPE
+DEBUG_VARIABLE = "HF_IMGCAP_DEBUG"
+DEBUG_HELP = f"Errors the user can fix print one message; set {DEBUG_VARIABLE}=1 to see their Python traceback too."
 
 
 class UsageError(Exception):
     """A problem the user can fix (missing model, no images, ...): one line on stderr, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------- errors at the entry points
+def is_user_error(error: BaseException) -> bool:
+    """Whether `error` is the user's to fix (a message is enough) rather than a bug (the traceback is the report).
+
+    User errors are what our checks raise (`UsageError`, `ValueError` and its subclasses: argument values, data
+    layouts, columns, checkpoints, images) and `OSError`, which Python, transformers, datasets and huggingface_hub
+    raise for files, folders and repositories that are missing, unreadable or full; also the errors of the two
+    libraries that read a user's data and weights files when those files are damaged. Anything else (TypeError,
+    KeyError, AttributeError, RuntimeError, ...) is a bug and keeps its traceback.
+    """
+    return isinstance(error, (UsageError, ValueError, OSError, *_damaged_file_errors()))
+
+
+def _damaged_file_errors() -> tuple[type, ...]:
+    """What datasets and safetensors raise for a damaged data or weights file; looked up only if those libraries
+    are loaded (whatever raised one has imported it)."""
+    found = []
+    if "datasets.exceptions" in sys.modules:
+        found.append(sys.modules["datasets.exceptions"].DatasetGenerationError)
+    if "safetensors" in sys.modules:
+        found.append(sys.modules["safetensors"].SafetensorError)
+    return tuple(found)
+
+
+def error_message(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:  # "name: No such file or directory", not "[Errno 2] ..."
+        return f"{terminal_safe(str(error.filename))}: {error.strerror}" if error.filename is not None else error.strerror
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, _damaged_file_errors()) and error.__cause__ is not None:  # datasets: "An error occurred while
+        text += f" ({type(error.__cause__).__name__}: {_first_line(error.__cause__)})"  # generating the dataset": why
+    return text
+
+
+def debug_requested() -> bool:
+    return os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def run_as_program(program: str, body) -> int:
+    """Run `body()` as a command-line program named `program` and return its exit status: `body()`'s own, 2 for a
+    user error (`is_user_error`: one message on stderr, the traceback only with HF_IMGCAP_DEBUG=1), 130 for Ctrl-C,
+    141 when the reader of stdout went away. Any other exception (a bug) propagates with its traceback."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        if debug_requested():
+            traceback.print_exc()
+        print(f"{program}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of our output went away (`hf-imgcap caption ... | head -1`): stop quietly like other tools.
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+    except Exception as error:
+        if not is_user_error(error):
+            raise
+        if debug_requested():
+            traceback.print_exc()
+        _discard_stdout_if_unwritable()
+        print(printable(f"{program}: error: {error_message(error)}", sys.stderr, keep_newlines=True), file=sys.stderr, flush=True)
+        return EXIT_USAGE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: Python flushes it at exit, which would fail (and print) again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a real file (an embedding program's or a test's stream): nothing to protect
+        pass
+
+
+def _discard_stdout_if_unwritable() -> None:
+    try:
+        sys.stdout.flush()
+    except OSError:  # a full disk or a closed pipe: what is left in the buffer cannot be written either
+        _discard_stdout()
 
 
 # ---------------------------------------------------------------------------------------------- arguments
@@ -41,7 +129,9 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hf-imgcap", description="Show, Attend and Tell image captioning (transformers-native)."
+        prog=PROGRAM, description="Show, Attend and Tell image captioning (transformers-native).",
+        epilog=f"Exit status: 0 on success, 2 for a user error (bad arguments, a missing or unreadable model, dataset "
+        f"or file), 130 when interrupted. {DEBUG_HELP}",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -51,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Caption image files and the images in folders, in batches.",
         epilog="Exit status: 0 if every image was captioned, 1 if some could not be read (each is reported on "
         "stderr with the reason; the others are still captioned), 2 for a usage error (e.g. model not found, "
-        "no images found), 141 when the reader of the output goes away (e.g. `| head`).",
+        f"no images found), 130 when interrupted, 141 when the reader of the output goes away (e.g. `| head`). {DEBUG_HELP}",
     )
     caption.add_argument("images", nargs="+", metavar="IMAGES", help="image files and/or folders of images")
     _add_model_arguments(caption)
@@ -70,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score a model on a dataset split (BLEU, METEOR, ROUGE-L, CIDEr)",
         description="Caption every image of a dataset split by generation and score the captions against the "
         "references (COCO-caption metrics).",
+        epilog=f"Exit status: 0 on success, 2 for a user error (e.g. model or dataset not found), 130 when interrupted. {DEBUG_HELP}",
     )
     _add_model_arguments(evaluate)
     evaluate.add_argument("--dataset", required=True, help="Hub dataset id or local folder (Flickr8k, Kaggle or Karpathy layout)")
@@ -83,6 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="run METEOR (needs Java); default: when Java is found",
     )
     evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+
+    push = commands.add_parser(
+        "push",
+        help="upload a training output folder to the Hub",
+        description="Upload the model of a training output folder (weights, code files, processor, model card, "
+        "metrics) to a Hub model repository in one commit; the model card is rewritten first to name the repository. "
+        "Checkpoints, logs and any other file of the folder stay local. The token comes from HF_TOKEN or `hf auth login`.",
+        epilog=f"Exit status: 0 when pushed, 2 for a user error (no model in the folder, a bad repository id, no "
+        f"network or no permission), 130 when interrupted. {DEBUG_HELP}",
+    )
+    push.add_argument("folder", type=Path, metavar="FOLDER", help="the training output folder (train.py's --output_dir)")
+    push.add_argument("--repo-id", required=True, metavar="USER/NAME", help="the Hub model repository (created if needed)")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--commit-message", help="(default: 'Upload Show-Attend-Tell captioner (hf-imgcap)')")
     return parser
 
 
@@ -114,7 +219,7 @@ def load_model_and_processor(model: str, device, trust_remote_code: bool = False
 
     model = os.path.expanduser(model)
     if _looks_like_a_path(model) and not Path(model).is_dir():
-        raise UsageError(f"model folder not found: {model}")
+        raise UsageError(f"model folder not found: {terminal_safe(model)}")
     try:
         # The config first: its sizes are checked (by the config itself, and against the weights below) before
         # from_pretrained allocates the model.
@@ -147,7 +252,7 @@ def check_weights_match_config(folder: Path, config) -> None:
             try:
                 shards = set(json.loads((folder / index).read_text())["weight_map"].values())
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-                raise UsageError(f"{folder / index} cannot be read ({_first_line(error)})") from None
+                raise UsageError(f"{terminal_safe(str(folder / index))} cannot be read ({_first_line(error)})") from None
             files += [folder / shard for shard in sorted(shards) if (folder / shard).is_file()]
     if not files:
         return  # from_pretrained says which weight file is missing
@@ -155,7 +260,7 @@ def check_weights_match_config(folder: Path, config) -> None:
     parameters = config.estimated_num_parameters()
     if stored < parameters:  # under 1 byte per parameter: a checkpoint holds at least 2 (16-bit)
         raise UsageError(
-            f"{folder}: config.json asks for {parameters:,} parameters ({config.describe_sizes()}), at least "
+            f"{terminal_safe(str(folder))}: config.json asks for {parameters:,} parameters ({config.describe_sizes()}), at least "
             f"{2 * parameters / 1e9:.1f} GB of weights, but its weight files ({', '.join(p.name for p in files)}) hold only {stored:,} bytes: "
             "refused before allocating the model (a damaged or tampered folder?)"
         )
@@ -245,14 +350,12 @@ class CaptionRun:
             record = {"image": str(path), "caption": caption}
             if attention_map is not None:
                 record["attention_map"] = str(attention_map)
-            line = json.dumps(record, ensure_ascii=False)
-            if not _encodable(line, self.out):
-                line = json.dumps(record)  # \uXXXX escapes: still valid, lossless JSON
+            line = json_line(record, self.out)
         else:
             if not self._header_written:
                 print(f"{'image':<{self.path_width}}  caption", file=self.out)
                 self._header_written = True
-            line = printable(f"{str(path):<{self.path_width}}  {caption}", self.out)
+            line = printable(f"{terminal_safe(str(path)):<{self.path_width}}  {caption}", self.out)
         print(line, file=self.out, flush=True)  # results appear as they are made
         self.captioned += 1
 
@@ -266,6 +369,55 @@ class CaptionRun:
         return folder / name
 
 
+# ---------------------------------------------------------------------------------------------- text for a terminal
+# Kept although not "printable": the joiners that Persian, Indic scripts and emoji sequences need.
+JOINERS = frozenset("\u200c\u200d")
+# Non-printable characters that do nothing to a terminal: non-ASCII spaces, private use, unassigned code points.
+HARMLESS_CATEGORIES = frozenset({"Zs", "Co", "Cn"})
+SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _is_unsafe(char: str) -> bool:
+    """Control characters (C0, DEL, C1: newline, ESC, BEL, ...), invisible format characters (the bidirectional
+    overrides and isolates that reorder what a terminal shows, U+202E etc.), line and paragraph separators, and the
+    lone surrogates that stand for file-name bytes that are not UTF-8."""
+    return not char.isprintable() and char not in JOINERS and unicodedata.category(char) not in HARMLESS_CATEGORIES
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if char in SHORT_ESCAPES:
+        return SHORT_ESCAPES[char]
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for a byte that is not UTF-8: show that byte
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def terminal_safe(text: str, keep_newlines: bool = False) -> str:
+    """`text` (a file name, a user's argument, or a message holding them) as it may be shown on a terminal: every
+    character that would move the cursor, break the line, drive the terminal or reorder the text (`_is_unsafe`) is
+    written as a visible escape (\\n, \\x1b, \\u202e; a file-name byte that is not UTF-8 as \\xNN); everything
+    else, é and 日本 included, stays as it is. `keep_newlines` keeps the line breaks of a message of several lines."""
+    if text.isprintable():  # the common case, at C speed
+        return text
+    return "".join(char if (keep_newlines and char == "\n") or not _is_unsafe(char) else _escape(char) for char in text)
+
+
+def json_line(record: dict, stream) -> str:
+    """`record` as one line of JSON that is exact (file names round-trip) and safe on a terminal: the characters
+    `terminal_safe` escapes that JSON itself leaves raw (DEL, C1, bidirectional controls, separators) become \\uXXXX
+    escapes; other non-ASCII text stays readable unless `stream` cannot encode it."""
+    line = json.dumps(record, ensure_ascii=False)
+    if not line.isprintable():
+        line = "".join(_json_escape(char) if _is_unsafe(char) else char for char in line)
+    return line if _encodable(line, stream) else json.dumps(record)  # \uXXXX escapes: still valid, lossless JSON
+
+
+def _json_escape(char: str) -> str:
+    units = char.encode("utf-16-le", "surrogatepass")
+    return "".join(f"\\u{int.from_bytes(units[i:i + 2], 'little'):04x}" for i in range(0, len(units), 2))
+
+
 def _encodable(text: str, stream) -> bool:
     try:
         text.encode(getattr(stream, "encoding", None) or "utf-8")
@@ -274,11 +426,11 @@ def _encodable(text: str, stream) -> bool:
         return False
 
 
-def printable(text: str, stream) -> str:
-    """`text` as `stream` can write it. A file name that is not valid UTF-8 (Python keeps its bytes as lone
-    surrogates) or a caption in a script the stream's encoding lacks (Windows code pages, PYTHONIOENCODING=ascii)
-    would otherwise raise UnicodeEncodeError in the middle of a run; such characters are written as \\x.. / \\u....
-    escapes instead."""
+def printable(text: str, stream, keep_newlines: bool = False) -> str:
+    """`text` as `stream` can show it: `terminal_safe`, then, for a stream whose encoding lacks some characters
+    (Windows code pages, PYTHONIOENCODING=ascii), those as \\x.. / \\u.... escapes instead of a UnicodeEncodeError in
+    the middle of a run."""
+    text = terminal_safe(text, keep_newlines)
     if _encodable(text, stream):
         return text
     encoding = getattr(stream, "encoding", None) or "utf-8"
@@ -288,18 +440,25 @@ def printable(text: str, stream) -> str:
         return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
+class TerminalSafeFormatter(logging.Formatter):
+    """Log lines with the names they hold escaped as `terminal_safe` does (multi-line messages keep their lines)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_safe(super().format(record), keep_newlines=True)
+
+
 def caption_command(args) -> int:
     from tqdm.auto import tqdm
 
     # One cheap pass over the names (no file is opened) for the progress bar's total and the table's width.
     total, longest = 0, 0
     for path in iter_image_paths(args.images, args.recursive):
-        total, longest = total + 1, max(longest, len(str(path)))
+        total, longest = total + 1, max(longest, len(terminal_safe(str(path))))
     if total == 0:
-        raise UsageError(f"no images found in {' '.join(args.images)} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}"
+        raise UsageError(f"no images found in {' '.join(map(terminal_safe, args.images))} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}"
                          + ("" if args.recursive else "; use --recursive for sub-folders") + ")")
     if args.attention_map is not None and args.attention_map.exists() and not args.attention_map.is_dir():
-        raise UsageError(f"--attention-map {args.attention_map}: exists and is not a folder")
+        raise UsageError(f"--attention-map {terminal_safe(str(args.attention_map))}: exists and is not a folder")
     model, processor = load_model_and_processor(args.model, resolve_device(args.device), args.trust_remote_code)
     generate_kwargs = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}
     run = CaptionRun(as_json=args.json, path_width=min(max(longest, len("image")), MAX_PATH_COLUMN))
@@ -356,7 +515,9 @@ def evaluate_command(args) -> int:
     from hf_imgcap.evaluation.generation import evaluate_captioner
 
     if _looks_like_a_path(args.dataset) and not Path(args.dataset).exists():  # before the slow loads
-        raise UsageError(f"dataset folder not found: {args.dataset}")
+        raise UsageError(f"dataset folder not found: {terminal_safe(args.dataset)}")
+    if args.meteor and shutil.which("java") is None:
+        raise UsageError("--meteor needs Java, and no `java` is on PATH: install a Java runtime, or pass --no-meteor")
     device = resolve_device(args.device)
     model, processor = load_model_and_processor(args.model, device, args.trust_remote_code)
     try:
@@ -379,11 +540,30 @@ def evaluate_command(args) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{args.model} on {args.dataset} [{args.split}], {metrics['num_images']} images, "
+        print(f"{terminal_safe(args.model)} on {terminal_safe(args.dataset)} [{args.split}], {metrics['num_images']} images, "
               f"beam {args.num_beams}, max {args.max_new_tokens} new tokens")
         for name, value in metrics.items():
             shown = value if isinstance(value, int) or not math.isfinite(value) else f"{value:.4f}"
             print(f"  {name:<10} {shown}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------- push
+def push_command(args) -> int:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from hf_imgcap.hub import push_to_hub
+
+    try:
+        validate_repo_id(args.repo_id)
+    except HFValidationError as error:
+        raise UsageError(f"--repo-id {args.repo_id!r} is not a Hub repository id: {_first_line(error)}") from None
+    if "/" not in args.repo_id:
+        raise UsageError(f"--repo-id {args.repo_id!r}: give user/name (or organization/name)")
+    if not args.folder.is_dir():
+        raise UsageError(f"folder not found: {terminal_safe(str(args.folder))}")
+    push_to_hub(args.folder, args.repo_id, private=args.private or None, commit_message=args.commit_message)
+    print(f"pushed {terminal_safe(str(args.folder))} to https://huggingface.co/{args.repo_id}")
     return EXIT_OK
 
 
@@ -396,21 +576,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_request:  # --help (0) or an argparse error (2, message already printed)
         return int(exit_request.code or 0)
-    command = {"caption": caption_command, "evaluate": evaluate_command}[args.command]
-    try:
-        return command(args)
-    except UsageError as error:
-        print(printable(f"hf-imgcap: error: {error}", sys.stderr), file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("hf-imgcap: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # The reader of our output went away (`hf-imgcap caption ... | head -1`): stop quietly like other tools.
-        # Python flushes stdout at exit, which would raise again: point it at /dev/null first.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
+    command = {"caption": caption_command, "evaluate": evaluate_command, "push": push_command}[args.command]
+    return run_as_program(PROGRAM, lambda: command(args))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@ import logging
 import math
 import os
 import re
+import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from hf_imgcap.models import show_attend_tell
 from hf_imgcap.models.show_attend_tell.configuration_show_attend_tell import ShowAttendTellConfig
@@ -38,10 +41,6 @@ HUB_FILE_NAMES = frozenset(MODEL_FILES + PROCESSOR_FILES + REMOTE_CODE_FILES + R
 WEIGHT_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")  # save_pretrained's names for a sharded model
 
 
-def _dataset_name(dataset: str) -> str:
-    return Path(dataset).name if Path(dataset).exists() else dataset
-
-
 HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -54,28 +53,196 @@ def base_model_of(encoder) -> str | None:
     return encoder if HUB_REPO_ID.fullmatch(encoder) and not encoder.endswith((".pth", ".pt")) else None
 
 
+# ---------------------------------------------------------------------------------------------- what the card says
+FLICKR8K_NAME = re.compile(r"flick?e?r[ _-]?8k", re.IGNORECASE)  # Flickr8k, flickr_8k, the release's "Flicker8k"
+LOCAL_DATASET_PREFIX = "local:"  # model-index dataset.type of a local folder: ":" is never in a Hub id
+
+
+def format_number(value) -> str:
+    """A number as a person reads it: integers with thousands separators; floats to 4 significant digits, in plain
+    notation from 0.0001 to 1,000,000 (0.0004, 0.1988, 1.235, 5) and in scientific notation outside it (4.226e-09)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if not math.isfinite(value) or value == 0:
+        return str(value) if value else "0"
+    if 1e-4 <= abs(value) < 1e4:
+        return f"{value:.4g}"
+    if 1e4 <= abs(value) < 1e6:
+        return f"{value:,.0f}"
+    return f"{value:.3e}"
+
+
+def hub_dataset_id(dataset: str) -> str | None:
+    """`dataset` if it names a dataset on the Hub (`user/name`, or a bare canonical name), None for a local
+    folder: one that exists, or a path that could only be one (absolute, relative with ./ ../ ~, or nested)."""
+    if not dataset or Path(dataset).expanduser().exists() or dataset.startswith(("/", ".", "~")) or dataset.count("/") > 1:
+        return None
+    try:
+        validate_repo_id(dataset)
+    except HFValidationError:
+        return None
+    return dataset
+
+
+@dataclass
+class DatasetDescription:
+    """What the card says about the dataset of a run: its name, where it is, its split sizes and captions."""
+
+    name: str  # the Hub id, or the local folder's name
+    hub_id: str | None
+    config: str | None = None
+    revision: str | None = None
+    synthetic: bool = False
+    split_images: dict = field(default_factory=dict)  # "train" / "validation" / "test" -> images, where recorded
+    test_captions: list = field(default_factory=list)  # how many reference captions each test image has
+
+    @property
+    def is_flickr8k(self) -> bool:
+        return not self.synthetic and bool(FLICKR8K_NAME.search(self.name))
+
+    @property
+    def model_index_type(self) -> str:
+        """The Hub id; for a local folder an identifier that is not one (no link to someone else's dataset)."""
+        return self.hub_id or f"{LOCAL_DATASET_PREFIX}{self.name}"
+
+    @property
+    def markdown(self) -> str:
+        where = f"[{self.hub_id}](https://huggingface.co/datasets/{self.hub_id})" if self.hub_id else f"`{self.name}` (a local folder)"
+        details = [f"configuration `{self.config}`" if self.config else "", f"revision `{self.revision}`" if self.revision else ""]
+        details = ", ".join(detail for detail in details if detail)
+        return f"{where} ({details})" if details else where
+
+    @property
+    def sizes(self) -> str:
+        """': 6,000 training, 1,000 validation and 1,000 test images; the 1,000 test images have 5,000 reference
+        captions (5 per image)', from what the run recorded ('' if nothing)."""
+        counts = [f"{format_number(self.split_images[split])} {label}" for split, label in
+                  (("train", "training"), ("validation", "validation"), ("test", "test")) if split in self.split_images]
+        if not counts:
+            return ""
+        text = f": {', '.join(counts[:-1])} and {counts[-1]} images" if len(counts) > 1 else f": {counts[0]} images"
+        if self.test_captions:
+            low, high = min(self.test_captions), max(self.test_captions)
+            per_image = format_number(low) if low == high else f"{low}–{high}"
+            text += (f"; the {format_number(len(self.test_captions))} test images have {format_number(sum(self.test_captions))} "
+                     f"reference captions ({per_image} per image)")
+        return text
+
+    @property
+    def limitation(self) -> str:
+        trained_on = self.split_images.get("train")
+        if self.synthetic:
+            return ("The training images are synthetic (coloured shapes on plain backgrounds): the model knows nothing "
+                    "about photographs.")
+        if self.is_flickr8k:
+            seen = f"; this model trained on {format_number(trained_on)} of them" if trained_on else ""
+            return (f"Flickr8k is small (about 8,000 photos{seen}) and centred on people and dogs in everyday scenes; "
+                    "captions of other kinds of images will be generic or wrong, and the model repeats the annotators' "
+                    "habits and biases (e.g. in how people are described by gender or age).")
+        images = f"the {format_number(trained_on)} training images" if trained_on else "the training images"
+        return (f"The model knows only what {images} of {self.name} show: captions of other kinds of images will be "
+                "generic or wrong, and it repeats the habits and biases of the captions it learned from (e.g. in how "
+                "people are described by gender or age).")
+
+
+def describe_dataset(data_args: dict, results: dict, folder: Path | None) -> DatasetDescription:
+    """The dataset of a run, from its arguments, its metrics.json (`results`) and its test_captions.json."""
+    given = data_args.get("dataset") or results.get("dataset") or "unknown"
+    hub_id = hub_dataset_id(given)
+    if hub_id is None:
+        path = Path(given).expanduser()
+        name = (path.resolve().name if path.exists() else path.name) or given
+    else:
+        name = hub_id
+    split_images = {}
+    if isinstance(results.get("num_train_images"), int):
+        split_images["train"] = results["num_train_images"]
+    history = results.get("history") or []
+    if history and isinstance(history[-1].get("num_images"), (int, float)):
+        split_images["validation"] = int(history[-1]["num_images"])
+    if isinstance((results.get("test") or {}).get("num_images"), int):
+        split_images["test"] = results["test"]["num_images"]
+    return DatasetDescription(
+        name=name, hub_id=hub_id, config=data_args.get("dataset_config"), revision=data_args.get("revision"),
+        # Only a synthetic dataset says what each image shows (scenes.json): its runs record content accuracy.
+        synthetic="content_accuracy" in results,
+        split_images=split_images,
+        test_captions=_test_caption_counts(folder, split_images.get("test")),
+    )
+
+
+def _test_caption_counts(folder: Path | None, num_test_images: int | None) -> list[int]:
+    """References per test image, from the run's test_captions.json ([] if absent, unreadable, or not this test)."""
+    path = None if folder is None else Path(folder) / "test_captions.json"
+    if path is None or not path.is_file():
+        return []
+    try:
+        examples = json.loads(path.read_text())
+        counts = [len(example["references"]) for example in examples]
+    except (OSError, ValueError, TypeError, KeyError):
+        logger.warning("%s cannot be read: the model card gives no caption counts", path)
+        return []
+    return counts if num_test_images in (None, len(counts)) else []
+
+
+def describe_decoding(num_beams: int, length_penalty: float = 1.0) -> str:
+    if num_beams == 1:
+        return "greedy decoding"
+    penalty = f", length penalty {format_number(length_penalty)}" if length_penalty != 1.0 else ""
+    return f"beam search ({num_beams} beams{penalty})"
+
+
+def model_repo_name(repo_id: str | None, folder: Path | None) -> str:
+    """The model-index name: the Hub repository when there is one, else the name of the folder holding the model."""
+    if repo_id and hub_repo_id(repo_id):
+        return repo_id
+    if repo_id:
+        return Path(repo_id).name or repo_id
+    return Path(folder).resolve().name if folder is not None else "show-attend-tell"
+
+
+def hub_repo_id(name: str) -> bool:
+    if Path(name).expanduser().exists() or name.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def python_string(text: str) -> str:
+    """A Python string literal of `text` (JSON's is one: double quotes, backslash escapes)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 def render_model_card(config, results: dict, model_args: dict, training_args: dict, data_args: dict, repo_id: str | None = None,
-                      example_image: str = "photo.jpg") -> ModelCard:
+                      example_image: str = "photo.jpg", folder: Path | None = None) -> ModelCard:
     """The Hub model card of a training run: the model's sizes from its saved `config` (the single source of
-    truth), its numbers from `metrics.json` (`results`), how it was trained from its arguments."""
+    truth), its numbers from `metrics.json` (`results`), how it was trained from its arguments, its dataset from
+    those and the run `folder`'s test_captions.json. The usage snippets load `repo_id`, else the folder."""
     test = results.get("test") or {}
-    dataset = _dataset_name(data_args.get("dataset") or "unknown")
-    is_hub_dataset = bool(HUB_REPO_ID.fullmatch(dataset)) and not Path(data_args.get("dataset", "")).exists()
+    dataset = describe_dataset(data_args, results, folder)
     metric_keys = [k for k in METRIC_LABELS if isinstance(test.get(k), (int, float)) and math.isfinite(test[k])]
     eval_results = [
         EvalResult(
             task_type="image-to-text",
             task_name="Image Captioning",
-            dataset_type=dataset if is_hub_dataset else dataset.lower(),
-            dataset_name=dataset,
+            dataset_type=dataset.model_index_type,
+            dataset_name=dataset.name,
+            dataset_config=dataset.config,
+            dataset_revision=dataset.revision,
             dataset_split=results.get("eval", {}).get("split", "test"),
             metric_type=METRIC_LABELS[key][0],
             metric_name=METRIC_LABELS[key][1],
-            metric_value=float(test[key]),
+            metric_value=float(test[key]),  # exact: the metadata is for machines
         )
         for key in metric_keys
     ]
-    model_name = (repo_id or "show-attend-tell-captioner").split("/")[-1]
+    model_name = model_repo_name(repo_id, folder)
+    load_from = repo_id or (str(folder) if folder is not None else "path/to/this/folder")
     encoder = model_args.get("encoder", "microsoft/resnet-152")
     card_data = ModelCardData(
         base_model=base_model_of(encoder),
@@ -84,7 +251,7 @@ def render_model_card(config, results: dict, model_args: dict, training_args: di
         library_name="transformers",
         pipeline_tag="image-to-text",
         tags=["image-captioning", "show-attend-tell", "resnet", "lstm", "attention", "hf-imgcap"],
-        datasets=[dataset] if is_hub_dataset else None,
+        datasets=[dataset.hub_id] if dataset.hub_id else None,
         metrics=sorted({METRIC_LABELS[k][0] for k in metric_keys}) or None,
         model_name=model_name,
         eval_results=eval_results or None,
@@ -92,41 +259,46 @@ def render_model_card(config, results: dict, model_args: dict, training_args: di
     encoder_description = "ResNet-152 with random weights (a demo: no pretrained weights)" if encoder == "random" else f"ResNet ({encoder})"
     tokenizer = model_args.get("tokenizer", "bert-base-uncased")
     eval_settings = results.get("eval", {})
+    num_beams = eval_settings.get("num_beams", training_args.get("eval_num_beams", 3))
     selection = results.get("best_model_selection") or {}
+    best_bleu_4 = results.get("validation_best_bleu_4")
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
         model_name=model_name,
-        repo_id=repo_id or "path/to/this/folder",
-        example_image=example_image,
+        repo_id_python=python_string(load_from),
+        repo_id_shell=shlex.quote(load_from),
+        example_image_python=python_string(example_image),
+        example_image_shell=shlex.quote(example_image),
         encoder_description=encoder_description,
         encoder_channels=config.encoder_hidden_size,
         image_size=config.image_size,
         grid=math.isqrt(config.num_regions),
-        vocab_size=config.vocab_size,
+        vocab_size=format_number(config.vocab_size),
         tokenizer_description="bert-base-uncased" if tokenizer == "bert-base-uncased" else (
             "the frequent words of the training captions" if tokenizer == "captions" else tokenizer),
         random_encoder=encoder == "random",
         test_metrics=bool(metric_keys),
-        metric_rows=[{"name": METRIC_LABELS[k][1], "value": f"{test[k]:.4f}"} for k in metric_keys],
-        num_beams=eval_settings.get("num_beams", training_args.get("eval_num_beams", 3)),
+        metric_rows=[{"name": METRIC_LABELS[k][1], "value": format_number(float(test[k]))} for k in metric_keys],
+        num_beams=num_beams,
+        decoding=describe_decoding(num_beams, eval_settings.get("length_penalty", training_args.get("eval_length_penalty", 1.0))),
         max_new_tokens=eval_settings.get("max_new_tokens", training_args.get("eval_max_new_tokens", 40)),
-        num_test_images=test.get("num_images", 0),
+        num_test_images=format_number(test.get("num_images", 0)),
         split=eval_settings.get("split", "test"),
         dataset=dataset,
         blind=bool(eval_settings.get("blind")),
-        num_train_images=results.get("num_train_images", "?"),
-        best_bleu_4=f"{results['validation_best_bleu_4']:.4f}" if isinstance(results.get("validation_best_bleu_4"), (int, float)) else "n/a",
-        steps=results.get("steps", "?"),
+        best_bleu_4=format_number(float(best_bleu_4)) if isinstance(best_bleu_4, (int, float)) and best_bleu_4 >= 0 else "n/a",
+        steps=format_number(results["steps"]) if isinstance(results.get("steps"), int) else "?",
         # metrics.json files from before --metric_for_best_model have no best_model_selection: they selected on BLEU-4.
         selection_metric=METRIC_LABELS.get(selection.get("metric", "bleu_4"), ("", "caption loss"))[1],
-        selection_value=f"{selection['value']:.4f}" if isinstance(selection.get("value"), (int, float)) else None,
-        **{k: getattr(config, k) for k in ("embedding_size", "attention_size", "hidden_size", "dropout", "attention_regularization")},
+        selection_value=format_number(float(selection["value"])) if isinstance(selection.get("value"), (int, float)) else None,
+        **{k: format_number(getattr(config, k)) for k in ("embedding_size", "attention_size", "hidden_size", "dropout",
+                                                          "attention_regularization")},
         batch_size=training_args.get("per_device_train_batch_size", training_args.get("batch_size")),  # batch_size in earlier runs' training_args.json
-        **{k: training_args.get(k) for k in ("learning_rate", "encoder_learning_rate", "finetune_encoder",
-                                             "gradient_accumulation_steps", "grad_clip", "lr_decay_factor", "lr_decay_patience",
-                                             "early_stopping_patience", "mixed_precision", "lr_scheduler_type",
-                                             "warmup_ratio")},
+        **{k: format_number(training_args.get(k)) for k in ("learning_rate", "encoder_learning_rate", "grad_clip", "lr_decay_factor",
+                                                            "warmup_ratio")},
+        **{k: training_args.get(k) for k in ("finetune_encoder", "gradient_accumulation_steps", "lr_decay_patience",
+                                             "early_stopping_patience", "mixed_precision", "lr_scheduler_type")},
     )
 
 
@@ -140,7 +312,7 @@ def saved_config(folder):
 def write_model_card(folder, results: dict, model_args: dict, training_args: dict, data_args: dict, repo_id: str | None = None,
                      example_image: str = "photo.jpg") -> Path:
     card = render_model_card(saved_config(folder), results, model_args, training_args, data_args, repo_id=repo_id or training_args.get("hub_model_id"),
-                             example_image=example_image)
+                             example_image=example_image, folder=Path(folder))
     path = Path(folder) / "README.md"
     if path.is_symlink():  # write the card in the folder, never through a link into some other file
         path.unlink()

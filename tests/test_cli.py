@@ -1,7 +1,9 @@
 """`hf-imgcap caption` / `hf-imgcap evaluate`, in process through `main()` and once through the console script."""
 
+import errno
 import json
 import os
+import re
 import resource
 import shlex
 import shutil
@@ -138,7 +140,70 @@ def test_usage_errors_exit_2_with_one_line(saved, tmp_path, capsys):
 
 def test_help_documents_exit_codes(capsys):
     assert main(["caption", "--help"]) == 0
-    assert "1 if some could not be read" in " ".join(capsys.readouterr().out.split())
+    text = " ".join(capsys.readouterr().out.split())
+    assert "1 if some could not be read" in text and "HF_IMGCAP_DEBUG=1" in text
+    assert main(["--help"]) == 0
+    assert "HF_IMGCAP_DEBUG=1" in capsys.readouterr().out
+
+
+class FullDisk:
+    """A stdout on a full disk: every write fails as the OS reports it."""
+
+    encoding = "utf-8"
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def flush(self):
+        pass
+
+
+def test_a_user_error_met_while_a_command_runs_is_one_line_and_exit_2(saved, tmp_path, capsys, monkeypatch):
+    """Not only the errors the commands check for: an OSError or ValueError met on the way (a full disk, Java
+    missing for --meteor) is the user's to fix as well."""
+    _, _, folder, paths = saved
+    monkeypatch.delenv("HF_IMGCAP_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "stdout", FullDisk())
+    assert main(["caption", str(paths[0]), "--model", str(folder), *OPTIONS]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "hf-imgcap: error: No space left on device", err
+    monkeypatch.undo()
+
+    dataset = write_synthetic_flickr8k(tmp_path / "flickr8k", num_train=4, num_val=2, num_test=2, image_size=64)
+    monkeypatch.setenv("PATH", str(tmp_path / "no_programs_here"))  # no java
+    monkeypatch.delenv("HF_IMGCAP_DEBUG", raising=False)
+    assert main(["evaluate", "--model", str(folder), "--dataset", str(dataset), "--meteor", *OPTIONS]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "--meteor needs Java" in err, err
+
+
+def test_hf_imgcap_debug_shows_the_traceback_of_a_user_error(saved, tmp_path, capsys, monkeypatch):
+    _, _, _, paths = saved
+    monkeypatch.setenv("HF_IMGCAP_DEBUG", "1")
+    assert main(["caption", str(paths[0]), "--model", str(tmp_path / "no_such_model")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "load_model_and_processor" in err
+    assert err.strip().splitlines()[-1] == f"hf-imgcap: error: model folder not found: {tmp_path / 'no_such_model'}"
+
+
+def test_a_bug_keeps_its_traceback_and_ctrl_c_exits_130(saved, capsys, monkeypatch):
+    from hf_imgcap import cli
+
+    _, _, folder, paths = saved
+
+    def bug(*args, **kwargs):
+        raise TypeError("'NoneType' object is not subscriptable")
+
+    monkeypatch.setattr(cli, "load_model_and_processor", bug)  # not the user's fault: Python's own report
+    with pytest.raises(TypeError, match="not subscriptable"):
+        main(["caption", str(paths[0]), "--model", str(folder)])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_model_and_processor", interrupted)
+    assert main(["caption", str(paths[0]), "--model", str(folder)]) == 130
+    assert capsys.readouterr().err == "hf-imgcap: interrupted\n"
 
 
 def test_evaluate_prints_metrics(saved, tmp_path, capsys):
@@ -157,10 +222,7 @@ def test_evaluate_prints_metrics(saved, tmp_path, capsys):
 
 def test_console_script_gives_the_same_captions(saved, tmp_path):
     model, processor, folder, paths = saved
-    script = shutil.which("hf-imgcap")
-    if script is None:  # installed next to this interpreter even when that directory is not on PATH
-        script = os.path.join(os.path.dirname(sys.executable), "hf-imgcap")
-    assert os.path.exists(script), "hf-imgcap is not installed: pip install -e ."
+    script = console_script()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
@@ -172,7 +234,8 @@ def test_console_script_gives_the_same_captions(saved, tmp_path):
 
 
 def console_script() -> str:
-    script = shutil.which("hf-imgcap") or os.path.join(os.path.dirname(sys.executable), "hf-imgcap")
+    """The hf-imgcap script of this interpreter's environment (next to it), whatever PATH holds."""
+    script = os.path.join(os.path.dirname(sys.executable), "hf-imgcap")
     assert os.path.exists(script), "hf-imgcap is not installed: pip install -e ."
     return script
 
@@ -254,3 +317,104 @@ def test_the_parameter_estimate_matches_the_built_model():
         with torch.device("meta"):  # the real size, nothing allocated
             model = ShowAttendTellForConditionalGeneration(config)
         assert config.estimated_num_parameters() == model.num_parameters(), config
+
+
+# ---------------------------------------------------------------------------------------------- names on a terminal
+# File names that would break lines or drive the terminal if printed raw, and how each is shown instead.
+HOSTILE_NAMES = {
+    "new\nline.png": "new\\nline.png",
+    "carriage\rreturn.png": "carriage\\rreturn.png",
+    "esc\x1b[31mred.png": "esc\\x1b[31mred.png",
+    "title\x1b]0;pwned\x07.png": "title\\x1b]0;pwned\\x07.png",
+    "bidi\u202egnp.exe.png": "bidi\\u202egnp.exe.png",  # RIGHT-TO-LEFT OVERRIDE: "bidi" + reversed text
+    "isolate\u2067x\u2069.png": "isolate\\u2067x\\u2069.png",
+    "line\u2028separator.png": "line\\u2028separator.png",
+    "c1\x9bcontrol.png": "c1\\x9bcontrol.png",
+}
+READABLE_NAMES = ["café.png", "日本の写真.png", "emoji 👩\u200d💻.png", "tab-free name (1).png"]  # stay as they are
+RAW_CONTROLS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+@pytest.fixture
+def hostile_folder(saved, tmp_path):
+    _, _, _, paths = saved
+    folder = tmp_path / "names"
+    folder.mkdir()
+    for name in [*HOSTILE_NAMES, *READABLE_NAMES]:
+        shutil.copy(paths[0], folder / name)
+    (folder / "broken\x1b[2J\u202e.png").write_text("not an image")  # reported on stderr, with its name
+    latin1 = os.fsdecode(b"latin1-caf\xe9.png")  # not UTF-8: Python keeps the byte as a lone surrogate
+    shutil.copy(paths[0], folder / latin1)
+    return folder, latin1
+
+
+def test_file_names_are_escaped_in_the_table_and_kept_exact_in_json(saved, hostile_folder, capsys, monkeypatch):
+    _, _, folder, _ = saved
+    images, latin1 = hostile_folder
+    monkeypatch.chdir(images)
+    assert main(["caption", ".", "--model", str(folder), *OPTIONS]) == 1  # the broken one fails
+    out, err = capsys.readouterr()
+    assert not RAW_CONTROLS.search(out) and not RAW_CONTROLS.search(err), (out, err)
+    rows = out.splitlines()[1:]
+    assert len(rows) == len(HOSTILE_NAMES) + len(READABLE_NAMES) + 1  # one line per image, none broken in two
+    shown = {row.split("  ")[0].strip() for row in rows}
+    assert set(HOSTILE_NAMES.values()) <= shown, shown
+    assert set(READABLE_NAMES) <= shown  # é, 日本, a joined emoji: readable
+    assert "latin1-caf\\xe9.png" in shown  # the byte that is not UTF-8, as \xNN
+    (skipped,) = [line for line in err.splitlines() if "skipped" in line]
+    assert "broken\\x1b[2J\\u202e.png" in skipped and "not an image" in skipped
+
+    assert main(["caption", ".", "--model", str(folder), *OPTIONS, "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert not RAW_CONTROLS.search(out) and not RAW_CONTROLS.search(err)
+    lines = out.splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert {record["image"] for record in records} == {*HOSTILE_NAMES, *READABLE_NAMES, latin1}
+    assert "café" in out and "日本の写真" in out  # readable in the JSON text too, not \u escapes
+
+
+def test_names_in_error_messages_are_escaped(saved, tmp_path, capsys):
+    _, _, folder, paths = saved
+    empty = tmp_path / "empty\x1b[2J\u202efolder"
+    empty.mkdir()
+    missing_model = tmp_path / "model\nfolder\x1b]0;x\x07"
+    for argv, message in (
+        (["caption", str(empty), "--model", str(folder)], f"no images found in {tmp_path}/empty\\x1b[2J\\u202efolder"),
+        (["caption", str(paths[0]), "--model", str(missing_model)], f"model folder not found: {tmp_path}/model\\nfolder\\x1b]0;x\\x07"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert not RAW_CONTROLS.search(err) and len(err.splitlines()) == 1 and message in err, err
+
+
+# ---------------------------------------------------------------------------------------------- push
+def test_push_uploads_a_training_folder_and_its_card_names_the_repository(saved, tmp_path, capsys, monkeypatch):
+    from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
+
+    _, _, folder, _ = saved
+    run = tmp_path / "run"
+    shutil.copytree(folder, run)
+    (run / "metrics.json").write_text(json.dumps({"test": {"bleu_4": 0.2, "num_images": 3}, "num_train_images": 9,
+                                                  "eval": {"split": "test", "num_beams": 1, "max_new_tokens": 6}}))
+    commits = []
+
+    def create_commit(self, repo_id, operations, commit_message=None, **kwargs):
+        commits.append((repo_id, sorted(op.path_in_repo for op in operations)))
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/0", commit_message=commit_message,
+                          commit_description="", oid="0" * 40)
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    assert main(["push", str(run), "--repo-id", "someone/tiny-captioner"]) == 0
+    (repo_id, files), = commits
+    assert repo_id == "someone/tiny-captioner" and {"config.json", "model.safetensors", "README.md"} <= set(files)
+    assert "https://huggingface.co/someone/tiny-captioner" in capsys.readouterr().out
+    card = ModelCard.load(run / "README.md")
+    assert card.data.model_name == "someone/tiny-captioner" and 'from_pretrained("someone/tiny-captioner"' in card.text
+
+    for argv, message in ((["push", str(tmp_path), "--repo-id", "someone/x"], "holds no saved model"),
+                          (["push", str(run), "--repo-id", "not a repo"], "--repo-id 'not a repo'")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.splitlines()) == 1, err
+    assert len(commits) == 1

@@ -1,15 +1,18 @@
 """The model card (rendered from a metrics file, snippets that run as written) and the Hub push, captured offline."""
 
+import ast
 import json
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from huggingface_hub import CommitInfo, HfApi, ModelCard, RepoUrl
+from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData, RepoUrl
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from PIL import Image
 
 from hf_imgcap.hub import hub_files, push_to_hub, write_model_card, write_model_card_from_folder
@@ -72,7 +75,7 @@ def test_card_parses_and_carries_the_exact_numbers_of_the_metrics_file(run_folde
     assert results["CIDEr-D"].metric_value == METRICS["test"]["cider"]
     assert all(r.dataset_split == "test" and r.dataset_name == "jxie/flickr8k" for r in results.values())
     text = card.text
-    assert "beam search, 3 beams" in text and "Show, Attend and Tell" in text and "people" in text
+    assert "beam search (3 beams)" in text and "Show, Attend and Tell" in text and "people" in text
     assert "trust_remote_code=True` runs the Python files" in text
     assert "| BLEU-4 | 0.1988 |" in text
 
@@ -98,7 +101,8 @@ def test_the_cards_usage_snippets_work_as_written(run_folder):
     (bash,) = code_blocks(card.text, "bash")
     command = shlex.split(bash.strip())
     assert command[0] == "hf-imgcap"
-    result = subprocess.run([shutil.which("hf-imgcap") or "hf-imgcap", *command[1:]], capture_output=True, text=True, timeout=300)
+    script = Path(sys.executable).with_name("hf-imgcap")  # installed next to this interpreter, whatever PATH says
+    result = subprocess.run([str(script), *command[1:]], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert expected[0] in result.stdout
 
@@ -192,8 +196,8 @@ def test_card_states_the_sizes_of_the_saved_config_not_the_training_arguments(ru
     text = ModelCard.load(write_model_card_from_folder(folder)).text
     config = tiny_model().config
     assert f"turns a 64×64 image into a 2×2 grid of {config.encoder_hidden_size}-channel features" in text
-    assert "Decoder: embedding 16, attention 16, LSTM 16, dropout 0.0," in text
-    assert f"{config.vocab_size}-token WordPiece vocabulary" in text
+    assert "Decoder: embedding 16, attention 16, LSTM 16, dropout 0," in text
+    assert f"{config.vocab_size:,}-token WordPiece vocabulary" in text
     assert "None" not in text
 
 
@@ -242,3 +246,118 @@ def test_the_root_model_card_is_the_template_the_package_renders():
     root = Path(__file__).resolve().parents[1] / "model_card.md"
     assert root.read_text() == TEMPLATE.read_text()
     assert "{{ card_data }}" in root.read_text()  # a template, rendered per run (the tests above load the results)
+
+
+# --- the card describes the run it belongs to ----------------------------------------------------------------------
+def run_results(num_train, num_validation, num_test, num_beams=3, **extra) -> dict:
+    """metrics.json of a run with these split sizes (validation: the size its history records)."""
+    return {
+        "test": {"bleu_1": 0.6123456789, "bleu_4": 0.1987654321, "cider": 1.23456789, "num_images": num_test},
+        "validation_best_bleu_4": 0.2, "steps": 10, "num_train_images": num_train,
+        "history": [{"epoch": 1, "step": 10, "train_loss": 3.2, "bleu_4": 0.2, "cider": 0.5, "num_images": num_validation}],
+        "eval": {"split": "test", "num_beams": num_beams, "max_new_tokens": 12, "blind": False},
+        **extra,
+    }
+
+
+def rendered_card(run_folder, folder, results, data_args, training_args=None, num_test_captions=None, **kwargs) -> ModelCard:
+    """The card write_model_card leaves in `folder` (a run folder with the tiny model's config.json), after
+    test_captions.json with `num_test_captions` references per test image when given."""
+    folder.mkdir(parents=True)
+    shutil.copy(run_folder[0] / "config.json", folder)
+    if num_test_captions is not None:
+        examples = [{"image_id": f"{i}.jpg", "caption": "a dog runs", "references": ["a dog runs on grass"] * num_test_captions}
+                    for i in range(results["test"]["num_images"])]
+        (folder / "test_captions.json").write_text(json.dumps(examples))
+    path = write_model_card(folder, results, ARGUMENTS["model"], training_args or ARGUMENTS["training"], data_args, **kwargs)
+    card = ModelCard.load(path)
+    assert ModelCardData(**card.data.to_dict()).to_dict() == card.data.to_dict()  # huggingface_hub parses it back whole
+    assert "{{" not in card.content and "{%" not in card.content
+    return card
+
+
+def is_hub_id(name: str) -> bool:
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def test_the_card_of_a_run_on_a_local_dataset_that_is_not_flickr8k_describes_that_dataset(run_folder, tmp_path):
+    photos = tmp_path / "data" / "holiday_photos"
+    photos.mkdir(parents=True)
+    card = rendered_card(run_folder, tmp_path / "run", run_results(40, 10, 12), {"dataset": str(photos)}, num_test_captions=3)
+    text = card.text
+    assert "Flickr8k" not in text and "8,000" not in text and "people and dogs" not in text
+    assert "`holiday_photos` (a local folder): 40 training, 10 validation and 12 test images" in text
+    assert "36 reference captions (3 per image)" in text
+    assert "the 40 training images of holiday_photos" in text  # the limitations name this dataset
+    results = card.data.eval_results
+    assert results and all(r.dataset_name == "holiday_photos" for r in results)
+    # No Hub id made up from a folder name (neither a bare name nor user/name): the Hub would link it to a stranger's dataset.
+    assert all("holiday_photos" in r.dataset_type and not is_hub_id(r.dataset_type) for r in results)
+    assert card.data.datasets is None
+
+
+@pytest.mark.parametrize("source", ["hub", "local folder"])
+def test_the_card_of_a_flickr8k_run_states_its_splits_and_caption_counts(run_folder, tmp_path, source):
+    dataset = "jxie/flickr8k" if source == "hub" else str(tmp_path / "Flickr8k")
+    if source == "local folder":
+        (tmp_path / "Flickr8k").mkdir()
+    card = rendered_card(run_folder, tmp_path / "run", run_results(6000, 1000, 1000), {"dataset": dataset}, num_test_captions=5)
+    text = card.text
+    assert "6,000 training, 1,000 validation and 1,000 test images" in text and "5,000 reference captions (5 per image)" in text
+    assert "Flickr8k is small" in text and "people and dogs" in text
+    assert "0.67/0.195" in text  # the paper's numbers are a reference for Flickr8k alone
+    types = {r.dataset_type for r in card.data.eval_results}
+    if source == "hub":
+        assert types == {"jxie/flickr8k"} and card.data.datasets == ["jxie/flickr8k"]
+        assert "[jxie/flickr8k](https://huggingface.co/datasets/jxie/flickr8k)" in text
+    else:
+        assert len(types) == 1 and not is_hub_id(types.pop()) and card.data.datasets is None
+
+
+def test_numbers_in_the_card_are_rounded_to_4_significant_digits(run_folder, tmp_path):
+    training = {**ARGUMENTS["training"], "learning_rate": 4.225771273359608e-09, "lr_decay_factor": 0.123456789,
+                "grad_clip": 5.0}
+    results = run_results(40, 10, 12, best_model_selection={"metric": "loss", "epoch": 1, "value": 0.000123456789})
+    card = rendered_card(run_folder, tmp_path / "run", results, {"dataset": "someone/photos"}, training_args=training)
+    text = card.text
+    assert "learning rate 4.226e-09" in text and "× 0.1235 after" in text and "gradient clipping 5," in text
+    assert "(0.0001235)" in text  # the selection value (a loss), plain while it reads well
+    assert "| BLEU-4 | 0.1988 |" in text and "| CIDEr-D | 1.235 |" in text
+    decimals = re.findall(r"\d+\.\d+", text)
+    too_long = [number for number in decimals if len(number.replace(".", "").lstrip("0")) > 4]
+    assert decimals and not too_long, too_long  # no number anywhere in the text with more than 4 significant digits
+    by_name = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert by_name["CIDEr-D"] == 1.23456789  # the metadata keeps the exact value
+
+
+@pytest.mark.parametrize("num_beams, phrase", [(1, "greedy decoding"), (3, "beam search (3 beams)")])
+def test_the_card_names_the_decoding(run_folder, tmp_path, num_beams, phrase):
+    card = rendered_card(run_folder, tmp_path / "run", run_results(40, 10, 12, num_beams=num_beams), {"dataset": "someone/photos"})
+    assert f"Scored by generating captions ({phrase}, at most 12 new tokens)" in card.text
+    assert "1 beams" not in card.text and ("beam search" in card.text) == (num_beams > 1)
+
+
+def test_the_model_index_names_the_hub_repository_or_else_the_output_folder(run_folder, tmp_path):
+    local = rendered_card(run_folder, tmp_path / "my-captioner-run", run_results(40, 10, 12), {"dataset": "someone/photos"})
+    assert local.data.model_name == "my-captioner-run" and local.text.lstrip().startswith("# my-captioner-run")
+    pushed = rendered_card(run_folder, tmp_path / "run", run_results(40, 10, 12), {"dataset": "someone/photos"},
+                           repo_id="someone/tiny-captioner")
+    assert pushed.data.model_name == "someone/tiny-captioner"
+    assert "show-attend-tell-captioner" not in local.content + pushed.content
+
+
+def test_the_usage_snippets_are_valid_python_and_shell_whatever_the_names(run_folder, tmp_path):
+    folder = tmp_path / 'run "one" it\'s'
+    image = "my photo's \\ \"best\".jpg"
+    card = rendered_card(run_folder, folder, run_results(40, 10, 12), {"dataset": "someone/photos"}, example_image=image)
+    snippets = code_blocks(card.text, "python")
+    assert len(snippets) == 3
+    for snippet in snippets:
+        strings = {node.value for node in ast.walk(ast.parse(snippet)) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+        assert str(folder) in strings and image in strings  # the loading path (no hub id: the folder) and the image
+    (bash,) = code_blocks(card.text, "bash")
+    assert shlex.split(bash) == ["hf-imgcap", "caption", image, "--model", str(folder), "--num-beams", "3"]

@@ -198,6 +198,7 @@ def test_help_documents_every_flag_and_each_is_accepted():
     fields = {f.name: f for cls in (train_script.ModelArguments, train_script.DataArguments, train_script.TrainingArguments)
               for f in cls.__dataclass_fields__.values()}
     assert set(flags) >= set(fields), set(fields) - set(flags)
+    assert "HF_IMGCAP_DEBUG=1" in result.stdout  # how to see the traceback of an error
     for name, field in fields.items():
         assert field.metadata.get("help"), f"--{name} has no help text"
         default = field.default
@@ -673,3 +674,141 @@ def test_an_option_given_with_the_demo_wins_over_its_preset_even_when_it_equals_
                                                    "--learning_rate", "1e-3"])
     assert (args.scst_epochs, args.num_train_epochs, model_args.whiten_features, args.learning_rate) == (0, 120, False, 1e-3)
     assert args.scst_baseline == train_script.DEMO_OVERRIDES["scst_baseline"]  # the others keep their presets
+
+
+# ---------------------------------------------------------------------------------------------- trackers
+def only_installed(monkeypatch, *names):
+    """Pretend that only these trackers' packages are installed (whatever this machine has)."""
+    import accelerate.tracking
+    from accelerate.utils import LoggerType
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [LoggerType(name) for name in names])
+
+
+@pytest.mark.parametrize("report_to, tracker, package", [
+    ("wandb", "wandb", "pip install wandb"),
+    ("tensorboard,comet_ml", "comet_ml", "pip install comet_ml"),
+    ("all, mlflow", "mlflow", "pip install mlflow"),  # named next to "all", it is still asked for by name
+])
+def test_a_tracker_whose_package_is_missing_is_refused_before_any_data_is_read(report_to, tracker, package, data, tmp_path, monkeypatch):
+    """Accelerate drops a tracker it cannot import with a debug message: the run trained for hours untracked."""
+    only_installed(monkeypatch, "tensorboard")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the trackers were checked")
+
+    monkeypatch.setattr(train_script, "load_caption_dataset", no_data)
+    argv = tiny_args(data, tmp_path / "out", tmp_path / "cache", "--report_to", report_to)
+    with pytest.raises(ValueError) as refused:
+        run(argv)
+    message = str(refused.value)
+    assert f"--report_to {report_to!r}" in message and f"'{tracker}' is not installed" in message and package in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_installed_trackers_all_and_none_keep_their_meaning(tmp_path, monkeypatch):
+    from hf_imgcap.training.run_arguments import make_accelerator, validate_arguments
+
+    only_installed(monkeypatch, "tensorboard")
+    for report_to in ("tensorboard", "none", "all", "all,tensorboard", " tensorboard "):
+        model_args, data_args, args = train_script.parse_args(["--report_to", report_to, "--output_dir", str(tmp_path / "out")])
+        validate_arguments(model_args, data_args, args)  # accepted
+    # "all" is Accelerate's: every tracker whose package is installed (tensorboard is a dependency); spaces are trimmed.
+    for report_to, trackers in (("all", ["tensorboard"]), (" tensorboard ", ["tensorboard"]), ("none", [])):
+        args = train_script.parse_args(["--report_to", report_to, "--output_dir", str(tmp_path / "out")])[2]
+        assert [str(tracker) for tracker in make_accelerator(args).log_with] == trackers, report_to
+
+
+# ---------------------------------------------------------------------------------------------- errors at the command line
+def main_exit(argv, capsys) -> tuple[int, str]:
+    """`python train.py ARGV` in this process: the exit status and stderr."""
+    try:
+        code = train_script.main(argv)
+    except SystemExit as exit_request:  # what `sys.exit(main())` would end with
+        code = exit_request.code
+    return code, capsys.readouterr().err
+
+
+def an_imagefolder_dataset(folder):
+    """A datasets imagefolder: two images and metadata.csv with a `text` column."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (64, 64), (200, 30, 30)).save(folder / name)
+    (folder / "metadata.csv").write_text("file_name,text\na.png,a red square\nb.png,another red square\n")
+    return folder
+
+
+def test_user_errors_are_one_message_on_stderr_and_exit_status_2(data, tmp_path, capsys, monkeypatch):
+    """A wrong value, a used --output_dir, a column the dataset lacks, a folder that holds no model: the user's to
+    fix, so the message (prefixed with the program) and no Python traceback; status 2 as argparse's own errors."""
+    monkeypatch.delenv("HF_IMGCAP_DEBUG", raising=False)
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "training_args.json").write_text("{}")
+    not_a_model = tmp_path / "not_a_model"
+    not_a_model.mkdir()
+    cases = {
+        "invalid arguments:\n  --learning_rate -1.0: must be a positive number": ["--learning_rate", "-1"],
+        f"--output_dir {used} holds a previous training run": ["--output_dir", str(used)],
+        "no caption column 'description'": ["--dataset", str(an_imagefolder_dataset(tmp_path / "photos")),
+                                            "--caption_column", "description"],
+        str(not_a_model): ["--encoder", str(not_a_model), "--tokenizer", "bert-base-uncased"],
+    }
+    for number, (message, extra) in enumerate(cases.items()):
+        code, err = main_exit(tiny_args(data, tmp_path / f"out{number}", tmp_path / "cache", *extra), capsys)
+        assert code == 2, (extra, err)
+        assert "Traceback" not in err, err
+        # (stderr may also hold datasets' progress bars)
+        assert [line for line in err.splitlines() if "error" in line] == [line for line in err.splitlines() if line.startswith("train.py: error: ")]
+        assert message in err[err.index("train.py: error: "):], err
+
+    code, err = main_exit(["--no_such_flag", "3"], capsys)  # argparse's usage error, not a ValueError from deep inside
+    assert code == 2 and "Traceback" not in err and "train.py: error: unrecognized arguments: --no_such_flag 3" in err, err
+
+
+def test_the_traceback_of_a_user_error_is_shown_with_hf_imgcap_debug(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_IMGCAP_DEBUG", "1")
+    code, err = main_exit(tiny_args(data, tmp_path / "out", tmp_path / "cache", "--learning_rate", "-1"), capsys)
+    assert code == 2 and "Traceback (most recent call last)" in err and "validate_arguments" in err
+    assert err.rstrip().endswith("train.py: error: invalid arguments:\n  --learning_rate -1.0: must be a positive number"), err
+
+
+def test_ctrl_c_exits_130_without_a_traceback_and_a_bug_keeps_its_traceback(capsys, monkeypatch):
+    monkeypatch.delenv("HF_IMGCAP_DEBUG", raising=False)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_script, "train", interrupted)
+    assert main_exit([], capsys) == (130, "train.py: interrupted\n")
+
+    def bug(*args, **kwargs):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+
+    monkeypatch.setattr(train_script, "train", bug)  # not the user's fault: Python's own report, with the traceback
+    with pytest.raises(TypeError, match="unsupported operand"):
+        train_script.main([])
+
+
+def test_train_py_exits_2_with_one_message_and_prints_names_escaped(tmp_path):
+    """The script itself, as a shell runs it: it replaces a previous run (logging the user's files it keeps), then
+    meets a dataset folder without data. Names holding terminal control characters reach neither the log nor the
+    error raw."""
+    out = tmp_path / "run\x1b[2J"
+    out.mkdir()
+    (out / "training_args.json").write_text("{}")
+    (out / "notes\u202etxt.md").write_text("the user's own file: kept")
+    empty = tmp_path / "photos\x1b]0;pwned\x07"
+    empty.mkdir()
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--dataset", str(empty), "--output_dir", str(out),
+                             "--overwrite_output_dir", "--cache_dir", str(tmp_path / "cache"), "--report_to", "none"],
+                            capture_output=True, text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "HF_IMGCAP_DEBUG"})
+    assert result.returncode == 2, result.stderr[-3000:]
+    raw_controls = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+    assert not raw_controls.search(result.stdout) and not raw_controls.search(result.stderr), (result.stdout, result.stderr)
+    assert "kept notes\\u202etxt.md" in result.stdout  # the log line of --overwrite_output_dir
+    assert "Traceback" not in result.stderr
+    error = result.stderr[result.stderr.index("train.py: error: "):]
+    assert str(tmp_path / "photos\\x1b]0;pwned\\x07") in error and len(error.splitlines()) == 1, error

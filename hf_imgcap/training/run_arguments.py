@@ -13,13 +13,15 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
 
+import accelerate.tracking
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.tracking import LOGGER_TYPE_TO_CLASS
-from accelerate.utils import PrecisionType, ProjectConfiguration
+from accelerate.utils import LoggerType, PrecisionType, ProjectConfiguration
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from hf_imgcap.training.model_selection import LR_SCHEDULER_TYPES, SELECTION_METRICS
@@ -29,6 +31,10 @@ logger = logging.getLogger(__name__)
 TRAINING_ARGS_FILE = "training_args.json"
 LATEST_CHECKPOINT = "latest"  # --resume_from_checkpoint's value (and its value when given alone): the newest checkpoint
 TRACKER_FOLDER = "runs"
+# What to pip install for each tracker Accelerate supports (the packages its is_*_available() look for; it only
+# uses aim below 4.0). Accelerate silently drops a tracker whose package is missing, so the run checks first.
+TRACKER_PACKAGES = {"aim": "aim<4", "comet_ml": "comet_ml", "mlflow": "mlflow", "tensorboard": "tensorboard",
+                    "wandb": "wandb", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
 
 # What a training run writes into its output_dir (top-level names; folders are removed whole). Anything else there,
 # such as the demo's synthetic data and feature cache or a user's notes, is never deleted.
@@ -98,12 +104,24 @@ def _mixed_precision(v):
     return None if v in PrecisionType.list() else f"must be one of {', '.join(PrecisionType.list())}"
 
 
+def requested_trackers(report_to: str) -> list[str]:
+    """--report_to as Accelerate's `log_with`: the comma-separated names, trimmed; [] for 'none'."""
+    return [] if report_to.strip() == "none" else [name.strip() for name in report_to.split(",")]
+
+
 def _report_to(v):
-    if v == "none":
-        return None
+    names = requested_trackers(v)
     known = {"all", *LOGGER_TYPE_TO_CLASS}
-    unknown = [name for name in v.split(",") if name.strip() not in known]
-    return f"unknown tracker {', '.join(map(repr, unknown))} (known: none, {', '.join(sorted(known))})" if unknown else None
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        return f"unknown tracker {', '.join(map(repr, unknown))} (known: none, {', '.join(sorted(known))})"
+    # "all" is every installed tracker (Accelerate's meaning); a tracker named on its own must be installed.
+    installed = {str(tracker) for tracker in accelerate.tracking.get_available_trackers()}
+    missing = [name for name in names if name in LoggerType.list() and name != "all" and name not in installed]
+    if missing:
+        return "; ".join(f"tracker {name!r} is not installed (pip install {shlex.quote(TRACKER_PACKAGES.get(name, name))})"
+                         for name in missing) + "; or leave it out of --report_to ('none': no tracking)"
+    return None
 
 
 def _one_of(choices):
@@ -299,7 +317,7 @@ def make_accelerator(args) -> Accelerator:
     return Accelerator(
         mixed_precision=args.mixed_precision,  # None: ACCELERATE_MIXED_PRECISION, set by the launcher or config
         cpu=args.use_cpu,  # False still honours ACCELERATE_USE_CPU and falls back to the CPU without a GPU
-        log_with=None if args.report_to == "none" else args.report_to.split(","),
+        log_with=requested_trackers(args.report_to) or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / TRACKER_FOLDER)),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
