@@ -170,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=_positive_int, default=32, help="(default: 32)")
     evaluate.add_argument("--max-images", type=_positive_int, help="score only the first N images of the split")
     evaluate.add_argument(
+        "--allow-split-overlap", action="store_true",
+        help="keep validation / test images that are also in an earlier split (the same file, bytes or pixels); by "
+        "default they are left out and counted in a warning, so that the scores are not inflated",
+    )
+    evaluate.add_argument(
         "--meteor", action=argparse.BooleanOptionalAction, default=None,
         help="run METEOR (needs Java); default: when Java is found",
     )
@@ -521,7 +526,7 @@ def evaluate_command(args) -> int:
     device = resolve_device(args.device)
     model, processor = load_model_and_processor(args.model, device, args.trust_remote_code)
     try:
-        split = load_caption_dataset(args.dataset)[args.split]
+        split = load_caption_dataset(args.dataset, allow_split_overlap=args.allow_split_overlap)[args.split]
     except (OSError, ValueError) as error:  # unreadable layout, empty split, unknown Hub dataset, offline
         raise UsageError(f"cannot load dataset {args.dataset!r}: {_first_line(error)}") from None
     if args.max_images is not None:

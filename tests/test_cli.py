@@ -220,6 +220,21 @@ def test_evaluate_prints_metrics(saved, tmp_path, capsys):
     assert "[validation], 1 images" in table and "bleu_4" in table and "cider" in table
 
 
+def test_evaluate_leaves_out_test_images_that_are_also_training_images_unless_allowed(saved, tmp_path, capsys):
+    _, _, folder, _ = saved
+    dataset = write_synthetic_flickr8k(tmp_path / "flickr8k", num_train=4, num_val=2, num_test=3, image_size=64)
+    test_names = (dataset / "Flickr_8k.testImages.txt").read_text().split()
+    train_names = (dataset / "Flickr_8k.trainImages.txt").read_text().split()
+    images = dataset / "Flicker8k_Dataset"
+    shutil.copyfile(images / train_names[0], images / test_names[0])  # a training photo under a test name
+    common = ["evaluate", "--model", str(folder), "--dataset", str(dataset), "--no-meteor", "--num-beams", "1",
+              "--max-new-tokens", "3", "--json"]
+    assert main(common) == 0
+    assert json.loads(capsys.readouterr().out)["num_images"] == 2
+    assert main([*common, "--allow-split-overlap"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_images"] == 3
+
+
 def test_console_script_gives_the_same_captions(saved, tmp_path):
     model, processor, folder, paths = saved
     script = console_script()
