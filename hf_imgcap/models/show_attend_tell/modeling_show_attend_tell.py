@@ -10,7 +10,6 @@ weights, so `AutoModel.from_pretrained(folder, trust_remote_code=True)` works wi
 
 import copy
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, ResNetModel
 from transformers import initialization as init
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_show_attend_tell import ShowAttendTellConfig
@@ -26,6 +26,7 @@ from .feature_standardization import FeatureStandardization, normalize_features
 from .fused_teacher_forcing import LinearCrossEntropy, teacher_forced_decode
 from .generation_show_attend_tell import ShowAttendTellGenerationMixin, ShowAttendTellState
 from .input_checks import ShowAttendTellInputChecks
+from .pipeline_show_attend_tell import ShowAttendTellCaptioningPipeline
 from .trainer_support import ShowAttendTellTrainerSupport
 
 
@@ -131,15 +132,27 @@ AUTO_MAP = {
     "AutoModel": "modeling_show_attend_tell.ShowAttendTellForConditionalGeneration",
     "AutoModelForImageTextToText": "modeling_show_attend_tell.ShowAttendTellForConditionalGeneration",
 }
-# The captioning pipeline travels with the model: `save_pretrained` copies its file next to the weights and names
-# its class here, in config.json, where `pipeline(task, model=folder_or_repo, trust_remote_code=True)` looks it up
-# before anything else. Under the Hub's task for the card's `pipeline_tag` (image-to-text, which transformers 5
-# would otherwise redirect to its built-in image-text-to-text) and under image-text-to-text itself. Not under
-# "image-captioning": a folder's entry would take precedence over the class hf-imgcap registers under that name
-# when installed, and ask for remote code.
-PIPELINE_FILE = "pipeline_show_attend_tell.py"
-_PIPELINE_ENTRY = {"impl": f"{Path(PIPELINE_FILE).stem}.ShowAttendTellCaptioningPipeline", "pt": ["AutoModel"], "type": "multimodal"}
+# The captioning pipeline travels with the model, named here in config.json, where `pipeline(task,
+# model=folder_or_repo, trust_remote_code=True)` looks it up before anything else. Under the Hub's task for the card's
+# `pipeline_tag` (image-to-text, which transformers 5 would otherwise redirect to its built-in image-text-to-text) and
+# under image-text-to-text itself. Not under "image-captioning": a folder's entry would take precedence over the class
+# hf-imgcap registers under that name when installed, and ask for remote code.
+# The pipeline's file is imported (relatively) for this entry, which also makes transformers treat it as part of the
+# model's code: it is copied into the modules cache when the model is loaded with remote code and next to the weights
+# when the model is saved, so a remote-code model saves a folder that serves the pipeline too.
+_PIPELINE_ENTRY = {
+    "impl": f"{ShowAttendTellCaptioningPipeline.__module__.rsplit('.', 1)[-1]}.{ShowAttendTellCaptioningPipeline.__name__}",
+    "pt": ["AutoModel"],
+    "type": "multimodal",
+}
 CUSTOM_PIPELINES = {task: dict(_PIPELINE_ENTRY) for task in ("image-to-text", "image-text-to-text")}
+
+
+def missing_code_files() -> list[str]:
+    """The files of the model's code (this file and everything it imports relatively, as transformers copies them on
+    saving) that are not where this module runs from: a folder saved without them would not load."""
+    here = Path(__file__)
+    return [str(path) for path in [here, *map(Path, get_relative_import_files(here))] if not path.is_file()]
 
 
 class ShowAttendTellDecoder:
@@ -229,18 +242,17 @@ class ShowAttendTellForConditionalGeneration(
         if self.generation_config.max_new_tokens is None:
             self.generation_config.max_new_tokens = 40
 
-    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
-        """`PreTrainedModel.save_pretrained` (safetensors, code files, `auto_map`), plus the captioning pipeline:
-        its file copied next to the weights and named in `custom_pipelines`, so that
-        `pipeline("image-to-text", model=folder, trust_remote_code=True)` works."""
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained` (safetensors, the code files, `auto_map`), with every auto class of
+        `AUTO_MAP` and the captioning pipeline's `custom_pipelines` entry in config.json. The code files are checked
+        before anything is written: a folder is complete or not written at all."""
+        missing = missing_code_files()
+        if missing:
+            raise OSError(f"cannot save {type(self).__name__}: its code file(s) {missing} are missing, so the saved folder "
+                          "would not load. Load the model from a folder or repo that holds all its .py files, or install hf-imgcap")
         self.config.auto_map = dict(AUTO_MAP)
         self.config.custom_pipelines = copy.deepcopy(CUSTOM_PIPELINES)
-        hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "create_pr", "token") if key in kwargs}
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        shutil.copy(Path(__file__).with_name(PIPELINE_FILE), save_directory)
-        if push_to_hub:  # the base class would upload before the pipeline file is there: push a fresh save instead
-            self.push_to_hub(hub_kwargs.pop("repo_id", Path(save_directory).name), **hub_kwargs)
-        return result
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):

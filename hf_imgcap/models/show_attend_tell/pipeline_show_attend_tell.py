@@ -1,8 +1,9 @@
 # Copyright 2026 The hf-imgcap authors. Apache-2.0.
 """The captioning pipeline: images in, `[{"generated_text": caption}]` out, as v4's `image-to-text` was.
 
-This file travels with the model: `ShowAttendTellForConditionalGeneration.save_pretrained` copies it next to the
-weights and names it in the `custom_pipelines` entry of `config.json` (`CUSTOM_PIPELINES` there) under the tasks
+This file travels with the model: the modeling file imports its class (so transformers copies this file with the
+model's code, on saving and into its modules cache on a remote-code load) and names it in the `custom_pipelines` entry
+of `config.json` (`CUSTOM_PIPELINES` there) under the tasks
 "image-to-text" (the Hub's task for the model card's `pipeline_tag`) and "image-text-to-text", so that
 
     pipeline("image-to-text", model=folder_or_repo, trust_remote_code=True)
