@@ -4,6 +4,7 @@ hf_imgcap and captions exactly as the original model did."""
 
 import json
 
+import pytest
 import torch
 
 from conftest import run_fresh_python, tiny_model, tiny_processor
@@ -21,6 +22,7 @@ def test_a_remote_code_model_saves_folders_that_load_again_without_the_package(t
 
     save = f"""
 import os
+import pytest
 import torch
 from transformers import AutoModel, AutoProcessor, Trainer, TrainingArguments
 root = {str(tmp_path)!r}
@@ -55,6 +57,7 @@ print("SAVED")
 
     reload = f"""
 import os
+import pytest
 import torch
 from transformers import AutoModel, pipeline
 root = {str(tmp_path)!r}
@@ -71,3 +74,17 @@ print("RELOADED")
     result = run_fresh_python(reload, cwd=tmp_path, block_package=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "RELOADED" in result.stdout
+
+
+def test_saving_without_every_code_file_writes_nothing(tmp_path, monkeypatch):
+    """A model whose code files are not all there (e.g. a modules cache missing one) refuses to save before writing
+    anything: no weights without the code that loads them."""
+    from hf_imgcap.models.show_attend_tell import modeling_show_attend_tell
+
+    model = tiny_model()
+    assert modeling_show_attend_tell.missing_code_files() == []
+    gone = str(tmp_path / "cache" / "fused_teacher_forcing.py")
+    monkeypatch.setattr(modeling_show_attend_tell, "missing_code_files", lambda: [gone])
+    with pytest.raises(OSError, match="fused_teacher_forcing.py"):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
