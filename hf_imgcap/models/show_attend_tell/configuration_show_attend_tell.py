@@ -85,8 +85,18 @@ class ShowAttendTellConfig(PreTrainedConfig):
 
     @property
     def num_regions(self) -> int:
-        """Regions of the encoder's feature map: the ResNet downsamples by 32 (with rounding up)."""
-        return math.ceil(self.image_size / 32) ** 2
+        """Regions of the encoder's feature map for `image_size`² images (7×7 = 49 at 224)."""
+        return self.feature_map_side(self.image_size) ** 2
+
+    @property
+    def encoder_stride(self) -> int:
+        """How much the ResNet downsamples: 4 in its stem, then 2 in every stage but the first (32 for 4 stages)."""
+        encoder = self.encoder_config
+        return 4 * 2 ** (len(encoder.depths) - 1 + int(bool(encoder.downsample_in_first_stage)))
+
+    def feature_map_side(self, pixels: int) -> int:
+        """Side of the encoder's feature map for an image side of `pixels`: every stride-2 layer rounds up."""
+        return math.ceil(pixels / self.encoder_stride)
 
     @property
     def encoder_hidden_size(self) -> int:
