@@ -125,6 +125,10 @@ class ShowAttendTellProcessor(ProcessorMixin):
             tokenizer if tokenizer is not None else default_tokenizer(),
             **kwargs,
         )
+        # Text is text: a caption or prompt holding a literal "[SEP]" must not end the caption there (nor "[CLS]" start
+        # one, nor "[PAD]" turn into padding). The special tokens come from the tokenizer's own [CLS] ... [SEP]. Set on
+        # the tokenizer, so that code tokenizing captions with `processor.tokenizer` directly reads them the same way.
+        self.tokenizer.split_special_tokens = True
 
     @classmethod
     def from_config(cls, config: ShowAttendTellConfig, tokenizer=None, **kwargs) -> "ShowAttendTellProcessor":
