@@ -68,7 +68,14 @@ class ShowAttendTellConfig(PreTrainedConfig):
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
 
+    # Whether a config read from a folder keeps its `custom_pipelines` (the captioning pipeline as remote code, for
+    # users without hf-imgcap). The installed package turns this off on its own class: it serves those task names
+    # itself, and transformers would ask for trust_remote_code for any task a folder's config names.
+    keeps_remote_pipelines = True
+
     def __post_init__(self, **kwargs):
+        if not type(self).keeps_remote_pipelines:
+            kwargs.pop("custom_pipelines", None)
         super().__post_init__(**kwargs)
         for name in ("vocab_size", "embedding_size", "attention_size", "hidden_size", "image_size"):
             if int(getattr(self, name)) <= 0:

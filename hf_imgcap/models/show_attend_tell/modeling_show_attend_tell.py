@@ -26,7 +26,7 @@ from .feature_standardization import FeatureStandardization, normalize_features
 from .fused_teacher_forcing import LinearCrossEntropy, teacher_forced_decode
 from .generation_show_attend_tell import ShowAttendTellGenerationMixin, ShowAttendTellState
 from .input_checks import ShowAttendTellInputChecks
-from .pipeline_show_attend_tell import ShowAttendTellCaptioningPipeline
+from .pipeline_show_attend_tell import IMAGE_TEXT_TO_TEXT, PIPELINE_TASK, ShowAttendTellCaptioningPipeline
 from .trainer_support import ShowAttendTellTrainerSupport
 
 
@@ -133,10 +133,10 @@ AUTO_MAP = {
     "AutoModelForImageTextToText": "modeling_show_attend_tell.ShowAttendTellForConditionalGeneration",
 }
 # The captioning pipeline travels with the model, named here in config.json, where `pipeline(task,
-# model=folder_or_repo, trust_remote_code=True)` looks it up before anything else. Under the Hub's task for the card's
-# `pipeline_tag` (image-to-text, which transformers 5 would otherwise redirect to its built-in image-text-to-text) and
-# under image-text-to-text itself. Not under "image-captioning": a folder's entry would take precedence over the class
-# hf-imgcap registers under that name when installed, and ask for remote code.
+# model=folder_or_repo, trust_remote_code=True)` looks it up before anything else: under the Hub's task for the card's
+# `pipeline_tag` (image-to-text, which transformers 5 would otherwise redirect to its built-in image-text-to-text),
+# image-text-to-text itself and hf-imgcap's image-captioning. These entries are remote code for users without
+# hf-imgcap; the installed package ignores them and serves the same names itself (`ShowAttendTellConfig`).
 # The pipeline's file is imported (relatively) for this entry, which also makes transformers treat it as part of the
 # model's code: it is copied into the modules cache when the model is loaded with remote code and next to the weights
 # when the model is saved, so a remote-code model saves a folder that serves the pipeline too.
@@ -145,7 +145,7 @@ _PIPELINE_ENTRY = {
     "pt": ["AutoModel"],
     "type": "multimodal",
 }
-CUSTOM_PIPELINES = {task: dict(_PIPELINE_ENTRY) for task in ("image-to-text", "image-text-to-text")}
+CUSTOM_PIPELINES = {task: dict(_PIPELINE_ENTRY) for task in ("image-to-text", IMAGE_TEXT_TO_TEXT, PIPELINE_TASK)}
 
 
 def missing_code_files() -> list[str]:

@@ -131,13 +131,14 @@ class ShowAttendTellProcessor(ProcessorMixin):
         self.tokenizer.split_special_tokens = True
 
     @classmethod
-    def from_config(cls, config: ShowAttendTellConfig, tokenizer=None, **kwargs) -> "ShowAttendTellProcessor":
-        """The processor a model of `config` expects: images of `config.image_size` (resize, center-crop, ImageNet
-        mean/std) and `tokenizer` (default: the bundled bert-base-uncased one). A tokenizer whose vocabulary or
-        start / end / padding ids disagree with the config is refused. `kwargs` go to the constructor."""
+    def from_config(cls, config: ShowAttendTellConfig, tokenizer=None, image_processor=None, **kwargs) -> "ShowAttendTellProcessor":
+        """The processor a model of `config` expects: images of `config.image_size` (`default_image_processor`) and
+        the bundled bert-base-uncased tokenizer, or the `tokenizer` / `image_processor` given. A tokenizer whose
+        vocabulary or start / end / padding ids disagree with the config is refused. `kwargs` go to the constructor."""
         tokenizer = tokenizer if tokenizer is not None else default_tokenizer()
         check_tokenizer_fits_config(tokenizer, config)
-        return cls(image_processor=default_image_processor(config.image_size), tokenizer=tokenizer, **kwargs)
+        image_processor = image_processor if image_processor is not None else default_image_processor(config.image_size)
+        return cls(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -241,8 +242,8 @@ class ShowAttendTellProcessor(ProcessorMixin):
     def decode(self, sequence, **kwargs) -> str:
         return self.batch_decode([sequence], **kwargs)[0]
 
-    # The built-in `image-text-to-text` pipeline calls these: a caption has no prompt, so the pipeline's
-    # text is the (empty) start of the caption and the output is the caption itself.
+    # transformers' own `ImageTextToTextPipeline` calls these (e.g. given as `pipeline_class=`): the pipeline's text is
+    # the caption's beginning ("" for none) and the output is the whole caption.
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs):
         return self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens)
 
