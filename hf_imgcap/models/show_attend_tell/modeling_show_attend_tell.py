@@ -10,16 +10,18 @@ weights, so `AutoModel.from_pretrained(folder, trust_remote_code=True)` works wi
 
 import copy
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel, ResNetModel
 from transformers import initialization as init
 from transformers.dynamic_module_utils import get_relative_import_files
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput, can_return_tuple, cached_file
 
 from .configuration_show_attend_tell import ShowAttendTellConfig
 from .feature_standardization import FeatureStandardization, normalize_features
@@ -155,6 +157,36 @@ def missing_code_files() -> list[str]:
     return [str(path) for path in [here, *map(Path, get_relative_import_files(here))] if not path.is_file()]
 
 
+def weights_file(name_or_path, from_pretrained_kwargs: dict) -> str:
+    """The weights file an error should name: its local path (a folder's, or the Hub cache's) when there is one."""
+    variant = from_pretrained_kwargs.get("variant")
+    names = [SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME]
+    if variant:
+        names = [name.replace(".safetensors", f".{variant}.safetensors") for name in names]
+    where = {key: from_pretrained_kwargs[key] for key in ("subfolder", "revision", "cache_dir") if from_pretrained_kwargs.get(key)}
+    for name in names:
+        path = cached_file(name_or_path, name, local_files_only=True, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False, **where)
+        if path is not None:
+            return path
+    return os.path.join(str(name_or_path), names[0])
+
+
+def loading_problems(loading_info: dict, allow_other_shapes: bool = False) -> list[str]:
+    """What makes a checkpoint not this model's weights, from `from_pretrained`'s loading info (missing keys there
+    already leave out `_keys_to_ignore_on_load_missing`)."""
+    problems = []
+    if loading_info["missing_keys"]:
+        problems.append(f"missing tensor(s) {sorted(loading_info['missing_keys'])}")
+    if loading_info["unexpected_keys"]:
+        problems.append(f"unexpected tensor(s) {sorted(loading_info['unexpected_keys'])}")
+    if not allow_other_shapes:
+        problems += [f"tensor {key} has shape {list(saved)} but the model needs {list(needed)}"
+                     for key, saved, needed in sorted(loading_info["mismatched_keys"])]
+    problems += [str(message) for message in loading_info.get("error_msgs", [])]
+    return problems
+
+
 class ShowAttendTellDecoder:
     """The decoder of Show, Attend and Tell (Xu et al., 2015): `initial_state`, `step` and `loss` state it once.
 
@@ -255,12 +287,27 @@ class ShowAttendTellForConditionalGeneration(
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, strict about the folder: a weights file that cannot be read, or that lacks,
+        adds or misshapes a tensor of the model its config.json describes, is refused naming the file and the tensors
+        (transformers would fill them with random values and only log it). `ignore_mismatched_sizes=True` allows other
+        shapes, as in transformers. Checkpoints saved before `feature_std` existed load (it stays at ones)."""
+        return_loading_info = kwargs.pop("output_loading_info", False)
+        allow_other_shapes = kwargs.get("ignore_mismatched_sizes", False)
+        kwargs["ignore_mismatched_sizes"] = True  # mismatches are refused below, naming the tensors and both shapes
+        try:
+            loaded, loading_info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        except SafetensorError as error:
+            raise OSError(f"{weights_file(pretrained_model_name_or_path, kwargs)}: not a complete safetensors file, truncated "
+                          f"or corrupt ({error})") from None
+        problems = loading_problems(loading_info, allow_other_shapes)
+        if problems:
+            raise ValueError(f"{weights_file(pretrained_model_name_or_path, kwargs)}: {'; '.join(problems)}. These are not the "
+                             "weights of the model its config.json describes: refused rather than filled with random values")
         # Loading replaces every parameter with a new `nn.Parameter` (requires_grad=True), undoing the freeze that
         # __init__ applied: freeze again, or a reloaded model trains its "frozen" encoder (and DDP breaks).
-        (loaded[0] if isinstance(loaded, tuple) else loaded)._apply_encoder_freeze()  # tuple: output_loading_info
-        return loaded
+        loaded._apply_encoder_freeze()
+        return (loaded, loading_info) if return_loading_info else loaded
 
     # ------------------------------------------------------------------ encoder
     def _apply_encoder_freeze(self):
