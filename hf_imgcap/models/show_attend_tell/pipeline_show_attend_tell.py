@@ -18,7 +18,6 @@ repos (no remote code) and for objects in memory (`pipeline(task, model=model, p
 
 from typing import Any
 
-import torch
 from transformers import Pipeline
 
 from .processing_show_attend_tell import ShowAttendTellProcessor
