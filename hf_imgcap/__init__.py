@@ -2,8 +2,8 @@
 """hf-imgcap: Show, Attend and Tell image captioning, native to transformers / datasets / accelerate."""
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
-from transformers.pipelines import PIPELINE_REGISTRY
 
+from hf_imgcap.models.pipeline_registration import register_pipelines
 from hf_imgcap.models.show_attend_tell.configuration_show_attend_tell import ShowAttendTellConfig
 from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import (
     ShowAttendTellForConditionalGeneration,
@@ -20,15 +20,9 @@ AutoConfig.register(ShowAttendTellConfig.model_type, ShowAttendTellConfig, exist
 AutoModel.register(ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(ShowAttendTellConfig, ShowAttendTellProcessor, exist_ok=True)
-# `pipeline("image-captioning", model=folder_or_repo)` and `pipeline("image-captioning", model=model,
-# processor=processor)` without remote code. Saved folders also carry the pipeline for users without hf-imgcap
-# (config.json `custom_pipelines`, with the pipeline file): `pipeline("image-to-text", model=folder,
-# trust_remote_code=True)`. Their entries deliberately leave out "image-captioning": a folder's own entry would
-# take precedence over this registration and ask for remote code.
-if PIPELINE_TASK not in PIPELINE_REGISTRY.supported_tasks:
-    PIPELINE_REGISTRY.register_pipeline(
-        PIPELINE_TASK, pipeline_class=ShowAttendTellCaptioningPipeline, pt_model=AutoModel, type="multimodal"
-    )
+# "image-captioning", "image-to-text" and "image-text-to-text" pipelines from folders, repos and objects in memory, without
+# remote code (see pipeline_registration.py).
+register_pipelines()
 
 __all__ = [
     "PIPELINE_TASK",

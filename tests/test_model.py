@@ -544,3 +544,18 @@ def test_bad_feature_statistics_are_refused_naming_the_problem(std, message):
     model = tiny_model()
     with pytest.raises(ValueError, match=message):
         model.set_feature_statistics(torch.zeros_like(model.feature_mean), std)
+
+
+def test_pixel_values_of_another_size_than_the_models_images_are_refused_naming_both():
+    """A 64-pixel model (a 2×2 region map) given 224-pixel images (7×7) gets a ValueError before encoding, from
+    forward, generate and get_image_features alike, not a shape error from deep inside torch."""
+    model = tiny_model()
+    ids = torch.tensor([[101, 1037, 3899]])
+    for call in (lambda px: model(pixel_values=px, input_ids=ids), lambda px: model.generate(pixel_values=px, max_new_tokens=2),
+                 model.get_image_features):
+        with pytest.raises(ValueError, match=r"224×224.*7×7 region map.*64×64.*2×2.*processor"):
+            call(torch.randn(1, 3, 224, 224))
+        with pytest.raises(ValueError, match=r"64×128.*2×4 region map"):
+            call(torch.randn(1, 3, 64, 128))
+    # Any size that gives the model's region map is what the encoder computes the same way: accepted.
+    assert model.generate(pixel_values=torch.randn(1, 3, 60, 60), max_new_tokens=2).shape[0] == 1

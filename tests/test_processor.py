@@ -222,3 +222,71 @@ def test_datasets_image_dicts(processor, tmp_path):
         processor(images={"bytes": b"not an image", "path": "broken.png"})
     with pytest.raises(ValueError, match=r"image #0: a dict image needs 'bytes' or 'path'.*\['url'\]"):
         processor(images=[{"url": "x"}])
+
+
+# --- the processor a model's config expects --------------------------------------------------------------------
+@pytest.mark.parametrize("image_size", [64, 96])
+def test_the_processor_built_for_a_config_makes_the_images_the_model_expects(image_size):
+    from conftest import tiny_model
+
+    model = tiny_model(image_size=image_size)
+    processor = ShowAttendTellProcessor.from_config(model.config)
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 255, (150, 120, 3), dtype=np.uint8))
+    pixels = processor(images=image).pixel_values
+    assert pixels.shape == (1, 3, image_size, image_size)
+    assert model.generate(pixel_values=pixels, max_new_tokens=2).shape[0] == 1
+    assert processor.tokenizer.cls_token_id == model.config.bos_token_id
+
+
+def test_the_processor_for_a_config_refuses_a_tokenizer_that_does_not_fit():
+    from conftest import tiny_config
+
+    small = tiny_config(vocab_size=60, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    with pytest.raises(ValueError, match=r"30522 tokens.*vocab_size=60.*tokenizer="):
+        ShowAttendTellProcessor.from_config(small)
+    with pytest.raises(ValueError, match=r"bos_token_id=7.*\[CLS\].*101"):
+        ShowAttendTellProcessor.from_config(tiny_config(bos_token_id=7, decoder_start_token_id=7))
+
+
+def test_autoprocessor_of_a_folder_with_only_the_model_matches_its_config(tmp_path):
+    """A folder saved with `model.save_pretrained` alone: AutoProcessor builds the processor its config describes
+    (not the 224-pixel default), so the two agree."""
+    from transformers import AutoProcessor
+
+    from conftest import tiny_model
+
+    model = tiny_model(image_size=96)
+    model.save_pretrained(tmp_path)
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(processor, ShowAttendTellProcessor)
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 255, (150, 120, 3), dtype=np.uint8))
+    assert processor(images=image).pixel_values.shape == (1, 3, 96, 96)
+    assert ShowAttendTellProcessor.from_pretrained(tmp_path)(images=image).pixel_values.shape == (1, 3, 96, 96)
+
+
+# --- text is text: special tokens typed by a user ----------------------------------------------------------------
+@pytest.mark.parametrize("typed", ["[SEP]", "[CLS]", "[PAD]", "[MASK]", "[UNK]", "a[SEP]b"])
+def test_special_tokens_typed_in_text_are_text_not_control_tokens(processor, typed):
+    """A literal "[SEP]" in a caption or prompt must not end it (nor "[CLS]" start one, nor "[PAD]" vanish as
+    padding): the processor adds the special tokens, user text only ever gives ordinary word pieces."""
+    tokenizer = processor.tokenizer
+    special = set(tokenizer.all_special_ids)
+    ids = processor(text=[f"a dog {typed} on grass"]).input_ids[0].tolist()
+    assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+    assert not special & set(ids[1:-1]), tokenizer.convert_ids_to_tokens(ids)
+    assert tokenizer.convert_ids_to_tokens(ids[1:-1]) == tokenizer.tokenize(f"a dog {typed} on grass", split_special_tokens=True)
+    # The same through the tokenizer the processor holds (what training code tokenizes captions with).
+    assert tokenizer(f"a dog {typed} on grass").input_ids == ids
+
+
+def test_a_typed_end_token_in_a_prompt_does_not_end_the_caption(processor):
+    from conftest import tiny_model
+
+    model = tiny_model()
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 255, (80, 72, 3), dtype=np.uint8))
+    inputs = processor(images=image, text="a dog [SEP]")
+    out = model.generate(**inputs, max_new_tokens=3)
+    prompt = processor.tokenizer.tokenize("a dog [SEP]", split_special_tokens=True)
+    assert processor.tokenizer.convert_ids_to_tokens(out[0, 1 : 1 + len(prompt)].tolist()) == prompt
+    assert out.shape[1] == 1 + len(prompt) + 3  # continued after the typed "[SEP]"
+    assert processor.decode(out[0]).startswith("a dog [ sep ]")

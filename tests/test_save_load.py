@@ -28,7 +28,9 @@ from conftest import run_fresh_python, tiny_model, tiny_processor
 import hf_imgcap.models.show_attend_tell as bundle
 
 BUNDLE_FILES = sorted(path for path in Path(bundle.__file__).parent.glob("*.py") if path.name != "__init__.py")
-ALLOWED_PACKAGES = {"transformers", "torch", "torchvision", "PIL", "numpy"} | set(sys.stdlib_module_names)
+# huggingface_hub and safetensors: installed with transformers (its own dependencies; its configs use the former's
+# `strict`, its loading the latter).
+ALLOWED_PACKAGES = {"transformers", "huggingface_hub", "safetensors", "torch", "torchvision", "PIL", "numpy"} | set(sys.stdlib_module_names)
 
 
 def imports_of(path):
@@ -65,7 +67,8 @@ def test_saved_folder_is_safetensors_with_code_files(tmp_path):
 
 def test_bundle_files_import_only_each_other_and_allowed_libraries():
     """The bundle is copied next to the weights and runs without hf_imgcap: each file may import only the other
-    bundle files, transformers, torch, torchvision, PIL, numpy and the standard library."""
+    bundle files, transformers (and its dependencies huggingface_hub and safetensors), torch, torchvision, PIL, numpy
+    and the standard library."""
     names = {path.stem for path in BUNDLE_FILES}
     assert {"modeling_show_attend_tell", "fused_teacher_forcing", "pipeline_show_attend_tell"} <= names
     for path in BUNDLE_FILES:

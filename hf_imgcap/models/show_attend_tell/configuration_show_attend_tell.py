@@ -2,9 +2,13 @@
 """Configuration of the Show, Attend and Tell captioning model."""
 
 import math
+import os
 
+from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassError
 from transformers import PreTrainedConfig, ResNetConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import CONFIG_NAME
 
 
 # ResNet-152: the encoder of the original Show-Attend-Tell reimplementations.
@@ -19,6 +23,20 @@ RESNET152_KWARGS = {
 MAX_PARAMETERS = 2_000_000_000
 
 
+class InvalidConfigError(ValueError):
+    """A config value that cannot build the model: "<file>: <problem>" (the file when the config came from one)."""
+
+    def __init__(self, problem: str, file: str | None = None):
+        super().__init__(f"{file}: {problem}" if file else problem)
+        self.problem, self.file = problem, file
+
+
+def config_file(name_or_path) -> str | None:
+    """The config.json of a folder (or of a Hub repo, by its id), for messages."""
+    return os.path.join(str(name_or_path), CONFIG_NAME) if name_or_path else None
+
+
+@strict  # every field's type is checked (as transformers' own configs are): "16" or 16.5 is not a size
 class ShowAttendTellConfig(PreTrainedConfig):
     r"""
     Configuration of [`ShowAttendTellForConditionalGeneration`]: a frozen ResNet encoder and an attention
@@ -56,8 +74,8 @@ class ShowAttendTellConfig(PreTrainedConfig):
     embedding_size: int = 512
     attention_size: int = 512
     hidden_size: int = 512
-    dropout: float = 0.5
-    attention_regularization: float = 1.0
+    dropout: float | int = 0.5
+    attention_regularization: float | int = 1.0
     freeze_encoder: bool = True
     whiten_features: bool = False
     image_size: int = 224
@@ -65,13 +83,20 @@ class ShowAttendTellConfig(PreTrainedConfig):
     bos_token_id: int | None = 101
     eos_token_id: int | None = 102
     decoder_start_token_id: int | None = 101
-    initializer_range: float = 0.02
+    initializer_range: float | int = 0.02
     tie_word_embeddings: bool = False
 
+    # Whether a config read from a folder keeps its `custom_pipelines` (the captioning pipeline as remote code, for
+    # users without hf-imgcap). The installed package turns this off on its own class: it serves those task names
+    # itself, and transformers would ask for trust_remote_code for any task a folder's config names.
+    keeps_remote_pipelines = True
+
     def __post_init__(self, **kwargs):
+        if not type(self).keeps_remote_pipelines:
+            kwargs.pop("custom_pipelines", None)
         super().__post_init__(**kwargs)
         for name in ("vocab_size", "embedding_size", "attention_size", "hidden_size", "image_size"):
-            if int(getattr(self, name)) <= 0:
+            if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
@@ -83,10 +108,38 @@ class ShowAttendTellConfig(PreTrainedConfig):
             raise ValueError(f"config asks for {self.estimated_num_parameters():,} parameters ({self.describe_sizes()}), over the "
                              f"limit of {MAX_PARAMETERS:,} for this model: refused before allocating")
 
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """`PreTrainedConfig.from_dict`; a field that cannot build the model (wrong type, out of range, also in
+        `encoder_config`) is an `InvalidConfigError` naming the file it came from (when known) and the field."""
+        try:
+            return super().from_dict(config_dict, **kwargs)
+        except InvalidConfigError:
+            raise
+        except (StrictDataclassError, ValueError, TypeError) as error:
+            raise InvalidConfigError(" ".join(str(error).split()), config_file(kwargs.get("name_or_path"))) from None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except InvalidConfigError as error:  # AutoConfig passes `name_or_path` to `from_dict`, this path does not
+            raise InvalidConfigError(error.problem, error.file or config_file(pretrained_model_name_or_path)) from None
+
     @property
     def num_regions(self) -> int:
-        """Regions of the encoder's feature map: the ResNet downsamples by 32 (with rounding up)."""
-        return math.ceil(self.image_size / 32) ** 2
+        """Regions of the encoder's feature map for `image_size`² images (7×7 = 49 at 224)."""
+        return self.feature_map_side(self.image_size) ** 2
+
+    @property
+    def encoder_stride(self) -> int:
+        """How much the ResNet downsamples: 4 in its stem, then 2 in every stage but the first (32 for 4 stages)."""
+        encoder = self.encoder_config
+        return 4 * 2 ** (len(encoder.depths) - 1 + int(bool(encoder.downsample_in_first_stage)))
+
+    def feature_map_side(self, pixels: int) -> int:
+        """Side of the encoder's feature map for an image side of `pixels`: every stride-2 layer rounds up."""
+        return math.ceil(pixels / self.encoder_stride)
 
     @property
     def encoder_hidden_size(self) -> int:
@@ -127,4 +180,4 @@ class ShowAttendTellConfig(PreTrainedConfig):
                          + [f"encoder_config.{name}={getattr(encoder, name)}" for name in ("depths", "hidden_sizes", "embedding_size")])
 
 
-__all__ = ["ShowAttendTellConfig"]
+__all__ = ["InvalidConfigError", "ShowAttendTellConfig"]

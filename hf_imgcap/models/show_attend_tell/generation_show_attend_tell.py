@@ -13,6 +13,12 @@ from transformers import GenerationMixin
 CACHE_KWARG = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
 
 
+def _caller_set(name: str, generation_config, kwargs: dict) -> bool:
+    """Whether the caller of `generate()` set a generation option: as a keyword or in the `GenerationConfig` they
+    passed (whose unset options are None in transformers 5)."""
+    return kwargs.get(name) is not None or (generation_config is not None and getattr(generation_config, name, None) is not None)
+
+
 class ShowAttendTellState:
     """Recurrent decoding state carried by `generate()` in `cache` (`past_key_values` before transformers 5.24).
 
@@ -69,6 +75,17 @@ class ShowAttendTellGenerationMixin(GenerationMixin):
         input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
         model_kwargs["encoder_hidden_states"] = features
         return input_ids, model_kwargs
+
+    def _prepare_generation_config(self, generation_config, **kwargs):
+        """transformers' merge of the caller's settings with `self.generation_config`, except that a caller's
+        `max_length` wins over a `max_new_tokens` that came from the model's defaults (config.json or
+        generation_config.json): transformers lets any `max_new_tokens` override `max_length`, so the model's default
+        caption length would silently override e.g. `Seq2SeqTrainingArguments(generation_max_length=...)`. A caller
+        giving both gets transformers' rule (max_new_tokens wins)."""
+        merged, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
+        if _caller_set("max_length", generation_config, kwargs) and not _caller_set("max_new_tokens", generation_config, kwargs):
+            merged.max_new_tokens = None
+        return merged, model_kwargs
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, num_new_tokens)

@@ -58,9 +58,23 @@ class ShowAttendTellInputChecks:
                 f"pixel_values has {pixel_values.shape[1]} channels, the encoder expects {channels} "
                 f"(shape {tuple(pixel_values.shape)}; convert images to RGB, e.g. with the processor)"
             )
-        if min(pixel_values.shape[2:]) < 32:
-            raise ValueError(f"pixel_values {tuple(pixel_values.shape)} is too small for the ResNet encoder (min 32×32)")
+        self._check_region_map(pixel_values)
         return pixel_values
+
+    def _check_region_map(self, pixel_values):
+        """The decoder's feature statistics and attention are per region of the map the model was built for: images
+        giving another map size are refused before the encoder runs."""
+        config = self.config
+        height, width = pixel_values.shape[2:]
+        got = (config.feature_map_side(height), config.feature_map_side(width))
+        side = config.feature_map_side(config.image_size)
+        if got != (side, side):
+            raise ValueError(
+                f"pixel_values {tuple(pixel_values.shape)} are {height}×{width} images, which the encoder turns into a "
+                f"{got[0]}×{got[1]} region map; this model expects {config.image_size}×{config.image_size} images "
+                f"({side}×{side} regions, config.image_size): make them with the model's processor "
+                "(AutoProcessor.from_pretrained(model folder) or ShowAttendTellProcessor.from_config(model.config))"
+            )
 
     def _check_encoder_hidden_states(self, encoder_hidden_states):
         """`(batch, regions, channels)` features (or the encoder's `(B, C, H, W)` map, flattened), validated."""

@@ -10,22 +10,25 @@ weights, so `AutoModel.from_pretrained(folder, trust_remote_code=True)` works wi
 
 import copy
 import math
-import shutil
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel, ResNetModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput, can_return_tuple
+from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput, can_return_tuple, cached_file
 
 from .configuration_show_attend_tell import ShowAttendTellConfig
 from .feature_standardization import FeatureStandardization, normalize_features
 from .fused_teacher_forcing import LinearCrossEntropy, teacher_forced_decode
 from .generation_show_attend_tell import ShowAttendTellGenerationMixin, ShowAttendTellState
 from .input_checks import ShowAttendTellInputChecks
+from .pipeline_show_attend_tell import IMAGE_TEXT_TO_TEXT, PIPELINE_TASK, ShowAttendTellCaptioningPipeline
 from .trainer_support import ShowAttendTellTrainerSupport
 
 
@@ -131,15 +134,57 @@ AUTO_MAP = {
     "AutoModel": "modeling_show_attend_tell.ShowAttendTellForConditionalGeneration",
     "AutoModelForImageTextToText": "modeling_show_attend_tell.ShowAttendTellForConditionalGeneration",
 }
-# The captioning pipeline travels with the model: `save_pretrained` copies its file next to the weights and names
-# its class here, in config.json, where `pipeline(task, model=folder_or_repo, trust_remote_code=True)` looks it up
-# before anything else. Under the Hub's task for the card's `pipeline_tag` (image-to-text, which transformers 5
-# would otherwise redirect to its built-in image-text-to-text) and under image-text-to-text itself. Not under
-# "image-captioning": a folder's entry would take precedence over the class hf-imgcap registers under that name
-# when installed, and ask for remote code.
-PIPELINE_FILE = "pipeline_show_attend_tell.py"
-_PIPELINE_ENTRY = {"impl": f"{Path(PIPELINE_FILE).stem}.ShowAttendTellCaptioningPipeline", "pt": ["AutoModel"], "type": "multimodal"}
-CUSTOM_PIPELINES = {task: dict(_PIPELINE_ENTRY) for task in ("image-to-text", "image-text-to-text")}
+# The captioning pipeline travels with the model, named here in config.json, where `pipeline(task,
+# model=folder_or_repo, trust_remote_code=True)` looks it up before anything else: under the Hub's task for the card's
+# `pipeline_tag` (image-to-text, which transformers 5 would otherwise redirect to its built-in image-text-to-text),
+# image-text-to-text itself and hf-imgcap's image-captioning. These entries are remote code for users without
+# hf-imgcap; the installed package ignores them and serves the same names itself (`ShowAttendTellConfig`).
+# The pipeline's file is imported (relatively) for this entry, which also makes transformers treat it as part of the
+# model's code: it is copied into the modules cache when the model is loaded with remote code and next to the weights
+# when the model is saved, so a remote-code model saves a folder that serves the pipeline too.
+_PIPELINE_ENTRY = {
+    "impl": f"{ShowAttendTellCaptioningPipeline.__module__.rsplit('.', 1)[-1]}.{ShowAttendTellCaptioningPipeline.__name__}",
+    "pt": ["AutoModel"],
+    "type": "multimodal",
+}
+CUSTOM_PIPELINES = {task: dict(_PIPELINE_ENTRY) for task in ("image-to-text", IMAGE_TEXT_TO_TEXT, PIPELINE_TASK)}
+
+
+def missing_code_files() -> list[str]:
+    """The files of the model's code (this file and everything it imports relatively, as transformers copies them on
+    saving) that are not where this module runs from: a folder saved without them would not load."""
+    here = Path(__file__)
+    return [str(path) for path in [here, *map(Path, get_relative_import_files(here))] if not path.is_file()]
+
+
+def weights_file(name_or_path, from_pretrained_kwargs: dict) -> str:
+    """The weights file an error should name: its local path (a folder's, or the Hub cache's) when there is one."""
+    variant = from_pretrained_kwargs.get("variant")
+    names = [SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME]
+    if variant:
+        names = [name.replace(".safetensors", f".{variant}.safetensors") for name in names]
+    where = {key: from_pretrained_kwargs[key] for key in ("subfolder", "revision", "cache_dir") if from_pretrained_kwargs.get(key)}
+    for name in names:
+        path = cached_file(name_or_path, name, local_files_only=True, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False, **where)
+        if path is not None:
+            return path
+    return os.path.join(str(name_or_path), names[0])
+
+
+def loading_problems(loading_info: dict, allow_other_shapes: bool = False) -> list[str]:
+    """What makes a checkpoint not this model's weights, from `from_pretrained`'s loading info (missing keys there
+    already leave out `_keys_to_ignore_on_load_missing`)."""
+    problems = []
+    if loading_info["missing_keys"]:
+        problems.append(f"missing tensor(s) {sorted(loading_info['missing_keys'])}")
+    if loading_info["unexpected_keys"]:
+        problems.append(f"unexpected tensor(s) {sorted(loading_info['unexpected_keys'])}")
+    if not allow_other_shapes:
+        problems += [f"tensor {key} has shape {list(saved)} but the model needs {list(needed)}"
+                     for key, saved, needed in sorted(loading_info["mismatched_keys"])]
+    problems += [str(message) for message in loading_info.get("error_msgs", [])]
+    return problems
 
 
 class ShowAttendTellDecoder:
@@ -229,26 +274,40 @@ class ShowAttendTellForConditionalGeneration(
         if self.generation_config.max_new_tokens is None:
             self.generation_config.max_new_tokens = 40
 
-    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
-        """`PreTrainedModel.save_pretrained` (safetensors, code files, `auto_map`), plus the captioning pipeline:
-        its file copied next to the weights and named in `custom_pipelines`, so that
-        `pipeline("image-to-text", model=folder, trust_remote_code=True)` works."""
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained` (safetensors, the code files, `auto_map`), with every auto class of
+        `AUTO_MAP` and the captioning pipeline's `custom_pipelines` entry in config.json. The code files are checked
+        before anything is written: a folder is complete or not written at all."""
+        missing = missing_code_files()
+        if missing:
+            raise OSError(f"cannot save {type(self).__name__}: its code file(s) {missing} are missing, so the saved folder "
+                          "would not load. Load the model from a folder or repo that holds all its .py files, or install hf-imgcap")
         self.config.auto_map = dict(AUTO_MAP)
         self.config.custom_pipelines = copy.deepcopy(CUSTOM_PIPELINES)
-        hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "create_pr", "token") if key in kwargs}
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        shutil.copy(Path(__file__).with_name(PIPELINE_FILE), save_directory)
-        if push_to_hub:  # the base class would upload before the pipeline file is there: push a fresh save instead
-            self.push_to_hub(hub_kwargs.pop("repo_id", Path(save_directory).name), **hub_kwargs)
-        return result
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        loaded = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, strict about the folder: a weights file that cannot be read, or that lacks,
+        adds or misshapes a tensor of the model its config.json describes, is refused naming the file and the tensors
+        (transformers would fill them with random values and only log it). `ignore_mismatched_sizes=True` allows other
+        shapes, as in transformers. Checkpoints saved before `feature_std` existed load (it stays at ones)."""
+        return_loading_info = kwargs.pop("output_loading_info", False)
+        allow_other_shapes = kwargs.get("ignore_mismatched_sizes", False)
+        kwargs["ignore_mismatched_sizes"] = True  # mismatches are refused below, naming the tensors and both shapes
+        try:
+            loaded, loading_info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        except SafetensorError as error:
+            raise OSError(f"{weights_file(pretrained_model_name_or_path, kwargs)}: not a complete safetensors file, truncated "
+                          f"or corrupt ({error})") from None
+        problems = loading_problems(loading_info, allow_other_shapes)
+        if problems:
+            raise ValueError(f"{weights_file(pretrained_model_name_or_path, kwargs)}: {'; '.join(problems)}. These are not the "
+                             "weights of the model its config.json describes: refused rather than filled with random values")
         # Loading replaces every parameter with a new `nn.Parameter` (requires_grad=True), undoing the freeze that
         # __init__ applied: freeze again, or a reloaded model trains its "frozen" encoder (and DDP breaks).
-        (loaded[0] if isinstance(loaded, tuple) else loaded)._apply_encoder_freeze()  # tuple: output_loading_info
-        return loaded
+        loaded._apply_encoder_freeze()
+        return (loaded, loading_info) if return_loading_info else loaded
 
     # ------------------------------------------------------------------ encoder
     def _apply_encoder_freeze(self):

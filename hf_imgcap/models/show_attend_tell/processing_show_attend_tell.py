@@ -1,6 +1,7 @@
 # Copyright 2026 The hf-imgcap authors. Apache-2.0.
 """Processor of the Show, Attend and Tell captioner: ImageNet preprocessing + BERT WordPiece tokenizer."""
 
+import json
 import os
 from pathlib import Path
 
@@ -12,11 +13,17 @@ from transformers import BertTokenizerFast, ConvNextImageProcessor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.processing_utils import ImagesKwargs, ProcessingKwargs, ProcessorMixin
+from transformers.utils import cached_file
 
+from .configuration_show_attend_tell import ShowAttendTellConfig
 from .image_loading import MAX_IMAGE_PIXELS, describe, load_image
 
 # bert-base-uncased vocab.txt, shipped with the package so the default tokenizer works offline.
 BUNDLED_TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer"
+# What a saved processor (or one of its parts) leaves in a folder: a folder with none of them holds only a model.
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+# The `from_pretrained` options that say where files come from.
+HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "revision", "token", "subfolder")
 
 
 def default_image_processor(image_size: int = 224) -> ConvNextImageProcessor:
@@ -41,6 +48,39 @@ def default_tokenizer() -> BertTokenizerFast:
     # from_pretrained(folder), not BertTokenizerFast(vocab_file=...): in transformers 5 the latter silently
     # builds a 5-token vocabulary.
     return BertTokenizerFast.from_pretrained(str(BUNDLED_TOKENIZER_DIR))
+
+
+def check_tokenizer_fits_config(tokenizer, config: ShowAttendTellConfig) -> None:
+    """A `ValueError` naming the mismatch when `tokenizer` cannot write the token ids a model of `config` reads."""
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has vocab_size={config.vocab_size}: "
+            "pass the tokenizer the model was trained with (tokenizer=...)"
+        )
+    for name, token in (("bos_token_id", "cls_token"), ("eos_token_id", "sep_token"), ("pad_token_id", "pad_token")):
+        expected, got = getattr(config, name), getattr(tokenizer, f"{token}_id")
+        if expected is not None and got != expected:
+            raise ValueError(f"the model's {name}={expected} but the tokenizer's {getattr(tokenizer, token)} is {got}: pass the "
+                             "tokenizer the model was trained with (tokenizer=...)")
+
+
+def _file_in(name_or_path, filename: str, where: dict) -> bool:
+    return cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False, **where) is not None
+
+
+def _model_config_in(name_or_path, where: dict) -> ShowAttendTellConfig | None:
+    """The Show-Attend-Tell config saved in a folder or repo, or None when it holds no such model."""
+    path = cached_file(name_or_path, "config.json", _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False, **where)
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            model_type = json.load(file).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+        raise ValueError(f"{path}: not a model config (a JSON object): {error}") from None
+    return ShowAttendTellConfig.from_pretrained(name_or_path, **where) if model_type == ShowAttendTellConfig.model_type else None
 
 
 class ShowAttendTellImagesKwargs(ImagesKwargs, total=False):
@@ -85,6 +125,31 @@ class ShowAttendTellProcessor(ProcessorMixin):
             tokenizer if tokenizer is not None else default_tokenizer(),
             **kwargs,
         )
+        # Text is text: a caption or prompt holding a literal "[SEP]" must not end the caption there (nor "[CLS]" start
+        # one, nor "[PAD]" turn into padding). The special tokens come from the tokenizer's own [CLS] ... [SEP]. Set on
+        # the tokenizer, so that code tokenizing captions with `processor.tokenizer` directly reads them the same way.
+        self.tokenizer.split_special_tokens = True
+
+    @classmethod
+    def from_config(cls, config: ShowAttendTellConfig, tokenizer=None, image_processor=None, **kwargs) -> "ShowAttendTellProcessor":
+        """The processor a model of `config` expects: images of `config.image_size` (`default_image_processor`) and
+        the bundled bert-base-uncased tokenizer, or the `tokenizer` / `image_processor` given. A tokenizer whose
+        vocabulary or start / end / padding ids disagree with the config is refused. `kwargs` go to the constructor."""
+        tokenizer = tokenizer if tokenizer is not None else default_tokenizer()
+        check_tokenizer_fits_config(tokenizer, config)
+        image_processor = image_processor if image_processor is not None else default_image_processor(config.image_size)
+        return cls(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """`ProcessorMixin.from_pretrained`; a folder or repo that holds only a model (`model.save_pretrained`, no
+        processor files) gets the processor its config describes (`from_config`), so that the two agree."""
+        where = {name: kwargs[name] for name in HUB_OPTIONS if name in kwargs}
+        if not any(_file_in(pretrained_model_name_or_path, name, where) for name in PROCESSOR_FILES):
+            config = _model_config_in(pretrained_model_name_or_path, where)
+            if config is not None:
+                return cls.from_config(config)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @property
     def model_input_names(self):
@@ -177,8 +242,8 @@ class ShowAttendTellProcessor(ProcessorMixin):
     def decode(self, sequence, **kwargs) -> str:
         return self.batch_decode([sequence], **kwargs)[0]
 
-    # The built-in `image-text-to-text` pipeline calls these: a caption has no prompt, so the pipeline's
-    # text is the (empty) start of the caption and the output is the caption itself.
+    # transformers' own `ImageTextToTextPipeline` calls these (e.g. given as `pipeline_class=`): the pipeline's text is
+    # the caption's beginning ("" for none) and the output is the whole caption.
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs):
         return self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens)
 
