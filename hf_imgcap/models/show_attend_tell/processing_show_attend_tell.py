@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,49 @@ BUNDLED_TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer"
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
 # The `from_pretrained` options that say where files come from.
 HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "revision", "token", "subfolder")
+
+
+# WordPiece decoding writes every punctuation mark as a word of its own ("a t - shirt , 3 . 5 feet"). These rules join
+# what WordPiece split inside a word, so that a caption reads as written and the COCO tokenizer sees the same words
+# as in the references ("t-shirt", "3.5", "10,000", "man's"). Applied in order; each is a (pattern, replacement).
+_JOIN_WORDPIECE_PUNCTUATION = [
+    (re.compile(r"(?<=\w) - (?=\w)"), "-"),  # t-shirt, 3-year-old: hyphenated words far outnumber spaced dashes
+    (re.compile(r"-(?: -)+"), lambda m: m.group(0).replace(" ", "")),  # "--"
+    (re.compile(r"(?<=\d) \. (?=\d)"), "."),  # 3.5
+    (re.compile(r"(?<=\d) , (?=\d{3}\b)"), ","),  # 10,000
+    (re.compile(r"(?<=\w) ' (s|t|re|ve|ll|d|m)\b"), r"'\1"),  # man's, isn't, they're
+    (re.compile(r"(?<![\w'])(\w) ' (?=\w)"), r"\1'"),  # o'clock
+    (re.compile(r"(?<=s) ' "), "' "),  # the dogs' toys
+    (re.compile(r" (?=[.,!?;:%)\]}])"), ""),  # closing marks hold on to the word before
+    (re.compile(r"(?<=[(\[{$]) "), ""),  # opening marks to the word after
+]
+
+
+def detokenize_wordpieces(text: str) -> str:
+    """Words and punctuation as WordPiece decoding spaces them -> the caption as written (see the rules above).
+    Straight double quotes alternate: an opening one holds on to the next word, a closing one to the previous."""
+    for pattern, replacement in _JOIN_WORDPIECE_PUNCTUATION:
+        text = pattern.sub(replacement, text)
+    words, quote_open = [], False
+    for word in text.split(" "):
+        if word == '"':
+            if quote_open and words:
+                words[-1] += '"'
+            else:
+                words.append('"')
+            quote_open = not quote_open
+        elif quote_open and words and words[-1] == '"':
+            words[-1] += word
+        else:
+            words.append(word)
+    return " ".join(word for word in words if word)
+
+
+def _wordpiece_prefix(tokenizer) -> str | None:
+    """The continuation prefix ("##") of a WordPiece tokenizer's pieces; None for other tokenizers."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None)
+    return getattr(decoder, "prefix", None) if type(decoder).__name__ == "WordPiece" else None
 
 
 def default_image_processor(image_size: int = 224) -> ConvNextImageProcessor:
@@ -232,12 +276,28 @@ class ShowAttendTellProcessor(ProcessorMixin):
         """Token ids to the captions users see: the one ids -> text step of the package.
 
         `caption()`, the pipeline and the CLI print it and evaluation scores it, so a score is always the score of
-        the printed text. WordPiece decoding puts spaces around punctuation ("a man ' s dog isn ' t red .");
-        `clean_up_tokenization_spaces` joins them back ("a man's dog isn't red.").
+        the printed text. WordPiece decoding puts spaces around punctuation ("a man ' s t - shirt ."); they are joined
+        back as written ("a man's t-shirt.", `detokenize_wordpieces`). `clean_up_tokenization_spaces=False` keeps
+        the tokenizer's spacing.
         """
         kwargs.setdefault("skip_special_tokens", True)
-        kwargs.setdefault("clean_up_tokenization_spaces", True)
-        return [caption.strip() for caption in self.tokenizer.batch_decode(sequences, **kwargs)]
+        join = kwargs.pop("clean_up_tokenization_spaces", True)
+        prefix = _wordpiece_prefix(self.tokenizer)
+        if not join or prefix is None:  # not WordPiece (e.g. a BPE tokenizer of the user's): its own decoding
+            captions = self.tokenizer.batch_decode(sequences, clean_up_tokenization_spaces=join, **kwargs)
+            return [caption.strip() for caption in captions]
+        captions = []
+        for ids in sequences:
+            ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+            tokens = self.tokenizer.convert_ids_to_tokens(ids, skip_special_tokens=kwargs["skip_special_tokens"])
+            words = []  # the word pieces joined, every punctuation mark still a word of its own
+            for token in tokens:
+                if token.startswith(prefix) and words:
+                    words[-1] += token[len(prefix):]
+                else:
+                    words.append(token)
+            captions.append(detokenize_wordpieces(" ".join(words)))
+        return captions
 
     def decode(self, sequence, **kwargs) -> str:
         return self.batch_decode([sequence], **kwargs)[0]
