@@ -110,7 +110,7 @@ class TrainingArguments:
     per_device_eval_batch_size: int = field(default=32, metadata={"aliases": ["--eval_batch_size"], "help": "Images per generation batch per process."})
     checkpoint_every_steps: int = field(default=0, metadata={"help": "Also checkpoint every N optimizer steps (0: only at epoch ends)."})
     save_total_limit: int = field(default=2, metadata={"aliases": ["--checkpoints_to_keep"], "help": "Newest checkpoints kept; older ones are deleted."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace the previous run in output_dir: delete the files a run wrote there (other files stay). Without it, a used output_dir needs --resume_from_checkpoint."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace the previous run in output_dir: delete the files it recorded in run_files.json (other files stay). Without it, a used output_dir needs --resume_from_checkpoint."})
     # `--resume_from_checkpoint` alone (or `latest`) continues from the newest checkpoint, as Trainer.train(resume_from_checkpoint=True).
     resume_from_checkpoint: str | None = field(default=None, metadata={
         "aliases": ["--resume", "--resume_from"], "nargs": "?", "const": LATEST_CHECKPOINT,

@@ -465,6 +465,25 @@ def test_overwrite_deletes_only_what_a_run_wrote(tmp_path):
     assert (out / "metrics.json").read_text() == "{}"
 
 
+def test_a_resume_that_takes_over_a_run_from_before_the_record_never_makes_it_look_like_leftovers(tmp_path):
+    """A --resume of a run folder without run_files.json records that run's files as its own. Killed while it sets up,
+    the folder must still count as a trained run (refused without --overwrite_output_dir), not as an untrained start
+    whose files the next run clears."""
+    from hf_imgcap.training.output_folder import RunFiles
+    from hf_imgcap.training.run_arguments import check_output_dir
+
+    out = tmp_path / "out"
+    (out / "checkpoints" / "step_00000010").mkdir(parents=True)
+    for name in ("training_args.json", "config.json", "model.safetensors"):
+        (out / name).write_text("x")
+    assert check_output_dir(out, resume=True, overwrite=False) == []
+    RunFiles.begin(out, creating=("training_args.json", "checkpoints"), remember=("training_args.json",),
+                   adopt=("checkpoints", "config.json", "model.safetensors", "training_args.json"))  # then killed
+    with pytest.raises(ValueError, match="holds a previous training run"):
+        check_output_dir(out, resume=False, overwrite=False)
+    assert (out / "checkpoints" / "step_00000010").is_dir()
+
+
 def test_the_demo_replaces_its_own_previous_run_and_can_still_resume():
     _, _, args = train_script.parse_args(["--demo"])
     assert args.overwrite_output_dir and not args.resume

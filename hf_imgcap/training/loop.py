@@ -31,7 +31,7 @@ from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import ShowAtte
 from hf_imgcap.training.checkpointing import STATE, CheckpointManager, verify_checkpoint
 from hf_imgcap.training.data_fingerprint import fingerprint_differences
 from hf_imgcap.training.model_selection import is_epoch_scheduler, is_improvement
-from hf_imgcap.training.output_folder import RunFiles
+from hf_imgcap.training.output_folder import RunFiles, save_pretrained_replacing
 from hf_imgcap.training.run_arguments import refuse_untrained_run
 from hf_imgcap.training.run_metrics import METRICS_FILE, EvalSettings, RunMetrics, TrainingRecord
 
@@ -316,8 +316,8 @@ def validate(run: TrainingRun, state: TrainState, end: EpochEnd, split, features
     if improved:
         state.best_metric, state.best_epoch = value, state.epoch + 1
         if accelerator.is_main_process:
-            accelerator.unwrap_model(run.model).save_pretrained(run.best_dir)
-            run.processor.save_pretrained(run.best_dir)
+            save_pretrained_replacing(accelerator.unwrap_model(run.model), run.best_dir)
+            save_pretrained_replacing(run.processor, run.best_dir)
     state.next_epoch()
     run.save_checkpoint(state)
 

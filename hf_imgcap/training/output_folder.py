@@ -90,16 +90,23 @@ class RunFilesError(ValueError):
 
 
 @dataclass
+class FolderAtStart:
+    """What the output folder was when a run started: enough to put it back (`RunFiles.undo_start`)."""
+
+    names: set[str]  # its top-level entries
+    contents: dict[str, bytes | None]  # the files the start rewrites (None: absent)
+    created: bool  # the start created the folder itself
+
+
+@dataclass
 class RunFiles:
-    """The record of what a run wrote at the top of `folder` (main process only)."""
+    """The record of what a run wrote at the top of `folder` (main process only). `training_started` is false while
+    the run sets up (nothing it wrote is trained yet), true once its epochs began."""
 
     folder: Path
     names: set[str] = field(default_factory=set)
     training_started: bool = False
-    # What the folder was when this run started, to undo a failed start.
-    _existed_before: set[str] | None = None
-    _previous_contents: dict[str, bytes | None] = field(default_factory=dict)
-    _created_folder: bool = False
+    at_start: FolderAtStart | None = None  # set by `begin`
 
     # ------------------------------------------------------------------ the record
     @classmethod
@@ -155,13 +162,13 @@ class RunFiles:
         names recorded as the run's when the folder has no record yet (the files of a run from before the record
         that this run continues)."""
         folder = Path(folder)
-        created_folder = not folder.exists()
+        created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         remove_temporaries(folder)
-        existed_before = set(os.listdir(folder))
-        previous = {name: (folder / name).read_bytes() if (folder / name).is_file() else None for name in (*remember, RUN_FILES)}
-        run_files = cls.read(folder) or cls(folder, set(adopt))
-        run_files._existed_before, run_files._previous_contents, run_files._created_folder = existed_before, previous, created_folder
+        contents = {name: (folder / name).read_bytes() if (folder / name).is_file() else None for name in (*remember, RUN_FILES)}
+        # Adopted files are a run's that trained: never to be cleared as the leftovers of a start.
+        run_files = cls.read(folder) or cls(folder, set(adopt), training_started=bool(adopt))
+        run_files.at_start = FolderAtStart(set(os.listdir(folder)), contents, created)
         run_files.names.update(creating)
         run_files.save()
         return run_files
@@ -173,17 +180,17 @@ class RunFiles:
 
     def undo_start(self):
         """Put the folder back as `begin` found it: delete what this start created, restore the files it rewrote."""
-        if self._existed_before is None:
+        if self.at_start is None:
             return
-        created = sorted(name for name in self.names if name not in self._existed_before)
+        created = sorted(name for name in self.names if name not in self.at_start.names)
         for name in created:
             _remove(self.folder / name)
-        for name, content in self._previous_contents.items():
+        for name, content in self.at_start.contents.items():
             if content is None:
                 (self.folder / name).unlink(missing_ok=True)
             else:
                 replace_file(self.folder / name, lambda file, content=content: file.write(content))
-        if self._created_folder and not any(self.folder.iterdir()):
+        if self.at_start.created and not any(self.folder.iterdir()):
             self.folder.rmdir()
         logger.info("the run stopped before training: %s is back as it was (removed %s)", self.folder,
                     ", ".join(created) or "nothing")
