@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from transformers import HfArgumentParser
@@ -36,13 +37,15 @@ from hf_imgcap.evaluation.feature_probe import probe_cached_features
 from hf_imgcap.models.pretrained_encoder import build_captioner
 from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import default_image_processor, default_tokenizer
 from hf_imgcap.training.checkpointing import CheckpointManager
-from hf_imgcap.training.loop import TrainingRun, finish, resume_state, run_epochs
+from hf_imgcap.training.data_fingerprint import data_fingerprint
+from hf_imgcap.training.loop import TrainingRun, check_resume_data, checkpoint_to_resume, finish, optional, resume_state, run_epochs
 from hf_imgcap.training.model_fields import model_field, processor_field
 from hf_imgcap.training.model_selection import LR_SCHEDULER_TYPES, SELECTION_METRICS, build_lr_scheduler
+from hf_imgcap.training.output_folder import RunFiles, UndoFailedStart, save_pretrained_replacing
 from hf_imgcap.training.preemption import StopRequest
 from hf_imgcap.training.run_arguments import (
-    LATEST_CHECKPOINT, check_output_dir, check_resume_compatible, make_accelerator, refuse_untrained_run, remove_run_outputs,
-    validate_arguments, write_training_args,
+    BLIND_BASELINE_FOLDER, LATEST_CHECKPOINT, check_no_foreign_files, check_output_dir, check_resume_compatible, make_accelerator, refuse_untrained_run,
+    start_output_dir, validate_arguments,
 )
 from hf_imgcap.training.scst import self_critical_training
 
@@ -109,7 +112,7 @@ class TrainingArguments:
     per_device_eval_batch_size: int = field(default=32, metadata={"aliases": ["--eval_batch_size"], "help": "Images per generation batch per process."})
     checkpoint_every_steps: int = field(default=0, metadata={"help": "Also checkpoint every N optimizer steps (0: only at epoch ends)."})
     save_total_limit: int = field(default=2, metadata={"aliases": ["--checkpoints_to_keep"], "help": "Newest checkpoints kept; older ones are deleted."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace the previous run in output_dir: delete the files a run wrote there (other files stay). Without it, a used output_dir needs --resume_from_checkpoint."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace the previous run in output_dir: delete the files it recorded in run_files.json (other files stay). Without it, a used output_dir needs --resume_from_checkpoint."})
     # `--resume_from_checkpoint` alone (or `latest`) continues from the newest checkpoint, as Trainer.train(resume_from_checkpoint=True).
     resume_from_checkpoint: str | None = field(default=None, metadata={
         "aliases": ["--resume", "--resume_from"], "nargs": "?", "const": LATEST_CHECKPOINT,
@@ -166,14 +169,16 @@ DEMO_DATASET_SIZES = dict(num_train=500, num_val=60, num_test=60)
 
 # ---------------------------------------------------------------------------------------------- building blocks
 def build_processor(model_args, train_split, output_dir: Path, accelerator) -> ShowAttendTellProcessor:
-    """The processor, reused from an earlier run of this output_dir when there is one (resume)."""
+    """The processor, reused from an earlier run of this output_dir when there is one (resume). Refused when the
+    files it saves would write over files in output_dir that no recorded run wrote (names of another tokenizer)."""
     saved = output_dir / "checkpoints" / "processor"
     with accelerator.main_process_first():  # the main process builds and saves it; the others then load it
         if not (saved / "processor_config.json").is_file():
             processor = _new_processor(model_args, train_split)
             if accelerator.is_main_process:
-                processor.save_pretrained(saved)
+                save_pretrained_replacing(processor, saved)
         processor = ShowAttendTellProcessor.from_pretrained(saved)
+    check_no_foreign_files(output_dir, [path.name for path in saved.iterdir()])
     return processor
 
 
@@ -231,43 +236,47 @@ def subset(split, limit):
 
 
 def start_run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments):
-    """Refuse nonsense values and impossible combinations before any data is read, not after hours of training;
-    then the accelerator, the seed and training_args.json (written now, so that a --resume after a crash can check it)."""
+    """Refuse nonsense values, impossible combinations and an output folder the run may not use before any data is
+    read, not after hours of training; then the accelerator and the seed. Nothing is written yet. Returns the
+    accelerator, the arguments and the files of a previous run to delete (`check_output_dir`)."""
     validate_arguments(model_args, data_args, args)
-    output_dir = Path(args.output_dir)
-    previous_run = check_output_dir(output_dir, resume=args.resume or bool(args.resume_from), overwrite=args.overwrite_output_dir)
-    check_resume_compatible(model_args, args)
+    previous_run = check_output_dir(Path(args.output_dir), resume=args.resume, overwrite=args.overwrite_output_dir)
+    check_resume_compatible(model_args, data_args, args)
     accelerator = make_accelerator(args)
     args = dataclasses.replace(args, mixed_precision=accelerator.mixed_precision)  # what the launcher chose, for the record
     set_seed(args.seed)
-    if accelerator.is_main_process:
-        remove_run_outputs(previous_run)
-        write_training_args(output_dir, model_args, data_args, args)
+    return accelerator, args, previous_run
+
+
+def open_output_dir(accelerator, previous_run, model_args, data_args, args) -> RunFiles | None:
+    """Once the data is read: the run's first writes in output_dir (the previous run's files deleted, the record of
+    what this run writes, training_args.json for a --resume after a crash to check). Main process: the record;
+    the others: None."""
+    run_files = start_output_dir(args.output_dir, previous_run, model_args, data_args, args) if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
-    return accelerator, args
+    return run_files
 
 
-# ---------------------------------------------------------------------------------------------- training
-def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
-    accelerator, args = start_run(model_args, data_args, args)
-    output_dir = Path(args.output_dir)
-    log = logger.info
-    log("accelerate: %d process(es) on %s, mixed precision %s", accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
-
-    # 1. Data: a DatasetDict of images + reference captions.
+def load_splits(data_args: DataArguments, args: TrainingArguments, accelerator) -> dict:
+    """The train / validation / test splits the run uses (--max_train_images / --max_eval_images applied)."""
     with accelerator.main_process_first():
         dataset = load_caption_dataset(
             data_args.dataset, dataset_config=data_args.dataset_config, revision=data_args.revision,
             image_column=data_args.image_column, caption_column=data_args.caption_column, image_dir=data_args.image_dir,
             seed=args.seed, verify_images=data_args.verify_images, allow_split_overlap=data_args.allow_split_overlap,
         )
-    train_split = subset(dataset["train"], data_args.max_train_images)
-    val_split, test_split = subset(dataset["validation"], data_args.max_eval_images), subset(dataset["test"], data_args.max_eval_images)
-    log("data: %d / %d / %d images (train / validation / test) from %s", len(train_split), len(val_split), len(test_split), data_args.dataset)
-    scenes_file = find_scenes_file(data_args.dataset)  # a synthetic dataset says what each image shows
-    scenes = load_scenes(scenes_file) if scenes_file is not None else None
-    if scenes is not None:
-        log("scenes: %s; the test captions are also scored for content accuracy", scenes_file)
+    return {"train": subset(dataset["train"], data_args.max_train_images),
+            "validation": subset(dataset["validation"], data_args.max_eval_images),
+            "test": subset(dataset["test"], data_args.max_eval_images)}
+
+
+# ---------------------------------------------------------------------------------------------- training
+def prepare_training(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments, accelerator, splits: dict,
+                     checkpoints: CheckpointManager) -> tuple[TrainingRun, dict]:
+    """Everything the epochs need: the processor, the model, the encoder features of each split (the caches) and the
+    training batches, optimizer and scheduler. Returns the `TrainingRun` and the caches."""
+    output_dir, log = Path(args.output_dir), logger.info
+    train_split, val_split = splits["train"], splits["validation"]
 
     # 2. Processor and model.
     processor = build_processor(model_args, train_split, output_dir, accelerator)
@@ -279,7 +288,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     # 3. Encoder features, computed once per image (the encoder is frozen), and the statistics that standardise
     # them. Fine-tuning reads the images instead; it still takes its starting statistics from the train cache.
     cache_dir = Path(data_args.cache_dir).expanduser()
-    splits_to_cache = {"train": train_split} if args.finetune_encoder else {"train": train_split, "validation": val_split, "test": test_split}
+    splits_to_cache = {"train": train_split} if args.finetune_encoder else splits
     model.to(accelerator.device)  # encode on the GPU (prepare() would move it only later)
     # Every process encodes its shard of each split into the shared cache (N processes: N times sooner).
     caches = {
@@ -316,12 +325,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     scheduler = build_lr_scheduler(args, optimizer, steps_per_epoch=-(-len(loader) // args.gradient_accumulation_steps))
 
-    # 5. The loop: resume (model, optimizer, scheduler and RNG states from Accelerate; TrainState from JSON), then epochs.
+    # The trackers, and what the loop works with.
     hyperparameters = {k: v for a in (model_args, data_args, args) for k, v in dataclasses.asdict(a).items() if isinstance(v, (int, float, str, bool))}
     accelerator.init_trackers("hf_imgcap", config=hyperparameters)  # on every process; only the main one starts trackers
     run = TrainingRun(
         accelerator, model, optimizer, scheduler, loader, processor,
-        checkpoints=CheckpointManager(output_dir / "checkpoints", keep=args.save_total_limit),
+        checkpoints=checkpoints,
         args=args,
         evaluation=dict(accelerator=accelerator, batch_size=args.per_device_eval_batch_size, blind=args.blind,
                         num_beams=args.eval_num_beams, max_new_tokens=args.eval_max_new_tokens,
@@ -329,15 +338,42 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         best_dir=output_dir / "checkpoints" / "best",
         validation_batches=validation_batches(val_split, caches.get("validation"), processor, model_args, args, accelerator),
     )
-    state = resume_state(run, args.resume, args.resume_from)
-    with StopRequest() as stop:
-        stopped_by = run_epochs(run, state, stop, val_split, caches.get("validation"))
-    accelerator.wait_for_everyone()
-    if stopped_by:
-        log("stopped by %s after step %d; continue with --resume", stopped_by, state.global_step)
-        accelerator.end_training()
-        return {"stopped_by": stopped_by, "global_step": state.global_step}
-    refuse_untrained_run(state.global_step, run.batches_run, state.nonfinite_total)
+    return run, caches
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
+    accelerator, args, previous_run = start_run(model_args, data_args, args)
+    output_dir = Path(args.output_dir)
+    log = logger.info
+    log("accelerate: %d process(es) on %s, mixed precision %s", accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
+
+    # 1. Data: a DatasetDict of images + reference captions; a resumed run must continue on the same splits.
+    splits = load_splits(data_args, args, accelerator)
+    train_split, val_split, test_split = splits["train"], splits["validation"], splits["test"]
+    log("data: %d / %d / %d images (train / validation / test) from %s", len(train_split), len(val_split), len(test_split), data_args.dataset)
+    fingerprint = data_fingerprint(data_args.dataset, splits)
+    checkpoints = CheckpointManager(output_dir / "checkpoints", keep=args.save_total_limit)
+    check_resume_data(checkpoint_to_resume(checkpoints, args.resume, args.resume_from), fingerprint)
+    scenes_file = find_scenes_file(data_args.dataset)  # a synthetic dataset says what each image shows
+    scenes = load_scenes(scenes_file) if scenes_file is not None else None
+    if scenes is not None:
+        log("scenes: %s; the test captions are also scored for content accuracy", scenes_file)
+
+    run_files = open_output_dir(accelerator, previous_run, model_args, data_args, args)
+    with UndoFailedStart(run_files) as start:  # a failure before the first optimizer step leaves the folder as it was
+        run, caches = prepare_training(model_args, data_args, args, accelerator, splits, checkpoints)  # steps 2 to 4
+        # 5. The loop: resume (model, optimizer, scheduler and RNG states from Accelerate; TrainState from JSON), then epochs.
+        state = resume_state(run, args.resume, args.resume_from)
+        state.data_fingerprint = fingerprint  # the data it trains on, recorded in its checkpoints
+        start.training_begins(state)
+        with StopRequest() as stop:
+            stopped_by = run_epochs(run, state, stop, val_split, caches.get("validation"))
+        accelerator.wait_for_everyone()
+        if stopped_by:
+            log("stopped by %s after step %d; continue with --resume", stopped_by, state.global_step)
+            accelerator.end_training()
+            return {"stopped_by": stopped_by, "global_step": state.global_step}
+        refuse_untrained_run(state.global_step, run.batches_run, state.nonfinite_total)
     record = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), "training": dataclasses.asdict(args),
               "num_train_images": len(train_split)}
     # 6. Self-critical sequence training (CIDEr-D reward) from the best cross-entropy model; its best epoch is final.
@@ -348,8 +384,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     # 7. Finish: the best model on the test split, with every metric (and, for scenes, what the features hold).
     probe = None
     if scenes is not None and not args.blind and "test" in caches:
-        probe = probe_features(accelerator, model, caches, {"train": train_split, "validation": val_split, "test": test_split}, scenes)
-    results = finish(run, state, test_split, caches.get("test"), output_dir, record, scenes=scenes, feature_probe=probe)
+        probe = optional("the feature probe", probe_features, accelerator, run.model, caches, splits, scenes)
+    results = finish(run, state, test_split, caches.get("test"), output_dir, record, scenes=scenes, feature_probe=probe,
+                     run_files=run_files)
     accelerator.end_training()
     return results
 
@@ -382,8 +419,12 @@ def run_demo(model_args: ModelArguments, data_args: DataArguments, args: Trainin
     with_images = train(model_args, data_args, args)
     if "test" not in with_images:
         return with_images
-    # The blind baseline is the cross-entropy recipe without images (no SCST stage: it is compared with that).
-    blind_args = dataclasses.replace(args, blind=True, output_dir=str(output_dir / "blind_baseline"), scst_epochs=0,
+    # The blind baseline is the cross-entropy recipe without images (no SCST stage: it is compared with that). Its
+    # folder is part of the demo's run: recorded there, so that a re-run of the demo replaces it too.
+    blind_dir = output_dir / BLIND_BASELINE_FOLDER
+    if PartialState().is_main_process:
+        RunFiles.read(output_dir).record(BLIND_BASELINE_FOLDER)
+    blind_args = dataclasses.replace(args, blind=True, output_dir=str(blind_dir), scst_epochs=0,
                                      resume_from_checkpoint=LATEST_CHECKPOINT if args.resume else None)  # its own newest
     blind = train(model_args, data_args, blind_args)
     if "test" not in blind:

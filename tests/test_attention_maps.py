@@ -84,3 +84,19 @@ def test_mismatched_inputs_are_refused(tmp_path):
     with pytest.raises(ValueError, match="missing.jpg"):
         render_attention_map(tmp_path / "missing.jpg", ["a"], np.ones((1, 2, 2)) / 4, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_symlink_at_the_figures_path_is_replaced_never_written_through(tmp_path):
+    """A link named like the figure (planted, or left by another tool) must not get its target overwritten."""
+    victim = tmp_path / "elsewhere" / "precious.png"
+    victim.parent.mkdir()
+    victim.write_bytes(b"the user's own file")
+    (tmp_path / "maps").mkdir()
+    link = tmp_path / "maps" / "photo_attention.png"
+    link.symlink_to(victim)
+    path, _ = render_attention_map(Image.new("RGB", (64, 64), (10, 200, 30)), ["a"], np.ones((1, 2, 2)) / 4, link)
+    assert victim.read_bytes() == b"the user's own file"
+    assert not path.is_symlink() and path.is_file()
+    with Image.open(path) as figure:
+        assert figure.format == "PNG" and figure.size == grid_size(1)
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["photo_attention.png"]  # no temporary left behind

@@ -121,6 +121,21 @@ def test_attention_maps_one_png_per_image(saved, tmp_path, capsys):
             assert figure.size == grid_size(len(result["tokens"]))
 
 
+def test_attention_maps_replace_a_symlink_in_the_folder_instead_of_writing_through_it(saved, tmp_path, capsys):
+    _, _, folder, paths = saved
+    maps, victim = tmp_path / "maps", tmp_path / "victim.txt"
+    maps.mkdir()
+    victim.write_text("not to be overwritten")
+    (maps / f"{paths[0].stem}_attention.png").symlink_to(victim)
+    code = main(["caption", str(paths[0]), "--model", str(folder), *OPTIONS, "--json", "--attention-map", str(maps)])
+    assert code == 0
+    assert victim.read_text() == "not to be overwritten"
+    written = maps / f"{paths[0].stem}_attention.png"
+    assert not written.is_symlink()
+    with Image.open(written) as figure:
+        assert figure.format == "PNG"
+
+
 def test_usage_errors_exit_2_with_one_line(saved, tmp_path, capsys):
     _, _, folder, paths = saved
     (tmp_path / "empty").mkdir()

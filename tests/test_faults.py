@@ -1,6 +1,7 @@
 """Training faults: non-finite losses, preemption (SIGTERM to a real process), a failed checkpoint write."""
 
 import errno
+import json
 import signal
 import subprocess
 import sys
@@ -111,6 +112,10 @@ def test_sigterm_mid_epoch_saves_exits_zero_and_resume_equals_an_uninterrupted_r
     assert straight_name == resumed_name == "step_00000060"
     for key in straight_weights:
         torch.testing.assert_close(resumed_weights[key], straight_weights[key], rtol=0, atol=0, msg=key)
+    # The interrupted epoch's recorded loss is the whole epoch's, as in the uninterrupted run.
+    straight_losses, resumed_losses = (json.loads((folder / "metrics.json").read_text())["train_loss_by_epoch"]
+                                       for folder in (tmp_path / "straight", out))
+    assert resumed_losses == pytest.approx(straight_losses, abs=1e-4)
 
 
 def test_a_run_that_took_no_optimizer_step_fails_and_writes_no_model(data, tmp_path, monkeypatch):

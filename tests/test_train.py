@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -423,6 +424,7 @@ def test_a_second_run_in_a_used_output_dir_is_refused_unless_resumed_or_overwrit
 
 
 def test_overwrite_deletes_only_what_a_run_wrote(tmp_path):
+    from hf_imgcap.training.output_folder import RunFiles
     from hf_imgcap.training.run_arguments import check_output_dir, remove_run_outputs
 
     out = tmp_path / "out"
@@ -430,13 +432,25 @@ def test_overwrite_deletes_only_what_a_run_wrote(tmp_path):
                         "blind_baseline/config.json", "config.json", "generation_config.json", "model.safetensors",
                         "modeling_show_attend_tell.py", "image_loading.py", "processor_config.json", "tokenizer.json",
                         "tokenizer_config.json", "metrics.json", "training_args.json", "test_captions.json",
-                        "attention_example.png"]
+                        "attention_example.png", "README.md"]
     users = ["notes/credentials.json", "data.csv", "synthetic_flickr8k/Flickr8k.token.txt", "feature_cache/meta.json"]
     for name in written_by_a_run + users:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text("x")
-    (out / "README.md").write_text("---\nlibrary_name: transformers\n---\nTrained with hf-imgcap and ...")  # the card
+    top_level = {name.split("/")[0] for name in written_by_a_run}
 
+    # A folder without the record of what a run wrote (a run from before it existed): nothing is deleted; the
+    # refusal names the files and says how to go on.
+    for overwrite in (False, True):
+        with pytest.raises(ValueError) as refused:
+            check_output_dir(out, resume=False, overwrite=overwrite)
+        message = str(refused.value)
+        assert f"--output_dir {out} holds" in message and "no run_files.json" in message and "--resume" in message
+        assert "rm -r " in message and str(out / "checkpoints") in message and all(name in message for name in top_level)
+        assert not any(name.split("/")[0] in message for name in users)
+    assert check_output_dir(out, resume=True, overwrite=False) == []  # --resume continues that run (and takes it over)
+
+    RunFiles(out, top_level, training_started=True).save()  # what the run recorded
     with pytest.raises(ValueError, match=rf"--output_dir {out} holds a previous training run"):
         check_output_dir(out, resume=False, overwrite=False)
     assert check_output_dir(out, resume=True, overwrite=True) == []  # continuing the run deletes nothing
@@ -444,10 +458,31 @@ def test_overwrite_deletes_only_what_a_run_wrote(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["data.csv", "feature_cache", "notes", "synthetic_flickr8k"]
     assert all((out / name).is_file() for name in users)
 
-    (out / "README.md").write_text("# my notes about these experiments\n")  # not a model card of ours: kept
+    # A file named like a run's output that the record does not list (put there later): refused, named, kept.
     (out / "metrics.json").write_text("{}")
-    remove_run_outputs(check_output_dir(out, resume=False, overwrite=True))
-    assert (out / "README.md").is_file() and not (out / "metrics.json").exists()
+    RunFiles(out, {"config.json"}, training_started=True).save()
+    with pytest.raises(ValueError, match=r"holds metrics.json: a training run writes files of that name, but no recorded run wrote it"):
+        check_output_dir(out, resume=False, overwrite=True)
+    assert (out / "metrics.json").read_text() == "{}"
+
+
+def test_a_resume_that_takes_over_a_run_from_before_the_record_never_makes_it_look_like_leftovers(tmp_path):
+    """A --resume of a run folder without run_files.json records that run's files as its own. Killed while it sets up,
+    the folder must still count as a trained run (refused without --overwrite_output_dir), not as an untrained start
+    whose files the next run clears."""
+    from hf_imgcap.training.output_folder import RunFiles
+    from hf_imgcap.training.run_arguments import check_output_dir
+
+    out = tmp_path / "out"
+    (out / "checkpoints" / "step_00000010").mkdir(parents=True)
+    for name in ("training_args.json", "config.json", "model.safetensors"):
+        (out / name).write_text("x")
+    assert check_output_dir(out, resume=True, overwrite=False) == []
+    RunFiles.begin(out, creating=("training_args.json", "checkpoints"), remember=("training_args.json",),
+                   adopt=("checkpoints", "config.json", "model.safetensors", "training_args.json"))  # then killed
+    with pytest.raises(ValueError, match="holds a previous training run"):
+        check_output_dir(out, resume=False, overwrite=False)
+    assert (out / "checkpoints" / "step_00000010").is_dir()
 
 
 def test_the_demo_replaces_its_own_previous_run_and_can_still_resume():
@@ -812,3 +847,173 @@ def test_train_py_exits_2_with_one_message_and_prints_names_escaped(tmp_path):
     assert "Traceback" not in result.stderr
     error = result.stderr[result.stderr.index("train.py: error: "):]
     assert str(tmp_path / "photos\\x1b]0;pwned\\x07") in error and len(error.splitlines()) == 1, error
+
+
+# ---------------------------------------------------------------------------------------------- what a run may write over
+def refuse_data_reads(monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the output folder was checked")
+
+    monkeypatch.setattr(train_script, "load_caption_dataset", no_data)
+
+
+def folder_snapshot(folder):
+    """Every entry under `folder`: a link's target, a file's bytes (None for a folder)."""
+    return {str(path.relative_to(folder)): (str(path.readlink()) if path.is_symlink() else path.read_bytes() if path.is_file() else None)
+            for path in sorted(folder.rglob("*"))}
+
+
+def test_overwrite_refuses_a_folder_of_files_no_recorded_run_wrote(data, tmp_path, monkeypatch):
+    """An encoder's folder given as --output_dir: its config.json, weights and vocab.txt are the user's, not a run's."""
+    encoder = tmp_path / "my-encoder"
+    encoder.mkdir()
+    for name in ("config.json", "model.safetensors", "vocab.txt"):
+        (encoder / name).write_text(f"the user's {name}")
+    before = folder_snapshot(encoder)
+    refuse_data_reads(monkeypatch)
+    with pytest.raises(ValueError) as refused:
+        run(tiny_args(data, encoder, tmp_path / "cache", "--overwrite_output_dir"))
+    message = str(refused.value)
+    assert str(encoder) in message and all(name in message for name in ("config.json", "model.safetensors", "vocab.txt"))
+    assert folder_snapshot(encoder) == before
+
+
+def test_a_new_run_refuses_a_folder_holding_files_or_links_it_would_write_over(data, tmp_path, monkeypatch):
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    out.mkdir()
+    victim.write_text("secret")
+    (out / "README.md").write_text("# my experiments\n")  # the model card would replace it
+    (out / "test_captions.json").symlink_to(victim)  # writing the test captions would write the victim
+    (out / "notes.txt").write_text("mine")  # a name no run writes: never in the way
+    before = folder_snapshot(out)
+    refuse_data_reads(monkeypatch)
+    for extra in ([], ["--overwrite_output_dir"]):
+        with pytest.raises(ValueError) as refused:
+            run(tiny_args(data, out, tmp_path / "cache", *extra))
+        message = str(refused.value)
+        assert str(out) in message and "README.md" in message and "test_captions.json" in message and "notes.txt" not in message
+    assert folder_snapshot(out) == before and victim.read_text() == "secret"
+
+
+def test_a_run_records_what_it_wrote_and_never_writes_through_links_planted_in_its_folder(data, tmp_path):
+    out, cache, victims = tmp_path / "out", tmp_path / "cache", tmp_path / "victims"
+    run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
+    recorded = json.loads((out / "run_files.json").read_text())["files"]
+    assert sorted(recorded) == sorted(p.name for p in out.iterdir() if p.name != "run_files.json")
+    # Links where the run writes its files (the card, the figure, the records, what save_pretrained writes): a resumed
+    # run replaces each link by its own file and leaves the link's target alone.
+    names = ["attention_example.png", "test_captions.json", "metrics.json", "README.md", "config.json", "model.safetensors",
+             "tokenizer.json", "tokenizer_config.json", "processor_config.json", "modeling_show_attend_tell.py"]
+    victims.mkdir()
+    for name in names:
+        (victims / name).write_text(f"victim {name}")
+        (out / name).unlink()
+        (out / name).symlink_to(victims / name)
+    run(tiny_args(data, out, cache, "--max_steps", "3", "--checkpoint_every_steps", "2", "--resume"))
+    for name in names:
+        assert (victims / name).read_text() == f"victim {name}", name
+        assert (out / name).is_file() and not (out / name).is_symlink(), name
+    assert ShowAttendTellForConditionalGeneration.from_pretrained(out).config.hidden_size == 24
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 3
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file or folder left
+
+
+def test_resume_with_another_dataset_or_other_splits_is_refused_naming_both(data, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
+    before = folder_snapshot(out)
+    other = write_synthetic_flickr8k(tmp_path / "other", num_train=16, num_val=5, num_test=5, image_size=64, seed=4)
+    with pytest.raises(ValueError) as refused:
+        run(tiny_args(other, out, cache, "--resume", "--max_steps", "4"))
+    assert f"--dataset {str(other)!r} (the run being resumed used {str(data)!r})" in str(refused.value)
+    # The same --dataset, but another training split (here fewer images): its fingerprint differs.
+    with pytest.raises(ValueError) as refused:
+        run(tiny_args(data, out, cache, "--resume", "--max_steps", "4", "--max_train_images", "12"))
+    message = str(refused.value)
+    assert "cannot resume" in message and str(data) in message
+    assert "train split: 12 images" in message and "16 images" in message
+    assert "validation split" not in message and "test split" not in message  # only what differs
+    assert folder_snapshot(out) == before  # refused before anything was written
+
+
+def test_a_broken_first_test_image_or_a_failed_figure_does_not_cost_the_trained_model(tmp_path, monkeypatch, caplog):
+    """With --no_verify_images the attention example is drawn from the first test image that decodes; a figure that
+    cannot be drawn at all is logged, and the model, its records and its card are written anyway."""
+    import logging
+
+    import numpy as np
+    from PIL import Image
+
+    dataset = write_synthetic_flickr8k(tmp_path / "data", num_train=16, num_val=5, num_test=5, image_size=64, seed=3)
+    test_names = (dataset / "Flickr_8k.testImages.txt").read_text().split()
+    (dataset / "Flicker8k_Dataset" / test_names[0]).write_bytes(b"not a jpeg")
+    drawn = []
+
+    def failing_figure(image, *args, **kwargs):
+        drawn.append(np.asarray(image))
+        raise RuntimeError("the figure could not be drawn")
+
+    monkeypatch.setattr(training_loop, "render_attention_map", failing_figure)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        run(tiny_args(dataset, out, tmp_path / "cache", "--max_steps", "2", "--no_verify_images"))
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "metrics.json", "test_captions.json", "README.md"):
+        assert (out / name).is_file(), name
+    assert not (out / "attention_example.png").exists()
+    with Image.open(dataset / "Flicker8k_Dataset" / test_names[1]) as second:
+        assert len(drawn) == 1 and np.array_equal(drawn[0], np.asarray(second.convert("RGB")))
+    assert test_names[0] in caplog.text and "the figure could not be drawn" in caplog.text
+
+
+def test_a_start_that_fails_before_training_leaves_the_folder_as_it_found_it(data, tmp_path, monkeypatch):
+    from hf_imgcap.training.run_arguments import check_output_dir, remove_run_outputs
+
+    no_test = write_synthetic_flickr8k(tmp_path / "no_test", num_train=8, num_val=2, num_test=0, image_size=64, seed=1)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    with pytest.raises(ValueError, match=r"split 'test' of .* is empty"):
+        run(tiny_args(no_test, out, cache))
+    assert not out.exists()
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = folder_snapshot(out)
+    with pytest.raises(ValueError, match=r"split 'test' of .* is empty"):
+        run(tiny_args(no_test, out, cache))
+    assert folder_snapshot(out) == before
+
+    # A failure later in the start, after the processor was saved: undone too. What the folder held at that moment
+    # is what a kill there would leave: the next run is not refused, it clears those files.
+    killed = tmp_path / "killed"
+
+    def fail(*args, **kwargs):
+        shutil.copytree(out, killed, symlinks=True)
+        raise RuntimeError("out of memory while encoding")
+
+    monkeypatch.setattr(train_script, "build_feature_cache", fail)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run(tiny_args(data, out, cache))
+    assert folder_snapshot(out) == before
+    assert (killed / "training_args.json").is_file() and (killed / "checkpoints" / "processor").is_dir()
+    remove_run_outputs(check_output_dir(killed, resume=False, overwrite=False))
+    assert folder_snapshot(killed) == before
+
+
+def test_the_epoch_stopped_by_sigterm_records_its_whole_mean_loss_after_the_resume(data, tmp_path, monkeypatch):
+    cache, common = tmp_path / "cache", ["--num_epochs", "2", "--eval_num_beams", "1", "--early_stopping_patience", "10"]
+    straight = run(tiny_args(data, tmp_path / "straight", cache, *common))
+    original, calls = ShowAttendTellForConditionalGeneration.forward, {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        outputs = original(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 13:  # in the middle of epoch 2 (10 steps per epoch)
+                signal.raise_signal(signal.SIGTERM)
+        return outputs
+
+    monkeypatch.setattr(ShowAttendTellForConditionalGeneration, "forward", forward)
+    stopped = run(tiny_args(data, tmp_path / "preempted", cache, *common))
+    assert stopped == {"stopped_by": "SIGTERM", "global_step": 13}
+    monkeypatch.setattr(ShowAttendTellForConditionalGeneration, "forward", original)
+    resumed = run(tiny_args(data, tmp_path / "preempted", cache, *common, "--resume"))
+    assert len(resumed["train_loss_by_epoch"]) == 2
+    assert resumed["train_loss_by_epoch"] == pytest.approx(straight["train_loss_by_epoch"], abs=1e-4)

@@ -9,12 +9,15 @@ Layout of the PNG written by `render_attention_map` (all sizes in pixels; see `g
   (blue = little attention, red = most; scaled to each word's own maximum), with the word piece written
   on a dark band at the top of the panel.
 
+The PNG replaces whatever is at its path (a symlink there is replaced, not written through).
+
 The image shown is the square center crop the model saw (`crop_fraction` of the shorter side, 0.875 for the
 default ImageNet preprocessing), so each attention cell lies over the part of the image it describes.
 """
 
 import math
 import os
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +90,20 @@ def render_attention_map(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path, format="PNG")
+    _save_replacing(canvas, path)
     return path, len(tokens)
+
+
+def _save_replacing(canvas: Image.Image, path: Path) -> None:
+    """Write the PNG beside `path` under a temporary name, then `os.replace` it: a symlink at `path` is replaced,
+    never written through (its target is left alone), and no reader sees half a figure."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        canvas.save(temporary, format="PNG")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _as_maps(attentions, num_tokens: int) -> np.ndarray:

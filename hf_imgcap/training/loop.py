@@ -26,11 +26,14 @@ from hf_imgcap.evaluation.attention_maps import model_view_crop_fraction, render
 from hf_imgcap.evaluation.content_accuracy import split_content_accuracy
 from hf_imgcap.evaluation.generation import evaluate_captioner
 from hf_imgcap.hub import push_to_hub, write_model_card
+from hf_imgcap.models.show_attend_tell.image_loading import load_image
 from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import ShowAttendTellForConditionalGeneration
-from hf_imgcap.training.checkpointing import CheckpointManager, verify_checkpoint
+from hf_imgcap.training.checkpointing import STATE, CheckpointManager, verify_checkpoint
+from hf_imgcap.training.data_fingerprint import fingerprint_differences
 from hf_imgcap.training.model_selection import is_epoch_scheduler, is_improvement
+from hf_imgcap.training.output_folder import RunFiles, save_pretrained_replacing
 from hf_imgcap.training.run_arguments import refuse_untrained_run
-from hf_imgcap.training.run_metrics import EvalSettings, RunMetrics, TrainingRecord
+from hf_imgcap.training.run_metrics import METRICS_FILE, EvalSettings, RunMetrics, TrainingRecord
 
 logger = get_logger("train")  # Accelerate's: logs once, on the main process
 
@@ -50,6 +53,10 @@ class TrainState:
     nonfinite_in_a_row: int = 0
     nonfinite_total: int = 0
     history: list[dict] = field(default_factory=list)
+    # The finite losses of `epoch` so far (this process's steps): a resumed epoch records the whole epoch's mean.
+    epoch_loss_sum: float = 0.0
+    epoch_loss_steps: int = 0
+    data_fingerprint: dict | None = None  # the splits the run trains on (`data_fingerprint.data_fingerprint`)
 
     def to_checkpoint(self) -> dict:
         return dataclasses.asdict(self)
@@ -66,10 +73,25 @@ class TrainState:
             saved["best_epoch"] = history[0]["epoch"] if history else 0
         return cls(**saved)
 
+    def add_step_loss(self, loss: float):
+        self.epoch_loss_sum += loss
+        self.epoch_loss_steps += 1
+
+    def epoch_mean_loss(self) -> float:
+        return self.epoch_loss_sum / max(self.epoch_loss_steps, 1)
+
+    def next_epoch(self):
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.epoch_loss_sum, self.epoch_loss_steps = 0.0, 0
+
     def best_entry(self) -> dict:
         """The history entry (validation metrics) of the best epoch, or {} before any validation."""
         return next((entry for entry in self.history if entry["epoch"] == self.best_epoch), {})
 
+
+TEST_CAPTIONS_FILE = "test_captions.json"
+ATTENTION_EXAMPLE_FILE = "attention_example.png"
+MODEL_CARD_FILE = "README.md"
 
 # Checkpoints written before the scheduler was registered with Accelerate keep its state in training_state.json.
 EARLIER_SCHEDULER_KEY = "scheduler"
@@ -99,10 +121,36 @@ class TrainingRun:
         self.checkpoints.save(self.accelerator, state.global_step, state.to_checkpoint())
 
 
+def checkpoint_to_resume(checkpoints: CheckpointManager, resume: bool, resume_from: str | None) -> Path | None:
+    """The checkpoint --resume_from_checkpoint continues from: the one named, else the newest one (None: none yet)."""
+    return Path(resume_from) if resume_from else checkpoints.latest() if resume else None
+
+
+def check_resume_data(checkpoint: Path | None, fingerprint: dict):
+    """Refuse to continue `checkpoint` on other data than it trained on (before anything is loaded or written)."""
+    if checkpoint is None:
+        return
+    try:
+        saved = json.loads((checkpoint / STATE).read_text()).get("data_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return  # verify_checkpoint says what is wrong with it when the run loads it
+    if saved is None:
+        logger.info("%s does not record the data it trained on (an earlier version's checkpoint): not compared", checkpoint)
+        return
+    differences = fingerprint_differences(saved, fingerprint)
+    if differences:
+        raise ValueError(
+            f"cannot resume from {checkpoint}: it trained on --dataset {saved['dataset']!r}, and --dataset "
+            f"{fingerprint['dataset']!r} now gives other splits:\n  " + "\n  ".join(differences)
+            + "\nResume with the data the run trained on (the same --dataset, --max_train_images, --max_eval_images and "
+            "--seed), or start a new run in another --output_dir."
+        )
+
+
 def resume_state(run: TrainingRun, resume: bool, resume_from: str | None) -> TrainState:
     """A fresh state, or the one of the checkpoint to continue from (model, optimizer, scheduler and RNG states via
     Accelerate). Registers the scheduler for checkpointing: call once per run."""
-    latest = Path(resume_from) if resume_from else run.checkpoints.latest() if resume else None
+    latest = checkpoint_to_resume(run.checkpoints, resume, resume_from)
     metric = run.args.metric_for_best_model
     if latest is None:
         if resume:
@@ -128,7 +176,7 @@ def resume_state(run: TrainingRun, resume: bool, resume_from: str | None) -> Tra
 
 @dataclass
 class EpochEnd:
-    train_loss: float  # mean loss of this process's optimizer steps since the epoch (re)started
+    train_loss: float  # mean loss of this process's optimizer steps in the epoch (before a resume too)
     stopped_by: str | None = None  # the signal that asked the run to stop
     out_of_steps: bool = False  # --max_steps reached
     complete: bool = True  # every batch of the epoch was trained on
@@ -192,7 +240,7 @@ def train_epoch(run: TrainingRun, state: TrainState, stop) -> EpochEnd:
     run.model.train()
     bar = tqdm(total=len(loader), initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{args.num_train_epochs}",
                disable=not accelerator.is_main_process, unit="batch")
-    started, seen, losses = time.perf_counter(), 0, []
+    started, seen = time.perf_counter(), 0
     end = EpochEnd(train_loss=0.0)
     batches = iter(batches)
     while micro_batches := list(itertools.islice(batches, args.gradient_accumulation_steps)):
@@ -206,7 +254,7 @@ def train_epoch(run: TrainingRun, state: TrainState, stop) -> EpochEnd:
             continue
         state.nonfinite_in_a_row = 0
         state.global_step += 1
-        losses.append(loss)
+        state.add_step_loss(loss)
         seen += sum(len(batch["input_ids"]) for batch in micro_batches) * accelerator.num_processes
         bar.set_postfix(loss=f"{loss:.3f}", captions_per_s=f"{seen / (time.perf_counter() - started):.0f}")
         accelerator.log({"train/loss": loss, "train/caption_loss": caption_loss,
@@ -221,7 +269,7 @@ def train_epoch(run: TrainingRun, state: TrainState, stop) -> EpochEnd:
         if end.out_of_steps:
             break
     bar.close()
-    end.train_loss = sum(losses) / max(len(losses), 1)
+    end.train_loss = state.epoch_mean_loss()
     end.complete = state.step_in_epoch >= len(loader)
     return end
 
@@ -268,28 +316,39 @@ def validate(run: TrainingRun, state: TrainState, end: EpochEnd, split, features
     if improved:
         state.best_metric, state.best_epoch = value, state.epoch + 1
         if accelerator.is_main_process:
-            accelerator.unwrap_model(run.model).save_pretrained(run.best_dir)
-            run.processor.save_pretrained(run.best_dir)
-    state.epoch, state.step_in_epoch = state.epoch + 1, 0
+            save_pretrained_replacing(accelerator.unwrap_model(run.model), run.best_dir)
+            save_pretrained_replacing(run.processor, run.best_dir)
+    state.next_epoch()
     run.save_checkpoint(state)
 
 
 def finish(run: TrainingRun, state: TrainState, test_split, features, output_dir: Path, record: dict,
-           scenes: dict | None = None, feature_probe: dict | None = None) -> dict:
+           scenes: dict | None = None, feature_probe: dict | None = None, run_files: RunFiles | None = None) -> dict:
     """The best model on the test split with every metric; the Hub-ready folder (model, processor, metrics.json,
-    test captions, attention example, model card). `record` has the arguments (model/data/training dicts), the
+    test captions, model card, attention example). `record` has the arguments (model/data/training dicts), the
     number of training images and, after an SCST stage, its record ("scst"). With `scenes` (what each image shows),
     the test captions are also scored for content accuracy; `feature_probe` (the linear probe's results) goes to
-    metrics.json as it is. Returns metrics.json's content plus `test_examples`."""
+    metrics.json as it is. `run_files` records what is written in output_dir (default: its record there).
+    Returns metrics.json's content plus `test_examples`.
+
+    The model and the processor are written first and the optional extras last: a failure at the end of a run
+    never costs the trained model, and an extra that cannot be made (content accuracy, the attention figure) is
+    logged and left out."""
     accelerator, args, processor = run.accelerator, run.args, run.processor
     final = (ShowAttendTellForConditionalGeneration.from_pretrained(run.best_dir) if run.best_dir.is_dir()
              else accelerator.unwrap_model(run.model))
     final.to(accelerator.device)
+    if accelerator.is_main_process:
+        run_files = run_files or RunFiles.read(output_dir) or RunFiles(Path(output_dir))
+        run_files.save_pretrained(final)
+        run_files.save_pretrained(processor)
     test_metrics, test_captions = evaluate_captioner(final, run.processor, test_split, features=features, **run.evaluation)
-    content = split_content_accuracy(test_split["image_id"], test_captions, scenes) if scenes is not None else None
+    content = None
+    if scenes is not None:
+        content = optional("content accuracy", split_content_accuracy, test_split["image_id"], test_captions, scenes)
     if content is not None and features is not None and not args.blind:  # where it looked when it named a colour
-        content["attention_grounding"] = attention_grounding(final, processor.tokenizer, features, test_split["image_id"],
-                                                             test_captions, scenes)
+        content["attention_grounding"] = optional("attention grounding", attention_grounding, final, processor.tokenizer,
+                                                  features, test_split["image_id"], test_captions, scenes)
     run_metrics = RunMetrics(
         test=test_metrics,
         validation_best_bleu_4=state.best_entry().get("bleu_4", -1.0),
@@ -313,25 +372,61 @@ def finish(run: TrainingRun, state: TrainState, test_split, features, output_dir
     test_examples = [{"image_id": i, "caption": c, "references": list(r)}
                      for i, c, r in zip(test_split["image_id"], test_captions, test_split["captions"])]
     if accelerator.is_main_process:
-        final.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
-        run_metrics.save(output_dir)
-        (output_dir / "test_captions.json").write_text(json.dumps(test_examples, indent=1))
-        write_attention_example(final, processor, test_split[0]["image"], output_dir / "attention_example.png", args.eval_num_beams)
+        run_files.write_text(METRICS_FILE, run_metrics.to_json())
+        run_files.write_text(TEST_CAPTIONS_FILE, json.dumps(test_examples, indent=1))
+        run_files.record(MODEL_CARD_FILE)
         write_model_card(output_dir, results, model_args=record["model"], training_args=record["training"], data_args=record["data"])
         run.log("test (beam %d): %s", args.eval_num_beams, ", ".join(f"{k} {v:.4f}" for k, v in test_metrics.items() if isinstance(v, float)))
-        run.log("wrote the model, processor, metrics.json, model card and attention_example.png to %s", output_dir)
+        written = write_attention_example(final, processor, test_split, run_files, args.eval_num_beams)
+        run.log("wrote the model, processor, metrics.json, model card%s to %s", f" and {ATTENTION_EXAMPLE_FILE}" if written else "",
+                output_dir)
         if args.push_to_hub:
             push_to_hub(output_dir, args.hub_model_id)
             run.log("pushed %s to https://huggingface.co/%s", output_dir, args.hub_model_id)
     return {**results, "test_examples": test_examples}
 
 
-def write_attention_example(model, processor, image, path: Path, num_beams: int):
-    """The Show-Attend-Tell picture for one test image: where the model looked for each word it wrote."""
-    result = model.caption(image, processor=processor, return_attentions=True, num_beams=num_beams)
-    crop = model_view_crop_fraction(processor.image_processor)  # the part of the image the model saw
-    render_attention_map(image, result["tokens"], result["attentions"], path, crop_fraction=crop)
+def optional(description: str, compute, *args):
+    """`compute(*args)`, or None (logged with the reason) when it fails: for what a run can do without."""
+    try:
+        return compute(*args)
+    except Exception as error:  # noqa: BLE001 - any failure of an extra must not cost the run
+        logger.warning("%s left out: %s: %s", description, type(error).__name__, error)
+        return None
+
+
+def first_decodable_image(split):
+    """`(image_id, image)` of the first image of `split` that decodes, or None; the ones skipped are logged."""
+    found, skipped = None, []
+    for index, image_id in enumerate(split["image_id"]):
+        try:
+            found = image_id, load_image(split[index]["image"])
+            break
+        except Exception as error:  # noqa: BLE001 - PIL and datasets raise many kinds for a broken file
+            skipped.append(f"{image_id} ({type(error).__name__}: {error})")
+    if skipped:
+        logger.warning("attention example: skipped %d test image(s) that cannot be decoded: %s", len(skipped), "; ".join(skipped))
+    return found
+
+
+def write_attention_example(model, processor, test_split, run_files: RunFiles, num_beams: int) -> bool:
+    """The Show-Attend-Tell picture of the first test image that decodes: where the model looked for each word it
+    wrote. Optional: when it cannot be made, that is logged and False returned."""
+    found = first_decodable_image(test_split)
+    if found is None:
+        logger.warning("no %s: no test image could be decoded", ATTENTION_EXAMPLE_FILE)
+        return False
+    image_id, image = found
+
+    def draw():
+        result = model.caption(image, processor=processor, return_attentions=True, num_beams=num_beams)
+        crop = model_view_crop_fraction(processor.image_processor)  # the part of the image the model saw
+        run_files.record(ATTENTION_EXAMPLE_FILE)
+        render_attention_map(image, result["tokens"], result["attentions"], run_files.folder / ATTENTION_EXAMPLE_FILE,
+                             crop_fraction=crop)
+        return True
+
+    return bool(optional(f"{ATTENTION_EXAMPLE_FILE} (test image {image_id})", draw))
 
 
 def run_epochs(run: TrainingRun, state: TrainState, stop, val_split, val_features) -> str | None:

@@ -4,7 +4,7 @@
 A nonsense setting (a negative learning rate, `--batch_size 0`, `--output_dir` that is a file) should fail in the
 first second with a message naming the argument, not after the feature cache was built or hours of training.
 An output folder holds exactly one run: a second run there is refused unless it continues the first (`--resume`)
-or replaces it (`--overwrite_output_dir`, which deletes only what a run wrote).
+or replaces it (`--overwrite_output_dir`, which deletes only what a recorded run wrote: `output_folder.RunFiles`).
 """
 
 import dataclasses
@@ -15,7 +15,6 @@ import math
 import os
 import shlex
 import shutil
-import tempfile
 from pathlib import Path
 
 import accelerate.tracking
@@ -24,7 +23,9 @@ from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from accelerate.utils import LoggerType, PrecisionType, ProjectConfiguration
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from hf_imgcap.hub import HUB_FILE_NAMES
 from hf_imgcap.training.model_selection import LR_SCHEDULER_TYPES, SELECTION_METRICS
+from hf_imgcap.training.output_folder import RUN_FILES, RunFiles, replace_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -36,23 +37,25 @@ TRACKER_FOLDER = "runs"
 TRACKER_PACKAGES = {"aim": "aim<4", "comet_ml": "comet_ml", "mlflow": "mlflow", "tensorboard": "tensorboard",
                     "wandb": "wandb", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
 
-# What a training run writes into its output_dir (top-level names; folders are removed whole). Anything else there,
-# such as the demo's synthetic data and feature cache or a user's notes, is never deleted.
+# The top-level names a training run writes in its output_dir (folders are removed whole): a name of these that no
+# recorded run wrote (run_files.json) is never written over or deleted. Anything else there, such as the demo's
+# synthetic data and feature cache or a user's notes, is never touched.
+BLIND_BASELINE_FOLDER = "blind_baseline"  # the demo's image-blind run, inside its output_dir
+RUN_FOLDERS = ("checkpoints", TRACKER_FOLDER, BLIND_BASELINE_FOLDER)
 RUN_OUTPUT_PATTERNS = (
-    "checkpoints", TRACKER_FOLDER, "blind_baseline", TRAINING_ARGS_FILE, "metrics.json", "test_captions.json",
-    "attention_example.png",
-    # save_pretrained of the model and the processor
-    "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", "*_show_attend_tell.py",
-    "image_loading.py", "feature_standardization.py", "fused_teacher_forcing.py", "input_checks.py",
-    "processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "vocab.txt",
+    *RUN_FOLDERS, TRAINING_ARGS_FILE, RUN_FILES,
+    # save_pretrained of the model and the processor, the model card and the run's records: what goes to the Hub
+    *sorted(HUB_FILE_NAMES), "model-*-of-*.safetensors",
+    # what tokenizers of other kinds (--tokenizer) save
+    "vocab.*", "merges.txt", "*.model", "*.spm", "chat_template.*",
 )
 # Any of these means the folder holds (part of) a previous run.
 RUN_MARKERS = (TRAINING_ARGS_FILE, "checkpoints", "config.json", "model.safetensors", "metrics.json")
-MODEL_CARD_MARKER = "hf-imgcap"  # README.md is the run's model card only if it says it was made by us
 
-# Arguments that decide the model's shapes or its processor: a resumed run must use the same values.
+# Arguments that decide the model's shapes, its processor or its data: a resumed run must use the same values. (The
+# splits themselves are compared too, once read: `data_fingerprint`.)
 RESUME_MUST_MATCH = {
+    "data": ("dataset", "dataset_config"),
     "model": ("encoder", "tokenizer", "caption_vocab_size", "embedding_size", "attention_size", "hidden_size", "image_size",
               "max_caption_length", "whiten_features"),
     "training": ("finetune_encoder", "blind", "metric_for_best_model", "lr_scheduler_type"),
@@ -220,32 +223,80 @@ def validate_arguments(model_args, data_args, args):
 
 
 # ---------------------------------------------------------------------------------------------- the output folder
-def _is_run_output(path: Path) -> bool:
-    if path.name == "README.md":
-        try:
-            return MODEL_CARD_MARKER in path.read_text(errors="replace")
-        except OSError:
-            return False
-    return any(fnmatch.fnmatch(path.name, pattern) for pattern in RUN_OUTPUT_PATTERNS)
+def is_run_output_name(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for pattern in RUN_OUTPUT_PATTERNS)
+
+
+def _in_the_way(output_dir: Path) -> list[str]:
+    """The entries of `output_dir` named like something a run writes (an empty folder is no obstacle: a run fills it)."""
+    names = []
+    for name in sorted(os.listdir(output_dir)):
+        path = output_dir / name
+        if is_run_output_name(name) and not (path.is_dir() and not any(path.iterdir())):
+            names.append(name)
+    return names
+
+
+def _describe(output_dir: Path, names) -> str:
+    return ", ".join(f"{name} (a link to {os.readlink(output_dir / name)})" if (output_dir / name).is_symlink() else name
+                     for name in names)
+
+
+def foreign_files_message(output_dir: Path, foreign: list[str]) -> str:
+    return (f"--output_dir {output_dir} holds {_describe(output_dir, foreign)}: a training run writes files of "
+            f"{'that name' if len(foreign) == 1 else 'these names'}, but no recorded run wrote {'it' if len(foreign) == 1 else 'them'} "
+            f"(not listed in {RUN_FILES}). Nothing was deleted or written. Move {'it' if len(foreign) == 1 else 'them'} "
+            f"elsewhere, or choose another --output_dir.")
 
 
 def check_output_dir(output_dir, resume: bool, overwrite: bool) -> list[Path]:
-    """Refuse to start a new run in a folder that holds a previous one, unless it continues it (`resume`) or
-    replaces it (`overwrite`). Returns the previous run's files to delete before starting (empty unless
-    `overwrite`); reads only, so every process can call it before any of them writes."""
+    """Refuse to start a run in a folder that holds a previous one, unless it continues it (`resume`) or replaces it
+    (`overwrite`), and refuse any folder that holds files a run would write over but that no recorded run wrote
+    (run_files.json). Returns the files to delete before starting: a previous run's with `overwrite`, and those
+    of a start that was killed before training. Reads only, so every process can call it before any of them writes."""
     output_dir = Path(output_dir)
-    if resume or not output_dir.is_dir():
+    if not output_dir.is_dir():
         return []
-    found = [name for name in RUN_MARKERS if (output_dir / name).exists()]
-    if not found:
+    in_the_way = _in_the_way(output_dir)
+    record = RunFiles.read(output_dir)
+    if record is None:
+        return _check_unrecorded_folder(output_dir, in_the_way, resume, overwrite)
+    foreign = record.foreign(in_the_way)
+    if foreign:
+        raise ValueError(foreign_files_message(output_dir, foreign))
+    if resume:
         return []
+    if not record.training_started:  # what a start that was killed before training left: nothing trained, ours to clear
+        logger.info("%s holds what a run that stopped before training left; removing it", output_dir)
+        return record.existing_paths()
     if not overwrite:
+        found = [name for name in RUN_MARKERS if name in record.names and (output_dir / name).exists()] or [RUN_FILES]
         raise ValueError(
             f"--output_dir {output_dir} holds a previous training run ({', '.join(found)}). Continue it with --resume, "
             f"choose another --output_dir, or pass --overwrite_output_dir to delete that run's files first "
             f"(a run never mixes its processor and checkpoints with another run's)."
         )
-    return sorted(path for path in output_dir.iterdir() if _is_run_output(path))
+    return record.existing_paths()
+
+
+def _check_unrecorded_folder(output_dir: Path, in_the_way: list[str], resume: bool, overwrite: bool) -> list[Path]:
+    """A folder without run_files.json: nothing in the way, or the files of a run from before hf-imgcap recorded them
+    (which a --resume continues, taking them over), or someone else's files. Nothing of theirs is deleted."""
+    if not in_the_way:
+        return []
+    if resume and TRAINING_ARGS_FILE in in_the_way:
+        return []
+    if not any(name in in_the_way for name in RUN_MARKERS):
+        raise ValueError(foreign_files_message(output_dir, in_the_way))
+    removal = " ".join(shlex.quote(str(output_dir / name)) for name in in_the_way)
+    continue_it = "continue that run with --resume, " if TRAINING_ARGS_FILE in in_the_way else ""
+    raise ValueError(
+        f"--output_dir {output_dir} holds {_describe(output_dir, in_the_way)} but no {RUN_FILES}, the record of the files "
+        f"a run wrote: they are a run's from before hf-imgcap kept that record, or someone else's (a saved model, "
+        f"an encoder). Nothing was deleted{' (--overwrite_output_dir deletes only recorded files)' if overwrite else ''}. "
+        f"To go on: {continue_it}choose another --output_dir, or, if these files are a previous run's, delete them "
+        f"yourself (rm -r {removal}) and start again."
+    )
 
 
 def remove_run_outputs(paths: list[Path]):
@@ -257,8 +308,29 @@ def remove_run_outputs(paths: list[Path]):
             path.unlink(missing_ok=True)
     if paths:
         kept = sorted(p.name for p in paths[0].parent.iterdir())
-        logger.info("--overwrite_output_dir: deleted %d files/folders of the previous run%s", len(paths),
+        logger.info("deleted %d files/folders of the previous run%s", len(paths),
                     f"; kept {', '.join(kept)} (not written by a run)" if kept else "")
+
+
+def start_output_dir(output_dir, previous_run: list[Path], model_args, data_args, args) -> RunFiles:
+    """The run's first writes (main process only): delete `previous_run` (what `check_output_dir` returned), open the
+    record of the files this run writes, and write training_args.json. The returned record can undo this start."""
+    output_dir = Path(output_dir)
+    remove_run_outputs(previous_run)
+    creating = (TRAINING_ARGS_FILE, "checkpoints") + (() if args.report_to == "none" else (TRACKER_FOLDER,))
+    adopt = tuple(_in_the_way(output_dir)) if output_dir.is_dir() else ()
+    run_files = RunFiles.begin(output_dir, creating=creating, remember=(TRAINING_ARGS_FILE,), adopt=adopt)
+    write_training_args(output_dir, model_args, data_args, args)
+    return run_files
+
+
+def check_no_foreign_files(output_dir, names):
+    """Refuse when `output_dir` holds one of `names` (files the run will write) that no recorded run wrote. Reads only."""
+    output_dir = Path(output_dir)
+    record = RunFiles.read(output_dir) or RunFiles(output_dir)
+    foreign = record.foreign(names)
+    if foreign:
+        raise ValueError(foreign_files_message(output_dir, foreign))
 
 
 def write_training_args(output_dir, model_args, data_args, args) -> Path:
@@ -267,19 +339,11 @@ def write_training_args(output_dir, model_args, data_args, args) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     content = json.dumps({"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args),
                           "training": dataclasses.asdict(args)}, indent=1)
-    handle, temporary = tempfile.mkstemp(dir=output_dir, prefix=f".{TRAINING_ARGS_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(content)
-        os.replace(temporary, output_dir / TRAINING_ARGS_FILE)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return output_dir / TRAINING_ARGS_FILE
+    return replace_text_file(output_dir / TRAINING_ARGS_FILE, content)
 
 
-def check_resume_compatible(model_args, args):
-    """With --resume_from_checkpoint, refuse model-size arguments that differ from the run being continued,
+def check_resume_compatible(model_args, data_args, args):
+    """With --resume_from_checkpoint, refuse model-size and dataset arguments that differ from the run being continued,
     naming each one (before any data is read)."""
     if args.resume_from:
         saved = Path(args.resume_from).parent.parent / TRAINING_ARGS_FILE  # <run>/checkpoints/step_N
@@ -293,19 +357,28 @@ def check_resume_compatible(model_args, args):
         previous = json.loads(saved.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"cannot resume: {saved} is not valid JSON ({error}); it records the run's arguments") from None
-    current = {"model": dataclasses.asdict(model_args), "training": dataclasses.asdict(args)}
+    current = {"model": dataclasses.asdict(model_args), "data": dataclasses.asdict(data_args), "training": dataclasses.asdict(args)}
     previous = {section: {**VALUE_BEFORE_THE_ARGUMENT.get(section, {}), **previous.get(section, {})} for section in current}
     differences = [
         f"--{name} {current[section][name]!r} (the run being resumed used {previous[section][name]!r})"
         for section, names in RESUME_MUST_MATCH.items()
         for name in names
-        if name in previous[section] and previous[section][name] != current[section][name]
+        if name in previous[section] and not _same_value(name, previous[section][name], current[section][name])
     ]
     if differences:
         raise ValueError(
             f"cannot resume the run in {saved.parent}: these arguments differ from it:\n  " + "\n  ".join(differences)
             + "\nUse the run's values (see its training_args.json), or start a new run in another --output_dir."
         )
+
+
+def _same_value(name, previous, current) -> bool:
+    if previous == current:
+        return True
+    if name == "dataset" and isinstance(previous, str) and isinstance(current, str):  # one local folder, named two ways
+        before, now = Path(previous).expanduser(), Path(current).expanduser()
+        return before.exists() and now.exists() and before.resolve() == now.resolve()
+    return False
 
 
 # ---------------------------------------------------------------------------------------------- the run itself

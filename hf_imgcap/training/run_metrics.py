@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from hf_imgcap.training.output_folder import replace_text_file
+
 METRICS_FILE = "metrics.json"
 
 
@@ -101,9 +103,8 @@ class RunMetrics:
         return cls.from_dict(json.loads(text))
 
     def save(self, folder) -> Path:
-        path = Path(folder) / METRICS_FILE
-        path.write_text(self.to_json())
-        return path
+        """Write `folder/metrics.json` (through a temporary file: a symlink there is replaced, not written through)."""
+        return replace_text_file(Path(folder) / METRICS_FILE, self.to_json())
 
 
 def _optional_fields(metrics) -> set[str]:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from hf_imgcap.evaluation.caption_metrics import PTB_TOKENIZER, approximate_ptb_tokenize, ptb_tokenize, tokenize_captions
 from hf_imgcap.evaluation.generation import evaluate_captioner
 from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import ShowAttendTellForConditionalGeneration
+from hf_imgcap.training.output_folder import save_pretrained_replacing
 
 logger = logging.getLogger("train")
 
@@ -263,8 +264,8 @@ def self_critical_training(run, train_split, caches: dict, val_split, test_split
         if improved:
             best_cider = metrics["cider"]
             if accelerator.is_main_process:
-                unwrapped.save_pretrained(best_dir)
-                processor.save_pretrained(best_dir)
+                save_pretrained_replacing(unwrapped, best_dir)
+                save_pretrained_replacing(processor, best_dir)
         accelerator.wait_for_everyone()
     seconds = time.perf_counter() - started
     record = {"epochs": args.scst_epochs, "learning_rate": args.scst_learning_rate, "num_samples": args.scst_num_samples,
