@@ -20,6 +20,7 @@ from hf_imgcap import ShowAttendTellForConditionalGeneration
 from hf_imgcap.training import loop as training_loop
 from hf_imgcap.training.checkpointing import CheckpointError
 from hf_imgcap.training.run_metrics import load_run_metrics
+from hf_imgcap.training.output_folder import RunFiles
 from hf_imgcap.data.synthetic import write_synthetic_flickr8k
 from hf_imgcap.evaluation.demo_report import print_demo_tables
 
@@ -782,6 +783,7 @@ def test_user_errors_are_one_message_on_stderr_and_exit_status_2(data, tmp_path,
     used = tmp_path / "used"
     used.mkdir()
     (used / "training_args.json").write_text("{}")
+    RunFiles(used, {"training_args.json"}, training_started=True).save()
     not_a_model = tmp_path / "not_a_model"
     not_a_model.mkdir()
     cases = {
@@ -828,12 +830,12 @@ def test_ctrl_c_exits_130_without_a_traceback_and_a_bug_keeps_its_traceback(caps
 
 
 def test_train_py_exits_2_with_one_message_and_prints_names_escaped(tmp_path):
-    """The script itself, as a shell runs it: it replaces a previous run (logging the user's files it keeps), then
-    meets a dataset folder without data. Names holding terminal control characters reach neither the log nor the
-    error raw."""
+    """The script itself, as a shell runs it: asked to replace a previous run, it meets a dataset folder without
+    data first. Names holding terminal control characters reach neither the log nor the error raw."""
     out = tmp_path / "run\x1b[2J"
     out.mkdir()
     (out / "training_args.json").write_text("{}")
+    RunFiles(out, {"training_args.json"}, training_started=True).save()
     (out / "notes\u202etxt.md").write_text("the user's own file: kept")
     empty = tmp_path / "photos\x1b]0;pwned\x07"
     empty.mkdir()
@@ -843,7 +845,8 @@ def test_train_py_exits_2_with_one_message_and_prints_names_escaped(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     raw_controls = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
     assert not raw_controls.search(result.stdout) and not raw_controls.search(result.stderr), (result.stdout, result.stderr)
-    assert "kept notes\\u202etxt.md" in result.stdout  # the log line of --overwrite_output_dir
+    # the data is read before the previous run is deleted: a run that cannot start loses nothing
+    assert (out / "training_args.json").exists() and (out / "notes\u202etxt.md").exists()
     assert "Traceback" not in result.stderr
     error = result.stderr[result.stderr.index("train.py: error: "):]
     assert str(tmp_path / "photos\\x1b]0;pwned\\x07") in error and len(error.splitlines()) == 1, error
