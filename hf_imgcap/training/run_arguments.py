@@ -24,6 +24,7 @@ from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from accelerate.utils import LoggerType, PrecisionType, ProjectConfiguration
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from hf_imgcap.models.show_attend_tell import bundle_code_files
 from hf_imgcap.training.model_selection import LR_SCHEDULER_TYPES, SELECTION_METRICS
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,7 @@ RUN_OUTPUT_PATTERNS = (
     "checkpoints", TRACKER_FOLDER, "blind_baseline", TRAINING_ARGS_FILE, "metrics.json", "test_captions.json",
     "attention_example.png",
     # save_pretrained of the model and the processor
-    "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", "*_show_attend_tell.py",
-    "image_loading.py", "feature_standardization.py", "fused_teacher_forcing.py", "input_checks.py",
+    "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", *bundle_code_files(),
     "processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "vocab.txt",
 )
