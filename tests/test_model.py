@@ -130,8 +130,8 @@ def test_loss_does_not_depend_on_padding_and_skipping_logits_changes_nothing():
 
 
 def test_the_cached_path_computes_the_training_loss():
-    """Issue 10: the use_cache path left out the attention regulariser and num_items_in_batch. One loss for every
-    path: same loss, caption_loss and attention_loss with and without the cache, with and without global counts."""
+    """One loss for every path: the cached path has the attention regulariser and the global counts too (same loss,
+    caption_loss and attention_loss with and without the cache, with and without global counts)."""
     model = tiny_model(attention_regularization=0.7)
     ids, mask, labels = ragged_batch()
     features = torch.randn(3, 4, 64)
@@ -410,8 +410,8 @@ def generated_part(sequences, prompt_length):
 
 @pytest.mark.parametrize("options", [{}, {"num_beams": 3}])
 def test_a_prompt_from_the_processor_is_continued(options):
-    """Issue 10: the processor ends a text with [SEP] and generation continued after it (a caption that had
-    already ended). The prompt is continued: same as generating from [CLS] + the prompt's words."""
+    """The processor ends a text with [SEP]; generation continues the prompt instead of starting after a caption
+    that has ended: the same as generating from [CLS] + the prompt's words."""
     model, processor = tiny_model(), tiny_processor()
     inputs = processor(images=prompt_images(1), text="a dog")
     words = processor.tokenizer("a dog", add_special_tokens=False).input_ids
@@ -425,8 +425,8 @@ def test_a_prompt_from_the_processor_is_continued(options):
 
 @pytest.mark.parametrize("options", [{}, {"num_beams": 3, "num_return_sequences": 2}])
 def test_a_batch_of_prompts_equals_each_prompt_alone(options):
-    """Issue 10: in a batch, prompts of different lengths were padded and generation continued after [PAD]. Each
-    row's output must equal generating that prompt alone."""
+    """In a batch, prompts of different lengths are padded; each row's output equals generating that prompt alone
+    (generation never continues after [PAD])."""
     model, processor = tiny_model(), tiny_processor()
     images, texts = prompt_images(3), ["a dog", "two men in a red boat", "a"]
     batch = processor(images=images, text=texts)

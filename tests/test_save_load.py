@@ -233,8 +233,8 @@ def check_frozen_encoder(model):
 
 
 def test_a_frozen_encoder_stays_frozen_after_save_and_load(tmp_path):
-    """Issue 10: AutoModel.from_pretrained(folder) of a model saved with freeze_encoder=True made every encoder
-    parameter trainable again (num_parameters(only_trainable=True) = the full count)."""
+    """AutoModel.from_pretrained(folder) of a model saved with freeze_encoder=True keeps every encoder parameter
+    frozen (loading replaces parameters with new, trainable ones)."""
     model, _ = save_tiny(tmp_path)
     assert model.config.freeze_encoder
     check_frozen_encoder(model)
