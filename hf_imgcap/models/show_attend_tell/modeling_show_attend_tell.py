@@ -505,8 +505,8 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         **kwargs,
     ) -> ShowAttendTellOutput:
         r"""
-        The images, one of (there may be fewer images than captions: k captions per image, in consecutive rows of
-        `input_ids`):
+        The images come in one of three forms (there may be fewer images than captions: k captions per image, in
+        consecutive rows of `input_ids`):
         pixel_values (`(batch, 3, H, W)`): images from the processor.
         encoder_hidden_states (`(batch, regions, channels)`): their features, from `get_image_features` or the
             feature cache; standardised here.
@@ -848,6 +848,7 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         return (loaded, loading_info) if return_loading_info else loaded
 
 
+# ---------------------------------------------------------------------------------------------- 9. save / load
 # Written into config.json on save so that AutoConfig, AutoModel and AutoModelForImageTextToText all load
 # a saved folder with trust_remote_code=True (register_for_auto_class keeps only one auto class per model).
 AUTO_MAP = {
