@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from hf_imgcap.data import feature_cache
-from hf_imgcap.models.show_attend_tell.feature_standardization import STD_FLOOR
+from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import STD_FLOOR
 
 REPO = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")

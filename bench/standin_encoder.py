@@ -30,7 +30,7 @@ from transformers import ResNetConfig, ResNetModel, set_seed
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration
 from hf_imgcap.data.synthetic import BACKGROUNDS, COLORS, SCENES_FILE, SHAPES, write_synthetic_flickr8k
-from hf_imgcap.models.show_attend_tell.feature_standardization import normalize_features
+from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import normalize_features
 from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import default_image_processor
 
 STANDIN_SEED = 20261  # the stand-in's training scenes; evaluation datasets must be written with another seed

@@ -34,8 +34,7 @@ METRIC_LABELS = {
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
                    "special_tokens_map.json", "added_tokens.json")
-# The remote-code bundle is every module of the model's folder (save_pretrained copies them next to the weights).
-REMOTE_CODE_FILES = tuple(sorted(f.name for f in Path(show_attend_tell.__file__).parent.glob("*.py") if f.name != "__init__.py"))
+REMOTE_CODE_FILES = show_attend_tell.bundle_code_files()  # what save_pretrained copies next to the weights
 RUN_RECORD_FILES = ("README.md", "metrics.json", "training_args.json", "test_captions.json", "attention_example.png")
 HUB_FILE_NAMES = frozenset(MODEL_FILES + PROCESSOR_FILES + REMOTE_CODE_FILES + RUN_RECORD_FILES)
 WEIGHT_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")  # save_pretrained's names for a sharded model

@@ -34,10 +34,16 @@ def tiny_config(**overrides) -> ShowAttendTellConfig:
 
 
 def tiny_model(seed=0, **overrides) -> ShowAttendTellForConditionalGeneration:
-    """A tiny model with non-trivial feature statistics, so every path exercises the standardisation."""
+    """A tiny model with non-trivial feature statistics, so every path exercises the standardisation (and, with
+    `whiten_features=True`, a whitening matrix that mixes the channels)."""
     torch.manual_seed(seed)
     model = ShowAttendTellForConditionalGeneration(tiny_config(**overrides)).eval()
-    model.set_feature_statistics(torch.randn_like(model.feature_mean) * 0.1, 0.5)
+    whitening = None
+    if model.config.whiten_features:  # symmetric, as a ZCA matrix is
+        channels = model.config.encoder_hidden_size
+        mixing = torch.randn(channels, channels) / channels**0.5
+        whitening = torch.eye(channels) + 0.5 * (mixing + mixing.T)
+    model.set_feature_statistics(torch.randn_like(model.feature_mean) * 0.1, 0.5, whitening)
     return model
 
 

@@ -133,7 +133,7 @@ def test_statistics_kept_by_an_earlier_version_are_recomputed_not_misread(datase
 def test_whitening_decorrelates_the_standardised_features_and_is_kept_with_the_cache(dataset, tmp_path, monkeypatch):
     """`cache.whitening(std)` is the ZCA matrix of the standardised features: after it the train features' channel
     covariance is the identity on the directions they span (ε shrinks it slightly); it is computed once."""
-    from hf_imgcap.models.show_attend_tell.feature_standardization import whitening_matrix
+    from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import whitening_matrix
 
     cache = build(tiny_model(), tiny_processor(), dataset["train"], tmp_path)
     mean, std = cache.statistics()

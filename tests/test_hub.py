@@ -186,9 +186,9 @@ def test_a_folder_without_a_model_is_not_pushed(tmp_path):
 
 
 def test_card_states_the_sizes_of_the_saved_config_not_the_training_arguments(run_folder, tmp_path):
-    """Issue 11: the config is the single source of truth. The card read the model sizes from training_args.json
-    (with its own defaults: 224 px, 2048 channels), so a run whose arguments no longer re-declare the sizes, or a
-    tiny encoder, got a card describing some other model."""
+    """The config is the single source of truth for the card's model sizes, not training_args.json (whose defaults,
+    224 px and 2048 channels, would describe some other model for a run with a tiny encoder or arguments that do not
+    re-declare the sizes)."""
     folder = tmp_path / "run"
     shutil.copytree(run_folder[0], folder)
     arguments = {**ARGUMENTS, "model": {"encoder": "random", "tokenizer": "bert-base-uncased"}}  # no sizes
@@ -201,7 +201,7 @@ def test_card_states_the_sizes_of_the_saved_config_not_the_training_arguments(ru
     assert "None" not in text
 
 
-# --- every card the project renders loads with huggingface_hub and has valid metadata (issue 13) ---------------
+# --- every card the project renders loads with huggingface_hub and has valid metadata ------------------------
 DEMO_METRICS = {  # what `train.py --demo` records: a local synthetic dataset, a random encoder, a small vocabulary
     "test": {"bleu_1": 0.5, "bleu_2": 0.3, "bleu_3": 0.2, "bleu_4": 0.1, "cider": 0.4, "rouge_l": 0.4, "num_images": 60},
     "validation_best_bleu_4": 0.1, "steps": 100, "num_train_images": 500,

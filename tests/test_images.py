@@ -590,10 +590,8 @@ def test_images_without_features_are_not_scored(images, tmp_path, caplog):
 
 # ---------------------------------------------------------------------------------------------- one pixel path
 def test_one_image_to_pixels_path_serves_cache_training_evaluation_and_caption(tmp_path):
-    """Issue 11: evaluation, training on images and the feature cache opened images themselves (load_image with
-    their own limits, then the bare image processor), so the processor's size guard did not apply to them. Now the
-    processor is the only place an image becomes pixel_values: every entry point gives the same input and refuses
-    the same images."""
+    """The processor is the only place an image becomes pixel_values: evaluation, training on images, the feature
+    cache and caption() give the same input and refuse the same images (the processor's size guard applies to all)."""
     from hf_imgcap.data.training_data import CaptionPairs, tokenize_captions
     from hf_imgcap.evaluation.generation import generate_captions
 

@@ -130,8 +130,8 @@ def test_loss_does_not_depend_on_padding_and_skipping_logits_changes_nothing():
 
 
 def test_the_cached_path_computes_the_training_loss():
-    """Issue 10: the use_cache path left out the attention regulariser and num_items_in_batch. One loss for every
-    path: same loss, caption_loss and attention_loss with and without the cache, with and without global counts."""
+    """One loss for every path: the cached path has the attention regulariser and the global counts too (same loss,
+    caption_loss and attention_loss with and without the cache, with and without global counts)."""
     model = tiny_model(attention_regularization=0.7)
     ids, mask, labels = ragged_batch()
     features = torch.randn(3, 4, 64)
@@ -246,6 +246,66 @@ def test_unfrozen_encoder_trains():
     assert model.encoder.embedder.embedder.convolution.weight.grad is not None
 
 
+@pytest.mark.parametrize("whiten", [False, True])
+def test_image_embeds_from_standardize_features_give_what_the_features_give(whiten):
+    """Standardising (and whitening) each image once, then passing `image_embeds`, is the same model as passing the
+    features: same loss, logits, attentions and gradients, also with several captions per image."""
+    model = tiny_model(whiten_features=whiten, dropout=0.0).train()
+    ids, mask, labels = ragged_batch()
+    for features in (torch.rand(3, 4, 64), torch.rand(1, 4, 64)):  # one image per caption / three captions of one image
+        outputs = []
+        for images in ({"encoder_hidden_states": features}, {"image_embeds": model.standardize_features(features)}):
+            model.zero_grad()
+            out = model(**images, input_ids=ids, attention_mask=mask, labels=labels, output_attentions=True)
+            out.loss.backward()
+            grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+            outputs.append((out, grads))
+        (by_features, grads_by_features), (by_embeds, grads_by_embeds) = outputs
+        for name in ("loss", "caption_loss", "attention_loss", "logits", "attentions"):
+            torch.testing.assert_close(by_embeds[name], by_features[name], rtol=1e-6, atol=1e-7, msg=name)
+        for name, grad in grads_by_features.items():
+            torch.testing.assert_close(grads_by_embeds[name], grad, rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("whiten", [False, True])
+def test_generate_from_image_embeds_equals_generate_from_the_features(whiten):
+    model = tiny_model(whiten_features=whiten)
+    features = torch.rand(2, 4, 64)
+    for options in ({}, {"num_beams": 3, "num_return_sequences": 2}):
+        by_features = model.generate(encoder_hidden_states=features, max_new_tokens=6, output_attentions=True,
+                                     return_dict_in_generate=True, **options)
+        by_embeds = model.generate(image_embeds=model.standardize_features(features), max_new_tokens=6,
+                                   output_attentions=True, return_dict_in_generate=True, **options)
+        assert torch.equal(by_embeds.sequences, by_features.sequences)
+        torch.testing.assert_close(by_embeds.attentions, by_features.attentions, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("given", [("pixel_values", "encoder_hidden_states"), ("pixel_values", "image_embeds"),
+                                   ("encoder_hidden_states", "image_embeds")])
+def test_images_given_two_ways_are_refused_naming_both(given):
+    model = tiny_model()
+    images = {"pixel_values": torch.randn(1, 3, 64, 64), "encoder_hidden_states": torch.rand(1, 4, 64),
+              "image_embeds": torch.rand(1, 4, 64)}
+    inputs = {name: images[name] for name in given}
+    message = f"{given[0]} and {given[1]} were both given"
+    with pytest.raises(ValueError, match=message):
+        model(**inputs, input_ids=torch.tensor([[BOS, 5]]))
+    with pytest.raises(ValueError, match=message):
+        model.generate(**inputs, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("image_embeds, message", [
+    (torch.rand(1, 5, 64), "image_embeds has 5 regions; this model expects 4"),
+    (torch.rand(1, 4, 32), r"image_embeds \(1, 4, 32\): last dimension must be the encoder's 64 channels"),
+    (torch.rand(1, 64, 2, 2), r"image_embeds must be \(batch, regions, 64\) features, got \(1, 64, 2, 2\)"),
+])
+def test_image_embeds_of_the_wrong_shape_are_refused_naming_them(image_embeds, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model()(image_embeds=image_embeds, input_ids=torch.tensor([[BOS, 5]]))
+    with pytest.raises(ValueError, match=message.replace("image_embeds", "features")):
+        tiny_model().standardize_features(image_embeds)
+
+
 # ---------------------------------------------------------------------------------------------- generation
 def tiny_vocab_model(seed=3):
     """Vocabulary of 5 (pad, start, end, two words): small enough to enumerate every caption."""
@@ -350,8 +410,8 @@ def generated_part(sequences, prompt_length):
 
 @pytest.mark.parametrize("options", [{}, {"num_beams": 3}])
 def test_a_prompt_from_the_processor_is_continued(options):
-    """Issue 10: the processor ends a text with [SEP] and generation continued after it (a caption that had
-    already ended). The prompt is continued: same as generating from [CLS] + the prompt's words."""
+    """The processor ends a text with [SEP]; generation continues the prompt instead of starting after a caption
+    that has ended: the same as generating from [CLS] + the prompt's words."""
     model, processor = tiny_model(), tiny_processor()
     inputs = processor(images=prompt_images(1), text="a dog")
     words = processor.tokenizer("a dog", add_special_tokens=False).input_ids
@@ -365,8 +425,8 @@ def test_a_prompt_from_the_processor_is_continued(options):
 
 @pytest.mark.parametrize("options", [{}, {"num_beams": 3, "num_return_sequences": 2}])
 def test_a_batch_of_prompts_equals_each_prompt_alone(options):
-    """Issue 10: in a batch, prompts of different lengths were padded and generation continued after [PAD]. Each
-    row's output must equal generating that prompt alone."""
+    """In a batch, prompts of different lengths are padded; each row's output equals generating that prompt alone
+    (generation never continues after [PAD])."""
     model, processor = tiny_model(), tiny_processor()
     images, texts = prompt_images(3), ["a dog", "two men in a red boat", "a"]
     batch = processor(images=images, text=texts)
@@ -471,7 +531,7 @@ def test_added_tokens_resize_the_input_and_output_embeddings(tmp_path):
 def test_per_channel_standardisation_gives_every_channel_unit_spread_and_floors_dead_channels():
     """`set_feature_statistics(mean, std)` with a per-channel std: the decoder's input has mean 0 and spread 1 in
     every channel that varies; a channel that never varies stays 0 and one that hardly varies is not blown up."""
-    from hf_imgcap.models.show_attend_tell.feature_standardization import normalize_features, standard_deviation
+    from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import normalize_features, standard_deviation
 
     model = tiny_model()
     regions, channels = model.feature_mean.shape
@@ -484,7 +544,7 @@ def test_per_channel_standardisation_gives_every_channel_unit_spread_and_floors_
     mean = normalized.mean(0)
     variance = normalized.var(0, unbiased=False)
     model.set_feature_statistics(mean, standard_deviation(variance, per="channel"))
-    standardized = model._standardize(normalized)
+    standardized = model.standardize_features(normalized)
     per_channel_std = standardized.std(dim=(0, 1))
     torch.testing.assert_close(per_channel_std[2:], torch.ones(channels - 2), rtol=0.1, atol=0)
     assert standardized[..., 0].abs().max() == 0
@@ -492,12 +552,12 @@ def test_per_channel_standardisation_gives_every_channel_unit_spread_and_floors_
     assert torch.isfinite(standardized).all()
     # With one global scale (the earlier standardisation) the channels keep their 10x differences.
     model.set_feature_statistics(mean, standard_deviation(variance, per="global"))
-    globally = model._standardize(normalized).std(dim=(0, 1))
+    globally = model.standardize_features(normalized).std(dim=(0, 1))
     assert globally[-1] / globally[2] > 8
 
 
 def test_whitened_features_are_the_standardised_ones_times_the_matrix_and_survive_save_and_load(tmp_path):
-    from hf_imgcap.models.show_attend_tell.feature_standardization import normalize_features, whitening_matrix
+    from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import normalize_features, whitening_matrix
 
     torch.manual_seed(0)
     model = ShowAttendTellForConditionalGeneration(tiny_config(whiten_features=True)).eval()
@@ -512,7 +572,7 @@ def test_whitened_features_are_the_standardised_ones_times_the_matrix_and_surviv
     whitening = whitening_matrix(centered.T @ centered / len(centered), std)
     model.set_feature_statistics(mean, std, whitening)
     expected = ((normalized - mean) / 0.7) @ whitening
-    torch.testing.assert_close(model._standardize(features), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.standardize_features(features), expected, rtol=1e-5, atol=1e-5)
     model.save_pretrained(tmp_path)
     reloaded = ShowAttendTellForConditionalGeneration.from_pretrained(tmp_path)
     assert reloaded.config.whiten_features and torch.equal(reloaded.feature_whitening, model.feature_whitening)

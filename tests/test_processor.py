@@ -63,8 +63,8 @@ def test_nothing_to_process_raises(processor):
 
 
 def test_evaluation_scores_exactly_the_caption_users_see():
-    """Issue 10: evaluation decoded without the processor's clean-up, so "a man's dog isn't red." was scored as
-    "a man ' s dog isn ' t red ." (BLEU-4 of a perfect caption ~ 0)."""
+    """Evaluation scores the caption after the processor's clean-up: "a man's dog isn't red.", not the raw
+    "a man ' s dog isn ' t red ." (whose BLEU-4 against a perfect reference is ~ 0)."""
     from datasets import Dataset, Image as ImageFeature
 
     from hf_imgcap.evaluation.generation import evaluate_captioner
@@ -90,9 +90,9 @@ def test_evaluation_scores_exactly_the_caption_users_see():
 
 
 def test_every_caption_users_get_is_the_processors_batch_decode(monkeypatch):
-    """Issue 11: one ids -> text path. Evaluation once decoded through a helper fed a bare tokenizer, a second door
-    beside processor.batch_decode, and scored text users never saw. A processor whose decoding differs (here: upper
-    case) must change what caption(), generate_captions / evaluate_captioner (scored and shown) and the pipeline give."""
+    """One ids -> text path: processor.batch_decode. A processor whose decoding differs (here: upper case) changes
+    what caption(), generate_captions / evaluate_captioner (scored and shown) and the pipeline give, so evaluation
+    never scores text users do not see."""
     from datasets import Dataset, Image as ImageFeature
     from transformers import pipeline
 
@@ -117,7 +117,7 @@ def test_every_caption_users_get_is_the_processors_batch_decode(monkeypatch):
     assert captioner(image, max_new_tokens=6)[0]["generated_text"] == plain.upper()
 
 
-# --- options, URLs and datasets images, as transformers' own processors take them (issue 13) -------------------
+# --- options, URLs and datasets images, as transformers' own processors take them -----------------------------
 def test_truncation_and_max_length_for_text(processor):
     long_caption = " ".join(["dog"] * 100)
     assert processor(text=[long_caption], max_length=8).input_ids.shape[1] == 8

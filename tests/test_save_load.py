@@ -91,6 +91,19 @@ def test_a_saved_folder_contains_every_bundle_file_its_code_imports(tmp_path):
     assert {"fused_teacher_forcing", "configuration_show_attend_tell", "image_loading"} <= needed
 
 
+def test_every_file_of_a_saved_folder_is_uploaded_and_replaced_by_a_new_run(tmp_path):
+    """The files `save_pretrained` writes (weights, config, every code file of the bundle, the processor's) are what
+    `hf-imgcap push` uploads and what a training run with --overwrite_output_dir deletes before writing its own."""
+    from hf_imgcap.hub import HUB_FILE_NAMES
+    from hf_imgcap.training.run_arguments import check_output_dir
+
+    save_tiny(tmp_path)
+    saved = sorted(path.name for path in tmp_path.iterdir())
+    assert sorted(path.name for path in check_output_dir(tmp_path, resume=False, overwrite=True)) == saved
+    assert set(saved) <= HUB_FILE_NAMES, set(saved) - HUB_FILE_NAMES
+    assert {name for name in saved if name.endswith(".py")} == set(bundle.bundle_code_files())
+
+
 def test_save_load_in_package_gives_identical_generations(tmp_path):
     model, processor = save_tiny(tmp_path)
     pixels = torch.randn(2, 3, 64, 64)
@@ -220,8 +233,8 @@ def check_frozen_encoder(model):
 
 
 def test_a_frozen_encoder_stays_frozen_after_save_and_load(tmp_path):
-    """Issue 10: AutoModel.from_pretrained(folder) of a model saved with freeze_encoder=True made every encoder
-    parameter trainable again (num_parameters(only_trainable=True) = the full count)."""
+    """AutoModel.from_pretrained(folder) of a model saved with freeze_encoder=True keeps every encoder parameter
+    frozen (loading replaces parameters with new, trainable ones)."""
     model, _ = save_tiny(tmp_path)
     assert model.config.freeze_encoder
     check_frozen_encoder(model)

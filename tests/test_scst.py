@@ -1,4 +1,4 @@
-"""Self-critical sequence training (issue 12, item 3): the CIDEr-D reward, the baselines, the sampled captions'
+"""Self-critical sequence training: the CIDEr-D reward, the baselines, the sampled captions'
 log-probabilities, that SCST steps raise the expected reward, and `train.py --scst_epochs` end to end."""
 
 import importlib.util

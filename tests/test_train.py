@@ -70,7 +70,7 @@ def test_short_training_reduces_the_loss_and_writes_a_loadable_hub_folder(data, 
         assert (out / name).is_file(), name
     model = ShowAttendTellForConditionalGeneration.from_pretrained(out)
     assert model.config.vocab_size == results["vocab_size"]
-    # New runs whiten the features (issue 12): the saved matrix is the train cache's, not the identity.
+    # Runs whiten the features by default: the saved matrix is the train cache's, not the identity.
     assert model.config.whiten_features and not torch.allclose(model.feature_whitening, torch.eye(model.feature_whitening.shape[0]))
     # The loss went down: the first and last training losses of a fresh run with logged steps. (Whitened features
     # start it lower than per-channel standardisation alone did, 12.1 against 17.4 here: a 10% fall, not 20%.)

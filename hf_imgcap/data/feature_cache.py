@@ -38,7 +38,7 @@ from datasets import Dataset, Image
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from hf_imgcap.models.show_attend_tell.feature_standardization import (
+from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import (
     STANDARDIZE_PER,
     WHITENING_EPSILON,
     standard_deviation,

@@ -58,7 +58,8 @@ class ShowAttendTellConfig(PreTrainedConfig):
         whiten_features (`bool`, defaults to `False`): after standardising each channel, decorrelate the channels
             (ZCA whitening with the training set's channel covariance, the `feature_whitening` buffer). Gradient
             descent then reads weak directions of the features (e.g. an object's colour in a random encoder's
-            features) as fast as strong ones. `train.py` turns it on; configs saved before it existed stay off.
+            features) as fast as strong ones. `train.py` turns it on; off by default so that a config.json without the
+            field describes a model without the `feature_whitening` buffer.
         image_size (`int`, defaults to 224): side of the (square, center-cropped) images the processor makes;
             the encoder turns them into a ceil(image_size/32)² region map (7×7 = 49 at 224).
         pad_token_id / bos_token_id / eos_token_id: BERT's [PAD]=0, [CLS]=101 (start), [SEP]=102 (end).

@@ -1,13 +1,15 @@
 # Copyright 2026 The hf-imgcap authors. Apache-2.0.
-"""The fast teacher-forced pass of the Show, Attend and Tell decoder: the training kernel.
+"""The fast teacher-forced pass of the Show, Attend and Tell decoder: the training kernel, not the specification.
 
-It computes exactly what stepping `ShowAttendTellDecoder.step` over every position computes (the tests compare
-outputs and gradients), reading the decoder's parameters by name. Why it is fast: the region projection is
-computed once per image; the embedding half of the LSTM input projection is one matmul for all positions; the
-three projections of the hidden state (attention query, context gate, LSTM recurrence) are one matmul per step;
-the per-step weight gradients of those matmuls are deferred into one large matmul (`_DeferredWeightGrad`);
-captions are sorted by length so each step only runs the captions still going; and the output layer runs once,
-on the real positions only, fused with the loss when training (`LinearCrossEntropy`).
+The specification is `ShowAttendTellForConditionalGeneration.step` (modeling_show_attend_tell.py). This kernel
+computes exactly what stepping `step` over every position of right-padded captions computes (the tests compare
+outputs and gradients), reading the model's parameters by name; each line of its per-step loop is marked with the
+tag of the line of `step` it computes ([attend], [gate], [input], [lstm]) and how it is rearranged. Why it is fast:
+the region projection is computed once per image; the embedding half of the LSTM input projection is one matmul for
+all positions; the three projections of the hidden state (attention query, context gate, LSTM recurrence) are one
+matmul per step; the per-step weight gradients of those matmuls are deferred into one large matmul
+(`_DeferredWeightGrad`); captions are sorted by length so each step only runs the captions still going; and the
+output layer runs once, on the real positions only, fused with the loss when training (`LinearCrossEntropy`).
 
 Part of the remote-code bundle: imports torch only.
 """
@@ -107,37 +109,41 @@ class _RecordingProjection:
         return _StepLinear.apply(x, self.weight, self.records)
 
 
-def _hidden_projections(decoder):
+def _hidden_projections(model):
     """The three linear maps of the previous hidden state, by name: `{name: (weight, bias)}`. They are applied as
     one matmul; each output is split back by the sizes of these same weights, so no order can drift apart."""
-    lstm = decoder.lstm
+    lstm = model.lstm
     return {
-        "query": (decoder.attention.decoder_proj.weight, decoder.attention.decoder_proj.bias),
-        "gate": (decoder.context_gate.weight, decoder.context_gate.bias),
-        "recurrent": (lstm.weight_hh, torch.zeros_like(lstm.bias_hh)),  # bias_hh goes with the embedding half
+        "query": (model.attention.decoder_proj.weight, model.attention.decoder_proj.bias),  # [attend]'s W_h h_{t-1}
+        "gate": (model.context_gate.weight, model.context_gate.bias),  # [gate]'s W_β h_{t-1} + b_β
+        "recurrent": (lstm.weight_hh, torch.zeros_like(lstm.bias_hh)),  # [lstm]'s W_hh h_{t-1}; b_hh goes with the embedding half
     }
 
 
-def teacher_forced_decode(decoder, state, input_ids, lengths):
-    """All positions of right-padded captions at once, equal to stepping `decoder.step`.
+def teacher_forced_decode(model, state, input_ids, lengths):
+    """All positions of right-padded captions at once, equal to stepping `model.step` over them.
 
-    `state`: `decoder.initial_state(features)` for one image per caption; `lengths`: the positions to run per
+    `state`: `model.initial_state(features)` for one image per caption; `lengths`: the positions to run per
     caption. Returns the hidden states and attention weights of the real positions, packed time-major (position 0
     of every caption, then position 1 of those still running, ...), and for each packed row its (caption, position).
     """
+    # Longest captions first: at each step the captions still running are the first `active` rows.
     lengths, order = torch.sort(lengths, descending=True)
     features, projected_features = state.features[order], state.projected_features[order]
     hidden, cell, input_ids = state.hidden[order], state.cell[order], input_ids[order]
-    lstm = decoder.lstm
+    lstm = model.lstm
 
-    # The LSTM input is [embedding; context]: split its weight by the embedding size (split, not two slices: its
-    # backward concatenates the two gradients instead of zero-filling twice).
-    embedding_size = decoder.embed_tokens.embedding_dim
+    # [input] + [lstm]: the LSTMCell multiplies its input [E y_{t-1}; β_t ⊙ z_t] by weight_ih, i.e. the embedding by
+    # the first `embedding_size` columns and the gated context by the rest. Split the weight (split, not two slices: its
+    # backward concatenates the two gradients instead of zero-filling twice) and compute the embedding half, with both
+    # LSTM biases, for every position in one matmul.
+    embedding_size = model.embed_tokens.embedding_dim
     weight_embedding, weight_context = lstm.weight_ih.split([embedding_size, lstm.input_size - embedding_size], dim=1)
     # Time-major, so that each step reads (and backpropagates into) its own slice, not the whole tensor.
-    embed_gates = F.linear(decoder.embed_tokens(input_ids), weight_embedding, lstm.bias_ih + lstm.bias_hh)
-    embed_gates = embed_gates.transpose(0, 1).unbind(0)
-    projections = _hidden_projections(decoder)
+    embed_gates = F.linear(model.embed_tokens(input_ids), weight_embedding, lstm.bias_ih + lstm.bias_hh)
+    embed_gates = embed_gates.transpose(0, 1).unbind(0)  # per position: (captions, 4 * hidden)
+    # The three maps of h_{t-1} ([attend]'s query, [gate]'s pre-activation, [lstm]'s recurrence) as one matmul.
+    projections = _hidden_projections(model)
     hidden_weight = torch.cat([weight for weight, _ in projections.values()])
     hidden_bias = torch.cat([bias for _, bias in projections.values()])
     split_sizes = [weight.shape[0] for weight, _ in projections.values()]
@@ -153,12 +159,22 @@ def teacher_forced_decode(decoder, state, input_ids, lengths):
     active_per_step = (lengths.unsqueeze(0) > torch.arange(int(lengths[0]), device=lengths.device).unsqueeze(1)).sum(1)
     hiddens, alphas = [], []
     for position, active in enumerate(active_per_step.tolist()):
+        # The captions still running at this position (sorted longest first); `step` runs every row every time.
         hidden, cell = hidden[:active], cell[:active]
+        # [attend] query W_h h_{t-1}, [gate] W_β h_{t-1} + b_β and [lstm] W_hh h_{t-1}: one matmul, split by name.
         projected = dict(zip(projections, (project_hidden(hidden) + hidden_bias).split(split_sizes, dim=-1)))
-        alpha = decoder.attention.weights(projected_features[:active], projected["query"].unsqueeze(1))
+        # [attend] α_t: `ShowAttendTellAttention.forward` with the query projected above; the regions' projection
+        # is the state's, computed once per image.
+        alpha = model.attention.weights(projected_features[:active], projected["query"].unsqueeze(1))
+        # [attend] z_t = Σ α_t a (one image per caption here, so a batched vector-matrix product), then
+        # [gate] β_t ⊙ z_t with β_t = σ(W_β h_{t-1} + b_β) from the shared matmul.
         context = torch.bmm(alpha.unsqueeze(1), features[:active]).squeeze(1) * torch.sigmoid(projected["gate"])
+        # [input] + [lstm] the LSTMCell's gate pre-activations W_ih [E y_{t-1}; β_t ⊙ z_t] + b_ih + W_hh h_{t-1} + b_hh,
+        # without building the concatenation: embedding half and biases precomputed, context half here, recurrence
+        # from the shared matmul.
         gates = embed_gates[position][:active] + project_context(context) + projected["recurrent"]
-        in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=-1)  # nn.LSTMCell's order
+        # [lstm] nn.LSTMCell's equations, in its gate order (input, forget, cell, output).
+        in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=-1)
         cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
         hidden = torch.sigmoid(out_gate) * torch.tanh(cell)
         hiddens.append(hidden)
