@@ -15,12 +15,10 @@ scored on the test split with every metric. `python train.py --help` documents e
 import dataclasses
 import logging
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from transformers import HfArgumentParser
@@ -31,20 +29,17 @@ from hf_imgcap.data.caption_datasets import DEFAULT_DATASET, load_caption_datase
 from hf_imgcap.data.feature_cache import build_feature_cache
 from hf_imgcap.data.tokenizer_training import train_caption_tokenizer
 from hf_imgcap.data.training_data import CaptionPairs, collate_captions, tokenize_captions
-from hf_imgcap.evaluation.content_accuracy import find_scenes_file, load_scenes
-from hf_imgcap.evaluation.demo_report import print_demo_tables
-from hf_imgcap.evaluation.feature_probe import probe_cached_features
 from hf_imgcap.models.pretrained_encoder import build_captioner
 from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import default_image_processor, default_tokenizer
 from hf_imgcap.training.checkpointing import CheckpointManager
 from hf_imgcap.training.data_fingerprint import data_fingerprint
-from hf_imgcap.training.loop import TrainingRun, check_resume_data, checkpoint_to_resume, finish, optional, resume_state, run_epochs
+from hf_imgcap.training.loop import TrainingRun, check_resume_data, checkpoint_to_resume, finish, resume_state, run_epochs
 from hf_imgcap.training.model_fields import model_field, processor_field
 from hf_imgcap.training.model_selection import LR_SCHEDULER_TYPES, SELECTION_METRICS, build_lr_scheduler
 from hf_imgcap.training.output_folder import RunFiles, UndoFailedStart, save_pretrained_replacing
 from hf_imgcap.training.preemption import StopRequest
 from hf_imgcap.training.run_arguments import (
-    BLIND_BASELINE_FOLDER, LATEST_CHECKPOINT, check_no_foreign_files, check_output_dir, check_resume_compatible, make_accelerator, refuse_untrained_run,
+    LATEST_CHECKPOINT, check_no_foreign_files, check_output_dir, check_resume_compatible, make_accelerator, refuse_untrained_run,
     start_output_dir, validate_arguments,
 )
 from hf_imgcap.training.scst import self_critical_training
@@ -80,7 +75,7 @@ class ModelArguments:
     hidden_size: int = model_field("hidden_size")
     dropout: float = model_field("dropout")
     attention_regularization: float = model_field("attention_regularization")
-    whiten_features: bool = field(default=True, metadata={"help": "Decorrelate the standardised feature channels (ZCA whitening from the training set's covariance) before the decoder: it then learns what weak feature directions hold (issue 12). --no_whiten_features: per-channel standardisation only (models before it)."})
+    whiten_features: bool = field(default=False, metadata={"help": "Decorrelate the standardised feature channels (ZCA whitening with the training set's covariance) before the decoder, applied once per image. Helps when an encoder's content sits in weak feature directions (the demo's random encoder); with a pretrained encoder, measure (docs/standin_encoder.md). Off: per-channel standardisation, as in the paper."})
     image_size: int = model_field("image_size")
     max_caption_length: int = processor_field("max_caption_length")
 
@@ -121,9 +116,9 @@ class TrainingArguments:
     scst_epochs: int = field(default=0, metadata={"help": "Self-critical sequence training (CIDEr-D reward) epochs after the cross-entropy stage, from its best model; the best SCST epoch on validation CIDEr-D is the final model (0: off)."})
     scst_learning_rate: float = field(default=5e-5, metadata={"help": "Adam learning rate of the SCST stage."})
     scst_num_samples: int = field(default=5, metadata={"help": "Captions sampled per training image in each SCST step."})
-    scst_baseline: str = field(default="greedy", metadata={"help": "SCST reward baseline: 'greedy' (the reward of the greedy caption) or 'mean' (the mean reward of the image's other samples)."})
+    scst_baseline: str = field(default="mean", metadata={"help": "SCST reward baseline: 'mean' (the mean reward of the image's other samples, as ruotianluo's toolkit recommends) or 'greedy' (the reward of the greedy caption, Rennie et al. 2017)."})
     blind: bool = field(default=False, metadata={"help": "Image-blind baseline: the same training with the image features zeroed."})
-    demo: bool = field(default=False, metadata={"help": "Offline demo: synthetic Flickr8k, random ResNet-152, image vs blind BLEU table."})
+    demo: bool = field(default=False, metadata={"help": "Run the offline demo (hf_imgcap.demo): synthetic scenes in the Flickr8k layout, a random ResNet-152, training with images and image-blind, content tables; its presets become the defaults."})
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the output folder to the Hub at the end."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository for --push_to_hub (user/name)."})
 
@@ -137,34 +132,6 @@ class TrainingArguments:
         return None if self.resume_from_checkpoint in (None, LATEST_CHECKPOINT) else self.resume_from_checkpoint
 
 
-# The demo: every real code path, sized to finish in minutes on 2 CPU cores without a network.
-DEMO_OVERRIDES = {
-    "dataset": None,  # written by the demo
-    "encoder": "random",
-    "tokenizer": "captions",
-    "caption_vocab_size": 300,
-    "embedding_size": 256,
-    "attention_size": 256,
-    "hidden_size": 256,
-    "dropout": 0.2,
-    "output_dir": "outputs/demo",
-    "num_train_epochs": 10,  # with 12 the demo took 656 s; its validation CIDEr-D peaked at epoch 10 anyway
-    "metric_for_best_model": "cider",  # 60-image BLEU-4 kept epoch 2 of 6 in a trial while CIDEr-D rose to epoch 6
-    "learning_rate": 2e-3,
-    "lr_decay_patience": 3,
-    "early_stopping_patience": 5,
-    "eval_num_beams": 3,
-    "eval_max_new_tokens": 20,
-    "scst_epochs": 4,  # self-critical fine-tuning after the cross-entropy stage (test CIDEr-D before/after printed)
-    "scst_learning_rate": 5e-4,
-    # Test CIDEr-D gain over 3 sampling seeds: +12% to +19% (mean of the other samples, 4 epochs) against +1% to +13%
-    # (greedy caption, 3 epochs, 6 runs), a one-off rerun of the SCST stage alone from the demo's cross-entropy model:
-    # the greedy caption out-scores most samples, so most get pushed down.
-    "scst_baseline": "mean",
-    "report_to": "none",
-    "overwrite_output_dir": True,  # a re-run of the demo replaces the previous demo run (its data and cache stay)
-}
-DEMO_DATASET_SIZES = dict(num_train=500, num_val=60, num_test=60)
 
 
 # ---------------------------------------------------------------------------------------------- building blocks
@@ -354,10 +321,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
     fingerprint = data_fingerprint(data_args.dataset, splits)
     checkpoints = CheckpointManager(output_dir / "checkpoints", keep=args.save_total_limit)
     check_resume_data(checkpoint_to_resume(checkpoints, args.resume, args.resume_from), fingerprint)
-    scenes_file = find_scenes_file(data_args.dataset)  # a synthetic dataset says what each image shows
-    scenes = load_scenes(scenes_file) if scenes_file is not None else None
-    if scenes is not None:
-        log("scenes: %s; the test captions are also scored for content accuracy", scenes_file)
 
     run_files = open_output_dir(accelerator, previous_run, model_args, data_args, args)
     with UndoFailedStart(run_files) as start:  # a failure before the first optimizer step leaves the folder as it was
@@ -381,58 +344,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         scst = self_critical_training(run, train_split, caches, val_split, test_split)
         run, record["scst"] = dataclasses.replace(run, best_dir=scst.best_dir), scst.record
 
-    # 7. Finish: the best model on the test split, with every metric (and, for scenes, what the features hold).
-    probe = None
-    if scenes is not None and not args.blind and "test" in caches:
-        probe = optional("the feature probe", probe_features, accelerator, run.model, caches, splits, scenes)
-    results = finish(run, state, test_split, caches.get("test"), output_dir, record, scenes=scenes, feature_probe=probe,
-                     run_files=run_files)
+    # 7. Finish: the best model on the test split, with every metric; the Hub-ready folder.
+    results = finish(run, state, test_split, caches.get("test"), output_dir, record, run_files=run_files)
     accelerator.end_training()
     return results
-
-
-def probe_features(accelerator, model, caches, splits, scenes) -> dict:
-    """The linear probe of the cached features, standardised by the model itself (as its decoder sees them)."""
-    unwrapped = accelerator.unwrap_model(model)
-
-    def standardize(features):
-        return unwrapped._standardize(features.to(accelerator.device)).cpu()
-
-    return probe_cached_features(caches, splits, scenes, standardize)
-
-
-# ---------------------------------------------------------------------------------------------- the demo
-def run_demo(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
-    """Synthetic Flickr8k -> random ResNet-152 -> train -> BLEU beside an image-blind baseline."""
-    from hf_imgcap.data.synthetic import SCENES_FILE, write_synthetic_flickr8k
-
-    started = time.perf_counter()
-    output_dir = Path(args.output_dir)
-    if data_args.dataset is None:
-        data_args.dataset = str(output_dir / "synthetic_flickr8k")
-        if not (Path(data_args.dataset) / SCENES_FILE).is_file():  # none yet, or written before scenes.json existed
-            write_synthetic_flickr8k(data_args.dataset, seed=args.seed, **DEMO_DATASET_SIZES)
-    if data_args.cache_dir == DataArguments.cache_dir:
-        data_args.cache_dir = str(output_dir / "feature_cache")
-    print(f"demo: synthetic Flickr8k-layout dataset in {data_args.dataset}; ResNet-152 with random weights (no pretrained weights offline)")
-
-    with_images = train(model_args, data_args, args)
-    if "test" not in with_images:
-        return with_images
-    # The blind baseline is the cross-entropy recipe without images (no SCST stage: it is compared with that). Its
-    # folder is part of the demo's run: recorded there, so that a re-run of the demo replaces it too.
-    blind_dir = output_dir / BLIND_BASELINE_FOLDER
-    if PartialState().is_main_process:
-        RunFiles.read(output_dir).record(BLIND_BASELINE_FOLDER)
-    blind_args = dataclasses.replace(args, blind=True, output_dir=str(blind_dir), scst_epochs=0,
-                                     resume_from_checkpoint=LATEST_CHECKPOINT if args.resume else None)  # its own newest
-    blind = train(model_args, data_args, blind_args)
-    if "test" not in blind:
-        return blind
-
-    print_demo_tables(with_images, blind, args.eval_num_beams)
-    print(f"\nHub-ready folder: {output_dir}   (demo wall time {time.perf_counter() - started:.0f} s)")
-    return {"with_images": with_images, "blind": blind}
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -447,11 +362,13 @@ def parse_args(argv=None):
     model_args, data_args, args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if unknown:  # argparse's usage error (exit 2), as for any other mistyped command line
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.demo:  # the demo presets become the defaults: an option given on the command line still wins
-        unknown = set(DEMO_OVERRIDES) - {f.name for target in (model_args, data_args, args) for f in dataclasses.fields(target)}
+    if args.demo:  # the demo's presets become the defaults: an option given on the command line still wins
+        from hf_imgcap.demo.presets import DEMO_PRESET
+
+        unknown = set(DEMO_PRESET) - {f.name for target in (model_args, data_args, args) for f in dataclasses.fields(target)}
         if unknown:  # a renamed argument must not silently drop its demo preset
-            raise KeyError(f"DEMO_OVERRIDES names no argument: {sorted(unknown)}")
-        parser.set_defaults(**DEMO_OVERRIDES)  # (not "replace what equals the default": --scst_epochs 0 must stay 0)
+            raise KeyError(f"DEMO_PRESET names no argument: {sorted(unknown)}")
+        parser.set_defaults(**DEMO_PRESET)  # (not "replace what equals the default": --scst_epochs 0 must stay 0)
         model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
     return model_args, data_args, args
 
@@ -469,7 +386,12 @@ def main(argv=None) -> int:
             model_args, data_args, args = parse_args(argv)
         except SystemExit as exit_request:  # --help (0) or an argparse error (2, message already printed)
             return int(exit_request.code or 0)
-        (run_demo if args.demo else train)(model_args, data_args, args)
+        if args.demo:
+            from hf_imgcap.demo.run import run_demo
+
+            run_demo(train, model_args, data_args, args)
+        else:
+            train(model_args, data_args, args)
         return 0
 
     return run_as_program(PROGRAM, run)

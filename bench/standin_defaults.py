@@ -164,7 +164,7 @@ def append(results: Path, row: dict):
 
 # ---------------------------------------------------------------------------------------------- data
 def write_eval_data(args):
-    from hf_imgcap.data.synthetic import SCENES_FILE, write_synthetic_flickr8k
+    from hf_imgcap.demo.scenes import SCENES_FILE, write_synthetic_flickr8k
 
     if (args.dataset / SCENES_FILE).is_file():
         print(f"{args.dataset} exists; kept")

@@ -6,7 +6,7 @@ identical between images, and what tells one image from another lies along weak 
 trained network's: a transformers `ResNetModel` (bottleneck, one block per stage, 2048 channels out like ResNet-152,
 so the captioner's sizes stay the real ones) learns, from its last 7×7 feature map, to name every object's colour,
 shape and size by where it is, the layout (one shape / side by side / one above the other) and the background of
-the scenes of `hf_imgcap.data.synthetic`. Each head reads the map averaged over the cells where its object would be
+the scenes of `hf_imgcap.demo.scenes`. Each head reads the map averaged over the cells where its object would be
 (left / right / top / bottom three columns or rows, the middle 3×3), so the map has to keep what is where.
 
 It trains on scenes of its own seed (`STANDIN_SEED`); evaluate captioners on scenes of any other seed. The folder it
@@ -29,7 +29,7 @@ from PIL import Image
 from transformers import ResNetConfig, ResNetModel, set_seed
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration
-from hf_imgcap.data.synthetic import BACKGROUNDS, COLORS, SCENES_FILE, SHAPES, write_synthetic_flickr8k
+from hf_imgcap.demo.scenes import BACKGROUNDS, COLORS, SCENES_FILE, SHAPES, write_synthetic_flickr8k
 from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import normalize_features
 from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import default_image_processor
 

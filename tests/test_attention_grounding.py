@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import tiny_model, tiny_processor
-from hf_imgcap.evaluation.attention_grounding import attention_grounding, colour_word_attention, object_half
+from hf_imgcap.demo.attention_grounding import attention_grounding, colour_word_attention, object_half
 
 RED_LEFT_OF_BLUE = {"objects": [{"shape": "circle", "color": "red", "size": "big", "position": "left"},
                                 {"shape": "square", "color": "blue", "size": "small", "position": "right"}],

@@ -10,7 +10,7 @@ from PIL import Image
 
 from hf_imgcap.data.caption_datasets import detect_layout, load_caption_dataset, normalize_caption
 from hf_imgcap.models.show_attend_tell.image_loading import load_image
-from hf_imgcap.data.synthetic import write_synthetic_flickr8k
+from hf_imgcap.demo.scenes import write_synthetic_flickr8k
 
 SIZES = dict(num_train=12, num_val=3, num_test=3, image_size=48)
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from hf_imgcap.evaluation.attention_maps import grid_size
 from hf_imgcap.cli import main
-from hf_imgcap.data.synthetic import write_synthetic_flickr8k
+from hf_imgcap.demo.scenes import write_synthetic_flickr8k
 
 from test_pipeline import generate_captions, save_captioner, write_test_images
 

@@ -4,9 +4,11 @@ import json
 
 import pytest
 
-from hf_imgcap.evaluation.content_accuracy import (
-    content_accuracy, load_scenes, read_caption, score_caption, split_content_accuracy,
+from hf_imgcap.demo.content_accuracy import (
+    SceneVocabulary, content_accuracy, load_scenes, read_caption, score_caption, split_content_accuracy,
 )
+
+VOCABULARY = SceneVocabulary(colors=("blue", "green", "orange", "purple", "red", "yellow"), shapes=("circle", "square", "triangle"))
 
 RED_CIRCLE = {"background": "white", "objects": [{"shape": "circle", "color": "red", "size": "big", "position": "middle"}]}
 # A red circle to the left of a blue square.
@@ -26,7 +28,7 @@ STACK = {
 
 
 def verdict(caption, scene):
-    result = score_caption(caption, scene)
+    result = score_caption(caption, scene, VOCABULARY)
     return result.color, result.shape, result.relation
 
 
@@ -92,11 +94,11 @@ def test_two_object_captions(caption, expected):
     ("a red triangle above a blue triangle", False),
 ])
 def test_vertical_relations(caption, relation_right):
-    assert score_caption(caption, STACK).relation is relation_right
+    assert score_caption(caption, STACK, VOCABULARY).relation is relation_right
 
 
 def test_reading_a_caption_finds_the_named_objects_and_the_stated_relation():
-    reading = read_caption("on a gray background a big green triangle is over a small yellow triangle")
+    reading = read_caption("on a gray background a big green triangle is over a small yellow triangle", VOCABULARY)
     assert [(o.color, o.shape) for o in reading.objects] == [("green", "triangle"), ("yellow", "triangle")]
     assert reading.relation == "above"
 
@@ -110,14 +112,14 @@ def test_accuracies_count_every_object_and_every_two_object_image():
         "nothing here",  # 0/2, 0/2, relation wrong
     ]
     scenes = [RED_CIRCLE, RED_CIRCLE, PAIR, STACK, PAIR]
-    result = content_accuracy(captions, scenes)
+    result = content_accuracy(captions, scenes, VOCABULARY)
     assert result["color"] == {"accuracy": 5 / 8, "correct": 5, "total": 8}
     assert result["shape"] == {"accuracy": 5 / 8, "correct": 5, "total": 8}
     assert result["relation"] == {"accuracy": 1 / 3, "correct": 1, "total": 3}
     assert result["one_object"]["color"] == {"accuracy": 0.5, "correct": 1, "total": 2}
     assert result["one_object"]["shape"] == {"accuracy": 1.0, "correct": 2, "total": 2}
     assert result["num_images"] == 5
-    empty = content_accuracy([], [])
+    empty = content_accuracy([], [], VOCABULARY)
     assert empty["relation"] == {"accuracy": None, "correct": 0, "total": 0}
 
 
@@ -131,8 +133,8 @@ def test_split_scoring_leaves_out_images_without_caption_or_scene_and_counts_the
 
 def test_a_bad_scenes_file_is_refused_naming_the_file_and_the_image(tmp_path):
     path = tmp_path / "scenes.json"
-    path.write_text(json.dumps({"x.jpg": RED_CIRCLE, "y.jpg": {"objects": [{"shape": "hexagon", "color": "red"}]}}))
-    with pytest.raises(ValueError, match=r"scenes.json: scene of 'y.jpg' has an object without a known colour"):
+    path.write_text(json.dumps({"x.jpg": RED_CIRCLE, "y.jpg": {"objects": [{"shape": "hexagon"}]}}))
+    with pytest.raises(ValueError, match=r"scenes.json: scene of 'y.jpg' has an object without a colour and a shape"):
         load_scenes(path)
     path.write_text(json.dumps({"z.jpg": {**PAIR, "relation": "near"}}))
     with pytest.raises(ValueError, match=r"scene of 'z.jpg' has two objects but no relation"):
@@ -140,3 +142,19 @@ def test_a_bad_scenes_file_is_refused_naming_the_file_and_the_image(tmp_path):
     path.write_text("{broken")
     with pytest.raises(ValueError, match=r"scenes.json: not a scenes file"):
         load_scenes(path)
+
+
+def test_the_words_come_from_the_scenes_file_not_from_the_demos_generator(tmp_path):
+    """Any scenes file of this form is scored: its own colour and shape words are what captions can name."""
+    path = tmp_path / "scenes.json"
+    scenes = {
+        "a.png": {"objects": [{"shape": "hexagon", "color": "teal"}]},
+        "b.png": {"objects": [{"shape": "star", "color": "magenta", "position": "top"},
+                              {"shape": "hexagon", "color": "teal", "position": "bottom"}], "relation": "above"},
+    }
+    path.write_text(json.dumps(scenes))
+    loaded = load_scenes(path)
+    assert SceneVocabulary.from_scenes(loaded) == SceneVocabulary(colors=("magenta", "teal"), shapes=("hexagon", "star"))
+    result = split_content_accuracy(["a.png", "b.png"], ["a magenta hexagon", "a teal hexagon under a magenta star"], loaded)
+    assert result["one_object"]["color"]["correct"] == 0 and result["one_object"]["shape"]["correct"] == 1
+    assert result["relation"] == {"accuracy": 1.0, "correct": 1, "total": 1}

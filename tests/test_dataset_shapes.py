@@ -253,7 +253,7 @@ def test_coco_annotations_of_missing_images_are_counted(tmp_path, caplog):
 
 def test_a_karpathy_split_file_under_another_name(tmp_path):
     """Karpathy's format is shared under many names (`flickr8k_karpathy.json`, `coco_karpathy.json`, ...)."""
-    from hf_imgcap.data.synthetic import write_synthetic_flickr8k
+    from hf_imgcap.demo.scenes import write_synthetic_flickr8k
 
     root = write_synthetic_flickr8k(tmp_path / "k", layout="karpathy", num_train=8, num_val=2, num_test=2, image_size=32)
     reference = load_caption_dataset(str(root))

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from hf_imgcap import ShowAttendTellForConditionalGeneration
 from hf_imgcap.training.checkpointing import CheckpointManager, verify_checkpoint
-from hf_imgcap.data.synthetic import write_synthetic_flickr8k
+from hf_imgcap.demo.scenes import write_synthetic_flickr8k
 
 from conftest import REPO_ROOT
 from test_train import last_checkpoint_weights, run, tiny_args

@@ -15,7 +15,7 @@ import torch
 
 from hf_imgcap.data.caption_datasets import load_caption_dataset
 from hf_imgcap.data.feature_cache import FeatureCache, build_feature_cache
-from hf_imgcap.data.synthetic import write_synthetic_flickr8k
+from hf_imgcap.demo.scenes import write_synthetic_flickr8k
 from hf_imgcap.data.training_data import CaptionPairs, collate_captions, tokenize_captions
 
 from conftest import launch_two_processes, REPO_ROOT, tiny_model, tiny_processor

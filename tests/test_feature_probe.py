@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from hf_imgcap.data.synthetic import COLORS, SHAPES
-from hf_imgcap.evaluation.feature_probe import (READING_TASKS, TWO_OBJECT_TASKS, fit_logistic_regression, linear_probe,
+from hf_imgcap.demo.scenes import COLORS, SHAPES
+from hf_imgcap.demo.content_accuracy import SceneVocabulary
+from hf_imgcap.demo.feature_probe import (READING_TASKS, probe_tasks, fit_logistic_regression, linear_probe,
                                               probe_cached_features, probe_label, project_on_training_span,
                                               relation_of_readings)
 
@@ -63,7 +64,7 @@ def test_probe_labels_name_the_relation_in_a_fixed_colour_order():
                           "relation": "above"}
     yellow_below_green = {"objects": [{"color": "yellow", "shape": "square"}, {"color": "green", "shape": "circle"}],
                           "relation": "below"}
-    # The same image described in either order: the same label (green comes before yellow in COLORS).
+    # The same image described in either order: the same label (green comes before yellow alphabetically).
     assert probe_label(green_above_yellow, "relation_alone") == probe_label(yellow_below_green, "relation_alone") == "above"
     assert probe_label(green_above_yellow, "color") is None  # colour and shape: one-object images only
     alone = {"objects": [{"color": "red", "shape": "triangle"}]}
@@ -85,6 +86,9 @@ def test_two_object_labels_name_each_object_by_its_place_whichever_order_the_sce
     assert [probe_label(red_right_of_blue, task) for task in READING_TASKS] == ["blue", "triangle", "red", "triangle", "horizontal"]
 
 
+TWO_OBJECT_TASKS = probe_tasks(SceneVocabulary(colors=tuple(COLORS), shapes=SHAPES))[1]
+
+
 def _indices(**reading) -> dict:
     return {task: [TWO_OBJECT_TASKS[task].index(reading[task])] for task in READING_TASKS}
 
@@ -93,16 +97,16 @@ def test_the_probes_relation_is_its_readings_scored_by_the_captions_rule():
     red_circle_left_of_blue_square = {"objects": [{"color": "red", "shape": "circle"}, {"color": "blue", "shape": "square"}],
                                       "relation": "left of"}
     right = dict(first_color="red", first_shape="circle", second_color="blue", second_shape="square", axis="horizontal")
-    assert relation_of_readings(_indices(**right), [red_circle_left_of_blue_square]) == {"accuracy": 1.0, "correct": 1, "total": 1}
+    assert relation_of_readings(_indices(**right), [red_circle_left_of_blue_square], TWO_OBJECT_TASKS) == {"accuracy": 1.0, "correct": 1, "total": 1}
     # Each colour bound to the wrong place: the caption says blue is on the left. The shapes alone still name the objects.
     swapped_colours = {**right, "first_color": "blue", "second_color": "red"}
-    assert relation_of_readings(_indices(**swapped_colours), [red_circle_left_of_blue_square])["correct"] == 0
-    assert relation_of_readings(_indices(**{**right, "axis": "vertical"}), [red_circle_left_of_blue_square])["correct"] == 0
+    assert relation_of_readings(_indices(**swapped_colours), [red_circle_left_of_blue_square], TWO_OBJECT_TASKS)["correct"] == 0
+    assert relation_of_readings(_indices(**{**right, "axis": "vertical"}), [red_circle_left_of_blue_square], TWO_OBJECT_TASKS)["correct"] == 0
     # One object named by its shape alone is still named (the captions' rule); neither named is not.
     shape_only = {**right, "first_color": "green"}
-    assert relation_of_readings(_indices(**shape_only), [red_circle_left_of_blue_square])["correct"] == 1
+    assert relation_of_readings(_indices(**shape_only), [red_circle_left_of_blue_square], TWO_OBJECT_TASKS)["correct"] == 1
     unnamed = {**right, "first_color": "green", "first_shape": "triangle"}
-    assert relation_of_readings(_indices(**unnamed), [red_circle_left_of_blue_square])["correct"] == 0
+    assert relation_of_readings(_indices(**unnamed), [red_circle_left_of_blue_square], TWO_OBJECT_TASKS)["correct"] == 0
 
 
 class ArrayCache:

@@ -27,7 +27,7 @@ from hf_imgcap.data.caption_datasets import load_caption_dataset
 from hf_imgcap.cli import main
 from hf_imgcap.data.feature_cache import build_feature_cache
 from hf_imgcap.models.show_attend_tell.image_loading import ImageLoadError, load_image, verify_image
-from hf_imgcap.data.synthetic import write_synthetic_flickr8k
+from hf_imgcap.demo.scenes import write_synthetic_flickr8k
 
 from conftest import tiny_model, tiny_processor
 

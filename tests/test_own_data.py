@@ -14,7 +14,7 @@ from PIL import Image
 
 from hf_imgcap.data.caption_datasets import load_caption_dataset
 from hf_imgcap.data.feature_cache import images_fingerprint
-from hf_imgcap.data.synthetic import draw_scene, random_scene
+from hf_imgcap.demo.scenes import draw_scene, random_scene
 
 from conftest import REPO_ROOT
 
@@ -284,7 +284,7 @@ def test_hub_id_config_and_revision_reach_load_dataset(monkeypatch, tmp_path):
 
 
 def test_a_flickr8k_folder_refuses_column_arguments_it_cannot_use(tmp_path):
-    from hf_imgcap.data.synthetic import write_synthetic_flickr8k
+    from hf_imgcap.demo.scenes import write_synthetic_flickr8k
 
     root = write_synthetic_flickr8k(tmp_path / "f8k", num_train=3, num_val=1, num_test=1, image_size=32)
     with pytest.raises(ValueError, match=r"flickr8k layout.*caption_column='text'"):

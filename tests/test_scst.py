@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import BertTokenizerFast
 
 from hf_imgcap import ShowAttendTellForConditionalGeneration, ShowAttendTellProcessor
-from hf_imgcap.data.synthetic import write_synthetic_flickr8k
+from hf_imgcap.demo.scenes import write_synthetic_flickr8k
 from hf_imgcap.evaluation.caption_metrics import normalize_for_scoring
 from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import default_image_processor
 from hf_imgcap.training.run_metrics import load_run_metrics

@@ -12,7 +12,7 @@ from PIL import Image
 
 import train as train_script
 from hf_imgcap.data.caption_datasets import load_caption_dataset
-from hf_imgcap.data.synthetic import write_synthetic_flickr8k
+from hf_imgcap.demo.scenes import write_synthetic_flickr8k
 
 from test_own_data import all_ids, jpeg_bytes, scenes, write_imagefolder
 

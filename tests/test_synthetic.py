@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_imgcap.data.synthetic import COLORS, SCENES_FILE, random_scene, write_synthetic_flickr8k
-from hf_imgcap.evaluation.content_accuracy import load_scenes, score_caption
+from hf_imgcap.demo.scenes import COLORS, SCENES_FILE, random_scene, write_synthetic_flickr8k
+from hf_imgcap.demo.content_accuracy import SceneVocabulary, load_scenes, score_caption
 
 SIZES = dict(num_train=24, num_val=4, num_test=8, image_size=128, seed=5)
 
@@ -35,9 +35,16 @@ def test_every_image_has_a_scene_and_every_caption_is_right_about_it(dataset):
     for name, scene in scenes.items():
         assert len(captions[name]) == 5 and len(set(captions[name])) == 5
         for caption in captions[name]:
-            verdict = score_caption(caption, scene)
+            verdict = score_caption(caption, scene, SceneVocabulary.from_scenes(scenes))
             assert all(verdict.color) and all(verdict.shape), (caption, scene)
             assert verdict.relation in (None, True), (caption, scene)
+
+
+def test_captions_read_as_english(dataset):
+    """'an orange square', never 'a orange square'."""
+    captions = [caption for per_image in captions_by_image(dataset).values() for caption in per_image]
+    assert not [caption for caption in captions if " a orange" in f" {caption}"]
+    assert [caption for caption in captions if " an orange" in f" {caption}"]
 
 
 def colour_mask(image: np.ndarray, color: str) -> np.ndarray:

@@ -26,7 +26,7 @@ from hf_imgcap.data.caption_datasets import (
     read_karpathy_json,
     read_token_file,
 )
-from hf_imgcap.data.synthetic import write_synthetic_flickr8k
+from hf_imgcap.demo.scenes import write_synthetic_flickr8k
 from hf_imgcap.data.training_data import tokenize_captions
 
 from conftest import tiny_processor

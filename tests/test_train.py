@@ -21,8 +21,8 @@ from hf_imgcap.training import loop as training_loop
 from hf_imgcap.training.checkpointing import CheckpointError
 from hf_imgcap.training.run_metrics import load_run_metrics
 from hf_imgcap.training.output_folder import RunFiles
-from hf_imgcap.data.synthetic import write_synthetic_flickr8k
-from hf_imgcap.evaluation.demo_report import print_demo_tables
+from hf_imgcap.demo.scenes import write_synthetic_flickr8k
+from hf_imgcap.demo.presets import DEMO_PRESET
 
 from conftest import launch_two_processes, REPO_ROOT
 
@@ -70,80 +70,24 @@ def test_short_training_reduces_the_loss_and_writes_a_loadable_hub_folder(data, 
         assert (out / name).is_file(), name
     model = ShowAttendTellForConditionalGeneration.from_pretrained(out)
     assert model.config.vocab_size == results["vocab_size"]
-    # Runs whiten the features by default: the saved matrix is the train cache's, not the identity.
-    assert model.config.whiten_features and not torch.allclose(model.feature_whitening, torch.eye(model.feature_whitening.shape[0]))
-    # The loss went down: the first and last training losses of a fresh run with logged steps. (Whitened features
-    # start it lower than per-channel standardisation alone did, 12.1 against 17.4 here: a 10% fall, not 20%.)
+    assert not model.config.whiten_features  # the paper's per-channel standardisation unless asked
+    # The loss went down: the first and last training losses of a fresh run with logged steps.
     losses = json.loads((out / "metrics.json").read_text())["train_loss_by_epoch"]
     assert losses[-1] < 0.9 * losses[0]
     # metrics.json is a RunMetrics: typed, and written in the published layout (the model card reads these keys).
     recorded = load_run_metrics(out / "metrics.json")
-    # The synthetic dataset says what its images show (scenes.json): content accuracy and the probe come last.
+    # Training knows nothing of scenes: a synthetic dataset's run records what any run records.
     assert list(metrics) == ["test", "validation_best_bleu_4", "history", "train_loss_by_epoch", "steps",
                              "nonfinite_steps_skipped", "eval", "dataset", "num_train_images", "training", "vocab_size",
-                             "content_accuracy", "feature_probe", "best_model_selection"]
+                             "best_model_selection"]
     assert recorded.to_dict() == metrics and recorded.train_loss_by_epoch == losses
     assert recorded.eval.num_beams == 2 and recorded.eval.split == "test" and recorded.training.steps == recorded.steps == 40
     assert recorded.training.device == "cpu" and recorded.vocab_size == results["vocab_size"]
 
 
-def test_a_dataset_with_scenes_gets_content_accuracy_of_its_test_captions_and_a_feature_probe(data, tmp_path, capsys):
-    from hf_imgcap.evaluation.content_accuracy import caption_words, score_caption
-
-    cache = tmp_path / "cache"
-    results = run(tiny_args(data, tmp_path / "out", cache, "--num_epochs", "2"))
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    scenes = json.loads((data / "scenes.json").read_text())
-    captions = json.loads((tmp_path / "out" / "test_captions.json").read_text())
-    test_scenes = [scenes[example["image_id"]] for example in captions]
-    assert {len(scene["objects"]) for scene in test_scenes} == {1, 2}  # the fixture has both kinds of test image
-    # Computed from the generated test captions: each caption scored against its image's scene, every object counted.
-    verdicts = [score_caption(example["caption"], scene) for example, scene in zip(captions, test_scenes)]
-    content = metrics["content_accuracy"]
-    assert content["color"]["total"] == content["shape"]["total"] == sum(len(s["objects"]) for s in test_scenes)
-    assert content["color"]["correct"] == sum(sum(v.color) for v in verdicts)
-    assert content["shape"]["correct"] == sum(sum(v.shape) for v in verdicts)
-    assert content["relation"]["total"] == sum(len(s["objects"]) == 2 for s in test_scenes)
-    assert content["relation"]["correct"] == sum(v.relation is True for v in verdicts)
-    assert content["num_images"] == 5 and results["content_accuracy"] == content
-    # The linear probe of the same features, scored on the test images each task applies to.
-    probe = metrics["feature_probe"]
-    assert probe["relation"]["total"] == content["relation"]["total"]
-    assert probe["color"]["total"] == probe["shape"]["total"] == content["one_object"]["color"]["total"]
-    for task in ("color", "shape", "relation"):
-        assert probe[task]["accuracy"] is None or 0 <= probe[task]["accuracy"] <= 1
-    assert load_run_metrics(tmp_path / "out").content_accuracy == content
-    # Where the model looked when it named a colour: one entry per colour word naming an object of a two-object
-    # image (None when no test caption has one).
-    colour_words = sum(word in {o["color"] for o in scene["objects"]}
-                       for example, scene in zip(captions, test_scenes) if len(scene["objects"]) == 2
-                       for word in caption_words(example["caption"]))
-    grounding = content["attention_grounding"]
-    if colour_words == 0:
-        assert grounding is None
-    else:
-        assert grounding["colour_words"] == colour_words and grounding["half_share"] == 0.5
-        assert 0 <= grounding["on_named_object"] + grounding["on_other_object"] <= 1 + 1e-6
-
-    # The demo's tables: the blind baseline is scored the same way (no probe: its features are zeros).
-    blind = run(tiny_args(data, tmp_path / "blind", cache, "--num_epochs", "1", "--blind"))
-    assert "content_accuracy" in blind and "feature_probe" not in blind
-    assert "attention_grounding" not in blind["content_accuracy"]  # zero features: uniform attention, nothing to read
-    # Whitening is on by default, but zero features have nothing to whiten: the blind model skips the product.
-    configs = {name: json.loads((tmp_path / name / "config.json").read_text()) for name in ("out", "blind")}
-    assert configs["out"]["whiten_features"] is True and configs["blind"]["whiten_features"] is False
-    capsys.readouterr()
-    print_demo_tables(results, blind, num_beams=2)
-    printed = capsys.readouterr().out
-    table = printed[printed.index("content accuracy (test split)"):].splitlines()
-    assert table[0].split()[-3:] == ["colour", "shape", "relation"]
-    assert [line[:28].strip() for line in table[1:4]] == ["with images", "image-blind baseline", "linear probe (features)"]
-    assert len(re.findall(r": '.*' \[colour (right|wrong).*, shape (right|wrong)", printed)) == 4  # the examples say if they are right
-
-
-def test_a_run_without_scenes_writes_and_reads_metrics_json_without_the_content_keys(tmp_path):
-    """Real datasets have no scenes.json: their metrics.json keeps the published keys only, and such files (also
-    those written before content accuracy existed) still load."""
+def test_metrics_json_keeps_the_published_keys_and_files_with_the_demos_old_keys_still_load(tmp_path):
+    """metrics.json holds the published keys only; files of earlier versions, which held the demo's content scores,
+    still load."""
     from hf_imgcap.training.run_metrics import EvalSettings, RunMetrics, TrainingRecord
 
     record = RunMetrics(test={"bleu_4": 0.2}, validation_best_bleu_4=0.2, history=[], steps=3, nonfinite_steps_skipped=0,
@@ -152,8 +96,9 @@ def test_a_run_without_scenes_writes_and_reads_metrics_json_without_the_content_
     record.save(tmp_path)
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert "content_accuracy" not in written and "feature_probe" not in written
-    loaded = load_run_metrics(tmp_path)
-    assert loaded == record and loaded.content_accuracy is None and loaded.feature_probe is None
+    assert load_run_metrics(tmp_path) == record
+    (tmp_path / "metrics.json").write_text(json.dumps({**written, "content_accuracy": {}, "feature_probe": {}}))
+    assert load_run_metrics(tmp_path) == record
 
 
 def test_a_metrics_json_that_is_not_a_run_record_is_refused_naming_the_file(tmp_path):
@@ -520,8 +465,8 @@ def test_resume_with_a_different_model_size_names_each_differing_argument_before
 
 
 def test_a_run_from_before_feature_whitening_resumes_only_without_it(data, tmp_path, monkeypatch):
-    """A run folder saved before --whiten_features existed trained without whitening: resuming it with the new
-    default is refused naming the argument; --no_whiten_features passes the check."""
+    """A run folder saved before --whiten_features existed trained without whitening: resuming it with whitening is
+    refused naming the argument; without (the default) passes the check."""
     out, cache = tmp_path / "out", tmp_path / "cache"
     run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2", "--no_whiten_features"))
     args_file = out / "training_args.json"
@@ -534,9 +479,9 @@ def test_a_run_from_before_feature_whitening_resumes_only_without_it(data, tmp_p
 
     monkeypatch.setattr(train_script, "load_caption_dataset", no_data)
     with pytest.raises(ValueError, match=r"--whiten_features True \(the run being resumed used False\)"):
-        run(tiny_args(data, out, cache, "--resume"))
+        run(tiny_args(data, out, cache, "--resume", "--whiten_features"))
     with pytest.raises(AssertionError, match="the resume check passed"):
-        run(tiny_args(data, out, cache, "--resume", "--no_whiten_features"))
+        run(tiny_args(data, out, cache, "--resume"))
 
 
 # ---------------------------------------------------------------------------------------------- the launcher decides
@@ -701,7 +646,7 @@ def test_every_demo_preset_names_an_argument_and_applies():
     """A renamed argument (e.g. --num_epochs -> --num_train_epochs) once left its demo preset behind, silently."""
     model_args, data_args, args = train_script.parse_args(["--demo"])
     values = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **dataclasses.asdict(args)}
-    assert {name: values[name] for name in train_script.DEMO_OVERRIDES} == train_script.DEMO_OVERRIDES
+    assert {name: values[name] for name in DEMO_PRESET} == DEMO_PRESET
 
 
 def test_an_option_given_with_the_demo_wins_over_its_preset_even_when_it_equals_the_default():
@@ -709,7 +654,7 @@ def test_an_option_given_with_the_demo_wins_over_its_preset_even_when_it_equals_
     model_args, _, args = train_script.parse_args(["--demo", "--scst_epochs", "0", "--num_epochs", "120", "--no_whiten_features",
                                                    "--learning_rate", "1e-3"])
     assert (args.scst_epochs, args.num_train_epochs, model_args.whiten_features, args.learning_rate) == (0, 120, False, 1e-3)
-    assert args.scst_baseline == train_script.DEMO_OVERRIDES["scst_baseline"]  # the others keep their presets
+    assert args.learning_rate == 1e-3 and args.scst_learning_rate == DEMO_PRESET["scst_learning_rate"]  # the others keep their presets
 
 
 # ---------------------------------------------------------------------------------------------- trackers

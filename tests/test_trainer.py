@@ -6,7 +6,7 @@ import torch
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
 from hf_imgcap.data.caption_datasets import load_caption_dataset
-from hf_imgcap.data.synthetic import write_synthetic_flickr8k
+from hf_imgcap.demo.scenes import write_synthetic_flickr8k
 from hf_imgcap.data.tokenizer_training import train_caption_tokenizer
 from hf_imgcap import ShowAttendTellProcessor
 from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import default_image_processor

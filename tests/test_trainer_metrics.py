@@ -10,7 +10,7 @@ import torch
 from transformers import EvalPrediction, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 from hf_imgcap.data.caption_datasets import load_caption_dataset
-from hf_imgcap.data.synthetic import write_synthetic_flickr8k
+from hf_imgcap.demo.scenes import write_synthetic_flickr8k
 from hf_imgcap.evaluation.caption_metrics import compute_caption_metrics
 from hf_imgcap.evaluation.trainer_metrics import caption_metrics_for_trainer, group_rows_by_image
 

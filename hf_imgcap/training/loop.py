@@ -21,9 +21,7 @@ import torch
 from accelerate.logging import get_logger
 from tqdm.auto import tqdm
 
-from hf_imgcap.evaluation.attention_grounding import attention_grounding
 from hf_imgcap.evaluation.attention_maps import model_view_crop_fraction, render_attention_map
-from hf_imgcap.evaluation.content_accuracy import split_content_accuracy
 from hf_imgcap.evaluation.generation import evaluate_captioner
 from hf_imgcap.hub import push_to_hub, write_model_card
 from hf_imgcap.models.show_attend_tell.image_loading import load_image
@@ -323,17 +321,15 @@ def validate(run: TrainingRun, state: TrainState, end: EpochEnd, split, features
 
 
 def finish(run: TrainingRun, state: TrainState, test_split, features, output_dir: Path, record: dict,
-           scenes: dict | None = None, feature_probe: dict | None = None, run_files: RunFiles | None = None) -> dict:
+           run_files: RunFiles | None = None) -> dict:
     """The best model on the test split with every metric; the Hub-ready folder (model, processor, metrics.json,
     test captions, model card, attention example). `record` has the arguments (model/data/training dicts), the
-    number of training images and, after an SCST stage, its record ("scst"). With `scenes` (what each image shows),
-    the test captions are also scored for content accuracy; `feature_probe` (the linear probe's results) goes to
-    metrics.json as it is. `run_files` records what is written in output_dir (default: its record there).
+    number of training images and, after an SCST stage, its record ("scst"). `run_files` records what is written in
+    output_dir (default: its record there).
     Returns metrics.json's content plus `test_examples`.
 
     The model and the processor are written first and the optional extras last: a failure at the end of a run
-    never costs the trained model, and an extra that cannot be made (content accuracy, the attention figure) is
-    logged and left out."""
+    never costs the trained model, and an extra that cannot be made (the attention figure) is logged and left out."""
     accelerator, args, processor = run.accelerator, run.args, run.processor
     final = (ShowAttendTellForConditionalGeneration.from_pretrained(run.best_dir) if run.best_dir.is_dir()
              else accelerator.unwrap_model(run.model))
@@ -343,12 +339,6 @@ def finish(run: TrainingRun, state: TrainState, test_split, features, output_dir
         run_files.save_pretrained(final)
         run_files.save_pretrained(processor)
     test_metrics, test_captions = evaluate_captioner(final, run.processor, test_split, features=features, **run.evaluation)
-    content = None
-    if scenes is not None:
-        content = optional("content accuracy", split_content_accuracy, test_split["image_id"], test_captions, scenes)
-    if content is not None and features is not None and not args.blind:  # where it looked when it named a colour
-        content["attention_grounding"] = optional("attention grounding", attention_grounding, final, processor.tokenizer,
-                                                  features, test_split["image_id"], test_captions, scenes)
     run_metrics = RunMetrics(
         test=test_metrics,
         validation_best_bleu_4=state.best_entry().get("bleu_4", -1.0),
@@ -365,8 +355,6 @@ def finish(run: TrainingRun, state: TrainState, test_split, features, output_dir
                                 num_processes=accelerator.num_processes, device=accelerator.device.type),
         vocab_size=len(processor.tokenizer),
         scst=record.get("scst"),
-        content_accuracy=content,
-        feature_probe=feature_probe,
     )
     results = run_metrics.to_dict()
     test_examples = [{"image_id": i, "caption": c, "references": list(r)}

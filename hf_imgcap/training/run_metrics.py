@@ -42,14 +42,7 @@ class RunMetrics:
     """The content of `metrics.json`. `history` holds one entry per epoch: epoch, step, train_loss and the
     validation metrics, all rounded to 4 digits. `validation_best_bleu_4` is the validation BLEU-4 of the kept
     model; `best_model_selection` says what kept it (`metric`, its `value`, the `epoch`); files written before it
-    existed selected on BLEU-4.
-
-    Only for datasets that say what their images show (a synthetic dataset's `scenes.json`), two more keys follow:
-    `content_accuracy` (colour / shape / relation accuracy of the test captions, with counts; see
-    `hf_imgcap.evaluation.content_accuracy`; for a run with images and cached features also `attention_grounding`,
-    where the decoder looked when it named a colour: `hf_imgcap.evaluation.attention_grounding`) and `feature_probe`
-    (a linear probe's test accuracy on the same features; `hf_imgcap.evaluation.feature_probe`). Other runs'
-    metrics.json has neither key."""
+    existed selected on BLEU-4."""
 
     test: dict[str, float]
     validation_best_bleu_4: float
@@ -64,8 +57,6 @@ class RunMetrics:
     # After a self-critical (SCST) stage: its settings, per-epoch rewards and validation metrics, and the test
     # metrics of the cross-entropy model it started from (`test` is then the SCST model's). Absent otherwise.
     scst: dict | None = None
-    content_accuracy: dict | None = None
-    feature_probe: dict | None = None
     best_model_selection: dict | None = None
 
     @property
@@ -108,8 +99,8 @@ class RunMetrics:
 
 
 def _optional_fields(metrics) -> set[str]:
-    """The keys present only when they apply (scst after an SCST stage, content accuracy and the probe for datasets
-    with scenes, best_model_selection since --metric_for_best_model): the fields with a default."""
+    """The keys present only when they apply (scst after an SCST stage; best_model_selection, which metrics.json files
+    of older versions lack): the fields with a default."""
     return {f.name for f in dataclasses.fields(metrics) if f.default is not dataclasses.MISSING}
 
 

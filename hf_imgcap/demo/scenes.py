@@ -6,7 +6,7 @@ Each image shows one shape (circle, square, triangle) in the middle, or two shap
 side or one above the other, on a coloured background; each gets five differently worded captions naming what is
 there (for two shapes: both, and where one is relative to the other, in several wordings). The generator knows
 each image's content and writes it next to the dataset as `scenes.json` (see `SCENES_FILE`), so that captions can
-be scored for what they say (`hf_imgcap.evaluation.content_accuracy`), not only for n-gram overlap.
+be scored for what they say (`hf_imgcap.demo.content_accuracy`), not only for n-gram overlap.
 """
 
 import csv
@@ -36,7 +36,7 @@ RELATIONS = ("left of", "right of", "above", "below")
 INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 # Where an object is drawn -> how it relates to the other object (which is on the opposite side).
 POSITION_RELATION = {"left": "left of", "right": "right of", "top": "above", "bottom": "below"}
-# The wordings captions use; hf_imgcap.evaluation.content_accuracy reads these (and a few more).
+# The wordings captions use; hf_imgcap.demo.content_accuracy reads these (and a few more).
 RELATION_WORDINGS = {
     "left of": ("to the left of", "left of", "on the left of"),
     "right of": ("to the right of", "right of", "on the right of"),
@@ -45,6 +45,11 @@ RELATION_WORDINGS = {
 }
 POSITION_WORDINGS = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
 _CENTERS = {"middle": (0.5, 0.5), "left": (0.27, 0.5), "right": (0.73, 0.5), "top": (0.5, 0.27), "bottom": (0.5, 0.73)}
+
+
+def with_article(words: str) -> str:
+    """'an orange square', 'a red circle': the indefinite article English puts before the words."""
+    return f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
 
 
 @dataclass
@@ -82,12 +87,12 @@ class Scene:
             first = self.objects[0]
             thing, size = f"{first.color} {first.shape}", first.size
             templates = [
-                f"a {thing} on a {background} background",
+                f"{with_article(thing)} on a {background} background",
                 f"a {size} {thing}",
-                f"there is a {thing} in the middle of a {background} image",
+                f"there is {with_article(thing)} in the middle of a {background} image",
                 f"one {size} {thing} on {background}",
-                f"a picture of a {thing}",
-                f"a {thing} alone on a {background} background",
+                f"a picture of {with_article(thing)}",
+                f"{with_article(thing)} alone on a {background} background",
             ]
             return rng.sample(templates, 5)
         # Two objects: each caption names both and states the relation, in either order and several wordings.
@@ -95,15 +100,15 @@ class Scene:
         for template in rng.sample(range(7), 5):
             a, b = self.objects if rng.random() < 0.5 else self.objects[::-1]
             relation = rng.choice(RELATION_WORDINGS[POSITION_RELATION[a.position]])
-            a_words, b_words = a.words(rng), b.words(rng)
+            a_words, b_words = with_article(a.words(rng)), with_article(b.words(rng))
             captions.append([
-                f"a {a_words} {relation} a {b_words}",
-                f"a {a_words} {relation} a {b_words} on a {background} background",
-                f"a {a_words} {POSITION_WORDINGS[a.position]} and a {b_words} {POSITION_WORDINGS[b.position]}",
-                f"two shapes : a {a_words} {POSITION_WORDINGS[a.position]} and a {b_words} {POSITION_WORDINGS[b.position]}",
-                f"there is a {a_words} {relation} a {b_words}",
-                f"a {a_words} is {relation} a {b_words}",
-                f"on a {background} background a {a_words} {relation} a {b_words}",
+                f"{a_words} {relation} {b_words}",
+                f"{a_words} {relation} {b_words} on a {background} background",
+                f"{a_words} {POSITION_WORDINGS[a.position]} and {b_words} {POSITION_WORDINGS[b.position]}",
+                f"two shapes : {a_words} {POSITION_WORDINGS[a.position]} and {b_words} {POSITION_WORDINGS[b.position]}",
+                f"there is {a_words} {relation} {b_words}",
+                f"{a_words} is {relation} {b_words}",
+                f"on a {background} background {a_words} {relation} {b_words}",
             ][template])
         return captions
 

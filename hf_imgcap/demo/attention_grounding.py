@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from hf_imgcap.evaluation.content_accuracy import scene_of
+from hf_imgcap.demo.content_accuracy import scene_of
 
 logger = logging.getLogger(__name__)
 PLACEMENTS = ({"left", "right"}, {"top", "bottom"})  # the two objects' positions: side by side or one above the other

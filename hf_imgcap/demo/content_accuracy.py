@@ -1,6 +1,10 @@
 # Copyright 2026 The hf-imgcap authors. Apache-2.0.
-"""Content accuracy: does a caption say what the image shows? Scored against the scenes the synthetic generator
-wrote (`scenes.json`, see `hf_imgcap.data.synthetic`), beside BLEU, which only measures n-gram overlap.
+"""Content accuracy: does a caption say what the image shows? Scored against a scenes file (`scenes.json`: image
+file name -> its background, objects (colour, shape, size, position) and, for two objects, their relation; the demo's
+generator writes one, see `hf_imgcap.demo.scenes`), beside BLEU, which only measures n-gram overlap.
+
+The colour and shape words are those the scenes file uses (`SceneVocabulary`), so any scenes file of this form can be
+scored; the English of relations ("to the left of", "at the top", ...) is this reader's own.
 
 How a caption is read (lower-cased words; everything else is ignored):
 - A *named object* is a colour word followed by a shape word, optionally with a size word between or before
@@ -30,9 +34,28 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hf_imgcap.data.synthetic import BACKGROUNDS, COLORS, INVERSE_RELATION, POSITION_RELATION, SCENES_FILE, SHAPES
-
 logger = logging.getLogger(__name__)
+
+SCENES_FILE = "scenes.json"
+# Where objects[0] is relative to objects[1] in a two-object scene, and the same seen from objects[1].
+INVERSE_RELATION = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+# Where an object is drawn -> how it relates to the other object (which is on the opposite side).
+POSITION_RELATION = {"left": "left of", "right": "right of", "top": "above", "bottom": "below"}
+
+
+@dataclass(frozen=True)
+class SceneVocabulary:
+    """The colour and shape words of a scenes file: what a caption can name."""
+
+    colors: tuple
+    shapes: tuple
+
+    @classmethod
+    def from_scenes(cls, scenes) -> "SceneVocabulary":
+        """From the scenes (a list, or a dict of image name -> scene): every colour and shape their objects have."""
+        scenes = list(scenes.values()) if isinstance(scenes, dict) else list(scenes)
+        objects = [scene_object for scene in scenes for scene_object in scene["objects"]]
+        return cls(colors=tuple(sorted({o["color"] for o in objects})), shapes=tuple(sorted({o["shape"] for o in objects})))
 
 SIZE_WORDS = ("big", "small", "large", "little")
 # Phrase -> relation of the object named before it to the object named after it. Longest first: "to the left of"
@@ -116,19 +139,19 @@ def _position_after(words: list[str], start: int, stop: int) -> str | None:
     return found[0] if found is not None and found[1] == 0 else None
 
 
-def read_caption(caption: str) -> CaptionReading:
+def read_caption(caption: str, vocabulary: SceneVocabulary) -> CaptionReading:
     """The objects a caption names and the relation it states between the first two (see the module docstring)."""
     words = caption_words(caption)
     objects = []
     for index, word in enumerate(words):
-        if word not in SHAPES:
+        if word not in vocabulary.shapes:
             continue
         previous = words[index - 1] if index >= 1 else None
         before_previous = words[index - 2] if index >= 2 else None
-        if previous in COLORS:  # "red circle", "big red circle"
+        if previous in vocabulary.colors:  # "red circle", "big red circle"
             start = index - 2 if before_previous in SIZE_WORDS else index - 1
             objects.append(NamedObject(previous, word, start, index + 1))
-        elif previous in SIZE_WORDS and before_previous in COLORS:  # "red big circle"
+        elif previous in SIZE_WORDS and before_previous in vocabulary.colors:  # "red big circle"
             objects.append(NamedObject(before_previous, word, index - 2, index + 1))
     relation = None
     if len(objects) >= 2:
@@ -156,9 +179,10 @@ def _agreement(named: NamedObject, scene_object: dict) -> int:
     return 2 * (named.color == scene_object["color"]) + (named.shape == scene_object["shape"])
 
 
-def score_caption(caption: str, scene: dict) -> CaptionVerdict:
-    """Score one caption against one scene (a `scenes.json` entry). See the module docstring for the rules."""
-    reading = read_caption(caption)
+def score_caption(caption: str, scene: dict, vocabulary: SceneVocabulary) -> CaptionVerdict:
+    """Score one caption against one scene (a `scenes.json` entry). See the module docstring for the rules.
+    `vocabulary`: the whole scenes file's words (a caption may name a colour that this scene does not have)."""
+    reading = read_caption(caption, vocabulary)
     scene_objects = scene["objects"]
     named = reading.objects[: len(scene_objects)]
     if len(scene_objects) == 1:
@@ -199,7 +223,7 @@ def _fraction(correct: int, total: int) -> dict:
     return {"accuracy": correct / total if total else None, "correct": correct, "total": total}
 
 
-def content_accuracy(captions: list[str], scenes: list[dict]) -> dict:
+def content_accuracy(captions: list[str], scenes: list[dict], vocabulary: SceneVocabulary) -> dict:
     """Colour and shape accuracy over every object of every scene, relation accuracy over the two-object scenes,
     each as {"accuracy", "correct", "total"} (accuracy None when total is 0); `one_object` has the colour and shape
     of the one-object scenes alone (what the linear probe of the features predicts)."""
@@ -212,7 +236,7 @@ def content_accuracy(captions: list[str], scenes: list[dict]) -> dict:
         counts[name][1] += len(marks)
 
     for caption, scene in zip(captions, scenes):
-        verdict = score_caption(caption, scene)
+        verdict = score_caption(caption, scene, vocabulary)
         add("color", verdict.color)
         add("shape", verdict.shape)
         if verdict.relation is not None:
@@ -261,13 +285,15 @@ def _scene_problem(scene) -> str | None:
     if not isinstance(scene, dict) or not isinstance(scene.get("objects"), list) or len(scene["objects"]) not in (1, 2):
         return "needs 'objects', a list of one or two objects"
     for scene_object in scene["objects"]:
-        if not isinstance(scene_object, dict) or scene_object.get("color") not in COLORS or scene_object.get("shape") not in SHAPES:
-            return f"has an object without a known colour {tuple(COLORS)} and shape {SHAPES}: {scene_object}"
+        if not isinstance(scene_object, dict) or not all(_is_word(scene_object.get(key)) for key in ("color", "shape")):
+            return f"has an object without a colour and a shape (one lower-case word each): {scene_object}"
     if len(scene["objects"]) == 2 and scene.get("relation") not in INVERSE_RELATION:
         return f"has two objects but no relation among {tuple(INVERSE_RELATION)}: {scene.get('relation')!r}"
-    if "background" in scene and scene["background"] not in BACKGROUNDS:
-        return f"has an unknown background {scene['background']!r}"
     return None
+
+
+def _is_word(value) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[a-z]+", value) is not None
 
 
 def scene_of(image_id, scenes: dict[str, dict]) -> dict | None:
@@ -290,6 +316,6 @@ def split_content_accuracy(image_ids, captions, scenes: dict[str, dict]) -> dict
             kept.append((caption, scene))
     if without_scene:
         logger.warning("content accuracy: %d image(s) have no scene and are left out, e.g. %s", len(without_scene), without_scene[0])
-    result = content_accuracy([c for c, _ in kept], [s for _, s in kept])
+    result = content_accuracy([c for c, _ in kept], [s for _, s in kept], SceneVocabulary.from_scenes(scenes))
     result["images_without_scene"] = len(without_scene)
     return result

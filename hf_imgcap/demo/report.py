@@ -2,12 +2,13 @@
 """What `python train.py --demo` prints at the end: the test metrics with images (cross-entropy, then SCST) beside an
 image-blind baseline, content accuracy beside the linear probe of the same features, and a few captions with verdicts."""
 
-from hf_imgcap.evaluation.content_accuracy import find_scenes_file, load_scenes, scene_of, score_caption
+from hf_imgcap.demo.content_accuracy import SceneVocabulary, load_scenes, scene_of, score_caption
 from hf_imgcap.hub import METRIC_LABELS
 
 
-def print_demo_tables(with_images: dict, blind: dict, num_beams: int):
-    """BLEU & co. with images vs blind; content accuracy (with images, blind, linear probe); example captions."""
+def print_demo_tables(with_images: dict, blind: dict, report: dict, num_beams: int):
+    """BLEU & co. with images vs blind (the runs' metrics.json); content accuracy (with images, blind, linear probe)
+    and example captions with verdicts from the demo's `report` (`run.score_demo_runs`)."""
     names = [n for n in METRIC_LABELS if n in with_images["test"]]
     header = f"{'test split (' + str(with_images['test']['num_images']) + ' images)':<28}" + "".join(f"{METRIC_LABELS[n][1]:>9}" for n in names)
     print("\n" + header)
@@ -22,21 +23,24 @@ def print_demo_tables(with_images: dict, blind: dict, num_beams: int):
               f"{with_images['test']['cider']:.3f}; mean sampled reward by epoch {[entry['reward'] for entry in scst['history']]}")
     print(f"\nBLEU-4 {with_images['test']['bleu_4']:.3f} with images vs {blind['test']['bleu_4']:.3f} blind "
           f"(COCO-caption BLEU, beam {num_beams})")
-    scenes = None
-    if "content_accuracy" in with_images and "content_accuracy" in blind:
-        print_content_table(with_images, blind)
-        scenes_file = find_scenes_file(with_images["dataset"])
-        scenes = load_scenes(scenes_file) if scenes_file is not None else None
+    scenes = vocabulary = None
+    if "with_images" in report and "blind" in report:
+        print_content_table(report["with_images"], report["blind"])
+        scenes = load_scenes(report["scenes"])
+        vocabulary = SceneVocabulary.from_scenes(scenes)
     print("\nA few test images:")
     for example, blind_example in demo_examples(with_images["test_examples"], blind["test_examples"], scenes):
         scene = scene_of(example["image_id"], scenes) if scenes is not None else None
-        verdict = f" [{score_caption(example['caption'], scene).summary()}]" if scene is not None and example["caption"] is not None else ""
+        verdict = (f" [{score_caption(example['caption'], scene, vocabulary).summary()}]"
+                   if scene is not None and example["caption"] is not None else "")
         print(f"  {example['image_id']}: {example['caption']!r}{verdict}\n      blind: {blind_example['caption']!r}; "
               f"a reference: {example['references'][0]!r}")
 
 
 def print_content_table(with_images: dict, blind: dict):
-    """Does the caption say what the image shows? Beside what a linear probe reads from the same features."""
+    """Does the caption say what the image shows? Beside what a linear probe reads from the same features. Each
+    argument is a run's part of the demo report: `content_accuracy`, and for the run with images `feature_probe` and
+    `attention_grounding`."""
     def cell(score):
         return f"{score['accuracy']:>9.3f}" if score and score.get("accuracy") is not None else f"{'n/a':>9}"
 
@@ -49,7 +53,7 @@ def print_content_table(with_images: dict, blind: dict):
           f"{content['relation']['total']} two-object images. Over every object of every image, the captions name "
           f"the colour right {content['color']['correct']}/{content['color']['total']} and the shape "
           f"{content['shape']['correct']}/{content['shape']['total']}.")
-    grounding = content.get("attention_grounding")
+    grounding = with_images.get("attention_grounding")
     if grounding:
         print(f"Attention when a caption names the colour of an object (two-object images, {grounding['colour_words']} "
               f"words): {grounding['on_named_object']:.2f} on that object's half of the regions, "

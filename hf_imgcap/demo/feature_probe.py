@@ -10,10 +10,10 @@ the validation split) to predict, from a synthetic scene (`scenes.json`):
   blue square") and scored by `content_accuracy.score_caption`, these readings give the probe's `relation` accuracy
   by the captions' own rule: the objects must be named (colour or shape) and placed right, which needs each
   colour bound to its place;
-- `relation_alone`: a 4-way classifier of where the object whose colour comes first in `COLORS` is relative to the
-  other, the objects not named (the earlier version of the relation probe; a caption cannot state a relation
-  without naming the objects, so this is not the captions' bar). A fixed order is needed because features have
-  none.
+- `relation_alone`: a 4-way classifier of where the object whose colour comes first alphabetically is relative to
+  the other, the objects not named (a caption cannot state a relation without naming the objects, so this is not
+  the captions' bar). A fixed order is needed because features have none.
+The classes are the colour and shape words of the scenes file (`SceneVocabulary`).
 Their accuracy on the test split is the bar for the captions' content accuracy on the same images.
 """
 
@@ -24,26 +24,33 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hf_imgcap.data.synthetic import COLORS, INVERSE_RELATION, RELATIONS, SHAPES
-from hf_imgcap.evaluation.content_accuracy import scene_of, score_caption
+from hf_imgcap.demo.content_accuracy import INVERSE_RELATION, SceneVocabulary, scene_of, score_caption
 
 logger = logging.getLogger(__name__)
 
 AXES = ("horizontal", "vertical")
-ONE_OBJECT_TASKS = {"color": tuple(COLORS), "shape": SHAPES}
-TWO_OBJECT_TASKS = {"first_color": tuple(COLORS), "first_shape": SHAPES, "second_color": tuple(COLORS),
-                    "second_shape": SHAPES, "axis": AXES, "relation_alone": RELATIONS}
-PROBE_CLASSES = {**ONE_OBJECT_TASKS, **TWO_OBJECT_TASKS}
+RELATIONS = tuple(INVERSE_RELATION)
+ONE_OBJECT_TASK_NAMES = ("color", "shape")
+TWO_OBJECT_TASK_NAMES = ("first_color", "first_shape", "second_color", "second_shape", "axis", "relation_alone")
 READING_TASKS = ("first_color", "first_shape", "second_color", "second_shape", "axis")  # reading_caption's arguments
 WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)  # wide: features have ~100k dimensions
 
 
+def probe_tasks(vocabulary: SceneVocabulary) -> tuple[dict, dict]:
+    """The one-object and the two-object tasks, each {task: its classes}."""
+    colors, shapes = vocabulary.colors, vocabulary.shapes
+    one_object = {"color": colors, "shape": shapes}
+    two_object = {"first_color": colors, "first_shape": shapes, "second_color": colors, "second_shape": shapes,
+                  "axis": AXES, "relation_alone": RELATIONS}
+    return one_object, two_object
+
+
 def probe_label(scene: dict, task: str) -> str | None:
     """The class a probe for `task` should predict for `scene`, or None when the task does not apply to it."""
-    if task not in PROBE_CLASSES:
-        raise ValueError(f"unknown probe task {task!r}; choose one of {tuple(PROBE_CLASSES)}")
+    if task not in ONE_OBJECT_TASK_NAMES + TWO_OBJECT_TASK_NAMES:
+        raise ValueError(f"unknown probe task {task!r}; choose one of {ONE_OBJECT_TASK_NAMES + TWO_OBJECT_TASK_NAMES}")
     objects = scene["objects"]
-    if task in ONE_OBJECT_TASKS:
+    if task in ONE_OBJECT_TASK_NAMES:
         return objects[0][task] if len(objects) == 1 else None
     if len(objects) != 2:
         return None
@@ -51,8 +58,7 @@ def probe_label(scene: dict, task: str) -> str | None:
     if task == "axis":
         return "horizontal" if relation in ("left of", "right of") else "vertical"
     if task == "relation_alone":
-        order = list(COLORS)
-        first_is_canonical = order.index(objects[0]["color"]) < order.index(objects[1]["color"])
+        first_is_canonical = objects[0]["color"] < objects[1]["color"]
         return relation if first_is_canonical else INVERSE_RELATION[relation]
     first, second = (objects[0], objects[1]) if relation in ("left of", "above") else (objects[1], objects[0])
     place, attribute = task.split("_")
@@ -147,7 +153,7 @@ def fit_and_predict(train, validation, test, num_classes: int, weight_decays=WEI
 @torch.no_grad()
 def probe_examples(features, image_ids, scenes: dict, tasks: dict, standardize, batch_size: int = 64):
     """(standardised flattened features, {task: label indices}, scenes) of the images of a split to which the
-    `tasks` (all of one kind: `ONE_OBJECT_TASKS` or `TWO_OBJECT_TASKS`) apply. `features` is the split's
+    `tasks` (all of one kind: the one-object or the two-object tasks of `probe_tasks`) apply. `features` is the split's
     `FeatureCache` (rows in `image_ids` order; images it could not encode or without a scene are left out)."""
     valid = getattr(features, "valid", np.ones(len(image_ids), dtype=bool))
     rows, labels, kept_scenes = [], {task: [] for task in tasks}, []
@@ -172,29 +178,31 @@ def probe_cached_features(caches: dict, splits: dict, scenes: dict, standardize,
     `splits` has the matching datasets (their `image_id` column names the scene); `standardize` is the model's
     feature standardisation (features as the decoder sees them)."""
     results = {}
-    for tasks in (ONE_OBJECT_TASKS, TWO_OBJECT_TASKS):
+    one_object_tasks, two_object_tasks = probe_tasks(SceneVocabulary.from_scenes(scenes))
+    for tasks in (one_object_tasks, two_object_tasks):
         data = {name: probe_examples(caches[name], splits[name]["image_id"], scenes, tasks, standardize)
                 for name in ("train", "validation", "test")}
         predictions = {}
         for task, classes in tasks.items():
             train, validation, test = ((data[name][0], data[name][1][task]) for name in ("train", "validation", "test"))
             results[task], predictions[task] = fit_and_predict(train, validation, test, len(classes), weight_decays)
-        if tasks is TWO_OBJECT_TASKS:
-            results["relation"] = relation_of_readings(predictions, data["test"][2])
+        if tasks is two_object_tasks:
+            results["relation"] = relation_of_readings(predictions, data["test"][2], two_object_tasks)
     for task in ("color", "shape", "relation"):
         logger.info("linear probe %s: test accuracy %s (%d images)", task,
                     "n/a" if results[task]["accuracy"] is None else f"{results[task]['accuracy']:.3f}", results[task]["total"])
     return results
 
 
-def relation_of_readings(predictions: dict, test_scenes: list) -> dict:
-    """The two-object probes' predictions (class indices per `TWO_OBJECT_TASKS` task, one per test scene) written
+def relation_of_readings(predictions: dict, test_scenes: list, two_object_tasks: dict) -> dict:
+    """The two-object probes' predictions (class indices per task of `two_object_tasks`, one per test scene) written
     as captions and scored like the captions' relation: {"accuracy", "correct", "total"}."""
     total = len(test_scenes)
     if total == 0 or any(len(predictions[task]) != total for task in READING_TASKS):
         return {"accuracy": None, "correct": 0, "total": total}
     correct = 0
+    vocabulary = SceneVocabulary(colors=two_object_tasks["first_color"], shapes=two_object_tasks["first_shape"])
     for index, scene in enumerate(test_scenes):
-        reading = {task: TWO_OBJECT_TASKS[task][predictions[task][index]] for task in READING_TASKS}
-        correct += score_caption(reading_caption(**reading), scene).relation is True
+        reading = {task: two_object_tasks[task][predictions[task][index]] for task in READING_TASKS}
+        correct += score_caption(reading_caption(**reading), scene, vocabulary).relation is True
     return {"accuracy": correct / total, "correct": correct, "total": total}
