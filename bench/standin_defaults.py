@@ -1,9 +1,10 @@
 """Evidence for two defaults from a trained encoder, not the demo's random one: feature whitening, and the SCST recipe.
 
-Every run is `python train.py` (a subprocess, as users run it) with the demo's preset (train.py DEMO_OVERRIDES: model
+Every run is `python train.py` (a subprocess, as users run it) with the demo's preset (`DEMO_PRESET`: model
 sizes, caption tokenizer, learning rate, selection on CIDEr-D, ...) but the stand-in encoder of
 `bench/standin_encoder.py` instead of the random ResNet-152, on held-out synthetic scenes of a seed the stand-in
-never saw. Each finished run appends one JSON line to --results, so an interrupted sweep keeps what it measured.
+never saw. Each finished run is then scored for content as the demo scores its runs (`hf_imgcap.demo.run.score_run`)
+and appends one JSON line to --results, so an interrupted sweep keeps what it measured.
 
     python bench/standin_encoder.py train --output /tmp/standin/encoder
     python bench/standin_defaults.py data                                   # 300 / 50 / 50 held-out scenes
@@ -32,6 +33,9 @@ import sys
 import time
 from pathlib import Path
 
+from hf_imgcap.demo.presets import DEMO_PRESET
+from hf_imgcap.demo.scenes import SCENES_FILE
+
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = REPO / "train.py"
 EVAL_SEED = 7  # the held-out scenes; bench/standin_encoder.py trains on STANDIN_SEED (20261)
@@ -46,18 +50,28 @@ SCST_VARIANTS = {  # name -> (baseline, learning rate)
 }
 
 
-def demo_overrides() -> dict:
-    """train.py's DEMO_OVERRIDES, read from the script itself so the sweep follows the preset when it changes."""
+def parsed_arguments(argv: list[str]):
+    """`train.py`'s (model_args, data_args, args) for `argv`: what the demo's scoring reads (dataset, limits, cache)."""
     spec = importlib.util.spec_from_file_location("train_script", TRAIN_SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return dict(module.DEMO_OVERRIDES)
+    return module.parse_args(argv)
+
+
+def content_scores(output_dir: Path, argv: list[str]) -> dict:
+    """The demo's content scores of a finished run: content accuracy, the feature probe, attention grounding."""
+    from hf_imgcap.demo.content_accuracy import load_scenes
+    from hf_imgcap.demo.run import score_run
+
+    _, data_args, args = parsed_arguments(argv)
+    scenes = load_scenes(Path(data_args.dataset) / SCENES_FILE)
+    return score_run(output_dir, data_args, args, scenes)
 
 
 def recipe_argv(dataset: Path, encoder: Path, cache_dir: Path, extra_epochs: int | None) -> list[str]:
     """The demo's preset as train.py arguments, with the stand-in encoder and the held-out scenes."""
     argv = ["--dataset", str(dataset), "--encoder", str(encoder), "--cache_dir", str(cache_dir), "--report_to", "none"]
-    for name, value in demo_overrides().items():
+    for name, value in DEMO_PRESET.items():
         if name not in NOT_FROM_THE_DEMO:
             argv += [f"--{name}", str(value)]
     if extra_epochs is not None:
@@ -93,12 +107,12 @@ def encoder_fingerprint(encoder: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def content_summary(metrics: dict) -> dict | None:
+def content_summary(scores: dict) -> dict | None:
     """What the demo's content table prints: colour and shape of the one-object images, relation of the others."""
-    content = metrics.get("content_accuracy")
+    content = scores.get("content_accuracy")
     if content is None:
         return None
-    grounding = content.get("attention_grounding") or {}
+    grounding = scores.get("attention_grounding") or {}
     return {"color": content["one_object"]["color"]["accuracy"], "shape": content["one_object"]["shape"]["accuracy"],
             "relation": content["relation"]["accuracy"],
             # every object of every test image (one-object images alone saturate with a trained encoder)
@@ -106,8 +120,8 @@ def content_summary(metrics: dict) -> dict | None:
             "attention_on_named_object": grounding.get("on_named_object"), "attention_on_other_object": grounding.get("on_other_object")}
 
 
-def probe_summary(metrics: dict) -> dict | None:
-    probe = metrics.get("feature_probe")
+def probe_summary(scores: dict) -> dict | None:
+    probe = scores.get("feature_probe")
     return None if probe is None else {task: probe[task]["accuracy"] for task in ("color", "shape", "relation", "relation_alone")}
 
 
@@ -164,7 +178,7 @@ def append(results: Path, row: dict):
 
 # ---------------------------------------------------------------------------------------------- data
 def write_eval_data(args):
-    from hf_imgcap.demo.scenes import SCENES_FILE, write_synthetic_flickr8k
+    from hf_imgcap.demo.scenes import write_synthetic_flickr8k
 
     if (args.dataset / SCENES_FILE).is_file():
         print(f"{args.dataset} exists; kept")
@@ -183,21 +197,21 @@ def train_cross_entropy(args, whiten: bool, seed: int) -> tuple[dict, float]:
     argv = [*recipe_argv(args.dataset, args.encoder, args.cache_dir, args.epochs), "--output_dir", str(output_dir),
             "--overwrite_output_dir", "true", "--seed", str(seed), "--whiten_features", str(whiten).lower(), "--scst_epochs", "0"]
     seconds = run_train(argv, output_dir.parent / f"{output_dir.name}.log", args.nice, args.threads)
-    return json.loads((output_dir / "metrics.json").read_text()), seconds
+    return json.loads((output_dir / "metrics.json").read_text()), content_scores(output_dir, argv), seconds
 
 
 def sweep_whitening(args):
     fingerprint = encoder_fingerprint(args.encoder)
     for seed in args.seeds:
         for whiten in (setting == "on" for setting in args.whiten):
-            metrics, seconds = train_cross_entropy(args, whiten, seed)
+            metrics, scores, seconds = train_cross_entropy(args, whiten, seed)
             if not (whiten and seed == args.seed):  # the cross-entropy model `scst` starts from is kept
                 prune_run(whitening_run_dir(args, whiten, seed))
             history = metrics["history"]
             append(args.results, {
                 "experiment": "whitening", "whiten_features": whiten, "seed": seed, "encoder": fingerprint,
                 "test_bleu_4": round(metrics["test"]["bleu_4"], 4), "test_cider": round(metrics["test"]["cider"], 4),
-                "content_accuracy": content_summary(metrics), "feature_probe": probe_summary(metrics),
+                "content_accuracy": content_summary(scores), "feature_probe": probe_summary(scores),
                 "kept_epoch": (metrics.get("best_model_selection") or {}).get("epoch"), "epochs": len(history),
                 "val_cider_by_epoch": [entry["cider"] for entry in history], "seconds": round(seconds, 1)})
 
@@ -224,6 +238,7 @@ def sweep_scst(args):
                     "--scst_epochs", str(args.scst_epochs), "--scst_baseline", baseline, "--scst_learning_rate", str(learning_rate)]
             seconds = run_train(argv, args.runs / f"{output_dir.name}.log", args.nice, args.threads)
             metrics = json.loads((output_dir / "metrics.json").read_text())
+            scores = content_scores(output_dir, argv)
             prune_run(output_dir)
             scst = metrics["scst"]
             before, after = scst["cross_entropy_test"], metrics["test"]
@@ -232,7 +247,7 @@ def sweep_scst(args):
                 "cross_entropy_seed": args.seed, "sampling_seed": sampling_seed, "encoder": fingerprint,
                 "scst_epochs": args.scst_epochs, "test_cider_before": round(before["cider"], 4), "test_cider_after": round(after["cider"], 4),
                 "test_bleu_4_before": round(before["bleu_4"], 4), "test_bleu_4_after": round(after["bleu_4"], 4),
-                "content_accuracy_after": content_summary(metrics),
+                "content_accuracy_after": content_summary(scores),
                 "kept_scst_epoch": max(scst["history"], key=lambda e: e["cider"])["epoch"] if scst["history"] else None,
                 "reward_by_epoch": [entry["reward"] for entry in scst["history"]],
                 "greedy_reward_by_epoch": [entry.get("greedy_reward") for entry in scst["history"]],

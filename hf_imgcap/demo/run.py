@@ -73,22 +73,29 @@ def run_demo(train, model_args, data_args, args) -> dict:
 
 def score_demo_runs(output_dir: Path, blind_dir: Path, data_args, args) -> dict:
     """Content accuracy of both runs' test captions, and for the run with images the linear probe of its features and
-    its attention when it names a colour. Each part that fails is logged and left out: the runs are already saved."""
+    its attention when it names a colour."""
     scenes_file = find_scenes_file(data_args.dataset)
     if scenes_file is None:
         logger.warning("demo: %s has no %s; no content scores", data_args.dataset, SCENES_FILE)
         return {}
     scenes = load_scenes(scenes_file)
-    report = {"scenes": str(scenes_file)}
-    for name, folder in (("with_images", output_dir), ("blind", blind_dir)):
-        examples = json.loads((folder / "test_captions.json").read_text())
-        report[name] = {"content_accuracy": split_content_accuracy([e["image_id"] for e in examples],
-                                                                   [e["caption"] for e in examples], scenes)}
-    try:
-        report["with_images"] |= _what_the_features_hold(output_dir, data_args, args, scenes)
-    except (OSError, ValueError, RuntimeError) as error:
-        logger.warning("demo: the feature probe and attention grounding failed and are left out: %s", error)
-    return report
+    return {"scenes": str(scenes_file), "with_images": score_run(output_dir, data_args, args, scenes),
+            "blind": score_run(blind_dir, data_args, args, scenes, features=False)}
+
+
+def score_run(folder: Path, data_args, args, scenes: dict, features: bool = True) -> dict:
+    """One finished run folder scored against the scenes: content accuracy of its test captions and, with `features`,
+    the probe and attention grounding of its saved model. A part that fails is logged and left out: the run is
+    already saved."""
+    examples = json.loads((Path(folder) / "test_captions.json").read_text())
+    result = {"content_accuracy": split_content_accuracy([e["image_id"] for e in examples],
+                                                         [e["caption"] for e in examples], scenes)}
+    if features:
+        try:
+            result |= _what_the_features_hold(Path(folder), data_args, args, scenes)
+        except (OSError, ValueError, RuntimeError) as error:
+            logger.warning("demo: the feature probe and attention grounding failed and are left out: %s", error)
+    return result
 
 
 def _what_the_features_hold(output_dir: Path, data_args, args, scenes: dict) -> dict:
