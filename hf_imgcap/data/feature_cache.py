@@ -18,8 +18,9 @@ or is refused with a message naming it.
 The processes of one multi-process run (`accelerate launch`, passing `accelerator=`) build a cache together: each
 encodes its shard of the images into the shared `features.npy` (disjoint rows), records its progress in its own
 `shard-<rank>-of-<N>.json`, and the main process marks the cache complete once every shard is done. Shards are
-whole batches, so every image is encoded in the same batch as a one-process build would: the cache is
-byte-identical to it, N times sooner.
+whole batches, so every image is encoded in the same batch as in a one-process build: the cache holds the same
+images with the same valid mask, and features equal up to fp16 rounding (a process may run the convolutions with
+another thread count, which sums in another order), N times sooner.
 """
 
 import hashlib
