@@ -75,17 +75,24 @@ def render_attention_map(
         attentions: `(len(tokens), h, w)` attention weights (tensor or array), one map per token.
         crop_fraction: the share of the shorter side that the model's center crop keeps (1.0: the whole side).
     """
-    panels = attention_panels(image, tokens, attentions, panel_size=panel_size, crop_fraction=crop_fraction)
-    if columns < 1 or margin < 0:
-        raise ValueError(f"columns must be >= 1 and margin >= 0 (got {columns}, {margin})")
-    canvas = Image.new("RGB", grid_size(len(tokens), panel_size, columns, margin), "white")
-    for index, panel in enumerate(panels):
-        canvas.paste(panel, _panel_origin(index, panel_size, columns, margin))
-
+    canvas = attention_figure(image, tokens, attentions, panel_size=panel_size, columns=columns, margin=margin,
+                              crop_fraction=crop_fraction)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _save_replacing(canvas, path)
     return path, len(tokens)
+
+
+def attention_figure(image, tokens: list[str], attentions, *, panel_size: int = PANEL_SIZE, columns: int = COLUMNS,
+                     margin: int = MARGIN, crop_fraction: float = 0.875) -> Image.Image:
+    """The figure `render_attention_map` writes, as a PIL image (the layout is described at the top of this module)."""
+    if columns < 1 or margin < 0:
+        raise ValueError(f"columns must be >= 1 and margin >= 0 (got {columns}, {margin})")
+    panels = attention_panels(image, tokens, attentions, panel_size=panel_size, crop_fraction=crop_fraction)
+    canvas = Image.new("RGB", grid_size(len(tokens), panel_size, columns, margin), "white")
+    for index, panel in enumerate(panels):
+        canvas.paste(panel, _panel_origin(index, panel_size, columns, margin))
+    return canvas
 
 
 def attention_panels(image, tokens: list[str], attentions, *, panel_size: int = PANEL_SIZE, crop_fraction: float = 0.875,
@@ -185,4 +192,4 @@ def _panel_origin(index: int, panel_size: int, columns: int, margin: int) -> tup
     return margin + column * (panel_size + margin), margin + row * (panel_size + margin)
 
 
-__all__ = ["COLUMNS", "MARGIN", "PANEL_SIZE", "attention_panels", "caption_heat_scale", "grid_size", "render_attention_map"]
+__all__ = ["COLUMNS", "MARGIN", "PANEL_SIZE", "attention_figure", "attention_panels", "caption_heat_scale", "grid_size", "render_attention_map"]
