@@ -68,7 +68,8 @@ class SpaceCaptioner:
         tokens, attentions = self._words_and_attention(out, row=0)
         return CaptionResult(
             caption=captions[0], tokens=tokens, attentions=attentions, beams=beams,
-            word_panels=attention_panels(loaded[0], tokens, attentions, panel_size=PANEL_SIZE, crop_fraction=self.crop_fraction)[1:],
+            word_panels=attention_panels(loaded[0], tokens, attentions, panel_size=PANEL_SIZE, crop_fraction=self.crop_fraction,
+                                         labels=False)[1:],  # the gallery writes each word under its panel
             figure=attention_figure(loaded[0], tokens, attentions, panel_size=PANEL_SIZE, crop_fraction=self.crop_fraction),
         )
 
