@@ -183,3 +183,14 @@ def test_gradio_client_gets_the_same_caption(space):
     top_beams = processor.batch_decode(model.generate(**processor(images=[str(space["photo"])]), num_beams=3, max_new_tokens=30,
                                                       num_return_sequences=3))
     assert [row[1] for row in beams["data"]] == top_beams
+
+
+def test_clicking_an_example_captions_it(space, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(space["url"])
+    wait = WebDriverWait(browser, CAPTION_SECONDS)
+    wait.until(lambda driver: driver.find_element(By.CSS_SELECTOR, "button.gallery-item")).click()  # the copied test image
+    caption = wait.until(lambda driver: driver.find_element(By.CSS_SELECTOR, "#caption textarea").get_attribute("value"))
+    assert caption == python_api_caption(space, num_beams=3, max_new_tokens=30)

@@ -61,8 +61,7 @@ def build_page(captioner: SpaceCaptioner, title: str, examples: list[str] = (), 
                 max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=30, step=1, label="Max new tokens", elem_id="max-new-tokens")
                 shown = gr.Slider(1, MAX_BEAMS, value=3, step=1, label="Beams shown (at most the beam size)", elem_id="beams-shown")
                 run = gr.Button("Caption", variant="primary", elem_id="caption-button")
-                if examples:
-                    gr.Examples(examples=[[path] for path in examples], inputs=[image], label="Examples from the test set")
+                examples_slot = gr.Column()
             with gr.Column(scale=2):
                 caption = gr.Textbox(label="Caption", interactive=False, elem_id="caption")
                 gallery = gr.Gallery(label="Attention for each word (one colour scale for the whole caption)", columns=6,
@@ -75,6 +74,10 @@ def build_page(captioner: SpaceCaptioner, title: str, examples: list[str] = (), 
         run_caption = lambda *values: caption_for_page(captioner, *values)  # noqa: E731
         run.click(run_caption, inputs, outputs, api_name="caption")
         image.upload(run_caption, inputs, outputs, api_name=False)  # an upload captions at once
+        if examples:
+            with examples_slot:  # under the controls; clicking one captions it with the current settings
+                picked = gr.Examples(examples=[[path] for path in examples], inputs=[image], label="Examples from the test set")
+            picked.load_input_event.then(run_caption, inputs, outputs, api_name=False)
     return page.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENT_CAPTIONS)
 
 
