@@ -219,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     space.add_argument("--examples", nargs="+", type=Path, metavar="IMAGE",
                        help="example images (default: a few images of the model folder's test set)")
     space.add_argument("--num-examples", type=int, default=3, help="test-set images to copy as examples (default: 3)")
+    space.add_argument("--hf-imgcap-requirement", metavar="SPEC",
+                       help="how the Space installs hf-imgcap, a requirements.txt line (default: hf-imgcap==<this version>; "
+                       "e.g. 'hf-imgcap @ git+https://...' for a copy that is not on PyPI)")
     return parser
 
 
@@ -627,7 +630,7 @@ def space_command(args) -> int:
             raise UsageError(f"--examples: no such image file: {terminal_safe(str(image))}")
     folder = write_space(model, args.output, repo_id=args.repo_id, title=args.title, license=args.license,
                          examples=None if args.examples is None else [str(path) for path in args.examples],
-                         num_examples=args.num_examples)
+                         num_examples=args.num_examples, hf_imgcap_requirement=args.hf_imgcap_requirement)
     examples = sorted((folder / "examples").glob("*")) if (folder / "examples").is_dir() else []
     print(f"wrote the Space to {terminal_safe(str(folder))} ({len(examples)} example images); "
           f"serve it with: python {terminal_safe(str(folder / 'app.py'))}")

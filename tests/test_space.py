@@ -239,3 +239,36 @@ print("gradio" in sys.modules)
     result = run_fresh_python(code, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_serve_listens_on_localhost_without_a_share_link_and_caps_uploads(captioner, monkeypatch):
+    built = page.build_page(captioner, "Tiny captioner", [])
+    launched = {}
+    monkeypatch.setattr(built, "launch", lambda **kwargs: launched.update(kwargs))
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    page.serve(built, port=7999)
+    assert launched["server_name"] == "127.0.0.1" and launched["server_port"] == 7999 and launched["share"] is False
+    assert launched["max_file_size"] == page.MAX_UPLOAD  # a larger upload is refused by gradio before it is stored
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")  # what a hosted Space sets
+    page.serve(built)
+    assert launched["server_name"] == "0.0.0.0"
+
+
+def test_any_title_or_folder_name_gives_a_valid_app_and_rewriting_replaces_the_examples(saved, tmp_path):
+    from hf_imgcap.space.folder import write_space
+
+    odd = tmp_path / 'a "quoted\\" folder'
+    odd.mkdir()
+    for path in saved[0].iterdir():
+        (odd / path.name).write_bytes(path.read_bytes())
+    first, second = tmp_path / "one.png", tmp_path / "two.png"
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(first)
+    Image.new("RGB", (40, 40), (0, 0, 255)).save(second)
+    space = write_space(str(odd), tmp_path / "space", title='Tom\'s """captioner"""\\', examples=[str(first), str(second)])
+    write_space(str(odd), space, title='Tom\'s """captioner"""\\', examples=[str(second)],
+                hf_imgcap_requirement="hf-imgcap @ git+https://example.org/hf-imgcap.git")
+    values = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse((space / "app.py").read_text()).body
+              if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)}
+    assert values["MODEL"] == str(odd.resolve()) and values["TITLE"] == 'Tom\'s """captioner"""\\'
+    assert [path.read_bytes() for path in sorted((space / "examples").iterdir())] == [second.read_bytes()]
+    assert (space / "requirements.txt").read_text().splitlines()[0] == "hf-imgcap @ git+https://example.org/hf-imgcap.git"

@@ -25,7 +25,7 @@ PINNED_PACKAGES = {"gradio": "gradio>=6,<7", "torch": "torch>=2.4", "transformer
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 APP_TEMPLATE = '''\
-"""{title}: caption an image with {model}, see where the model looked for each word, compare the top beams.
+"""Caption an image, see where the model looked for each word, compare the top beams (hf-imgcap's Space page).
 
 Runs as a Hugging Face Space, or locally: `python app.py` serves the page on http://127.0.0.1:7860 (offline: no
 analytics, no share link). `python app.py --model path/or/repo --port 8000` serves another model or port.
@@ -69,7 +69,7 @@ def write_space(model: str, output, *, repo_id: str | None = None, title: str | 
     """
     output = Path(output)
     if output.exists() and not output.is_dir():
-        raise ValueError(f"--output {output}: exists and is not a folder")
+        raise ValueError(f"{output}: exists and is not a folder (the Space is written into a folder)")
     model_folder = Path(model).expanduser() if Path(model).expanduser().is_dir() else None
     load_from = repo_id or (str(model_folder.resolve()) if model_folder else model)
     title = title or f"{default_name(model, model_folder, repo_id)} captioner"
@@ -80,9 +80,9 @@ def write_space(model: str, output, *, repo_id: str | None = None, title: str | 
     description = (f"Captions by [{repo_id}](https://huggingface.co/{repo_id}) " if repo_id else f"Captions by `{load_from}` ") + (
         "(Show, Attend and Tell). Under the caption, the attention behind each word: red where the model looked most, "
         "on one colour scale for the whole caption.")
+    # JSON string literals are Python string literals: any name, quote or backslash is safe in the code.
     (output / APP_FILE).write_text(APP_TEMPLATE.format(
-        title=title, model=load_from, model_literal=json.dumps(load_from), title_literal=json.dumps(title),
-        description_literal=json.dumps(description)))
+        model_literal=json.dumps(load_from), title_literal=json.dumps(title), description_literal=json.dumps(description)))
     (output / REQUIREMENTS_FILE).write_text(requirements(hf_imgcap_requirement))
     space_card(title, repo_id, license).save(output / README_FILE)
     logger.info("wrote the Space for %s to %s (%d example images)", load_from, output, len(copied))
@@ -165,7 +165,10 @@ def load_test_split(dataset: str, data_args: dict):
 
 def copy_examples(examples: list, folder: Path) -> list[Path]:
     """Copy each image (a path or a datasets image dict) into `folder` as it is, after checking that the processor
-    would accept it; one that would not is logged and left out."""
+    would accept it; one that would not is logged and left out. Examples an earlier run wrote there are replaced."""
+    for earlier in folder.glob("[0-9][0-9]_*") if folder.is_dir() else []:
+        if earlier.is_file() or earlier.is_symlink():
+            earlier.unlink()
     if not examples:
         return []
     folder.mkdir(parents=True, exist_ok=True)
