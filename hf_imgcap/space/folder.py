@@ -77,7 +77,8 @@ def write_space(model: str, output, *, repo_id: str | None = None, title: str | 
     if examples is None:
         examples = test_set_examples(model_folder, num_examples) if model_folder else []
     copied = copy_examples(examples, output / EXAMPLES_FOLDER)
-    description = (f"Captions by [{repo_id}](https://huggingface.co/{repo_id}) " if repo_id else f"Captions by `{load_from}` ") + (
+    # The page names a local model by its folder's name only: the path of the machine that wrote the Space is no one's business.
+    description = (f"Captions by [{repo_id}](https://huggingface.co/{repo_id}) " if repo_id else f"Captions by the model `{default_name(model, model_folder, None)}` ") + (
         "(Show, Attend and Tell). Under the caption, the attention behind each word: red where the model looked most, "
         "on one colour scale for the whole caption.")
     # JSON string literals are Python string literals: any name, quote or backslash is safe in the code.
