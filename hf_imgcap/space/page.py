@@ -5,6 +5,7 @@ compare the top beams. The only module of hf-imgcap that imports gradio (`pip in
 Served offline: no analytics, no share link, the fonts and scripts come from the gradio package itself.
 """
 
+import functools
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # read by gradio at import time
@@ -71,7 +72,7 @@ def build_page(captioner: SpaceCaptioner, title: str, examples: list[str] = (), 
                 figure = gr.Image(label="The attention figure", type="pil", interactive=False, format="png", elem_id="figure")
         inputs = [image, num_beams, max_new_tokens, shown]
         outputs = [caption, figure, gallery, beams]
-        run_caption = lambda *values: caption_for_page(captioner, *values)  # noqa: E731
+        run_caption = functools.partial(caption_for_page, captioner)
         run.click(run_caption, inputs, outputs, api_name="caption")
         image.upload(run_caption, inputs, outputs, api_name=False)  # an upload captions at once
         if examples:
