@@ -3,7 +3,8 @@
 
     hf-imgcap caption photos/ dog.jpg --model path/or/repo --num-beams 5 --json
     hf-imgcap evaluate --model path/or/repo --dataset path/to/flickr8k --split test
-    hf-imgcap push outputs/show-attend-tell --repo-id user/name
+    hf-imgcap push outputs/show-attend-tell --repo-id user/name --space-id user/name-demo
+    hf-imgcap space outputs/show-attend-tell --output my-space && python my-space/app.py
 
 Memory stays flat however many images there are: paths are found lazily, images are opened and preprocessed one
 batch at a time, and each result is written (and flushed) as soon as its batch is done.
@@ -193,6 +194,34 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--repo-id", required=True, metavar="USER/NAME", help="the Hub model repository (created if needed)")
     push.add_argument("--private", action="store_true", help="create the repository as private")
     push.add_argument("--commit-message", help="(default: 'Upload Show-Attend-Tell captioner (hf-imgcap)')")
+    push.add_argument(
+        "--space-id", metavar="USER/NAME",
+        help="also write a Gradio Space for the model (as `hf-imgcap space` does) and upload it to this Space "
+        "repository; the model card links it",
+    )
+    push.add_argument("--space-dir", type=Path, metavar="DIR", help="with --space-id: write the Space here and keep it "
+                      "(default: a temporary folder)")
+
+    space = commands.add_parser(
+        "space",
+        help="write a Gradio Space (a web page) for a model",
+        description="Write a Gradio Space for a model: app.py (upload an image, read the caption, see the attention "
+        "behind each word and the top beams), requirements.txt, a README.md with the Space's metadata and a few "
+        "example images from the model's own test set. `python DIR/app.py` serves it on 127.0.0.1; "
+        'it needs `pip install "hf-imgcap[space]"`.',
+        epilog=f"Exit status: 0 when written, 2 for a user error, 130 when interrupted. {DEBUG_HELP}",
+    )
+    space.add_argument("model", metavar="MODEL", help="saved model folder (e.g. train.py's --output_dir) or Hub repo id")
+    space.add_argument("--output", type=Path, required=True, metavar="DIR", help="the Space folder to write")
+    space.add_argument("--repo-id", metavar="USER/NAME", help="the model's Hub repository: the Space loads it from there")
+    space.add_argument("--title", help="the page's title (default: '<model name> captioner')")
+    space.add_argument("--license", default="apache-2.0", help="(default: apache-2.0)")
+    space.add_argument("--examples", nargs="+", type=Path, metavar="IMAGE",
+                       help="example images (default: a few images of the model folder's test set)")
+    space.add_argument("--num-examples", type=int, default=3, help="test-set images to copy as examples (default: 3)")
+    space.add_argument("--hf-imgcap-requirement", metavar="SPEC",
+                       help="how the Space installs hf-imgcap, a requirements.txt line (default: hf-imgcap==<this version>; "
+                       "e.g. 'hf-imgcap @ git+https://...' for a copy that is not on PyPI)")
     return parser
 
 
@@ -555,20 +584,56 @@ def evaluate_command(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- push
 def push_command(args) -> int:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     from hf_imgcap.hub import push_to_hub
 
-    try:
-        validate_repo_id(args.repo_id)
-    except HFValidationError as error:
-        raise UsageError(f"--repo-id {args.repo_id!r} is not a Hub repository id: {_first_line(error)}") from None
-    if "/" not in args.repo_id:
-        raise UsageError(f"--repo-id {args.repo_id!r}: give user/name (or organization/name)")
+    _check_repo_id(args.repo_id, "--repo-id")
     if not args.folder.is_dir():
         raise UsageError(f"folder not found: {terminal_safe(str(args.folder))}")
-    push_to_hub(args.folder, args.repo_id, private=args.private or None, commit_message=args.commit_message)
+    if args.space_id is not None:
+        _check_repo_id(args.space_id, "--space-id")
+    elif args.space_dir is not None:
+        raise UsageError("--space-dir needs --space-id (the Space repository to upload to)")
+    push_to_hub(args.folder, args.repo_id, private=args.private or None, commit_message=args.commit_message, space_id=args.space_id)
     print(f"pushed {terminal_safe(str(args.folder))} to https://huggingface.co/{args.repo_id}")
+    if args.space_id is not None:
+        from hf_imgcap.hub import push_space
+
+        push_space(args.folder, args.repo_id, args.space_id, space_dir=args.space_dir, private=args.private or None)
+        print(f"pushed its Space to https://huggingface.co/spaces/{args.space_id}")
+    return EXIT_OK
+
+
+def _check_repo_id(repo_id: str, option: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise UsageError(f"{option} {repo_id!r} is not a Hub repository id: {_first_line(error)}") from None
+    if "/" not in repo_id:
+        raise UsageError(f"{option} {repo_id!r}: give user/name (or organization/name)")
+
+
+# ---------------------------------------------------------------------------------------------- space
+def space_command(args) -> int:
+    from hf_imgcap.space.folder import write_space
+
+    model = os.path.expanduser(args.model)
+    if _looks_like_a_path(model) and not Path(model).is_dir():
+        raise UsageError(f"model folder not found: {terminal_safe(model)}")
+    if args.repo_id is not None:
+        _check_repo_id(args.repo_id, "--repo-id")
+    if args.num_examples < 0:
+        raise UsageError(f"--num-examples must be 0 or more, got {args.num_examples}")
+    for image in args.examples or []:
+        if not image.is_file():
+            raise UsageError(f"--examples: no such image file: {terminal_safe(str(image))}")
+    folder = write_space(model, args.output, repo_id=args.repo_id, title=args.title, license=args.license,
+                         examples=None if args.examples is None else [str(path) for path in args.examples],
+                         num_examples=args.num_examples, hf_imgcap_requirement=args.hf_imgcap_requirement)
+    examples = sorted((folder / "examples").glob("*")) if (folder / "examples").is_dir() else []
+    print(f"wrote the Space to {terminal_safe(str(folder))} ({len(examples)} example images); "
+          f"serve it with: python {terminal_safe(str(folder / 'app.py'))}")
     return EXIT_OK
 
 
@@ -581,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_request:  # --help (0) or an argparse error (2, message already printed)
         return int(exit_request.code or 0)
-    command = {"caption": caption_command, "evaluate": evaluate_command, "push": push_command}[args.command]
+    command = {"caption": caption_command, "evaluate": evaluate_command, "push": push_command, "space": space_command}[args.command]
     return run_as_program(PROGRAM, lambda: command(args))
 
 

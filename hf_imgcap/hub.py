@@ -35,7 +35,8 @@ MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "mo
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
                    "special_tokens_map.json", "added_tokens.json")
 REMOTE_CODE_FILES = show_attend_tell.bundle_code_files()  # what save_pretrained copies next to the weights
-RUN_RECORD_FILES = ("README.md", "metrics.json", "training_args.json", "test_captions.json", "attention_example.png")
+ATTENTION_EXAMPLE_FILE = "attention_example.png"
+RUN_RECORD_FILES = ("README.md", "metrics.json", "training_args.json", "test_captions.json", ATTENTION_EXAMPLE_FILE)
 HUB_FILE_NAMES = frozenset(MODEL_FILES + PROCESSOR_FILES + REMOTE_CODE_FILES + RUN_RECORD_FILES)
 WEIGHT_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")  # save_pretrained's names for a sharded model
 
@@ -217,11 +218,22 @@ def python_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+def attention_figure_link(folder: Path | None, repo_id: str | None) -> str | None:
+    """Where the card shows the run's attention figure from: the file in the Hub repository once `repo_id` names
+    one, else the file beside the card; None when the run wrote none."""
+    if folder is None or not (Path(folder) / ATTENTION_EXAMPLE_FILE).is_file():
+        return None
+    if repo_id and hub_repo_id(repo_id):
+        return f"https://huggingface.co/{repo_id}/resolve/main/{ATTENTION_EXAMPLE_FILE}"
+    return ATTENTION_EXAMPLE_FILE
+
+
 def render_model_card(config, results: dict, model_args: dict, training_args: dict, data_args: dict, repo_id: str | None = None,
-                      example_image: str = "photo.jpg", folder: Path | None = None) -> ModelCard:
+                      example_image: str = "photo.jpg", folder: Path | None = None, space_id: str | None = None) -> ModelCard:
     """The Hub model card of a training run: the model's sizes from its saved `config` (the single source of
     truth), its numbers from `metrics.json` (`results`), how it was trained from its arguments, its dataset from
-    those and the run `folder`'s test_captions.json. The usage snippets load `repo_id`, else the folder."""
+    those and the run `folder`'s test_captions.json and attention figure. The usage snippets load `repo_id`, else the
+    folder; `space_id` names the Gradio Space of the model, which the card links."""
     test = results.get("test") or {}
     dataset = describe_dataset(data_args, results, folder)
     metric_keys = [k for k in METRIC_LABELS if isinstance(test.get(k), (int, float)) and math.isfinite(test[k])]
@@ -265,6 +277,8 @@ def render_model_card(config, results: dict, model_args: dict, training_args: di
         card_data,
         template_path=str(TEMPLATE),
         model_name=model_name,
+        space_id=space_id,
+        attention_figure=attention_figure_link(folder, repo_id),
         repo_id_python=python_string(load_from),
         repo_id_shell=shlex.quote(load_from),
         example_image_python=python_string(example_image),
@@ -309,9 +323,9 @@ def saved_config(folder):
 
 
 def write_model_card(folder, results: dict, model_args: dict, training_args: dict, data_args: dict, repo_id: str | None = None,
-                     example_image: str = "photo.jpg") -> Path:
+                     example_image: str = "photo.jpg", space_id: str | None = None) -> Path:
     card = render_model_card(saved_config(folder), results, model_args, training_args, data_args, repo_id=repo_id or training_args.get("hub_model_id"),
-                             example_image=example_image, folder=Path(folder))
+                             example_image=example_image, folder=Path(folder), space_id=space_id)
     path = Path(folder) / "README.md"
     if path.is_symlink():  # write the card in the folder, never through a link into some other file
         path.unlink()
@@ -319,13 +333,13 @@ def write_model_card(folder, results: dict, model_args: dict, training_args: dic
     return path
 
 
-def write_model_card_from_folder(folder, repo_id: str | None = None, example_image: str = "photo.jpg") -> Path:
+def write_model_card_from_folder(folder, repo_id: str | None = None, example_image: str = "photo.jpg", space_id: str | None = None) -> Path:
     """Re-render `README.md` of a training output folder from its `metrics.json` and `training_args.json`."""
     folder = Path(folder)
     results = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
     arguments = json.loads((folder / "training_args.json").read_text()) if (folder / "training_args.json").is_file() else {}
     return write_model_card(folder, results, arguments.get("model", {}), arguments.get("training", {}), arguments.get("data", {}),
-                            repo_id, example_image)
+                            repo_id, example_image, space_id)
 
 
 def hub_files(folder) -> list[Path]:
@@ -349,12 +363,14 @@ def hub_files(folder) -> list[Path]:
     return chosen
 
 
-def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool | None = None, commit_message: str | None = None):
+def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool | None = None, commit_message: str | None = None,
+                space_id: str | None = None):
     """Upload a training output folder to `repo_id` in one commit: weights, config, code files, processor, card,
-    metrics and the example attention image. The token comes from `token`, `HF_TOKEN` or `hf auth login`."""
+    metrics and the example attention image. The card links `space_id` when the model has a Space (`push_space`).
+    The token comes from `token`, `HF_TOKEN` or `hf auth login`."""
     folder = Path(folder)
     hub_files(folder)  # refuses a folder without a model before anything is written or sent
-    ModelCard.load(write_model_card_from_folder(folder, repo_id=repo_id))  # usage snippets name the repository; YAML parses
+    ModelCard.load(write_model_card_from_folder(folder, repo_id=repo_id, space_id=space_id))  # usage snippets name the repository; YAML parses
     operations = [CommitOperationAdd(path_in_repo=str(path.relative_to(folder)), path_or_fileobj=str(path)) for path in hub_files(folder)]
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
@@ -364,4 +380,22 @@ def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool | 
         commit_message=commit_message or "Upload Show-Attend-Tell captioner (hf-imgcap)",
     )
     logger.info("pushed %d files from %s to https://huggingface.co/%s", len(operations), folder, repo_id)
+    return commit
+
+
+def push_space(folder, repo_id: str, space_id: str, space_dir=None, token: str | None = None, private: bool | None = None):
+    """Write the Gradio Space of the model pushed to `repo_id` from `folder` (`hf_imgcap.space.folder.write_space`:
+    the app loads `repo_id`; examples from the run's test set) into `space_dir` (a temporary folder if None) and
+    upload it to the Space repository `space_id` in one commit."""
+    import tempfile
+
+    from hf_imgcap.space.folder import write_space
+
+    with tempfile.TemporaryDirectory(prefix="hf-imgcap-space-") as scratch:
+        space = write_space(str(folder), space_dir or scratch, repo_id=repo_id)
+        api = HfApi(token=token)
+        api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(space), repo_id=space_id, repo_type="space",
+                                   commit_message=f"Gradio Space for {repo_id} (hf-imgcap)")
+    logger.info("pushed the Space of %s to https://huggingface.co/spaces/%s", repo_id, space_id)
     return commit

@@ -100,3 +100,26 @@ def test_a_symlink_at_the_figures_path_is_replaced_never_written_through(tmp_pat
     with Image.open(path) as figure:
         assert figure.format == "PNG" and figure.size == grid_size(1)
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["photo_attention.png"]  # no temporary left behind
+
+
+def test_one_colour_scale_per_caption_a_flat_word_is_not_painted_hot(tmp_path):
+    """A word whose attention is spread evenly must look cold next to a word that looks at one region: scaling
+    each panel to its own maximum would paint the evenly spread one hot all over."""
+    size, columns = 64, 3
+    image = Image.new("RGB", (64, 64), (120, 120, 120))
+    attentions = np.array([
+        [[0.25, 0.25], [0.25, 0.25]],  # "flat": no preference at all (the uniform distribution over 4 regions)
+        [[0.01, 0.97], [0.01, 0.01]],  # "peak": the top-right region
+    ])
+    path, _ = render_attention_map(image, ["flat", "peak"], attentions, tmp_path / "map.png", panel_size=size, columns=columns)
+    figure = np.asarray(Image.open(path).convert("RGB"))
+    below_label = slice(size // 4, size)
+    flat, peak = panel(figure, 1, size, columns)[below_label], panel(figure, 2, size, columns)[below_label]
+    hottest = np.array([128, 0, 0]) * 0.55 + 120 * 0.45  # the colour map's top blended over the grey image
+
+    def redness(pixels):
+        return (pixels[..., 0] - pixels[..., 2]).mean()
+
+    assert np.abs(flat - hottest).sum(-1).min() > 60  # no pixel of the flat panel at full intensity
+    assert redness(flat) < 0  # on the cold side of the scale
+    assert redness(peak[:, size // 2 + 8 :]) > redness(flat) + 100  # while the peaked word's region is hot

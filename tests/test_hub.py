@@ -361,3 +361,74 @@ def test_the_usage_snippets_are_valid_python_and_shell_whatever_the_names(run_fo
         assert str(folder) in strings and image in strings  # the loading path (no hub id: the folder) and the image
     (bash,) = code_blocks(card.text, "bash")
     assert shlex.split(bash) == ["hf-imgcap", "caption", image, "--model", str(folder), "--num-beams", "3"]
+
+
+# --- the card shows the attention figure and links the Space -------------------------------------------------------
+def test_the_card_shows_the_runs_attention_figure(run_folder, tmp_path):
+    folder, _, _ = run_folder
+    local = ModelCard.load(write_model_card_from_folder(folder)).text
+    assert "](attention_example.png)" in local  # beside the card in the folder
+    pushed = ModelCard.load(write_model_card_from_folder(folder, repo_id="someone/tiny-captioner")).text
+    assert "](https://huggingface.co/someone/tiny-captioner/resolve/main/attention_example.png)" in pushed
+    without = tmp_path / "run"
+    without.mkdir()
+    shutil.copy(folder / "config.json", without)
+    assert "attention_example.png" not in ModelCard.load(write_model_card(without, METRICS, **arguments())).text
+
+
+def arguments() -> dict:
+    return {"model_args": ARGUMENTS["model"], "training_args": ARGUMENTS["training"], "data_args": ARGUMENTS["data"]}
+
+
+def test_the_card_links_the_space_when_there_is_one(run_folder):
+    folder, _, _ = run_folder
+    card = ModelCard.load(write_model_card_from_folder(folder, repo_id="someone/tiny-captioner", space_id="someone/tiny-captioner-demo"))
+    assert "[someone/tiny-captioner-demo](https://huggingface.co/spaces/someone/tiny-captioner-demo)" in card.text
+    assert "huggingface.co/spaces" not in ModelCard.load(write_model_card_from_folder(folder, repo_id="someone/tiny-captioner")).text
+
+
+def test_push_with_a_space_uploads_the_space_and_the_cards_snippets_name_the_repository(run_folder, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import SpaceCard
+
+    from hf_imgcap.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(run_folder[0], run, ignore=shutil.ignore_patterns("checkpoints"))
+    repos, commits, spaces = [], [], []
+
+    def create_commit(self, repo_id, operations, commit_message=None, **kwargs):
+        commits.append((repo_id, sorted(op.path_in_repo for op in operations)))
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/0", commit_message=commit_message or "",
+                          commit_description="", oid="0" * 40)
+
+    def upload_folder(self, folder_path, repo_id, repo_type=None, **kwargs):
+        files = {str(path.relative_to(folder_path)): path.read_text() for path in Path(folder_path).rglob("*") if path.is_file()}
+        spaces.append((repo_id, repo_type, files))
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: repos.append((repo_id, kwargs)) or RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    assert main(["push", str(run), "--repo-id", "someone/tiny-captioner", "--space-id", "someone/tiny-demo"]) == 0
+    assert "https://huggingface.co/spaces/someone/tiny-demo" in capsys.readouterr().out
+    assert [repo_id for repo_id, _ in repos] == ["someone/tiny-captioner", "someone/tiny-demo"]
+    assert repos[1][1]["repo_type"] == "space" and repos[1][1]["space_sdk"] == "gradio"
+    (space_id, repo_type, files), = spaces
+    assert space_id == "someone/tiny-demo" and repo_type == "space"
+    assert {"app.py", "requirements.txt", "README.md"} <= set(files)
+    assert 'MODEL = "someone/tiny-captioner"' in files["app.py"]
+    assert SpaceCard(files["README.md"]).data.models == ["someone/tiny-captioner"]
+
+    card = ModelCard.load(run / "README.md").text
+    assert "https://huggingface.co/spaces/someone/tiny-demo" in card
+    assert str(run) not in card and "path/to/this/folder" not in card
+    assert card.count('from_pretrained("someone/tiny-captioner"') == 4  # both snippets, model and processor
+
+
+def test_push_refuses_a_bad_space_id_before_uploading(run_folder, monkeypatch, capsys):
+    from hf_imgcap.cli import main
+
+    monkeypatch.setattr(HfApi, "create_commit", lambda *args, **kwargs: pytest.fail("nothing may be uploaded"))
+    assert main(["push", str(run_folder[0]), "--repo-id", "someone/x", "--space-id", "not a space"]) == 2
+    assert "--space-id 'not a space'" in capsys.readouterr().err
+    assert main(["push", str(run_folder[0]), "--repo-id", "someone/x", "--space-dir", "somewhere"]) == 2
+    assert "--space-dir needs --space-id" in capsys.readouterr().err

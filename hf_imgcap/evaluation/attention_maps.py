@@ -6,8 +6,9 @@ Layout of the PNG written by `render_attention_map` (all sizes in pixels; see `g
 * a grid of square panels of `panel_size`, `columns` per row (fewer when there are fewer panels), rows as
   many as needed, `margin` between panels and around the grid, on a white background;
 * panel 0 is the image; panel i (1..n) is the image under the attention of word piece i as a heat map
-  (blue = little attention, red = most; scaled to each word's own maximum), with the word piece written
-  on a dark band at the top of the panel.
+  (blue = little attention, red = most), with the word piece written on a dark band at the top of the panel.
+  One colour scale serves the whole caption (`caption_heat_scale`: 0 to the caption's highest weight), so
+  panels compare: a word whose attention is spread evenly stays cold instead of being stretched to red.
 
 The PNG replaces whatever is at its path (a symlink there is replaced, not written through).
 
@@ -74,24 +75,51 @@ def render_attention_map(
         attentions: `(len(tokens), h, w)` attention weights (tensor or array), one map per token.
         crop_fraction: the share of the shorter side that the model's center crop keeps (1.0: the whole side).
     """
-    maps = _as_maps(attentions, len(tokens))
-    if panel_size < 16 or columns < 1 or margin < 0:
-        raise ValueError(f"panel_size must be >= 16, columns >= 1 and margin >= 0 (got {panel_size}, {columns}, {margin})")
-    base = _center_crop(load_image(image), crop_fraction).resize((panel_size, panel_size), Image.Resampling.BICUBIC)
-    base_pixels = np.asarray(base, dtype=np.float64)
-
-    canvas = Image.new("RGB", grid_size(len(tokens), panel_size, columns, margin), "white")
-    canvas.paste(base, _panel_origin(0, panel_size, columns, margin))
-    font = _font(max(8, int(panel_size * LABEL_HEIGHT_FRACTION * 0.75)))
-    for index, (token, attention) in enumerate(zip(tokens, maps), start=1):
-        panel = _overlay(base_pixels, _upsample(attention, panel_size))
-        _write_label(panel, token, font)
-        canvas.paste(panel, _panel_origin(index, panel_size, columns, margin))
-
+    canvas = attention_figure(image, tokens, attentions, panel_size=panel_size, columns=columns, margin=margin,
+                              crop_fraction=crop_fraction)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _save_replacing(canvas, path)
     return path, len(tokens)
+
+
+def attention_figure(image, tokens: list[str], attentions, *, panel_size: int = PANEL_SIZE, columns: int = COLUMNS,
+                     margin: int = MARGIN, crop_fraction: float = 0.875) -> Image.Image:
+    """The figure `render_attention_map` writes, as a PIL image (the layout is described at the top of this module)."""
+    if columns < 1 or margin < 0:
+        raise ValueError(f"columns must be >= 1 and margin >= 0 (got {columns}, {margin})")
+    panels = attention_panels(image, tokens, attentions, panel_size=panel_size, crop_fraction=crop_fraction)
+    canvas = Image.new("RGB", grid_size(len(tokens), panel_size, columns, margin), "white")
+    for index, panel in enumerate(panels):
+        canvas.paste(panel, _panel_origin(index, panel_size, columns, margin))
+    return canvas
+
+
+def attention_panels(image, tokens: list[str], attentions, *, panel_size: int = PANEL_SIZE, crop_fraction: float = 0.875,
+                     labels: bool = True) -> list[Image.Image]:
+    """The panels of the figure as `panel_size` squares: the image the model saw, then one heat map per word piece,
+    all on the caption's one colour scale; `labels` writes each word piece on its panel."""
+    maps = _as_maps(attentions, len(tokens))
+    if panel_size < 16:
+        raise ValueError(f"panel_size must be >= 16 (got {panel_size})")
+    base = _center_crop(load_image(image), crop_fraction).resize((panel_size, panel_size), Image.Resampling.BICUBIC)
+    base_pixels = np.asarray(base, dtype=np.float64)
+    scale = caption_heat_scale(maps)
+    font = _font(max(8, int(panel_size * LABEL_HEIGHT_FRACTION * 0.75)))
+    panels = [base]
+    for token, attention in zip(tokens, maps):
+        panel = _overlay(base_pixels, _upsample(attention / scale, panel_size))
+        if labels:
+            _write_label(panel, token, font)
+        panels.append(panel)
+    return panels
+
+
+def caption_heat_scale(maps: np.ndarray) -> float:
+    """The attention weight shown at full intensity: the highest of the whole caption (1.0 when it has none), so that
+    every panel of a caption shares one colour scale and a nearly uniform attention looks nearly uniform and cold."""
+    peak = float(maps.max()) if maps.size else 0.0
+    return peak if peak > 0 else 1.0
 
 
 def _save_replacing(canvas: Image.Image, path: Path) -> None:
@@ -127,11 +155,9 @@ def _center_crop(image: Image.Image, fraction: float) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-def _upsample(attention: np.ndarray, size: int) -> np.ndarray:
-    """`(h, w)` weights -> `(size, size)` in [0, 1], smooth (bicubic), scaled to this word's maximum."""
-    peak = attention.max()
-    scaled = attention / peak if peak > 0 else np.zeros_like(attention)
-    smooth = Image.fromarray(scaled.astype(np.float32)).resize((size, size), Image.Resampling.BICUBIC)
+def _upsample(heat: np.ndarray, size: int) -> np.ndarray:
+    """`(h, w)` heat in [0, 1] -> `(size, size)` in [0, 1], smooth (bicubic)."""
+    smooth = Image.fromarray(heat.astype(np.float32)).resize((size, size), Image.Resampling.BICUBIC)
     return np.clip(np.asarray(smooth, dtype=np.float64), 0.0, 1.0)
 
 
@@ -166,4 +192,4 @@ def _panel_origin(index: int, panel_size: int, columns: int, margin: int) -> tup
     return margin + column * (panel_size + margin), margin + row * (panel_size + margin)
 
 
-__all__ = ["COLUMNS", "MARGIN", "PANEL_SIZE", "grid_size", "render_attention_map"]
+__all__ = ["COLUMNS", "MARGIN", "PANEL_SIZE", "attention_figure", "attention_panels", "caption_heat_scale", "grid_size", "render_attention_map"]
