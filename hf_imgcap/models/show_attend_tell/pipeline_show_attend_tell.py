@@ -6,7 +6,7 @@ model's code, on saving and into its modules cache on a remote-code load) and na
 of `config.json` (`CUSTOM_PIPELINES` there) under "image-to-text" (the Hub's task for the model card's
 `pipeline_tag`), "image-text-to-text" and "image-captioning", so that without hf-imgcap installed
 
-    pipeline("image-to-text", model=folder_or_repo, trust_remote_code=True)
+    pipeline("image-text-to-text", model=folder_or_repo, trust_remote_code=True)
 
 finds this class, offline. Keep it that way: no imports of hf_imgcap (same-folder relative imports only), and nothing
 beyond transformers, torch and Pillow. (Several tasks means that `pipeline(model=...)` without a task asks to pick one.)
@@ -33,7 +33,7 @@ class ShowAttendTellCaptioningPipeline(Pipeline):
 
     ```python
     >>> from transformers import pipeline
-    >>> captioner = pipeline("image-to-text", model="path/to/saved/model", trust_remote_code=True)
+    >>> captioner = pipeline("image-text-to-text", model="path/to/saved/model", trust_remote_code=True)
     >>> captioner("dog.jpg", num_beams=3, max_new_tokens=20)
     [{'generated_text': 'a dog runs through the grass'}]
     >>> captioner(["dog.jpg", "cat.png"])  # a list in, a list of results out
