@@ -34,7 +34,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Image, IterableDataset, IterableDatasetDict, LargeList, List, Value
 
-from hf_imgcap.data.caption_datasets import SPLITS, LoadReport, _decodes, _outside, normalize_caption
+from hf_imgcap.data.source_checks import SPLITS, LoadReport, image_problem, normalize_caption, path_outside
 from hf_imgcap.data.caption_lists import CaptionListError, parse_caption_list
 from hf_imgcap.data.caption_table import find_caption_tables, read_caption_table
 
@@ -412,11 +412,11 @@ def image_problems(cells, indices: list[int], roots: list[Path] | None, verify_i
                     problems[index] = ("undecodable_image", "no image (the cell is empty)")
                 elif data is None and roots is not None and not is_local_path(path):
                     problems[index] = ("path_outside_dataset", f"the image is a URL ({path}), not a file of the dataset")
-                elif data is None and roots is not None and (outside := _outside(Path(path), roots)):
+                elif data is None and roots is not None and (outside := path_outside(Path(path), roots)):
                     problems[index] = ("path_outside_dataset", outside)
                 elif verify_images:
                     to_decode.append((index, data if data is not None else path))
-            for (index, _), reason in zip(to_decode, pool.map(_decodes, [image for _, image in to_decode])):
+            for (index, _), reason in zip(to_decode, pool.map(image_problem, [image for _, image in to_decode])):
                 if reason is not None:
                     problems[index] = ("undecodable_image", f"cannot decode or use: {reason}")
     return dict(sorted(problems.items()))

@@ -34,90 +34,25 @@ the load with an error that says why.
 import codecs
 import csv
 import functools
-import html
 import json
 import logging
 import random
 import re
-import unicodedata
-from collections import Counter, defaultdict
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, Features, Image, List, Value
 
-from hf_imgcap.models.show_attend_tell.image_loading import ImageLoadError, verify_image
+from hf_imgcap.data.any_source import load_datasets_source
+from hf_imgcap.data.source_checks import SPLITS, LoadReport, image_problem, normalize_caption, path_outside
+from hf_imgcap.data.split_overlap import leave_out_split_overlap
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET = "jxie/flickr8k"
-SPLITS = ("train", "validation", "test")
 IMAGE_DIR_NAMES = ("Flicker8k_Dataset", "Flickr8k_Dataset", "Images", "images", "flickr30k-images", "flickr30k_images")
 KAGGLE_SPLIT_SIZES = (6000, 1000)  # train, validation; the rest is test (the original release's sizes)
-MAX_LOGGED_PER_KIND = 20  # then one summary line per kind, so a broken file does not flood the log
-
-
-@dataclass
-class LoadReport:
-    """What was skipped while loading, with the reason for each skip.
-
-    Accounting: in a caption file every non-blank line (token file, CSV) or every caption of an image entry
-    (Karpathy JSON; an entry without any captions counts once) is either kept as a caption or counted exactly once
-    here, under one kind. So the same broken data gives the same counts in every layout: an image missing from the
-    folder counts as 5 `missing_image` whether its 5 captions are 5 lines or one JSON entry. Later steps count
-    images: `split_missing_image`, `split_image_without_captions` (split files) and `undecodable_image`.
-    """
-
-    source: str
-    layout: str
-    split_source: str = ""  # where the train / validation / test membership came from
-    image_ids_from_source: bool = False  # the source named its images (an image_id column), not the loader
-    counts: Counter = field(default_factory=Counter)
-    messages: list = field(default_factory=list)  # the logged ones: the first MAX_LOGGED_PER_KIND of each kind
-    _logged: Counter = field(default_factory=Counter, init=False, repr=False, compare=False)
-
-    def skip(self, kind: str, message: str, count: int = 1):
-        """Count `count` skipped captions (or images) of `kind`, logging the first few messages of each kind."""
-        self.counts[kind] += count
-        self._logged[kind] += 1
-        if self._logged[kind] <= MAX_LOGGED_PER_KIND:
-            self.messages.append(message)  # bounded, like the log: a broken million-line file costs no memory
-            logger.warning("%s", message)
-        elif self._logged[kind] == MAX_LOGGED_PER_KIND + 1:
-            logger.warning("more '%s' problems: only the total is reported from here on", kind)
-
-    def summary(self) -> str:
-        if not self.counts:
-            return f"{self.source} ({self.layout}): no problems found"
-        kinds = ", ".join(f"{count} × {kind}" for kind, count in sorted(self.counts.items()))
-        return f"{self.source} ({self.layout}): skipped {kinds}"
-
-
-# Characters that are never part of a caption: C0/C1 controls (tabs and newlines are whitespace anyway) and the
-# byte-order mark / zero-width no-break space that concatenated files leave behind.
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\ufeff]")
-_MAX_UNESCAPE_ROUNDS = 10  # "&amp;amp;" is two rounds; real data never needs more
-
-
-def normalize_caption(text: str) -> str:
-    """Clean a caption as written by annotators: HTML entities decoded (`&amp;` -> `&`, also when escaped twice),
-    Unicode NFC, control characters read as spaces, runs of whitespace (tabs, newlines, non-breaking spaces)
-    collapsed to one space, ends stripped. Idempotent. A caption without a single letter or digit (empty, whitespace,
-    punctuation such as "...", combining marks or zero-width characters alone, emoji alone) comes back as "" (callers
-    reject it): it has no word to learn and no word to score against (the COCO tokenizer drops punctuation)."""
-    for _ in range(_MAX_UNESCAPE_ROUNDS):
-        # Until nothing changes, so that normalize(normalize(x)) == normalize(x): decoding "&amp;lt;" gives an
-        # entity again, and NFC can complete one ("&lt" + U+037E GREEK QUESTION MARK -> "&lt;").
-        cleaned = unicodedata.normalize("NFC", html.unescape(text))
-        if cleaned == text:
-            break
-        text = cleaned
-    text = " ".join(_CONTROL_CHARACTERS.sub(" ", text).split())
-    # Format characters, marks and punctuation stay next to words (emoji ZWJ sequences, accents, "t-shirt").
-    if not any(char.isalnum() for char in text):
-        return ""
-    return text
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -166,9 +101,6 @@ def load_caption_dataset(
             (see `hf_imgcap.data.split_overlap`).
         return_report: also return the `LoadReport`.
     """
-    from hf_imgcap.data.any_source import load_datasets_source
-    from hf_imgcap.data.split_overlap import leave_out_split_overlap
-
     is_object = not isinstance(source, (str, Path))
     name = f"<{type(source).__name__}>" if is_object else str(source)
     path = None if is_object else Path(source)
@@ -309,7 +241,7 @@ def _image_names(image_dir: Path, roots: list[Path] | None = None) -> tuple[set[
     inside, outside = set(), {}
     for path in image_dir.iterdir():
         if path.is_file():
-            reason = _outside(path, roots or [image_dir])
+            reason = path_outside(path, roots or [image_dir])
             if reason is None:
                 inside.add(path.name)
             else:
@@ -493,7 +425,7 @@ def read_karpathy_json(json_file: Path, root: Path, image_dir: Path | None, repo
             path = _karpathy_image_path(entry, root, image_dir, find_default_dir)
             # Absolute filepath / filename, `..` and symlinks must not lead out of the dataset: checked before
             # the file is even looked at.
-            outside = _outside(path, _dataset_roots(root, image_dir))
+            outside = path_outside(path, _dataset_roots(root, image_dir))
             if outside is not None:
                 problem = ("path_outside_dataset", outside)
             elif not _is_file(path):
@@ -578,33 +510,10 @@ def _read_karpathy(root: Path, image_dir: Path | None, report: LoadReport, seed:
 
 
 # ---------------------------------------------------------------------------------------------- images
-def _decodes(image) -> str | None:
-    """None if the image (a path or encoded bytes) passes the checks `load_image` makes and decodes, else the reason."""
-    try:
-        verify_image(image)
-        return None
-    except ImageLoadError as error:
-        return error.reason
-
-
-def _outside(path: Path, roots: list[Path]) -> str | None:
-    """Why `path` is refused as lying outside every folder of `roots` (after `..` and symlinks are resolved, as
-    opening it would), or None when it is inside one. Relative paths are taken as `open()` takes them."""
-    try:
-        real = path.resolve()
-    except (OSError, RuntimeError) as error:  # e.g. a symlink loop
-        return f"path {path} cannot be resolved ({error}); refused"
-    if any(real.is_relative_to(root.resolve()) for root in roots):
-        return None
-    link = f" (a link to {real})" if real != path.absolute() else ""
-    where = " or ".join(str(root) for root in roots)
-    return f"path {path}{link} is outside the dataset folder {where}; refused"
-
-
 def _drop_undecodable(records: dict, report: LoadReport, num_threads: int) -> dict:
     paths = [path for split in SPLITS for path, _, _ in records[split]]
     with ThreadPoolExecutor(max_workers=num_threads) as pool:  # Pillow releases the GIL while decoding
-        reasons = dict(zip(paths, pool.map(_decodes, paths)))
+        reasons = dict(zip(paths, pool.map(image_problem, paths)))
     kept = {}
     for split in SPLITS:
         kept[split] = []
