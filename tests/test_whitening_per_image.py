@@ -13,7 +13,7 @@ import torch
 from accelerate import Accelerator
 from transformers import BertTokenizerFast
 
-from hf_imgcap import ShowAttendTellForConditionalGeneration, ShowAttendTellProcessor
+from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, ShowAttendTellProcessor
 from hf_imgcap.data.caption_datasets import load_caption_dataset
 from hf_imgcap.data.feature_cache import build_feature_cache
 from hf_imgcap.data.standardized_features import StandardizedFeatureCache, standardized_feature_cache
@@ -138,6 +138,9 @@ def test_train_with_whitening_feeds_the_decoder_each_image_standardised_once(tmp
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(ShowAttendTellForConditionalGeneration, "forward", recording_forward)
+    # The run's model with the tiny encoder of the other tests (the ResNet-152 architecture changes nothing here).
+    tiny_encoder = tiny_config().encoder_config
+    monkeypatch.setattr(train_script, "ShowAttendTellConfig", lambda **kwargs: ShowAttendTellConfig(encoder_config=tiny_encoder, **kwargs))
     built = []
     monkeypatch.setattr(train_script, "standardized_feature_cache",
                         lambda cache, model: built.append(cache.folder) or standardized_feature_cache(cache, model), raising=False)
