@@ -5,6 +5,7 @@ With `whiten_features`, the decoder's input of every cached image is computed on
 those of standardising each caption's features, up to the rounding of the cache's fp16 format.
 """
 
+import concurrent.futures
 import importlib.util
 
 import numpy as np
@@ -85,6 +86,17 @@ def test_an_unfinished_decoder_input_folder_is_built_again(whitened):
     rebuilt = standardized_feature_cache(cache, model)
     assert rebuilt.folder == kept.folder and rebuilt.meta["complete"]
     assert rebuilt.batch(range(len(cache))).abs().sum() > 0
+
+
+def test_processes_sharing_a_cache_compute_the_decoder_input_once(whitened, monkeypatch):
+    """The processes of a run (played by threads) all call for the kept input: one computes it, the others read it."""
+    model, _, cache = whitened
+    counted = count_standardized_images(model, monkeypatch)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        kept = list(pool.map(lambda _: standardized_feature_cache(cache, model, chunk_size=2), range(3)))
+    assert sum(counted) == len(cache) and len({result.folder for result in kept}) == 1
+    for result in kept:
+        torch.testing.assert_close(result.batch(range(len(cache))), kept[0].batch(range(len(cache))), rtol=0, atol=0)
 
 
 def training_losses(model, pairs, features, steps=3):
