@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file
 from transformers import BertTokenizerFast
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, ShowAttendTellProcessor
@@ -138,10 +139,38 @@ train_script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_script)
 
 
-def test_train_with_whitening_feeds_the_decoder_each_image_standardised_once(tmp_path, monkeypatch):
+def whitening_run(data, out, cache, *extra):
+    """train.py's arguments for a tiny whitening run."""
+    return train_script.parse_args([
+        "--dataset", str(data), "--output_dir", str(out), "--cache_dir", str(cache),
+        "--encoder", "random", "--image_size", "64", "--tokenizer", "captions", "--caption_vocab_size", "60",
+        "--embedding_size", "16", "--attention_size", "16", "--hidden_size", "16", "--dropout", "0",
+        "--batch_size", "8", "--eval_num_beams", "1", "--eval_max_new_tokens", "5", "--report_to", "none",
+        "--seed", "7", "--whiten_features", *extra,
+    ])
+
+
+@pytest.fixture
+def small_runs(tmp_path, monkeypatch):
+    """Synthetic data, and train.py's model with the tiny encoder of the other tests (the ResNet-152 architecture
+    changes nothing here). Records the models the kept decoder inputs are built for."""
+    data = write_synthetic_flickr8k(tmp_path / "flickr8k", num_train=8, num_val=3, num_test=3, image_size=64, seed=3)
+    tiny_encoder = tiny_config().encoder_config
+    monkeypatch.setattr(train_script, "ShowAttendTellConfig", lambda **kwargs: ShowAttendTellConfig(encoder_config=tiny_encoder, **kwargs))
+    built = []
+
+    def recording_build(cache, model):
+        built.append({"cache": cache.folder, "whitening": model.feature_whitening.detach().clone()})
+        return standardized_feature_cache(cache, model)
+
+    monkeypatch.setattr(train_script, "standardized_feature_cache", recording_build, raising=False)
+    return data, built
+
+
+def test_train_with_whitening_feeds_the_decoder_each_image_standardised_once(small_runs, tmp_path, monkeypatch):
     """The training steps and the validation loss of a whitening run read the decoder's input (`image_embeds`) from
     the kept arrays; no forward of the run (generation included) gets features to standardise and whiten again."""
-    data = write_synthetic_flickr8k(tmp_path / "flickr8k", num_train=8, num_val=3, num_test=3, image_size=64, seed=3)
+    data, built = small_runs
     calls, forward = [], ShowAttendTellForConditionalGeneration.forward
 
     def recording_forward(self, *args, **kwargs):
@@ -150,26 +179,28 @@ def test_train_with_whitening_feeds_the_decoder_each_image_standardised_once(tmp
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(ShowAttendTellForConditionalGeneration, "forward", recording_forward)
-    # The run's model with the tiny encoder of the other tests (the ResNet-152 architecture changes nothing here).
-    tiny_encoder = tiny_config().encoder_config
-    monkeypatch.setattr(train_script, "ShowAttendTellConfig", lambda **kwargs: ShowAttendTellConfig(encoder_config=tiny_encoder, **kwargs))
-    built = []
-    monkeypatch.setattr(train_script, "standardized_feature_cache",
-                        lambda cache, model: built.append(cache.folder) or standardized_feature_cache(cache, model), raising=False)
-    argv = [
-        "--dataset", str(data), "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"),
-        "--encoder", "random", "--image_size", "64", "--tokenizer", "captions", "--caption_vocab_size", "60",
-        "--embedding_size", "16", "--attention_size", "16", "--hidden_size", "16", "--dropout", "0",
-        "--batch_size", "8", "--eval_num_beams", "1", "--eval_max_new_tokens", "5", "--report_to", "none",
-        "--seed", "7", "--num_epochs", "1", "--whiten_features",
-    ]
-    train_script.train(*train_script.parse_args(argv))
+    train_script.train(*whitening_run(data, tmp_path / "out", tmp_path / "cache", "--num_epochs", "1"))
     training_steps = [call for call in calls if call["training"] and call["labels"]]
     validation_loss = [call for call in calls if not call["training"] and call["labels"]]
     assert len(training_steps) == 5 and validation_loss  # 8 images × 5 captions in batches of 8; then validation
     assert all(call["image_embeds"] for call in training_steps + validation_loss)
     assert not any(call["features"] for call in calls)  # generation too: its later steps decode from the cache
     assert len(built) == 2  # the training and the validation images
+
+
+def test_a_resumed_whitening_run_reads_the_input_of_the_statistics_its_checkpoint_holds(small_runs, tmp_path):
+    """Resuming restores the model's statistics from the checkpoint: the kept input is the one of those statistics,
+    even when the cache's statistics would now give others (e.g. computed by another version)."""
+    data, built = small_runs
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    train_script.train(*whitening_run(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
+    saved = load_file(out / "checkpoints" / "step_00000002" / "model.safetensors")["feature_whitening"]
+    (covariance_file,) = cache.rglob("covariance.npz")  # the training cache's: the statistics now differ
+    with np.load(covariance_file) as stored:
+        np.savez(covariance_file, covariance=stored["covariance"] * 4, format=stored["format"])
+    built.clear()
+    train_script.train(*whitening_run(data, out, cache, "--max_steps", "4", "--resume"))
+    assert built and all(torch.equal(entry["whitening"], saved) for entry in built)
 
 
 # ---------------------------------------------------------------------------------------------- SCST
