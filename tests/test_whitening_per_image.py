@@ -17,7 +17,7 @@ from transformers import BertTokenizerFast
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration, ShowAttendTellProcessor
 from hf_imgcap.data.caption_datasets import load_caption_dataset
-from hf_imgcap.data.feature_cache import build_feature_cache
+from hf_imgcap.data.feature_cache import FeatureCache, build_feature_cache
 from hf_imgcap.data.standardized_features import StandardizedFeatureCache, standardized_feature_cache
 from hf_imgcap.data.training_data import CaptionPairs, collate_captions, tokenize_captions
 from hf_imgcap.demo.scenes import write_synthetic_flickr8k
@@ -198,6 +198,9 @@ def test_a_resumed_whitening_run_reads_the_input_of_the_statistics_its_checkpoin
     (covariance_file,) = cache.rglob("covariance.npz")  # the training cache's: the statistics now differ
     with np.load(covariance_file) as stored:
         np.savez(covariance_file, covariance=stored["covariance"] * 4, format=stored["format"])
+    train_cache = FeatureCache(covariance_file.parent)
+    _, std = train_cache.statistics()
+    assert not torch.allclose(train_cache.whitening(std), saved)  # built before resuming, the input would be another
     built.clear()
     train_script.train(*whitening_run(data, out, cache, "--max_steps", "4", "--resume"))
     assert built and all(torch.equal(entry["whitening"], saved) for entry in built)
