@@ -27,6 +27,7 @@ from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGenerati
 from hf_imgcap.cli import DEBUG_HELP, TerminalSafeFormatter, run_as_program
 from hf_imgcap.data.caption_datasets import DEFAULT_DATASET, load_caption_dataset
 from hf_imgcap.data.feature_cache import build_feature_cache
+from hf_imgcap.data.standardized_features import standardized_feature_cache
 from hf_imgcap.data.tokenizer_training import train_caption_tokenizer
 from hf_imgcap.data.training_data import CaptionPairs, collate_captions, tokenize_captions
 from hf_imgcap.models.pretrained_encoder import build_captioner
@@ -198,6 +199,22 @@ def validation_batches(val_split, features, processor, model_args, args, acceler
                                        collate_fn=lambda items: collate_captions(items, processor.tokenizer.pad_token_id))
 
 
+def read_decoder_inputs_once(run: TrainingRun, caches: dict):
+    """With feature whitening, the training and validation pairs read each image's decoder input, standardised and
+    whitened once per image and kept next to its feature cache (`standardized_feature_cache`), instead of features
+    that the model would standardise and whiten again for each of the image's captions, every epoch. Standardisation
+    alone is elementwise, a negligible share of a step: without whitening the pairs read the features as they are
+    (no second copy of the cache on disk). Call after resuming: the input is then the one of the model that trains
+    (with the statistics its checkpoint holds)."""
+    model = run.accelerator.unwrap_model(run.model)
+    if not model.config.whiten_features:
+        return
+    for name, loader in (("train", run.loader), ("validation", run.validation_batches)):
+        examples = getattr(loader, "dataset", None)  # Accelerate's prepared loader keeps the DataLoader's dataset
+        if isinstance(examples, CaptionPairs) and examples.features is not None and examples.features is caches.get(name):
+            examples.features = standardized_feature_cache(caches[name], model)
+
+
 def subset(split, limit):
     return split if limit is None or limit >= len(split) else split.select(range(limit))
 
@@ -327,6 +344,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
         run, caches = prepare_training(model_args, data_args, args, accelerator, splits, checkpoints)  # steps 2 to 4
         # 5. The loop: resume (model, optimizer, scheduler and RNG states from Accelerate; TrainState from JSON), then epochs.
         state = resume_state(run, args.resume, args.resume_from)
+        read_decoder_inputs_once(run, caches)
         state.data_fingerprint = fingerprint  # the data it trains on, recorded in its checkpoints
         start.training_begins(state)
         with StopRequest() as stop:

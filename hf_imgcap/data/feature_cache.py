@@ -105,6 +105,7 @@ class FeatureCache:
     """
 
     release_every = 256  # images: a 50 MB window at 7×7×2048 fp16
+    model_input = "encoder_hidden_states"  # the model argument its rows are (the encoder's features, to standardise)
 
     def __init__(self, folder):
         self.folder = Path(folder)

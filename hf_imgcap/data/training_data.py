@@ -77,7 +77,8 @@ def _drop_captions_without_tokens(image_indices: list, captions: list, input_ids
 
 class CaptionPairs(torch.utils.data.Dataset):
     """(image, caption) pairs for a DataLoader. Give `features` (a `FeatureCache`) to read cached encoder
-    output, or `images` (the split's `Dataset`) with the model's `processor` to return `pixel_values`."""
+    output, or `images` (the split's `Dataset`) with the model's `processor` to return `pixel_values`. A
+    `StandardizedFeatureCache` gives the decoder's input itself, as `image_embeds` (its `model_input`)."""
 
     def __init__(self, pairs: Dataset, features=None, images: Dataset | None = None, processor=None):
         if (features is None) == (images is None):
@@ -95,7 +96,7 @@ class CaptionPairs(torch.utils.data.Dataset):
         image_index = self.image_index[index]
         item = {"input_ids": self.input_ids[index], "image_index": image_index}
         if self.features is not None:
-            item["encoder_hidden_states"] = self.features[image_index]
+            item[getattr(self.features, "model_input", "encoder_hidden_states")] = self.features[image_index]
         else:
             item["pixel_values"] = self.processor.image_pixel_values(self.images[image_index]["image"])[0]
         return item
@@ -116,7 +117,7 @@ def collate_captions(items: list, pad_token_id: int = 0) -> dict:
         "labels": input_ids.masked_fill(attention_mask == 0, -100),
         "image_index": torch.tensor([item["image_index"] for item in items]),
     }
-    for key in ("encoder_hidden_states", "pixel_values"):
+    for key in ("encoder_hidden_states", "image_embeds", "pixel_values"):
         if key in items[0]:
             batch[key] = torch.stack([item[key] for item in items])
     return batch

@@ -141,18 +141,20 @@ def baseline_rewards(rewards: torch.Tensor, baseline: str, greedy_rewards: torch
     raise ValueError(f"unknown SCST baseline {baseline!r} (expected one of {', '.join(BASELINES)})")
 
 
-def sampled_log_probs(model, features, sequences, eos_token_id: int, pad_token_id: int) -> torch.Tensor:
+def sampled_log_probs(model, features, sequences, eos_token_id: int, pad_token_id: int,
+                      standardized: bool = False) -> torch.Tensor:
     """Σ log p(token | image, previous tokens) over each sequence's generated tokens up to and including its first
     end token (what follows is padding, not part of the caption), by one teacher-forced forward of `model` (with
     gradient, in whatever mode it is). `sequences` `(N, L)` start with the start token, as `generate` returns
-    them; `features` hold N / images consecutive sequences per image."""
+    them; `features` hold N / images consecutive sequences per image: the cached features, or with `standardized`
+    the decoder's input (`model.standardize_features` of them)."""
     generated = sequences[:, 1:]
     is_end = generated == eos_token_id
     real = (torch.cumsum(is_end.long(), dim=1) - is_end.long()) == 0  # up to and including the first end token
     outputs = model(
         input_ids=sequences[:, :-1].masked_fill(~real, pad_token_id),  # input position t predicts token t + 1
         attention_mask=real.long(),
-        encoder_hidden_states=features,
+        **{"image_embeds" if standardized else "encoder_hidden_states": features},
         return_logits=True,
     )
     log_probs = outputs.logits.float().log_softmax(dim=-1).gather(2, generated.unsqueeze(-1)).squeeze(-1)
@@ -178,7 +180,9 @@ def scst_step(accelerator, model, optimizer, processor, reward: CiderDReward, fe
     if settings.blind:
         features = torch.zeros_like(features)
     k, images = settings.num_samples, features.shape[0]
-    decoding = dict(encoder_hidden_states=features, num_beams=1, max_new_tokens=settings.max_new_tokens)
+    # Standardised (and whitened) once per image: the greedy captions, the samples and their log-probabilities share it.
+    image_embeds = unwrapped.standardize_features(features)
+    decoding = dict(image_embeds=image_embeds, num_beams=1, max_new_tokens=settings.max_new_tokens)
     greedy_captions, greedy_rewards = [], None
     if settings.baseline == "greedy":
         unwrapped.eval()
@@ -195,7 +199,7 @@ def scst_step(accelerator, model, optimizer, processor, reward: CiderDReward, fe
     rewards = all_rewards[len(greedy_captions):].view(images, k)
     advantage = (rewards - baseline_rewards(rewards, settings.baseline, greedy_rewards)).to(accelerator.device)
 
-    log_probs = sampled_log_probs(model, features, samples, config.eos_token_id, config.pad_token_id)
+    log_probs = sampled_log_probs(model, image_embeds, samples, config.eos_token_id, config.pad_token_id, standardized=True)
     loss = -(advantage.flatten() * log_probs).mean()
     accelerator.backward(loss)
     if settings.grad_clip > 0:
