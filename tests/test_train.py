@@ -468,7 +468,7 @@ def test_a_run_from_before_feature_whitening_resumes_only_without_it(data, tmp_p
     """A run folder saved before --whiten_features existed trained without whitening: resuming it with whitening is
     refused naming the argument; without (the default) passes the check."""
     out, cache = tmp_path / "out", tmp_path / "cache"
-    run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2", "--no_whiten_features"))
+    run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2", "--whiten_features", "false"))
     args_file = out / "training_args.json"
     recorded = json.loads(args_file.read_text())
     assert recorded["model"].pop("whiten_features") is False
@@ -650,8 +650,8 @@ def test_every_demo_preset_names_an_argument_and_applies():
 
 
 def test_an_option_given_with_the_demo_wins_over_its_preset_even_when_it_equals_the_default():
-    """`--demo --scst_epochs 0` once ran 4 SCST epochs: 0 is the default, so the preset replaced it."""
-    model_args, _, args = train_script.parse_args(["--demo", "--scst_epochs", "0", "--num_epochs", "120", "--no_whiten_features",
+    """`--demo --scst_epochs 0` trains no SCST epoch: an option given on the command line beats the preset, also when it equals the default."""
+    model_args, _, args = train_script.parse_args(["--demo", "--scst_epochs", "0", "--num_epochs", "120", "--whiten_features", "false",
                                                    "--learning_rate", "1e-3"])
     assert (args.scst_epochs, args.num_train_epochs, model_args.whiten_features, args.learning_rate) == (0, 120, False, 1e-3)
     assert args.learning_rate == 1e-3 and args.scst_learning_rate == DEMO_PRESET["scst_learning_rate"]  # the others keep their presets
