@@ -163,7 +163,7 @@ def test_train_with_scst_epochs_records_the_scst_stage_and_saves_the_scst_model(
         "--embedding_size", "24", "--attention_size", "24", "--hidden_size", "24", "--dropout", "0",
         "--batch_size", "8", "--learning_rate", "3e-3", "--eval_num_beams", "2", "--eval_max_new_tokens", "12",
         "--report_to", "none", "--seed", "7", "--num_epochs", "1",
-        "--scst_epochs", "2", "--scst_num_samples", "3", "--scst_learning_rate", "1e-3",
+        "--scst_epochs", "2", "--scst_num_samples", "3", "--scst_learning_rate", "1e-3", "--scst_baseline", "greedy",
     ]
     results = train_script.train(*train_script.parse_args(argv))
     scst = results["scst"]
@@ -173,9 +173,34 @@ def test_train_with_scst_epochs_records_the_scst_stage_and_saves_the_scst_model(
     recorded = load_run_metrics(out)
     assert recorded.scst == json.loads((out / "metrics.json").read_text())["scst"]
     assert recorded.scst["history"] == scst["history"]
-    # The final model is the selected SCST epoch's, not the cross-entropy one it started from.
+    # The final model is the selected SCST epoch's when it beat the cross-entropy model on validation, else that one.
     final = load_file(out / "model.safetensors")
-    scst_best = load_file(out / "checkpoints" / "scst_best" / "model.safetensors")
     cross_entropy_best = load_file(out / "checkpoints" / "best" / "model.safetensors")
-    assert all(torch.equal(final[key], scst_best[key]) for key in final)
-    assert not torch.equal(final["lm_head.weight"], cross_entropy_best["lm_head.weight"])
+    best_scst_cider = max(entry["cider"] for entry in scst["history"])
+    assert scst["kept"] == ("scst" if best_scst_cider > scst["cross_entropy_validation_cider"] else "cross_entropy")
+    kept = load_file(out / "checkpoints" / "scst_best" / "model.safetensors") if scst["kept"] == "scst" else cross_entropy_best
+    assert all(torch.equal(final[key], kept[key]) for key in final)
+    assert torch.equal(final["lm_head.weight"], cross_entropy_best["lm_head.weight"]) == (scst["kept"] == "cross_entropy")
+
+
+def test_an_scst_stage_that_only_makes_the_model_worse_leaves_the_cross_entropy_model_final(tmp_path):
+    """A learning rate far too high wrecks the policy in its first step: no SCST epoch can beat the cross-entropy
+    model on validation, and the run's final model (and its test scores) must be that model."""
+    data = write_synthetic_flickr8k(tmp_path / "flickr8k", num_train=12, num_val=4, num_test=4, image_size=64, seed=3)
+    out = tmp_path / "out"
+    argv = [
+        "--dataset", str(data), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+        "--encoder", "random", "--image_size", "64", "--tokenizer", "captions", "--caption_vocab_size", "80",
+        "--embedding_size", "24", "--attention_size", "24", "--hidden_size", "24", "--dropout", "0",
+        "--batch_size", "8", "--learning_rate", "1e-2", "--eval_num_beams", "1", "--eval_max_new_tokens", "12",
+        "--report_to", "none", "--seed", "7", "--num_epochs", "6",
+        "--scst_epochs", "1", "--scst_num_samples", "2", "--scst_learning_rate", "10", "--grad_clip", "0",
+    ]
+    results = train_script.train(*train_script.parse_args(argv))
+    scst = results["scst"]
+    assert scst["cross_entropy_validation_cider"] > scst["history"][0]["cider"], scst
+    assert scst["kept"] == "cross_entropy"
+    final = load_file(out / "model.safetensors")
+    cross_entropy_best = load_file(out / "checkpoints" / "best" / "model.safetensors")
+    assert all(torch.equal(final[key], cross_entropy_best[key]) for key in final)
+    assert results["test"]["cider"] == pytest.approx(scst["cross_entropy_test"]["cider"])

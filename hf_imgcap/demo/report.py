@@ -19,8 +19,10 @@ def print_demo_tables(with_images: dict, blind: dict, report: dict, num_beams: i
         print(f"{label:<28}" + "".join(f"{test.get(n, float('nan')):>9.3f}" for n in names))
     if "scst" in with_images:
         scst = with_images["scst"]
+        kept = ("" if scst.get("kept", "scst") == "scst" else
+                " (no SCST epoch beat the cross-entropy model on validation: that model was kept)")
         print(f"\nSCST ({scst['epochs']} epochs, {scst['seconds']:.0f} s): test CIDEr-D {scst['cross_entropy_test']['cider']:.3f} -> "
-              f"{with_images['test']['cider']:.3f}; mean sampled reward by epoch {[entry['reward'] for entry in scst['history']]}")
+              f"{with_images['test']['cider']:.3f}{kept}; mean sampled reward by epoch {[entry['reward'] for entry in scst['history']]}")
     print(f"\nBLEU-4 {with_images['test']['bleu_4']:.3f} with images vs {blind['test']['bleu_4']:.3f} blind "
           f"(COCO-caption BLEU, beam {num_beams})")
     scenes = vocabulary = None

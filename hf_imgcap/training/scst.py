@@ -14,7 +14,9 @@ other samples: the "new self-critical" variant of ruotianluo/self-critical.pytor
 - Sampling is `generate(do_sample=True, num_return_sequences=k, top_k=0)` on the cached features, without
   gradient; a teacher-forced forward in train mode over the sampled ids then gives their log-probabilities.
 - After every SCST epoch the model captions the validation images; the epoch with the best validation CIDEr-D
-  is kept (`checkpoints/scst_best`) and is the run's final model.
+  is kept (`checkpoints/scst_best`) and is the run's final model, if it beats the cross-entropy model it started
+  from on the same validation images; otherwise the cross-entropy model stays the final model (a learning rate too
+  high for the data can only make SCST worse, and the run must not ship that).
 """
 
 import logging
@@ -213,7 +215,7 @@ def scst_step(accelerator, model, optimizer, processor, reward: CiderDReward, fe
 # ---------------------------------------------------------------------------------------------- the stage
 @dataclass
 class ScstResult:
-    best_dir: Path  # the selected SCST model (the run's final model)
+    best_dir: Path  # the run's final model: the selected SCST epoch's, or the cross-entropy model if none beat it
     record: dict  # metrics.json's "scst" entry
 
 
@@ -243,7 +245,13 @@ def self_critical_training(run, train_split, caches: dict, val_split, test_split
     settings = ScstSettings(num_samples=args.scst_num_samples, baseline=args.scst_baseline,
                             max_new_tokens=args.eval_max_new_tokens, grad_clip=args.grad_clip, blind=args.blind)
     best_dir = run.best_dir.parent / SCST_BEST
-    best_cider, history = -1.0, []
+    kept_dir, best_cider, history = best_dir, -1.0, []
+    cross_entropy_validation_cider = None
+    if run.best_dir.is_dir():  # the model to beat: SCST is kept only if an epoch of it does better on validation
+        cross_entropy_validation, _ = evaluate_captioner(unwrapped, processor, val_split, features=caches.get("validation"),
+                                                         meteor=False, **run.evaluation)
+        cross_entropy_validation_cider = best_cider = cross_entropy_validation["cider"]
+        kept_dir = run.best_dir
     run.log("SCST: %d epochs from the cross-entropy model (test CIDEr-D %.3f), CIDEr-D reward, %s baseline, %d samples per image",
             args.scst_epochs, cross_entropy_test["cider"], args.scst_baseline, args.scst_num_samples)
     for epoch in range(args.scst_epochs):
@@ -266,7 +274,7 @@ def self_critical_training(run, train_split, caches: dict, val_split, test_split
                 metrics["bleu_4"], " (best so far)" if improved else "")
         accelerator.log({f"scst/{k}": v for k, v in entry.items() if k != "epoch"}, step=epoch + 1)
         if improved:
-            best_cider = metrics["cider"]
+            best_cider, kept_dir = metrics["cider"], best_dir
             if accelerator.is_main_process:
                 save_pretrained_replacing(unwrapped, best_dir)
                 save_pretrained_replacing(processor, best_dir)
@@ -275,6 +283,13 @@ def self_critical_training(run, train_split, caches: dict, val_split, test_split
     record = {"epochs": args.scst_epochs, "learning_rate": args.scst_learning_rate, "num_samples": args.scst_num_samples,
               "baseline": args.scst_baseline, "reward": "CIDEr-D, document frequencies of the training references",
               "history": history, "validation_best_cider": round(best_cider, 4),
+              "kept": "scst" if kept_dir == best_dir else "cross_entropy",
               "cross_entropy_test": cross_entropy_test, "seconds": round(seconds, 1)}
-    run.log("SCST done in %.0f s: best validation CIDEr-D %.3f", seconds, best_cider)
-    return ScstResult(best_dir=best_dir, record=record)
+    if cross_entropy_validation_cider is not None:
+        record["cross_entropy_validation_cider"] = round(cross_entropy_validation_cider, 4)
+    if kept_dir == best_dir:
+        run.log("SCST done in %.0f s: best validation CIDEr-D %.3f", seconds, best_cider)
+    else:
+        logger.warning("SCST done in %.0f s: no SCST epoch beat the cross-entropy model's validation CIDEr-D %.3f; the "
+                       "cross-entropy model stays the final model (try a lower --scst_learning_rate)", seconds, best_cider)
+    return ScstResult(best_dir=kept_dir, record=record)
