@@ -19,6 +19,33 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def parse_flag_from_env(key: str, default: bool = False) -> bool:
+    """An on/off environment variable, read as transformers' `parse_flag_from_env` reads `RUN_SLOW` (without importing
+    `transformers.testing_utils`, which costs seconds): a value that is neither yes nor no is an error, not a no."""
+    value = os.environ.get(key)
+    if value is None:
+        return default
+    if value.strip().lower() in ("y", "yes", "t", "true", "on", "1"):
+        return True
+    if value.strip().lower() in ("n", "no", "f", "false", "off", "0", ""):
+        return False
+    raise ValueError(f"If set, {key} must be yes or no (1/true/yes or 0/false/no), not {value!r}.")
+
+
+RUN_SLOW = parse_flag_from_env("RUN_SLOW")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.slow` tests (subprocess launches of train.py or the CLI, 2-process runs, real-size models) run only
+    with RUN_SLOW=1: the default tier stays a few minutes on 2 CPU cores."""
+    if RUN_SLOW:
+        return
+    skip_slow = pytest.mark.skip(reason="slow test: run the slow tier with `RUN_SLOW=1 python -m pytest -q -m slow`")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
+
+
 def tiny_config(**overrides) -> ShowAttendTellConfig:
     """A 4-stage bottleneck ResNet with one block per stage and 16-unit decoder."""
     values = dict(
