@@ -17,6 +17,10 @@ TINY_IMAGE_SIZE = 64  # a 2×2 region map with the tiny ResNet below
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests' models are tiny: a second intra-op thread buys nothing, and on a shared machine (other jobs on the same
+# cores) the threads' spin-waits make each step many times slower. Child processes inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def parse_flag_from_env(key: str, default: bool = False) -> bool:
@@ -103,6 +107,25 @@ def run_fresh_python(code: str, cwd, extra_env=None, timeout=300, block_package=
 @pytest.fixture
 def processor():
     return tiny_processor()
+
+
+# ResNet-152's layout (bottleneck blocks, 4 stages, stride 32) and its 2048 output channels, one block per stage: the
+# decoder gets features of the real width (its initial states, and so its first losses, are those of a real run).
+TINY_ENCODER_CONFIG = dict(layer_type="bottleneck", depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 64, 2048], embedding_size=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """A saved transformers `ResNetModel` folder (random weights) for train.py's `--encoder`: a 2×2 region map at
+    64×64 from 3.6M parameters (14 MB saved), so that a training run spends its time on the code under test, not on
+    ResNet-152's 58M (240 MB per saved model)."""
+    from transformers import ResNetConfig, ResNetModel
+
+    folder = tmp_path_factory.mktemp("tiny_encoder")
+    with torch.random.fork_rng():  # the same weights in every session, without moving the tests' random state
+        torch.manual_seed(0)
+        ResNetModel(ResNetConfig(**TINY_ENCODER_CONFIG)).save_pretrained(folder)
+    return folder
 
 
 def launch_two_processes(script_and_args: list, env: dict, timeout: int, port: int) -> tuple[int, str, str]:

@@ -154,12 +154,12 @@ train_script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_script)
 
 
-def test_train_with_scst_epochs_records_the_scst_stage_and_saves_the_scst_model(tmp_path):
+def test_train_with_scst_epochs_records_the_scst_stage_and_saves_the_scst_model(tmp_path, tiny_encoder):
     data = write_synthetic_flickr8k(tmp_path / "flickr8k", num_train=12, num_val=4, num_test=4, image_size=64, seed=3)
     out = tmp_path / "out"
     argv = [
         "--dataset", str(data), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
-        "--encoder", "random", "--image_size", "64", "--tokenizer", "captions", "--caption_vocab_size", "80",
+        "--encoder", str(tiny_encoder), "--image_size", "64", "--tokenizer", "captions", "--caption_vocab_size", "80",
         "--embedding_size", "24", "--attention_size", "24", "--hidden_size", "24", "--dropout", "0",
         "--batch_size", "8", "--learning_rate", "3e-3", "--eval_num_beams", "2", "--eval_max_new_tokens", "12",
         "--report_to", "none", "--seed", "7", "--num_epochs", "1",
