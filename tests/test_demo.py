@@ -4,6 +4,8 @@
 import json
 import re
 
+import pytest
+
 from hf_imgcap.demo.content_accuracy import SceneVocabulary, caption_words, score_caption
 from hf_imgcap.demo.presets import DEMO_REPORT_FILE
 from hf_imgcap.demo.run import run_demo
@@ -11,6 +13,7 @@ from hf_imgcap.demo.run import run_demo
 from test_train import data, tiny_args, train_script  # noqa: F401 (data is a fixture)
 
 
+@pytest.mark.slow
 def test_the_demo_scores_the_saved_runs_for_content_and_prints_its_tables(data, tmp_path, capsys, tiny_encoder):
     out, cache = tmp_path / "demo", tmp_path / "cache"
     argv = ["--demo", *tiny_args(data, tiny_encoder, out, cache, "--num_epochs", "2", "--scst_epochs", "1")]
