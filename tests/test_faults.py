@@ -82,6 +82,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_valid_and_resu
     assert results["steps"] == 10
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_exits_zero_and_resume_equals_an_uninterrupted_run(data, tmp_path, tiny_encoder):
     arguments = ["--num_epochs", "6", "--early_stopping_patience", "100", "--eval_num_beams", "1"]
     command = [sys.executable, str(REPO_ROOT / "train.py")]
