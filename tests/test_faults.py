@@ -41,6 +41,7 @@ def poison_losses(monkeypatch, bad_calls):
     monkeypatch.setattr(ShowAttendTellForConditionalGeneration, "forward", forward)
 
 
+@pytest.mark.slow
 def test_non_finite_losses_are_skipped_and_counted(data, tmp_path, monkeypatch, tiny_encoder):
     poison_losses(monkeypatch, bad_calls={3, 4})
     results = run(tiny_args(data, tiny_encoder, tmp_path / "out", tmp_path / "cache", "--num_epochs", "1", "--max_nonfinite_steps", "3"))
@@ -58,6 +59,7 @@ def test_too_many_non_finite_losses_in_a_row_stop_with_the_last_good_checkpoint_
     assert all(torch.isfinite(t).all() for t in load_file(latest / "model.safetensors").values())
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_valid_and_resumable(data, tmp_path, monkeypatch, tiny_encoder):
     import accelerate
 
