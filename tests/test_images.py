@@ -562,6 +562,7 @@ def test_cli_evaluate_leaves_out_broken_hub_images(broken_hub_parquet, saved_mod
         assert json.loads(capsys.readouterr().out)["num_images"] == len(reference[split]) - 1
 
 
+@pytest.mark.slow
 def test_training_on_broken_hub_images_skips_them_and_finishes(broken_hub_parquet, tmp_path, tiny_encoder):
     from test_train import run, tiny_args
 
