@@ -154,6 +154,7 @@ train_script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_script)
 
 
+@pytest.mark.slow
 def test_train_with_scst_epochs_records_the_scst_stage_and_saves_the_scst_model(tmp_path, tiny_encoder):
     data = write_synthetic_flickr8k(tmp_path / "flickr8k", num_train=12, num_val=4, num_test=4, image_size=64, seed=3)
     out = tmp_path / "out"
