@@ -316,6 +316,7 @@ train_script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_script)
 
 
+@pytest.mark.slow
 def test_train_py_on_an_imagefolder_with_image_and_caption_columns(tmp_path, tiny_encoder):
     """`train.py --dataset <imagefolder> --image_column photo --caption_column description`: imagefolder names the
     image column after `photo_file_name`; only a train split, so validation and test are carved from it."""
