@@ -415,6 +415,7 @@ def test_captions_the_vocabulary_cannot_spell_are_named_not_refused(caplog):
     assert "img0.jpg: '🐶 🐱'" in caplog.text and "img11.jpg" not in caplog.text  # the first few, not all 12
 
 
+@pytest.mark.slow
 def test_train_with_a_tiny_caption_vocabulary_finishes_and_says_why_captions_have_unk(tmp_path, caplog, tiny_encoder):
     from test_train import run, tiny_args
 
