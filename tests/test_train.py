@@ -59,6 +59,7 @@ def last_checkpoint_weights(output_dir):
     return checkpoints[-1].name, load_file(checkpoints[-1] / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_short_training_reduces_the_loss_and_writes_a_loadable_hub_folder(data, tmp_path, tiny_encoder):
     results = run(tiny_args(data, tiny_encoder, tmp_path / "out", tmp_path / "cache", "--num_epochs", "4"))
     history = results["history"]
@@ -112,6 +113,7 @@ def test_a_metrics_json_that_is_not_a_run_record_is_refused_naming_the_file(tmp_
         load_run_metrics(path)
 
 
+@pytest.mark.slow
 def test_stop_mid_epoch_and_resume_equals_an_uninterrupted_run(data, tmp_path, tiny_encoder):
     cache = tmp_path / "cache"
     run(tiny_args(data, tiny_encoder, tmp_path / "straight", cache, "--num_epochs", "2"))
@@ -125,6 +127,7 @@ def test_stop_mid_epoch_and_resume_equals_an_uninterrupted_run(data, tmp_path, t
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow
 def test_corrupt_or_partial_checkpoints_are_refused_with_a_clear_error(data, tmp_path, tiny_encoder):
     out = tmp_path / "out"
     run(tiny_args(data, tiny_encoder, out, tmp_path / "cache", "--num_epochs", "1"))
@@ -139,6 +142,7 @@ def test_corrupt_or_partial_checkpoints_are_refused_with_a_clear_error(data, tmp
         run(tiny_args(data, tiny_encoder, out, tmp_path / "cache", "--num_epochs", "2", "--resume_from", str(latest)))
 
 
+@pytest.mark.slow
 def test_help_documents_every_flag_and_each_is_accepted():
     result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -168,6 +172,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.cpu_count() is None, reason="needs processes")
 def test_two_process_ddp_equals_one_process_with_double_batch(data, tmp_path, tiny_encoder):
     """Real DDP: two gloo ranks on the CPU, launched the way users launch it."""
@@ -194,6 +199,7 @@ def test_two_process_ddp_equals_one_process_with_double_batch(data, tmp_path, ti
     assert len(json.loads((tmp_path / "two" / "test_captions.json").read_text())) == 5
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_gives_the_update_of_one_batch_twice_as_large(data, tmp_path, tiny_encoder):
     """Micro-batches of one optimizer step are weighted by the step's token and caption counts, not their own: two
     micro-batches of 4 captions (of different lengths) make exactly the step of one batch of 8."""
@@ -207,6 +213,7 @@ def test_gradient_accumulation_gives_the_update_of_one_batch_twice_as_large(data
         torch.testing.assert_close(accumulated[key], large[key], rtol=1e-5, atol=1e-5, msg=key)
 
 
+@pytest.mark.slow
 def test_finetuning_the_encoder_trains_it_from_the_images(data, tmp_path, tiny_encoder):
     out = tmp_path / "out"
     run(tiny_args(data, tiny_encoder, out, tmp_path / "cache", "--finetune_encoder", "--max_steps", "2", "--batch_size", "4",
@@ -222,6 +229,7 @@ def test_finetuning_the_encoder_trains_it_from_the_images(data, tmp_path, tiny_e
     assert config["freeze_encoder"] is False
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_trains(data, tmp_path, tiny_encoder):
     # Its own process: Accelerate keeps one mixed-precision setting per process.
     result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"),
@@ -310,6 +318,7 @@ ALIASES = {"num_epochs": "num_train_epochs", "batch_size": "per_device_train_bat
            "cpu": "use_cpu"}
 
 
+@pytest.mark.slow
 def test_training_arguments_spelled_as_in_transformers_or_as_before_mean_the_same():
     help_text = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--help"], capture_output=True, text=True, timeout=120).stdout
     for old, new in ALIASES.items():
@@ -351,6 +360,7 @@ def test_a_nonsense_argument_is_refused_before_any_data_is_read(name, data, tmp_
 
 
 # ---------------------------------------------------------------------------------------------- one run per output_dir
+@pytest.mark.slow
 def test_a_second_run_in_a_used_output_dir_is_refused_unless_resumed_or_overwritten(data, tmp_path, tiny_encoder):
     out, cache = tmp_path / "out", tmp_path / "cache"
     run(tiny_args(data, tiny_encoder, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
@@ -486,6 +496,7 @@ def test_a_run_from_before_feature_whitening_resumes_only_without_it(data, tmp_p
 
 
 # ---------------------------------------------------------------------------------------------- the launcher decides
+@pytest.mark.slow
 def test_the_launchers_mixed_precision_is_used_and_cpu_is_a_flag(data, tmp_path, tiny_encoder):
     """`accelerate launch --mixed_precision bf16 train.py` trains in bf16 (train.py passes no precision of its own)."""
     out = tmp_path / "out"
@@ -504,6 +515,7 @@ def test_the_launchers_mixed_precision_is_used_and_cpu_is_a_flag(data, tmp_path,
     assert "precision: bf16" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_tracker_logs_go_to_output_dir_runs(data, tmp_path, tiny_encoder):
     out = tmp_path / "out"
     argv = tiny_args(data, tiny_encoder, out, tmp_path / "cache", "--max_steps", "2")
@@ -561,6 +573,7 @@ def test_a_training_state_in_the_checkpoint_layout_of_earlier_runs_loads_and_con
     assert no_validation_yet.best_metric is None and no_validation_yet.best_epoch == 0
 
 
+@pytest.mark.slow
 def test_the_scheduler_is_checkpointed_by_accelerate_and_a_run_folder_of_the_earlier_layout_still_resumes(data, tmp_path, tiny_encoder):
     import hashlib
 
@@ -590,6 +603,7 @@ def test_the_scheduler_is_checkpointed_by_accelerate_and_a_run_folder_of_the_ear
         sorted((tmp_path / "straight" / "checkpoints").glob("step_*"))[-1] / "custom_checkpoint_0.pkl", weights_only=False)
 
 
+@pytest.mark.slow
 def test_resuming_with_another_metric_for_best_model_is_refused_naming_both(data, tmp_path, monkeypatch, tiny_encoder):
     out, cache = tmp_path / "out", tmp_path / "cache"
     run(tiny_args(data, tiny_encoder, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2", "--metric_for_best_model", "cider"))
@@ -608,6 +622,7 @@ def test_resuming_with_another_metric_for_best_model_is_refused_naming_both(data
         run(tiny_args(data, tiny_encoder, out, cache, "--resume", "--metric_for_best_model", "cider"))
 
 
+@pytest.mark.slow
 def test_the_best_model_is_selected_on_the_chosen_metric_in_its_direction(data, tmp_path, tiny_encoder):
     """--metric_for_best_model loss keeps the epoch of the lowest validation loss, whatever BLEU-4 did; metrics.json
     says what selected it, and the final model is that epoch's."""
@@ -627,6 +642,7 @@ def test_the_best_model_is_selected_on_the_chosen_metric_in_its_direction(data, 
     assert all(torch.equal(final[key], weights[key]) for key in final)
 
 
+@pytest.mark.slow
 def test_a_step_schedule_with_warmup_spans_the_whole_run(data, tmp_path, tiny_encoder):
     """--lr_scheduler_type cosine --warmup_ratio: the learning rate rises over the warmup steps and reaches 0 at the
     last optimizer step of --num_epochs (16 images × 5 captions / batch 8 = 10 steps per epoch)."""
@@ -775,6 +791,7 @@ def test_ctrl_c_exits_130_without_a_traceback_and_a_bug_keeps_its_traceback(caps
         train_script.main([])
 
 
+@pytest.mark.slow
 def test_train_py_exits_2_with_one_message_and_prints_names_escaped(tmp_path):
     """The script itself, as a shell runs it: asked to replace a previous run, it meets a dataset folder without
     data first. Names holding terminal control characters reach neither the log nor the error raw."""
@@ -844,6 +861,7 @@ def test_a_new_run_refuses_a_folder_holding_files_or_links_it_would_write_over(d
     assert folder_snapshot(out) == before and victim.read_text() == "secret"
 
 
+@pytest.mark.slow
 def test_a_run_records_what_it_wrote_and_never_writes_through_links_planted_in_its_folder(data, tmp_path, tiny_encoder):
     out, cache, victims = tmp_path / "out", tmp_path / "cache", tmp_path / "victims"
     run(tiny_args(data, tiny_encoder, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
@@ -867,6 +885,7 @@ def test_a_run_records_what_it_wrote_and_never_writes_through_links_planted_in_i
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file or folder left
 
 
+@pytest.mark.slow
 def test_resume_with_another_dataset_or_other_splits_is_refused_naming_both(data, tmp_path, tiny_encoder):
     out, cache = tmp_path / "out", tmp_path / "cache"
     run(tiny_args(data, tiny_encoder, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
@@ -885,6 +904,7 @@ def test_resume_with_another_dataset_or_other_splits_is_refused_naming_both(data
     assert folder_snapshot(out) == before  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_a_broken_first_test_image_or_a_failed_figure_does_not_cost_the_trained_model(tmp_path, monkeypatch, caplog, tiny_encoder):
     """With --no_verify_images the attention example is drawn from the first test image that decodes; a figure that
     cannot be drawn at all is logged, and the model, its records and its card are written anyway."""
@@ -946,6 +966,7 @@ def test_a_start_that_fails_before_training_leaves_the_folder_as_it_found_it(dat
     assert folder_snapshot(killed) == before
 
 
+@pytest.mark.slow
 def test_the_epoch_stopped_by_sigterm_records_its_whole_mean_loss_after_the_resume(data, tmp_path, monkeypatch, tiny_encoder):
     cache, common = tmp_path / "cache", ["--num_epochs", "2", "--eval_num_beams", "1", "--early_stopping_patience", "10"]
     straight = run(tiny_args(data, tiny_encoder, tmp_path / "straight", cache, *common))
