@@ -152,6 +152,7 @@ print("REMOTE-OK", type(model).__module__)
     assert "REMOTE-OK transformers_modules" in result.stdout
 
 
+@pytest.mark.slow
 def test_torchvision_resnet152_converts_to_identical_encoder_outputs():
     torch.manual_seed(0)
     reference = torchvision.models.resnet152(weights=None).eval()
