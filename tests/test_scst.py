@@ -36,6 +36,7 @@ def pycocoevalcap_cider(captions, references):
     return Cider().compute_score(gts, res)[1]
 
 
+@pytest.mark.slow
 def test_the_reward_is_pycocoevalcap_cider_d_when_the_document_frequencies_come_from_the_scored_images():
     captions = ["a red circle", "a blue square on the left", "a green circle", "a star"]
     rewards = CiderDReward(REFERENCES)(captions, [0, 1, 2, 3])
@@ -54,6 +55,7 @@ def test_a_caption_equal_to_its_references_scores_higher_than_a_wrong_one():
     assert right > 1.0 > wrong and empty == 0.0
 
 
+@pytest.mark.slow
 def test_document_frequencies_come_from_the_training_references_not_the_batch():
     reward = CiderDReward(REFERENCES)
     frequencies = len(reward.document_frequency)
@@ -132,6 +134,7 @@ def expected_reward(model, processor, reward, features, samples=64):
     return float(reward(processor.batch_decode(sequences), indices).mean())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("baseline", ["greedy", "mean"])
 def test_scst_steps_raise_the_expected_reward_on_a_tiny_case(tiny, baseline):
     model, processor, features = tiny
