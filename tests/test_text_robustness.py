@@ -139,6 +139,7 @@ ENTITY_SOUP = st.lists(
 ).map("".join)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(st.one_of(st.text(), ENTITY_SOUP))
 def test_normalize_caption_is_clean_and_idempotent(text):
