@@ -17,6 +17,37 @@ TINY_IMAGE_SIZE = 64  # a 2×2 region map with the tiny ResNet below
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests' models are tiny: a second intra-op thread buys nothing, and on a shared machine (other jobs on the same
+# cores) the threads' spin-waits make each step many times slower. Child processes inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def parse_flag_from_env(key: str, default: bool = False) -> bool:
+    """An on/off environment variable, read as transformers' `parse_flag_from_env` reads `RUN_SLOW` (without importing
+    `transformers.testing_utils`, which costs seconds): a value that is neither yes nor no is an error, not a no."""
+    value = os.environ.get(key)
+    if value is None:
+        return default
+    if value.strip().lower() in ("y", "yes", "t", "true", "on", "1"):
+        return True
+    if value.strip().lower() in ("n", "no", "f", "false", "off", "0", ""):
+        return False
+    raise ValueError(f"If set, {key} must be yes or no (1/true/yes or 0/false/no), not {value!r}.")
+
+
+RUN_SLOW = parse_flag_from_env("RUN_SLOW")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.slow` tests (subprocess launches of train.py or the CLI, 2-process runs, real-size models) run only
+    with RUN_SLOW=1: the default tier stays a few minutes on 2 CPU cores."""
+    if RUN_SLOW:
+        return
+    skip_slow = pytest.mark.skip(reason="slow test: run the slow tier with `RUN_SLOW=1 python -m pytest -q -m slow`")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
 
 
 def tiny_config(**overrides) -> ShowAttendTellConfig:
@@ -76,6 +107,24 @@ def run_fresh_python(code: str, cwd, extra_env=None, timeout=300, block_package=
 @pytest.fixture
 def processor():
     return tiny_processor()
+
+
+# ResNet-152's layout (bottleneck blocks, 4 stages, stride 32) with one block per stage and 128 output channels.
+TINY_ENCODER_CONFIG = dict(layer_type="bottleneck", depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 64, 128], embedding_size=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """A saved transformers `ResNetModel` folder (random weights) for train.py's `--encoder`: a 2×2 region map at
+    64×64 from 35k parameters, so that a training run spends its time on the code under test, not on ResNet-152's
+    58M (240 MB per saved model)."""
+    from transformers import ResNetConfig, ResNetModel
+
+    folder = tmp_path_factory.mktemp("tiny_encoder")
+    with torch.random.fork_rng():  # the same weights in every session, without moving the tests' random state
+        torch.manual_seed(0)
+        ResNetModel(ResNetConfig(**TINY_ENCODER_CONFIG)).save_pretrained(folder)
+    return folder
 
 
 def launch_two_processes(script_and_args: list, env: dict, timeout: int, port: int) -> tuple[int, str, str]:

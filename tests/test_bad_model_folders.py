@@ -121,6 +121,7 @@ def test_an_unexpected_tensor_is_refused_naming_it(good_folder, tmp_path):
             load(folder)
 
 
+@pytest.mark.slow
 def test_bad_folders_are_refused_by_remote_code_without_the_package(good_folder, tmp_path):
     folders = {
         "config": (altered(good_folder, tmp_path / "config", config={"hidden_size": "16"}), "ValueError", "config.json", "hidden_size"),

@@ -235,6 +235,7 @@ def test_cider_and_rouge_match_pycocoevalcap(seed):
 # --- METEOR ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(JAVA is None, reason="METEOR needs Java and `java` is not on PATH")
 def test_meteor_identical_captions_auto_detected():
     references = [["a dog runs on the grass", "a brown dog"], ["two cats sleep on a red sofa"]]
@@ -243,6 +244,7 @@ def test_meteor_identical_captions_auto_detected():
     assert scores["meteor"] == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(JAVA is None, reason="METEOR needs Java and `java` is not on PATH")
 def test_meteor_in_unit_interval():
     predictions, references = random_corpus(0, "mixed", n_images=10)
@@ -321,6 +323,7 @@ def test_evaluate_module_loads_offline_and_matches(monkeypatch, tmp_path):
     assert approximate["tokenizer"] == "python (approximate PTB: not comparable with published scores)"
 
 
+@pytest.mark.slow
 def test_evaluate_module_works_without_hf_imgcap(tmp_path):
     """The folder as published on the Hub: copied out of the package and loaded with `evaluate.load(path)` in a
     process where `import hf_imgcap` fails, it gives exactly the scores of hf-imgcap's compute_caption_metrics."""

@@ -168,6 +168,7 @@ def test_scores_equal_pycocoevalcap_on_random_corpora(seed):
         assert ours[name] == pytest.approx(oracle[name], abs=1e-9), name
 
 
+@pytest.mark.slow
 @needs_java
 def test_meteor_equals_pycocoevalcap_on_a_random_corpus():
     """One corpus only: each METEOR run starts a JVM that loads its paraphrase table (tens of seconds)."""

@@ -250,6 +250,7 @@ def test_evaluate_leaves_out_test_images_that_are_also_training_images_unless_al
     assert json.loads(capsys.readouterr().out)["num_images"] == 3
 
 
+@pytest.mark.slow
 def test_console_script_gives_the_same_captions(saved, tmp_path):
     model, processor, folder, paths = saved
     script = console_script()
@@ -289,6 +290,7 @@ def test_symlink_loops_and_dangling_links_are_reported_and_the_others_captioned(
         assert "captioned 1 of 4 images; 3 could not be read" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_piping_the_output_into_head_stops_quietly(saved, tmp_path):
     _, _, folder, paths = saved
     # More than a pipe buffer (64 KB) of JSON lines, so the writer is still writing when `head` goes away.
@@ -317,6 +319,7 @@ def absurd_model_folder(saved, folder, **sizes):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sizes, why", [
     ({"vocab_size": 2_000_000, "embedding_size": 20_000, "hidden_size": 20_000}, "limit"),  # 160 GB in float32
     ({"vocab_size": 100_000, "embedding_size": 1_000, "hidden_size": 1_000}, "model.safetensors"),  # 0.8 GB from 8 bytes

@@ -4,6 +4,8 @@
 import json
 import re
 
+import pytest
+
 from hf_imgcap.demo.content_accuracy import SceneVocabulary, caption_words, score_caption
 from hf_imgcap.demo.presets import DEMO_REPORT_FILE
 from hf_imgcap.demo.run import run_demo
@@ -11,9 +13,10 @@ from hf_imgcap.demo.run import run_demo
 from test_train import data, tiny_args, train_script  # noqa: F401 (data is a fixture)
 
 
-def test_the_demo_scores_the_saved_runs_for_content_and_prints_its_tables(data, tmp_path, capsys):
+@pytest.mark.slow
+def test_the_demo_scores_the_saved_runs_for_content_and_prints_its_tables(data, tmp_path, capsys, tiny_encoder):
     out, cache = tmp_path / "demo", tmp_path / "cache"
-    argv = ["--demo", *tiny_args(data, out, cache, "--num_epochs", "2", "--scst_epochs", "1")]
+    argv = ["--demo", *tiny_args(data, tiny_encoder, out, cache, "--num_epochs", "2", "--scst_epochs", "1")]
     model_args, data_args, args = train_script.parse_args(argv)
     assert model_args.whiten_features and args.scst_baseline == "mean"  # the demo's presets
     result = run_demo(train_script.train, model_args, data_args, args)

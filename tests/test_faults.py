@@ -41,24 +41,26 @@ def poison_losses(monkeypatch, bad_calls):
     monkeypatch.setattr(ShowAttendTellForConditionalGeneration, "forward", forward)
 
 
-def test_non_finite_losses_are_skipped_and_counted(data, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_non_finite_losses_are_skipped_and_counted(data, tmp_path, monkeypatch, tiny_encoder):
     poison_losses(monkeypatch, bad_calls={3, 4})
-    results = run(tiny_args(data, tmp_path / "out", tmp_path / "cache", "--num_epochs", "1", "--max_nonfinite_steps", "3"))
+    results = run(tiny_args(data, tiny_encoder, tmp_path / "out", tmp_path / "cache", "--num_epochs", "1", "--max_nonfinite_steps", "3"))
     assert results["nonfinite_steps_skipped"] == 2
     assert results["steps"] == 10 - 2  # 10 batches, two skipped: no optimizer step for them
 
 
-def test_too_many_non_finite_losses_in_a_row_stop_with_the_last_good_checkpoint_intact(data, tmp_path, monkeypatch):
+def test_too_many_non_finite_losses_in_a_row_stop_with_the_last_good_checkpoint_intact(data, tmp_path, monkeypatch, tiny_encoder):
     poison_losses(monkeypatch, bad_calls=set(range(4, 10**6)))
     with pytest.raises(RuntimeError, match=r"3 non-finite losses in a row: stopping\. The last good checkpoint is .*step_00000004"):
-        run(tiny_args(data, tmp_path / "out", tmp_path / "cache", "--num_epochs", "1", "--max_nonfinite_steps", "3",
+        run(tiny_args(data, tiny_encoder, tmp_path / "out", tmp_path / "cache", "--num_epochs", "1", "--max_nonfinite_steps", "3",
                       "--checkpoint_every_steps", "2"))
     latest = CheckpointManager(tmp_path / "out" / "checkpoints").latest()
     assert verify_checkpoint(latest)["global_step"] == 4
     assert all(torch.isfinite(t).all() for t in load_file(latest / "model.safetensors").values())
 
 
-def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_valid_and_resumable(data, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_valid_and_resumable(data, tmp_path, monkeypatch, tiny_encoder):
     import accelerate
 
     original = accelerate.Accelerator.save_state
@@ -73,24 +75,25 @@ def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_valid_and_resu
 
     monkeypatch.setattr(accelerate.Accelerator, "save_state", save_state)
     with pytest.raises(RuntimeError, match=r"could not write the checkpoint of step 4 .*No space left.*checkpoints/step_00000002, is intact"):
-        run(tiny_args(data, tmp_path / "out", tmp_path / "cache", "--num_epochs", "1", "--checkpoint_every_steps", "2"))
+        run(tiny_args(data, tiny_encoder, tmp_path / "out", tmp_path / "cache", "--num_epochs", "1", "--checkpoint_every_steps", "2"))
     checkpoints = CheckpointManager(tmp_path / "out" / "checkpoints")
     assert [p.name for p in checkpoints.complete_checkpoints()] == ["step_00000002"]
     assert verify_checkpoint(checkpoints.latest())["global_step"] == 2
     monkeypatch.setattr(accelerate.Accelerator, "save_state", original)
-    results = run(tiny_args(data, tmp_path / "out", tmp_path / "cache", "--num_epochs", "1", "--resume"))
+    results = run(tiny_args(data, tiny_encoder, tmp_path / "out", tmp_path / "cache", "--num_epochs", "1", "--resume"))
     assert results["steps"] == 10
 
 
-def test_sigterm_mid_epoch_saves_exits_zero_and_resume_equals_an_uninterrupted_run(data, tmp_path):
+@pytest.mark.slow
+def test_sigterm_mid_epoch_saves_exits_zero_and_resume_equals_an_uninterrupted_run(data, tmp_path, tiny_encoder):
     arguments = ["--num_epochs", "6", "--early_stopping_patience", "100", "--eval_num_beams", "1"]
     command = [sys.executable, str(REPO_ROOT / "train.py")]
-    straight = subprocess.run([*command, *tiny_args(data, tmp_path / "straight", tmp_path / "cache", *arguments)],
+    straight = subprocess.run([*command, *tiny_args(data, tiny_encoder, tmp_path / "straight", tmp_path / "cache", *arguments)],
                               capture_output=True, text=True, timeout=900)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     out = tmp_path / "preempted"
-    process = subprocess.Popen([*command, *tiny_args(data, out, tmp_path / "cache", *arguments)],
+    process = subprocess.Popen([*command, *tiny_args(data, tiny_encoder, out, tmp_path / "cache", *arguments)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     while not (out / "checkpoints" / "step_00000010").is_dir():  # the first epoch is done: we are mid-run
@@ -104,7 +107,7 @@ def test_sigterm_mid_epoch_saves_exits_zero_and_resume_equals_an_uninterrupted_r
     stopped_at = verify_checkpoint(CheckpointManager(out / "checkpoints").latest())["global_step"]
     assert 10 < stopped_at < 60
 
-    resumed = subprocess.run([*command, *tiny_args(data, out, tmp_path / "cache", *arguments, "--resume")],
+    resumed = subprocess.run([*command, *tiny_args(data, tiny_encoder, out, tmp_path / "cache", *arguments, "--resume")],
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     straight_name, straight_weights = last_checkpoint_weights(tmp_path / "straight")
@@ -118,10 +121,10 @@ def test_sigterm_mid_epoch_saves_exits_zero_and_resume_equals_an_uninterrupted_r
     assert resumed_losses == pytest.approx(straight_losses, abs=1e-4)
 
 
-def test_a_run_that_took_no_optimizer_step_fails_and_writes_no_model(data, tmp_path, monkeypatch):
+def test_a_run_that_took_no_optimizer_step_fails_and_writes_no_model(data, tmp_path, monkeypatch, tiny_encoder):
     poison_losses(monkeypatch, bad_calls=set(range(10**6)))  # every batch is unusable
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match=r"the run took 0 optimizer steps \(10 batches, 10 with a non-finite loss\): no model was written"):
-        run(tiny_args(data, out, tmp_path / "cache", "--num_epochs", "2", "--max_nonfinite_steps", "1000"))
+        run(tiny_args(data, tiny_encoder, out, tmp_path / "cache", "--num_epochs", "2", "--max_nonfinite_steps", "1000"))
     assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()
     assert not (out / "checkpoints" / "best").exists() and not (out / "metrics.json").exists()

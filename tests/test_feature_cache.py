@@ -276,6 +276,7 @@ print(f"rank {{accelerator.process_index}} of {{accelerator.num_processes}} enco
 """
 
 
+@pytest.mark.slow
 def test_two_processes_each_encode_their_shard_and_the_cache_equals_one_process(tmp_path):
     """What a multi-process build guarantees: the same images, the same valid mask and skip records, and features
     equal to a one-process build's up to float rounding (the processes may run convolutions with other thread

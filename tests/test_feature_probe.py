@@ -150,6 +150,7 @@ def scene_features(count: int, generator, mixing) -> tuple[list, torch.Tensor]:
     return scenes, torch.stack(rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_the_probe_reads_the_relation_when_the_features_hold_each_object_in_its_place(shuffle):
     generator = torch.Generator().manual_seed(3)

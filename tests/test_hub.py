@@ -88,6 +88,7 @@ def test_a_run_without_test_metrics_says_so(run_folder, tmp_path):
     assert not re.search(r"\| BLEU-\d \| [0-9.]+ \|", card.text)
 
 
+@pytest.mark.slow
 def test_the_cards_usage_snippets_work_as_written(run_folder):
     folder, image, expected = run_folder
     card = ModelCard.load(write_model_card_from_folder(folder, repo_id=str(folder), example_image=str(image)))
@@ -107,6 +108,7 @@ def test_the_cards_usage_snippets_work_as_written(run_folder):
     assert expected[0] in result.stdout
 
 
+@pytest.mark.slow
 def test_push_uploads_everything_remote_loading_needs_in_one_commit(run_folder, tmp_path, monkeypatch):
     folder, image, expected = run_folder
     commits = []

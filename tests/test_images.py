@@ -562,11 +562,12 @@ def test_cli_evaluate_leaves_out_broken_hub_images(broken_hub_parquet, saved_mod
         assert json.loads(capsys.readouterr().out)["num_images"] == len(reference[split]) - 1
 
 
-def test_training_on_broken_hub_images_skips_them_and_finishes(broken_hub_parquet, tmp_path):
+@pytest.mark.slow
+def test_training_on_broken_hub_images_skips_them_and_finishes(broken_hub_parquet, tmp_path, tiny_encoder):
     from test_train import run, tiny_args
 
     folder, reference = broken_hub_parquet
-    results = run(tiny_args(folder, tmp_path / "out", tmp_path / "cache", "--num_epochs", "1", "--num_workers", "1"))
+    results = run(tiny_args(folder, tiny_encoder, tmp_path / "out", tmp_path / "cache", "--num_epochs", "1", "--num_workers", "1"))
     assert results["num_train_images"] == len(reference["train"]) - 2
     assert results["test"]["num_images"] == len(reference["test"]) - 1  # scored on real images only
     assert results["history"][0]["num_images"] == len(reference["validation"]) - 1

@@ -140,6 +140,7 @@ def measured(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("job", ["caption", "cache"])
 def test_memory_does_not_grow_with_the_number_of_images(measured, job):
     small, large = measured[f"{job}_small"], measured[f"{job}_large"]

@@ -183,6 +183,7 @@ def test_features_of_any_scale_give_the_same_outputs():
     assert torch.isfinite(huge.loss)
 
 
+@pytest.mark.slow
 def test_learns_from_random_resnet152_features():
     """The real ResNet-152 architecture with random weights (features ~1e7): a decoder still fits captions to images."""
     torch.manual_seed(0)

@@ -316,7 +316,8 @@ train_script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_script)
 
 
-def test_train_py_on_an_imagefolder_with_image_and_caption_columns(tmp_path):
+@pytest.mark.slow
+def test_train_py_on_an_imagefolder_with_image_and_caption_columns(tmp_path, tiny_encoder):
     """`train.py --dataset <imagefolder> --image_column photo --caption_column description`: imagefolder names the
     image column after `photo_file_name`; only a train split, so validation and test are carved from it."""
     folder = tmp_path / "my_photos"
@@ -325,7 +326,7 @@ def test_train_py_on_an_imagefolder_with_image_and_caption_columns(tmp_path):
     argv = [
         "--dataset", str(folder), "--image_column", "photo", "--caption_column", "description",
         "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"),
-        "--encoder", "random", "--image_size", "64", "--tokenizer", "captions", "--caption_vocab_size", "60",
+        "--encoder", str(tiny_encoder), "--image_size", "64", "--tokenizer", "captions", "--caption_vocab_size", "60",
         "--embedding_size", "16", "--attention_size", "16", "--hidden_size", "16", "--dropout", "0",
         "--batch_size", "16", "--num_epochs", "1", "--max_steps", "2", "--eval_num_beams", "1",
         "--eval_max_new_tokens", "6", "--report_to", "none",

@@ -325,6 +325,7 @@ def run_without_the_package(code: str, cwd) -> dict:
     return json.loads(result.stdout.split("RESULT", 1)[1])
 
 
+@pytest.mark.slow
 def test_pipeline_loads_offline_without_the_package(saved, tmp_path):
     model, processor, folder, paths = saved
     expected = {
@@ -363,6 +364,7 @@ print("RESULT" + json.dumps({{
 
 
 # --------------------------------------------------------------------------------------------- image-text-to-text
+@pytest.mark.slow
 def test_every_task_name_without_the_package(saved, tmp_path):
     """The three names with `trust_remote_code=True`, as a transformers 5 user writes them, without hf-imgcap: no text
     needed, a prompt continued as generate() continues it, and image-text-to-text's result format (`input_text`)."""

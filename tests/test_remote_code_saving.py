@@ -12,6 +12,7 @@ from conftest import run_fresh_python, tiny_model, tiny_processor
 GENERATE = {"max_new_tokens": 6, "num_beams": 3}
 
 
+@pytest.mark.slow
 def test_a_remote_code_model_saves_folders_that_load_again_without_the_package(tmp_path):
     model, processor = tiny_model(), tiny_processor()
     model.save_pretrained(tmp_path / "original")

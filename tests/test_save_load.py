@@ -119,6 +119,7 @@ def test_save_load_in_package_gives_identical_generations(tmp_path):
     assert loaded_processor.tokenizer("a dog").input_ids == processor.tokenizer("a dog").input_ids
 
 
+@pytest.mark.slow
 def test_remote_code_loads_in_a_fresh_offline_process_without_the_package(tmp_path):
     model, processor = save_tiny(tmp_path / "model")
     torch.manual_seed(1)
@@ -151,6 +152,7 @@ print("REMOTE-OK", type(model).__module__)
     assert "REMOTE-OK transformers_modules" in result.stdout
 
 
+@pytest.mark.slow
 def test_torchvision_resnet152_converts_to_identical_encoder_outputs():
     torch.manual_seed(0)
     reference = torchvision.models.resnet152(weights=None).eval()
@@ -232,6 +234,7 @@ def check_frozen_encoder(model):
     assert all(p.requires_grad for name, p in model.named_parameters() if not name.startswith("encoder."))
 
 
+@pytest.mark.slow
 def test_a_frozen_encoder_stays_frozen_after_save_and_load(tmp_path):
     """AutoModel.from_pretrained(folder) of a model saved with freeze_encoder=True keeps every encoder parameter
     frozen (loading replaces parameters with new, trainable ones)."""

@@ -36,6 +36,7 @@ def pycocoevalcap_cider(captions, references):
     return Cider().compute_score(gts, res)[1]
 
 
+@pytest.mark.slow
 def test_the_reward_is_pycocoevalcap_cider_d_when_the_document_frequencies_come_from_the_scored_images():
     captions = ["a red circle", "a blue square on the left", "a green circle", "a star"]
     rewards = CiderDReward(REFERENCES)(captions, [0, 1, 2, 3])
@@ -54,6 +55,7 @@ def test_a_caption_equal_to_its_references_scores_higher_than_a_wrong_one():
     assert right > 1.0 > wrong and empty == 0.0
 
 
+@pytest.mark.slow
 def test_document_frequencies_come_from_the_training_references_not_the_batch():
     reward = CiderDReward(REFERENCES)
     frequencies = len(reward.document_frequency)
@@ -132,6 +134,7 @@ def expected_reward(model, processor, reward, features, samples=64):
     return float(reward(processor.batch_decode(sequences), indices).mean())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("baseline", ["greedy", "mean"])
 def test_scst_steps_raise_the_expected_reward_on_a_tiny_case(tiny, baseline):
     model, processor, features = tiny
@@ -154,12 +157,13 @@ train_script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_script)
 
 
-def test_train_with_scst_epochs_records_the_scst_stage_and_saves_the_scst_model(tmp_path):
+@pytest.mark.slow
+def test_train_with_scst_epochs_records_the_scst_stage_and_saves_the_scst_model(tmp_path, tiny_encoder):
     data = write_synthetic_flickr8k(tmp_path / "flickr8k", num_train=12, num_val=4, num_test=4, image_size=64, seed=3)
     out = tmp_path / "out"
     argv = [
         "--dataset", str(data), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
-        "--encoder", "random", "--image_size", "64", "--tokenizer", "captions", "--caption_vocab_size", "80",
+        "--encoder", str(tiny_encoder), "--image_size", "64", "--tokenizer", "captions", "--caption_vocab_size", "80",
         "--embedding_size", "24", "--attention_size", "24", "--hidden_size", "24", "--dropout", "0",
         "--batch_size", "8", "--learning_rate", "3e-3", "--eval_num_beams", "2", "--eval_max_new_tokens", "12",
         "--report_to", "none", "--seed", "7", "--num_epochs", "1",
@@ -183,14 +187,15 @@ def test_train_with_scst_epochs_records_the_scst_stage_and_saves_the_scst_model(
     assert torch.equal(final["lm_head.weight"], cross_entropy_best["lm_head.weight"]) == (scst["kept"] == "cross_entropy")
 
 
-def test_an_scst_stage_that_only_makes_the_model_worse_leaves_the_cross_entropy_model_final(tmp_path):
+@pytest.mark.slow
+def test_an_scst_stage_that_only_makes_the_model_worse_leaves_the_cross_entropy_model_final(tmp_path, tiny_encoder):
     """A learning rate far too high wrecks the policy in its first step: no SCST epoch can beat the cross-entropy
     model on validation, and the run's final model (and its test scores) must be that model."""
     data = write_synthetic_flickr8k(tmp_path / "flickr8k", num_train=12, num_val=4, num_test=4, image_size=64, seed=3)
     out = tmp_path / "out"
     argv = [
         "--dataset", str(data), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
-        "--encoder", "random", "--image_size", "64", "--tokenizer", "captions", "--caption_vocab_size", "80",
+        "--encoder", str(tiny_encoder), "--image_size", "64", "--tokenizer", "captions", "--caption_vocab_size", "80",
         "--embedding_size", "24", "--attention_size", "24", "--hidden_size", "24", "--dropout", "0",
         "--batch_size", "8", "--learning_rate", "1e-2", "--eval_num_beams", "1", "--eval_max_new_tokens", "12",
         "--report_to", "none", "--seed", "7", "--num_epochs", "6",

@@ -139,6 +139,7 @@ ENTITY_SOUP = st.lists(
 ).map("".join)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(st.one_of(st.text(), ENTITY_SOUP))
 def test_normalize_caption_is_clean_and_idempotent(text):
@@ -415,11 +416,12 @@ def test_captions_the_vocabulary_cannot_spell_are_named_not_refused(caplog):
     assert "img0.jpg: '🐶 🐱'" in caplog.text and "img11.jpg" not in caplog.text  # the first few, not all 12
 
 
-def test_train_with_a_tiny_caption_vocabulary_finishes_and_says_why_captions_have_unk(tmp_path, caplog):
+@pytest.mark.slow
+def test_train_with_a_tiny_caption_vocabulary_finishes_and_says_why_captions_have_unk(tmp_path, caplog, tiny_encoder):
     from test_train import run, tiny_args
 
     data = write_synthetic_flickr8k(tmp_path / "data", num_train=8, num_val=2, num_test=2, image_size=64)
-    argv = tiny_args(data, tmp_path / "out", tmp_path / "cache", "--num_epochs", "1")
+    argv = tiny_args(data, tiny_encoder, tmp_path / "out", tmp_path / "cache", "--num_epochs", "1")
     argv[argv.index("--caption_vocab_size") + 1] = "15"
     with caplog.at_level(logging.WARNING):
         results = run(argv)

@@ -37,11 +37,12 @@ def data(tmp_path_factory):
     return write_synthetic_flickr8k(root, num_train=16, num_val=5, num_test=5, image_size=64, seed=3)
 
 
-def tiny_args(data, output_dir, cache_dir, *extra):
-    """The real ResNet-152 architecture (random weights) at 64×64, a small decoder and vocabulary."""
+def tiny_args(data, encoder, output_dir, cache_dir, *extra):
+    """A training run on the tiny ResNet folder `encoder` (the `tiny_encoder` fixture) at 64×64, with a small decoder and
+    vocabulary."""
     return [
         "--dataset", str(data), "--output_dir", str(output_dir), "--cache_dir", str(cache_dir),
-        "--encoder", "random", "--image_size", "64", "--tokenizer", "captions", "--caption_vocab_size", "80",
+        "--encoder", str(encoder), "--image_size", "64", "--tokenizer", "captions", "--caption_vocab_size", "80",
         "--embedding_size", "24", "--attention_size", "24", "--hidden_size", "24", "--dropout", "0",
         "--batch_size", "8", "--learning_rate", "3e-3", "--eval_num_beams", "2", "--eval_max_new_tokens", "12",
         "--report_to", "none", "--seed", "7", *extra,
@@ -58,8 +59,10 @@ def last_checkpoint_weights(output_dir):
     return checkpoints[-1].name, load_file(checkpoints[-1] / "model.safetensors")
 
 
-def test_short_training_reduces_the_loss_and_writes_a_loadable_hub_folder(data, tmp_path):
-    results = run(tiny_args(data, tmp_path / "out", tmp_path / "cache", "--num_epochs", "4"))
+@pytest.mark.slow
+def test_short_training_reduces_the_loss_and_writes_a_loadable_hub_folder(data, tmp_path, tiny_encoder):
+    # A learning rate that moves the tiny decoder within 4 epochs of 10 steps.
+    results = run(tiny_args(data, tiny_encoder, tmp_path / "out", tmp_path / "cache", "--num_epochs", "4", "--learning_rate", "1e-2"))
     history = results["history"]
     assert len(history) == 4 and all(entry["num_images"] == 5 for entry in history)
     out = tmp_path / "out"
@@ -111,12 +114,13 @@ def test_a_metrics_json_that_is_not_a_run_record_is_refused_naming_the_file(tmp_
         load_run_metrics(path)
 
 
-def test_stop_mid_epoch_and_resume_equals_an_uninterrupted_run(data, tmp_path):
+@pytest.mark.slow
+def test_stop_mid_epoch_and_resume_equals_an_uninterrupted_run(data, tmp_path, tiny_encoder):
     cache = tmp_path / "cache"
-    run(tiny_args(data, tmp_path / "straight", cache, "--num_epochs", "2"))
+    run(tiny_args(data, tiny_encoder, tmp_path / "straight", cache, "--num_epochs", "2"))
     # 16 images × 5 captions / batch 8 = 10 steps per epoch: stop at step 13, in the middle of epoch 2.
-    run(tiny_args(data, tmp_path / "resumed", cache, "--num_epochs", "2", "--max_steps", "13", "--checkpoint_every_steps", "13"))
-    run(tiny_args(data, tmp_path / "resumed", cache, "--num_epochs", "2", "--resume"))
+    run(tiny_args(data, tiny_encoder, tmp_path / "resumed", cache, "--num_epochs", "2", "--max_steps", "13", "--checkpoint_every_steps", "13"))
+    run(tiny_args(data, tiny_encoder, tmp_path / "resumed", cache, "--num_epochs", "2", "--resume"))
     straight_name, straight = last_checkpoint_weights(tmp_path / "straight")
     resumed_name, resumed = last_checkpoint_weights(tmp_path / "resumed")
     assert straight_name == resumed_name == "step_00000020"
@@ -124,20 +128,22 @@ def test_stop_mid_epoch_and_resume_equals_an_uninterrupted_run(data, tmp_path):
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
 
 
-def test_corrupt_or_partial_checkpoints_are_refused_with_a_clear_error(data, tmp_path):
+@pytest.mark.slow
+def test_corrupt_or_partial_checkpoints_are_refused_with_a_clear_error(data, tmp_path, tiny_encoder):
     out = tmp_path / "out"
-    run(tiny_args(data, out, tmp_path / "cache", "--num_epochs", "1"))
+    run(tiny_args(data, tiny_encoder, out, tmp_path / "cache", "--num_epochs", "1"))
     latest = sorted((out / "checkpoints").glob("step_*"))[-1]
     with open(latest / "optimizer.bin", "r+b") as handle:  # flip bytes in the middle
         handle.seek(100)
         handle.write(b"\x00\xff\x00\xff")
     with pytest.raises(CheckpointError, match=r"optimizer.bin does not match its checksum"):
-        run(tiny_args(data, out, tmp_path / "cache", "--num_epochs", "2", "--resume"))
+        run(tiny_args(data, tiny_encoder, out, tmp_path / "cache", "--num_epochs", "2", "--resume"))
     (latest / "manifest.json").unlink()  # as if the save had been cut off before sealing
     with pytest.raises(CheckpointError, match="is partial"):
-        run(tiny_args(data, out, tmp_path / "cache", "--num_epochs", "2", "--resume_from", str(latest)))
+        run(tiny_args(data, tiny_encoder, out, tmp_path / "cache", "--num_epochs", "2", "--resume_from", str(latest)))
 
 
+@pytest.mark.slow
 def test_help_documents_every_flag_and_each_is_accepted():
     result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -167,18 +173,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.cpu_count() is None, reason="needs processes")
-def test_two_process_ddp_equals_one_process_with_double_batch(data, tmp_path):
+def test_two_process_ddp_equals_one_process_with_double_batch(data, tmp_path, tiny_encoder):
     """Real DDP: two gloo ranks on the CPU, launched the way users launch it."""
     cache = tmp_path / "cache"
     common = ["--num_epochs", "1", "--max_steps", "3", "--checkpoint_every_steps", "3"]
     single = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "train.py"), *tiny_args(data, tmp_path / "one", cache, *common)],
+        [sys.executable, str(REPO_ROOT / "train.py"), *tiny_args(data, tiny_encoder, tmp_path / "one", cache, *common)],
         capture_output=True, text=True, timeout=600,
     )
     assert single.returncode == 0, single.stdout[-3000:] + single.stderr[-3000:]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    returncode, stdout, stderr = launch_two_processes([REPO_ROOT / "train.py", *tiny_args(data, tmp_path / "two", cache, *common, "--batch_size", "4")],
+    returncode, stdout, stderr = launch_two_processes([REPO_ROOT / "train.py", *tiny_args(data, tiny_encoder, tmp_path / "two", cache, *common, "--batch_size", "4")],
                                                       env, timeout=600, port=free_port())
     assert returncode == 0, stdout[-3000:] + stderr[-3000:]
     # The single run used batch 8; the two ranks used 4 each (batch_size is per process).
@@ -193,12 +200,13 @@ def test_two_process_ddp_equals_one_process_with_double_batch(data, tmp_path):
     assert len(json.loads((tmp_path / "two" / "test_captions.json").read_text())) == 5
 
 
-def test_gradient_accumulation_gives_the_update_of_one_batch_twice_as_large(data, tmp_path):
+@pytest.mark.slow
+def test_gradient_accumulation_gives_the_update_of_one_batch_twice_as_large(data, tmp_path, tiny_encoder):
     """Micro-batches of one optimizer step are weighted by the step's token and caption counts, not their own: two
     micro-batches of 4 captions (of different lengths) make exactly the step of one batch of 8."""
     cache, common = tmp_path / "cache", ["--max_steps", "3", "--checkpoint_every_steps", "3", "--eval_num_beams", "1"]
-    run(tiny_args(data, tmp_path / "large", cache, *common, "--batch_size", "8"))
-    run(tiny_args(data, tmp_path / "accumulated", cache, *common, "--batch_size", "4", "--gradient_accumulation_steps", "2"))
+    run(tiny_args(data, tiny_encoder, tmp_path / "large", cache, *common, "--batch_size", "8"))
+    run(tiny_args(data, tiny_encoder, tmp_path / "accumulated", cache, *common, "--batch_size", "4", "--gradient_accumulation_steps", "2"))
     _, large = last_checkpoint_weights(tmp_path / "large")
     name, accumulated = last_checkpoint_weights(tmp_path / "accumulated")
     assert name == "step_00000003"  # three optimizer steps, not three micro-batches
@@ -206,25 +214,27 @@ def test_gradient_accumulation_gives_the_update_of_one_batch_twice_as_large(data
         torch.testing.assert_close(accumulated[key], large[key], rtol=1e-5, atol=1e-5, msg=key)
 
 
-def test_finetuning_the_encoder_trains_it_from_the_images(data, tmp_path):
+@pytest.mark.slow
+def test_finetuning_the_encoder_trains_it_from_the_images(data, tmp_path, tiny_encoder):
     out = tmp_path / "out"
-    run(tiny_args(data, out, tmp_path / "cache", "--finetune_encoder", "--max_steps", "2", "--batch_size", "4",
+    run(tiny_args(data, tiny_encoder, out, tmp_path / "cache", "--finetune_encoder", "--max_steps", "2", "--batch_size", "4",
                   "--checkpoint_every_steps", "2", "--encoder_learning_rate", "1e-3"))
     trained = load_file(sorted((out / "checkpoints").glob("step_*"))[-1] / "model.safetensors")
-    torch.manual_seed(7)  # the same seed: the same random ResNet-152 before training
-    fresh = train_script.build_model(train_script.ModelArguments(encoder="random", image_size=64, embedding_size=24,
+    fresh = train_script.build_model(train_script.ModelArguments(encoder=str(tiny_encoder), image_size=64, embedding_size=24,
                                                                  attention_size=24, hidden_size=24),
                                      train_script.default_tokenizer(), finetune_encoder=True)
     key = "encoder.embedder.embedder.convolution.weight"
+    torch.testing.assert_close(fresh.state_dict()[key], load_file(tiny_encoder / "model.safetensors")[key.removeprefix("encoder.")])
     assert not torch.equal(trained[key], fresh.state_dict()[key])
     config = json.loads((out / "config.json").read_text())
     assert config["freeze_encoder"] is False
 
 
-def test_bf16_mixed_precision_trains(data, tmp_path):
+@pytest.mark.slow
+def test_bf16_mixed_precision_trains(data, tmp_path, tiny_encoder):
     # Its own process: Accelerate keeps one mixed-precision setting per process.
     result = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"),
-                             *tiny_args(data, tmp_path / "out", tmp_path / "cache", "--mixed_precision", "bf16", "--num_epochs", "2")],
+                             *tiny_args(data, tiny_encoder, tmp_path / "out", tmp_path / "cache", "--mixed_precision", "bf16", "--num_epochs", "2")],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -309,6 +319,7 @@ ALIASES = {"num_epochs": "num_train_epochs", "batch_size": "per_device_train_bat
            "cpu": "use_cpu"}
 
 
+@pytest.mark.slow
 def test_training_arguments_spelled_as_in_transformers_or_as_before_mean_the_same():
     help_text = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--help"], capture_output=True, text=True, timeout=120).stdout
     for old, new in ALIASES.items():
@@ -332,7 +343,7 @@ def test_every_argument_that_takes_a_value_has_a_nonsense_case():
 
 
 @pytest.mark.parametrize("name", sorted(NONSENSE))
-def test_a_nonsense_argument_is_refused_before_any_data_is_read(name, data, tmp_path, monkeypatch):
+def test_a_nonsense_argument_is_refused_before_any_data_is_read(name, data, tmp_path, monkeypatch, tiny_encoder):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
     value = str(a_file) if NONSENSE[name] == "FILE" else NONSENSE[name]
@@ -341,7 +352,7 @@ def test_a_nonsense_argument_is_refused_before_any_data_is_read(name, data, tmp_
         raise AssertionError("data was read before the arguments were checked")
 
     monkeypatch.setattr(train_script, "load_caption_dataset", no_data)
-    argv = tiny_args(data, tmp_path / "out", tmp_path / "cache", f"--{name}", value)
+    argv = tiny_args(data, tiny_encoder, tmp_path / "out", tmp_path / "cache", f"--{name}", value)
     parsed = next(getattr(group, name) for group in train_script.parse_args(argv) if hasattr(group, name))
     with pytest.raises(ValueError) as refused:
         run(argv)
@@ -350,13 +361,14 @@ def test_a_nonsense_argument_is_refused_before_any_data_is_read(name, data, tmp_
 
 
 # ---------------------------------------------------------------------------------------------- one run per output_dir
-def test_a_second_run_in_a_used_output_dir_is_refused_unless_resumed_or_overwritten(data, tmp_path):
+@pytest.mark.slow
+def test_a_second_run_in_a_used_output_dir_is_refused_unless_resumed_or_overwritten(data, tmp_path, tiny_encoder):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
+    run(tiny_args(data, tiny_encoder, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
     (out / "notes").mkdir()
     (out / "notes" / "credentials.json").write_text("{}")  # the user's own files in the folder
     (out / "my_results.csv").write_text("a,b\n")
-    second = tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2", "--hidden_size", "16")
+    second = tiny_args(data, tiny_encoder, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2", "--hidden_size", "16")
     with pytest.raises(ValueError, match=r"holds a previous training run.*--resume.*--overwrite_output_dir"):
         run(second)
     assert json.loads((out / "config.json").read_text())["hidden_size"] == 24  # untouched
@@ -438,7 +450,7 @@ def test_the_demo_replaces_its_own_previous_run_and_can_still_resume():
     assert args.resume  # --resume wins: check_output_dir deletes nothing when continuing
 
 
-def test_resume_with_a_different_model_size_names_each_differing_argument_before_reading_data(data, tmp_path, monkeypatch):
+def test_resume_with_a_different_model_size_names_each_differing_argument_before_reading_data(data, tmp_path, monkeypatch, tiny_encoder):
     out, cache = tmp_path / "out", tmp_path / "cache"
 
     def crash(*args, **kwargs):
@@ -446,7 +458,7 @@ def test_resume_with_a_different_model_size_names_each_differing_argument_before
 
     monkeypatch.setattr(training_loop, "evaluate_captioner", crash)  # the run dies after its step-2 checkpoint
     with pytest.raises(RuntimeError, match="went down"):
-        run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
+        run(tiny_args(data, tiny_encoder, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
     assert (out / "checkpoints" / "step_00000002").is_dir()
 
     def no_data(*args, **kwargs):
@@ -455,20 +467,20 @@ def test_resume_with_a_different_model_size_names_each_differing_argument_before
     monkeypatch.setattr(train_script, "load_caption_dataset", no_data)
     changed = ["--hidden_size", "16", "--embedding_size", "20"]
     with pytest.raises(ValueError) as refused:
-        run(tiny_args(data, out, cache, "--resume", *changed))
+        run(tiny_args(data, tiny_encoder, out, cache, "--resume", *changed))
     message = str(refused.value)
     assert "--hidden_size 16 (the run being resumed used 24)" in message
     assert "--embedding_size 20 (the run being resumed used 24)" in message
     assert "attention_size" not in message  # only what differs
     with pytest.raises(ValueError, match=r"--hidden_size 16 \(the run being resumed used 24\)"):
-        run(tiny_args(data, tmp_path / "elsewhere", cache, "--resume_from", str(out / "checkpoints" / "step_00000002"), *changed))
+        run(tiny_args(data, tiny_encoder, tmp_path / "elsewhere", cache, "--resume_from", str(out / "checkpoints" / "step_00000002"), *changed))
 
 
-def test_a_run_from_before_feature_whitening_resumes_only_without_it(data, tmp_path, monkeypatch):
+def test_a_run_from_before_feature_whitening_resumes_only_without_it(data, tmp_path, monkeypatch, tiny_encoder):
     """A run folder saved before --whiten_features existed trained without whitening: resuming it with whitening is
     refused naming the argument; without (the default) passes the check."""
     out, cache = tmp_path / "out", tmp_path / "cache"
-    run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2", "--whiten_features", "false"))
+    run(tiny_args(data, tiny_encoder, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2", "--whiten_features", "false"))
     args_file = out / "training_args.json"
     recorded = json.loads(args_file.read_text())
     assert recorded["model"].pop("whiten_features") is False
@@ -479,19 +491,20 @@ def test_a_run_from_before_feature_whitening_resumes_only_without_it(data, tmp_p
 
     monkeypatch.setattr(train_script, "load_caption_dataset", no_data)
     with pytest.raises(ValueError, match=r"--whiten_features True \(the run being resumed used False\)"):
-        run(tiny_args(data, out, cache, "--resume", "--whiten_features"))
+        run(tiny_args(data, tiny_encoder, out, cache, "--resume", "--whiten_features"))
     with pytest.raises(AssertionError, match="the resume check passed"):
-        run(tiny_args(data, out, cache, "--resume"))
+        run(tiny_args(data, tiny_encoder, out, cache, "--resume"))
 
 
 # ---------------------------------------------------------------------------------------------- the launcher decides
-def test_the_launchers_mixed_precision_is_used_and_cpu_is_a_flag(data, tmp_path):
+@pytest.mark.slow
+def test_the_launchers_mixed_precision_is_used_and_cpu_is_a_flag(data, tmp_path, tiny_encoder):
     """`accelerate launch --mixed_precision bf16 train.py` trains in bf16 (train.py passes no precision of its own)."""
     out = tmp_path / "out"
     launch = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
          "--mixed_precision", "bf16", "--dynamo_backend", "no", str(REPO_ROOT / "train.py"),
-         *tiny_args(data, out, tmp_path / "cache", "--max_steps", "2", "--cpu")],
+         *tiny_args(data, tiny_encoder, out, tmp_path / "cache", "--max_steps", "2", "--cpu")],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"},
     )
     assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
@@ -503,9 +516,10 @@ def test_the_launchers_mixed_precision_is_used_and_cpu_is_a_flag(data, tmp_path)
     assert "precision: bf16" in (out / "README.md").read_text()
 
 
-def test_tracker_logs_go_to_output_dir_runs(data, tmp_path):
+@pytest.mark.slow
+def test_tracker_logs_go_to_output_dir_runs(data, tmp_path, tiny_encoder):
     out = tmp_path / "out"
-    argv = tiny_args(data, out, tmp_path / "cache", "--max_steps", "2")
+    argv = tiny_args(data, tiny_encoder, out, tmp_path / "cache", "--max_steps", "2")
     argv[argv.index("--report_to") + 1] = "tensorboard"
     run(argv)
     events = sorted(path.relative_to(out).parts[0] for path in out.rglob("events.out.tfevents.*"))
@@ -560,13 +574,14 @@ def test_a_training_state_in_the_checkpoint_layout_of_earlier_runs_loads_and_con
     assert no_validation_yet.best_metric is None and no_validation_yet.best_epoch == 0
 
 
-def test_the_scheduler_is_checkpointed_by_accelerate_and_a_run_folder_of_the_earlier_layout_still_resumes(data, tmp_path):
+@pytest.mark.slow
+def test_the_scheduler_is_checkpointed_by_accelerate_and_a_run_folder_of_the_earlier_layout_still_resumes(data, tmp_path, tiny_encoder):
     import hashlib
 
     cache = tmp_path / "cache"
-    run(tiny_args(data, tmp_path / "straight", cache, "--num_epochs", "2", "--lr_decay_patience", "1"))
+    run(tiny_args(data, tiny_encoder, tmp_path / "straight", cache, "--num_epochs", "2", "--lr_decay_patience", "1"))
     out = tmp_path / "resumed"
-    run(tiny_args(data, out, cache, "--num_epochs", "1", "--lr_decay_patience", "1"))
+    run(tiny_args(data, tiny_encoder, out, cache, "--num_epochs", "1", "--lr_decay_patience", "1"))
     checkpoint = sorted((out / "checkpoints").glob("step_*"))[-1]
     state_file = checkpoint / "training_state.json"
     assert (checkpoint / "custom_checkpoint_0.pkl").is_file() and "scheduler" not in json.loads(state_file.read_text())
@@ -578,7 +593,7 @@ def test_the_scheduler_is_checkpointed_by_accelerate_and_a_run_folder_of_the_ear
     manifest["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
                          for p in sorted(checkpoint.iterdir()) if p.is_file() and p.name != "manifest.json"}
     (checkpoint / "manifest.json").write_text(json.dumps(manifest))
-    run(tiny_args(data, out, cache, "--num_epochs", "2", "--lr_decay_patience", "1", "--resume"))
+    run(tiny_args(data, tiny_encoder, out, cache, "--num_epochs", "2", "--lr_decay_patience", "1", "--resume"))
     straight_name, straight = last_checkpoint_weights(tmp_path / "straight")
     resumed_name, resumed = last_checkpoint_weights(out)
     assert straight_name == resumed_name
@@ -589,11 +604,12 @@ def test_the_scheduler_is_checkpointed_by_accelerate_and_a_run_folder_of_the_ear
         sorted((tmp_path / "straight" / "checkpoints").glob("step_*"))[-1] / "custom_checkpoint_0.pkl", weights_only=False)
 
 
-def test_resuming_with_another_metric_for_best_model_is_refused_naming_both(data, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_resuming_with_another_metric_for_best_model_is_refused_naming_both(data, tmp_path, monkeypatch, tiny_encoder):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2", "--metric_for_best_model", "cider"))
+    run(tiny_args(data, tiny_encoder, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2", "--metric_for_best_model", "cider"))
     with pytest.raises(ValueError, match=r"--metric_for_best_model 'loss' \(the run being resumed used 'cider'\)"):
-        run(tiny_args(data, out, cache, "--resume", "--metric_for_best_model", "loss"))
+        run(tiny_args(data, tiny_encoder, out, cache, "--resume", "--metric_for_best_model", "loss"))
     # A run from before training_args.json recorded the metric (it selected on BLEU-4): refused by the checkpoint.
     recorded = json.loads((out / "training_args.json").read_text())
     del recorded["training"]["metric_for_best_model"]
@@ -604,14 +620,15 @@ def test_resuming_with_another_metric_for_best_model_is_refused_naming_both(data
     (checkpoint / "training_state.json").write_text(json.dumps(state))
     monkeypatch.setattr(training_loop, "verify_checkpoint", lambda folder: json.loads((folder / "training_state.json").read_text()))
     with pytest.raises(ValueError, match=r"selects its best model on 'bleu_4', not 'cider'; pass --metric_for_best_model bleu_4"):
-        run(tiny_args(data, out, cache, "--resume", "--metric_for_best_model", "cider"))
+        run(tiny_args(data, tiny_encoder, out, cache, "--resume", "--metric_for_best_model", "cider"))
 
 
-def test_the_best_model_is_selected_on_the_chosen_metric_in_its_direction(data, tmp_path):
+@pytest.mark.slow
+def test_the_best_model_is_selected_on_the_chosen_metric_in_its_direction(data, tmp_path, tiny_encoder):
     """--metric_for_best_model loss keeps the epoch of the lowest validation loss, whatever BLEU-4 did; metrics.json
     says what selected it, and the final model is that epoch's."""
     out = tmp_path / "out"
-    results = run(tiny_args(data, out, tmp_path / "cache", "--num_epochs", "4", "--learning_rate", "3e-2",
+    results = run(tiny_args(data, tiny_encoder, out, tmp_path / "cache", "--num_epochs", "4", "--learning_rate", "3e-2",
                             "--metric_for_best_model", "loss", "--early_stopping_patience", "10", "--checkpoints_to_keep", "10"))
     history = results["history"]
     assert all(math.isfinite(entry["loss"]) for entry in history)  # every epoch records its validation loss
@@ -626,11 +643,12 @@ def test_the_best_model_is_selected_on_the_chosen_metric_in_its_direction(data, 
     assert all(torch.equal(final[key], weights[key]) for key in final)
 
 
-def test_a_step_schedule_with_warmup_spans_the_whole_run(data, tmp_path):
+@pytest.mark.slow
+def test_a_step_schedule_with_warmup_spans_the_whole_run(data, tmp_path, tiny_encoder):
     """--lr_scheduler_type cosine --warmup_ratio: the learning rate rises over the warmup steps and reaches 0 at the
     last optimizer step of --num_epochs (16 images × 5 captions / batch 8 = 10 steps per epoch)."""
     out = tmp_path / "out"
-    run(tiny_args(data, out, tmp_path / "cache", "--num_epochs", "2", "--lr_scheduler_type", "cosine", "--warmup_ratio", "0.25",
+    run(tiny_args(data, tiny_encoder, out, tmp_path / "cache", "--num_epochs", "2", "--lr_scheduler_type", "cosine", "--warmup_ratio", "0.25",
                   "--checkpoint_every_steps", "1", "--checkpoints_to_keep", "20"))
     rates = {}
     for checkpoint in sorted((out / "checkpoints").glob("step_*")):
@@ -671,7 +689,7 @@ def only_installed(monkeypatch, *names):
     ("tensorboard,comet_ml", "comet_ml", "pip install comet_ml"),
     ("all, mlflow", "mlflow", "pip install mlflow"),  # named next to "all", it is still asked for by name
 ])
-def test_a_tracker_whose_package_is_missing_is_refused_before_any_data_is_read(report_to, tracker, package, data, tmp_path, monkeypatch):
+def test_a_tracker_whose_package_is_missing_is_refused_before_any_data_is_read(report_to, tracker, package, data, tmp_path, monkeypatch, tiny_encoder):
     """Accelerate drops a tracker it cannot import with a debug message: the run trained for hours untracked."""
     only_installed(monkeypatch, "tensorboard")
 
@@ -679,7 +697,7 @@ def test_a_tracker_whose_package_is_missing_is_refused_before_any_data_is_read(r
         raise AssertionError("data was read before the trackers were checked")
 
     monkeypatch.setattr(train_script, "load_caption_dataset", no_data)
-    argv = tiny_args(data, tmp_path / "out", tmp_path / "cache", "--report_to", report_to)
+    argv = tiny_args(data, tiny_encoder, tmp_path / "out", tmp_path / "cache", "--report_to", report_to)
     with pytest.raises(ValueError) as refused:
         run(argv)
     message = str(refused.value)
@@ -721,7 +739,7 @@ def an_imagefolder_dataset(folder):
     return folder
 
 
-def test_user_errors_are_one_message_on_stderr_and_exit_status_2(data, tmp_path, capsys, monkeypatch):
+def test_user_errors_are_one_message_on_stderr_and_exit_status_2(data, tmp_path, capsys, monkeypatch, tiny_encoder):
     """A wrong value, a used --output_dir, a column the dataset lacks, a folder that holds no model: the user's to
     fix, so the message (prefixed with the program) and no Python traceback; status 2 as argparse's own errors."""
     monkeypatch.delenv("HF_IMGCAP_DEBUG", raising=False)
@@ -739,7 +757,7 @@ def test_user_errors_are_one_message_on_stderr_and_exit_status_2(data, tmp_path,
         str(not_a_model): ["--encoder", str(not_a_model), "--tokenizer", "bert-base-uncased"],
     }
     for number, (message, extra) in enumerate(cases.items()):
-        code, err = main_exit(tiny_args(data, tmp_path / f"out{number}", tmp_path / "cache", *extra), capsys)
+        code, err = main_exit(tiny_args(data, tiny_encoder, tmp_path / f"out{number}", tmp_path / "cache", *extra), capsys)
         assert code == 2, (extra, err)
         assert "Traceback" not in err, err
         # (stderr may also hold datasets' progress bars)
@@ -750,9 +768,9 @@ def test_user_errors_are_one_message_on_stderr_and_exit_status_2(data, tmp_path,
     assert code == 2 and "Traceback" not in err and "train.py: error: unrecognized arguments: --no_such_flag 3" in err, err
 
 
-def test_the_traceback_of_a_user_error_is_shown_with_hf_imgcap_debug(data, tmp_path, capsys, monkeypatch):
+def test_the_traceback_of_a_user_error_is_shown_with_hf_imgcap_debug(data, tmp_path, capsys, monkeypatch, tiny_encoder):
     monkeypatch.setenv("HF_IMGCAP_DEBUG", "1")
-    code, err = main_exit(tiny_args(data, tmp_path / "out", tmp_path / "cache", "--learning_rate", "-1"), capsys)
+    code, err = main_exit(tiny_args(data, tiny_encoder, tmp_path / "out", tmp_path / "cache", "--learning_rate", "-1"), capsys)
     assert code == 2 and "Traceback (most recent call last)" in err and "validate_arguments" in err
     assert err.rstrip().endswith("train.py: error: invalid arguments:\n  --learning_rate -1.0: must be a positive number"), err
 
@@ -774,6 +792,7 @@ def test_ctrl_c_exits_130_without_a_traceback_and_a_bug_keeps_its_traceback(caps
         train_script.main([])
 
 
+@pytest.mark.slow
 def test_train_py_exits_2_with_one_message_and_prints_names_escaped(tmp_path):
     """The script itself, as a shell runs it: asked to replace a previous run, it meets a dataset folder without
     data first. Names holding terminal control characters reach neither the log nor the error raw."""
@@ -811,7 +830,7 @@ def folder_snapshot(folder):
             for path in sorted(folder.rglob("*"))}
 
 
-def test_overwrite_refuses_a_folder_of_files_no_recorded_run_wrote(data, tmp_path, monkeypatch):
+def test_overwrite_refuses_a_folder_of_files_no_recorded_run_wrote(data, tmp_path, monkeypatch, tiny_encoder):
     """An encoder's folder given as --output_dir: its config.json, weights and vocab.txt are the user's, not a run's."""
     encoder = tmp_path / "my-encoder"
     encoder.mkdir()
@@ -820,13 +839,13 @@ def test_overwrite_refuses_a_folder_of_files_no_recorded_run_wrote(data, tmp_pat
     before = folder_snapshot(encoder)
     refuse_data_reads(monkeypatch)
     with pytest.raises(ValueError) as refused:
-        run(tiny_args(data, encoder, tmp_path / "cache", "--overwrite_output_dir"))
+        run(tiny_args(data, tiny_encoder, encoder, tmp_path / "cache", "--overwrite_output_dir"))
     message = str(refused.value)
     assert str(encoder) in message and all(name in message for name in ("config.json", "model.safetensors", "vocab.txt"))
     assert folder_snapshot(encoder) == before
 
 
-def test_a_new_run_refuses_a_folder_holding_files_or_links_it_would_write_over(data, tmp_path, monkeypatch):
+def test_a_new_run_refuses_a_folder_holding_files_or_links_it_would_write_over(data, tmp_path, monkeypatch, tiny_encoder):
     out, victim = tmp_path / "out", tmp_path / "victim.txt"
     out.mkdir()
     victim.write_text("secret")
@@ -837,15 +856,16 @@ def test_a_new_run_refuses_a_folder_holding_files_or_links_it_would_write_over(d
     refuse_data_reads(monkeypatch)
     for extra in ([], ["--overwrite_output_dir"]):
         with pytest.raises(ValueError) as refused:
-            run(tiny_args(data, out, tmp_path / "cache", *extra))
+            run(tiny_args(data, tiny_encoder, out, tmp_path / "cache", *extra))
         message = str(refused.value)
         assert str(out) in message and "README.md" in message and "test_captions.json" in message and "notes.txt" not in message
     assert folder_snapshot(out) == before and victim.read_text() == "secret"
 
 
-def test_a_run_records_what_it_wrote_and_never_writes_through_links_planted_in_its_folder(data, tmp_path):
+@pytest.mark.slow
+def test_a_run_records_what_it_wrote_and_never_writes_through_links_planted_in_its_folder(data, tmp_path, tiny_encoder):
     out, cache, victims = tmp_path / "out", tmp_path / "cache", tmp_path / "victims"
-    run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
+    run(tiny_args(data, tiny_encoder, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
     recorded = json.loads((out / "run_files.json").read_text())["files"]
     assert sorted(recorded) == sorted(p.name for p in out.iterdir() if p.name != "run_files.json")
     # Links where the run writes its files (the card, the figure, the records, what save_pretrained writes): a resumed
@@ -857,7 +877,7 @@ def test_a_run_records_what_it_wrote_and_never_writes_through_links_planted_in_i
         (victims / name).write_text(f"victim {name}")
         (out / name).unlink()
         (out / name).symlink_to(victims / name)
-    run(tiny_args(data, out, cache, "--max_steps", "3", "--checkpoint_every_steps", "2", "--resume"))
+    run(tiny_args(data, tiny_encoder, out, cache, "--max_steps", "3", "--checkpoint_every_steps", "2", "--resume"))
     for name in names:
         assert (victims / name).read_text() == f"victim {name}", name
         assert (out / name).is_file() and not (out / name).is_symlink(), name
@@ -866,17 +886,18 @@ def test_a_run_records_what_it_wrote_and_never_writes_through_links_planted_in_i
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file or folder left
 
 
-def test_resume_with_another_dataset_or_other_splits_is_refused_naming_both(data, tmp_path):
+@pytest.mark.slow
+def test_resume_with_another_dataset_or_other_splits_is_refused_naming_both(data, tmp_path, tiny_encoder):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    run(tiny_args(data, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
+    run(tiny_args(data, tiny_encoder, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2"))
     before = folder_snapshot(out)
     other = write_synthetic_flickr8k(tmp_path / "other", num_train=16, num_val=5, num_test=5, image_size=64, seed=4)
     with pytest.raises(ValueError) as refused:
-        run(tiny_args(other, out, cache, "--resume", "--max_steps", "4"))
+        run(tiny_args(other, tiny_encoder, out, cache, "--resume", "--max_steps", "4"))
     assert f"--dataset {str(other)!r} (the run being resumed used {str(data)!r})" in str(refused.value)
     # The same --dataset, but another training split (here fewer images): its fingerprint differs.
     with pytest.raises(ValueError) as refused:
-        run(tiny_args(data, out, cache, "--resume", "--max_steps", "4", "--max_train_images", "12"))
+        run(tiny_args(data, tiny_encoder, out, cache, "--resume", "--max_steps", "4", "--max_train_images", "12"))
     message = str(refused.value)
     assert "cannot resume" in message and str(data) in message
     assert "train split: 12 images" in message and "16 images" in message
@@ -884,7 +905,8 @@ def test_resume_with_another_dataset_or_other_splits_is_refused_naming_both(data
     assert folder_snapshot(out) == before  # refused before anything was written
 
 
-def test_a_broken_first_test_image_or_a_failed_figure_does_not_cost_the_trained_model(tmp_path, monkeypatch, caplog):
+@pytest.mark.slow
+def test_a_broken_first_test_image_or_a_failed_figure_does_not_cost_the_trained_model(tmp_path, monkeypatch, caplog, tiny_encoder):
     """With --no_verify_images the attention example is drawn from the first test image that decodes; a figure that
     cannot be drawn at all is logged, and the model, its records and its card are written anyway."""
     import logging
@@ -904,7 +926,7 @@ def test_a_broken_first_test_image_or_a_failed_figure_does_not_cost_the_trained_
     monkeypatch.setattr(training_loop, "render_attention_map", failing_figure)
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO):
-        run(tiny_args(dataset, out, tmp_path / "cache", "--max_steps", "2", "--no_verify_images"))
+        run(tiny_args(dataset, tiny_encoder, out, tmp_path / "cache", "--max_steps", "2", "--no_verify_images"))
     for name in ("model.safetensors", "config.json", "tokenizer.json", "metrics.json", "test_captions.json", "README.md"):
         assert (out / name).is_file(), name
     assert not (out / "attention_example.png").exists()
@@ -913,19 +935,19 @@ def test_a_broken_first_test_image_or_a_failed_figure_does_not_cost_the_trained_
     assert test_names[0] in caplog.text and "the figure could not be drawn" in caplog.text
 
 
-def test_a_start_that_fails_before_training_leaves_the_folder_as_it_found_it(data, tmp_path, monkeypatch):
+def test_a_start_that_fails_before_training_leaves_the_folder_as_it_found_it(data, tmp_path, monkeypatch, tiny_encoder):
     from hf_imgcap.training.run_arguments import check_output_dir, remove_run_outputs
 
     no_test = write_synthetic_flickr8k(tmp_path / "no_test", num_train=8, num_val=2, num_test=0, image_size=64, seed=1)
     out, cache = tmp_path / "out", tmp_path / "cache"
     with pytest.raises(ValueError, match=r"split 'test' of .* is empty"):
-        run(tiny_args(no_test, out, cache))
+        run(tiny_args(no_test, tiny_encoder, out, cache))
     assert not out.exists()
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     before = folder_snapshot(out)
     with pytest.raises(ValueError, match=r"split 'test' of .* is empty"):
-        run(tiny_args(no_test, out, cache))
+        run(tiny_args(no_test, tiny_encoder, out, cache))
     assert folder_snapshot(out) == before
 
     # A failure later in the start, after the processor was saved: undone too. What the folder held at that moment
@@ -938,16 +960,17 @@ def test_a_start_that_fails_before_training_leaves_the_folder_as_it_found_it(dat
 
     monkeypatch.setattr(train_script, "build_feature_cache", fail)
     with pytest.raises(RuntimeError, match="out of memory"):
-        run(tiny_args(data, out, cache))
+        run(tiny_args(data, tiny_encoder, out, cache))
     assert folder_snapshot(out) == before
     assert (killed / "training_args.json").is_file() and (killed / "checkpoints" / "processor").is_dir()
     remove_run_outputs(check_output_dir(killed, resume=False, overwrite=False))
     assert folder_snapshot(killed) == before
 
 
-def test_the_epoch_stopped_by_sigterm_records_its_whole_mean_loss_after_the_resume(data, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_the_epoch_stopped_by_sigterm_records_its_whole_mean_loss_after_the_resume(data, tmp_path, monkeypatch, tiny_encoder):
     cache, common = tmp_path / "cache", ["--num_epochs", "2", "--eval_num_beams", "1", "--early_stopping_patience", "10"]
-    straight = run(tiny_args(data, tmp_path / "straight", cache, *common))
+    straight = run(tiny_args(data, tiny_encoder, tmp_path / "straight", cache, *common))
     original, calls = ShowAttendTellForConditionalGeneration.forward, {"n": 0}
 
     def forward(self, *args, **kwargs):
@@ -959,9 +982,9 @@ def test_the_epoch_stopped_by_sigterm_records_its_whole_mean_loss_after_the_resu
         return outputs
 
     monkeypatch.setattr(ShowAttendTellForConditionalGeneration, "forward", forward)
-    stopped = run(tiny_args(data, tmp_path / "preempted", cache, *common))
+    stopped = run(tiny_args(data, tiny_encoder, tmp_path / "preempted", cache, *common))
     assert stopped == {"stopped_by": "SIGTERM", "global_step": 13}
     monkeypatch.setattr(ShowAttendTellForConditionalGeneration, "forward", original)
-    resumed = run(tiny_args(data, tmp_path / "preempted", cache, *common, "--resume"))
+    resumed = run(tiny_args(data, tiny_encoder, tmp_path / "preempted", cache, *common, "--resume"))
     assert len(resumed["train_loss_by_epoch"]) == 2
     assert resumed["train_loss_by_epoch"] == pytest.approx(straight["train_loss_by_epoch"], abs=1e-4)
