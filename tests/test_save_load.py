@@ -93,13 +93,18 @@ def test_a_saved_folder_contains_every_bundle_file_its_code_imports(tmp_path):
 
 def test_every_file_of_a_saved_folder_is_uploaded_and_replaced_by_a_new_run(tmp_path):
     """The files `save_pretrained` writes (weights, config, every code file of the bundle, the processor's) are what
-    `hf-imgcap push` uploads and what a training run with --overwrite_output_dir deletes before writing its own."""
+    `hf-imgcap push` uploads, names a run may write, and, once a run recorded them, what --overwrite_output_dir
+    deletes before writing its own."""
     from hf_imgcap.hub import HUB_FILE_NAMES
-    from hf_imgcap.training.run_arguments import check_output_dir
+    from hf_imgcap.training.output_folder import RUN_FILES, RunFiles
+    from hf_imgcap.training.run_arguments import check_output_dir, is_run_output_name
 
     save_tiny(tmp_path)
     saved = sorted(path.name for path in tmp_path.iterdir())
-    assert sorted(path.name for path in check_output_dir(tmp_path, resume=False, overwrite=True)) == saved
+    assert all(is_run_output_name(name) for name in saved), [name for name in saved if not is_run_output_name(name)]
+    RunFiles(tmp_path, set(saved), training_started=True).save()  # as the run that saved them records them
+    to_delete = sorted(path.name for path in check_output_dir(tmp_path, resume=False, overwrite=True))
+    assert [name for name in to_delete if name != RUN_FILES] == saved
     assert set(saved) <= HUB_FILE_NAMES, set(saved) - HUB_FILE_NAMES
     assert {name for name in saved if name.endswith(".py")} == set(bundle.bundle_code_files())
 
