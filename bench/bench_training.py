@@ -301,7 +301,7 @@ def main(argv=None):
             summary[vocab] = {"train.py step": times["tuned tutorial"] / times["hf-imgcap"],
                               "model only": times["tuned tutorial "] / times["hf-imgcap "],
                               "fraction of fp32": flops / times["hf-imgcap "] / 1e9 / rates[torch.float32]}
-            rows.append([vocab, "", f"dense matmul: fp32 {rates[torch.float32]:.0f}, bf16 {rates[torch.bfloat16]:.0f} GFLOP/s", "", "", "", ""])
+            rows.append([vocab, "", f"dense matmul: fp32 {rates[torch.float32]:.1f}, bf16 {rates[torch.bfloat16]:.1f} GFLOP/s", "", "", "", ""])
     finally:
         import shutil
 
