@@ -22,7 +22,7 @@ Useful FLOPs are counted from the shapes (`useful_flops`): ×2 per multiply-add,
 both the input and the weight need a gradient, ×1 more where the input is the frozen features (only the weight's
 gradient). They are divided by the dense fp32 matmul rate measured in the same run (bf16 rows: the bf16 rate).
 
-    python bench/bench_training.py [--quick] [--repeats 5] [--vocab 30522 8000] [--baselines /tmp/speed_baselines]
+    python bench/bench_training.py [--quick] [--no-compile] [--repeats 3] [--vocab 30522 8000] [--baselines /tmp/speed_baselines]
 """
 
 import contextlib
@@ -234,8 +234,8 @@ def variants(vocab, cache, images, device, args, skipped):
     rows["hf-imgcap "] = ("model only", lambda: model_step(lambda: ours_loss(ours_m, batch), ours_m_opt), torch.float32)
     rows["hf-imgcap, bf16 autocast"] = ("model only", lambda: model_step(lambda: ours_loss(ours_bf16, batch, torch.bfloat16), ours_bf16_opt), torch.bfloat16)
 
-    if args.quick:
-        skipped.append("torch.compile rows: skipped in --quick (compiling takes minutes)")
+    if args.quick or args.no_compile:
+        skipped.append(f"torch.compile rows: skipped ({'--quick' if args.quick else '--no-compile'}; compiling takes minutes)")
     else:
         tuned_c, tuned_c_opt = build_tutorial(vocab, device, tuned=True)
         compiled_tuned = torch.compile(tuned_c)
@@ -274,6 +274,7 @@ def main(argv=None):
     parser = bench_arguments(__doc__)
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 3; 1 with --quick)")
     parser.add_argument("--vocab", type=int, nargs="+", default=None, help="default 30522 8000; 8000 with --quick")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     parser.add_argument("--images", type=int, default=512, help="images in the benchmark's feature cache")
     parser.add_argument("--baselines", default=DEFAULT_BASELINES,
                         help="folder holding baseline checkouts (ImageCaptioning.pytorch/); env HF_IMGCAP_BASELINES")

@@ -58,8 +58,8 @@ class TutorialDecoder(nn.Module):
         h, c = self.init_h(mean), self.init_c(mean)
         decode_lengths = (lengths - 1).tolist()
         batch = encoder_out.shape[0]
-        predictions = torch.zeros(batch, max(decode_lengths), self.vocab_size)
-        alphas = torch.zeros(batch, max(decode_lengths), encoder_out.shape[1])
+        predictions = torch.zeros(batch, max(decode_lengths), self.vocab_size, device=encoder_out.device)
+        alphas = torch.zeros(batch, max(decode_lengths), encoder_out.shape[1], device=encoder_out.device)
         projected = self.attention.encoder_att(encoder_out) if self.hoist_region_projection else None
         for t in range(max(decode_lengths)):
             active = sum(length > t for length in decode_lengths)
@@ -121,9 +121,9 @@ def tutorial_beam_search(decoder: TutorialDecoder, encoder_out, start: int, end:
     k = beam_size
     encoder_out = encoder_out.unsqueeze(0).expand(k, *encoder_out.shape)
     projected = decoder.attention.encoder_att(encoder_out)
-    previous_words = torch.full((k,), start, dtype=torch.long)
+    previous_words = torch.full((k,), start, dtype=torch.long, device=encoder_out.device)
     sequences = previous_words.unsqueeze(1)
-    top_scores = torch.zeros(k, 1)
+    top_scores = torch.zeros(k, 1, device=encoder_out.device)
     complete, complete_scores = [], []
     mean = encoder_out.mean(dim=1)
     h, c = decoder.init_h(mean), decoder.init_c(mean)
