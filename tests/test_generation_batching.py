@@ -4,7 +4,7 @@ captions end (end token) at different lengths: finished rows must not change wha
 import pytest
 import torch
 
-from tests.conftest import tiny_model
+from conftest import tiny_model
 
 VOCAB, START, END, PAD = 40, 1, 2, 0
 IMAGES, REGIONS, CHANNELS = 6, 4, 64
