@@ -1,12 +1,16 @@
 """Feature-cache build rate (JPEG decode + preprocessing + ResNet-152 + fp16 write) against the bare encoder
-forward on already-prepared tensors, both in batches of 32 at 224×224.
+forward on already-prepared tensors, in batches of 32 at 224×224, with the encoder's weights in the default (NCHW)
+layout and in channels_last, interleaved.
 
 The images are 500×375 JPEGs like Flickr8k's; the ResNet-152 has random weights (the cost is the same).
+`--bf16` (opt-in: slow where the CPU has no bf16 matmul units) adds the bare encoder under bf16 autocast and the
+error of its features against fp32. A random ResNet's activations grow from stage to stage, which is the wrong test of
+a precision, so for that comparison the BatchNorm statistics are first calibrated on the images (running mean and
+variance over them, as a trained network's are over its data).
 
-    python bench/bench_cache.py [--images 128] [--repeats 2]
+    python bench/bench_cache.py [--quick] [--images 64] [--repeats 2] [--bf16]
 """
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -17,7 +21,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved, machine, table  # noqa: E402
+from common import bench_arguments, interleaved, load, machine, require_device, table  # noqa: E402
 
 from datasets import Dataset, Image as ImageFeature  # noqa: E402
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration  # noqa: E402
@@ -40,37 +44,93 @@ def write_jpegs(folder: Path, count: int) -> list:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=128)  # enough that start-up (worker, weight hash) is amortised
-    parser.add_argument("--repeats", type=int, default=2)
+    parser = bench_arguments(__doc__)
+    parser.add_argument("--images", type=int, default=None, help="default 64 (enough to amortise start-up); 32 with --quick")
+    parser.add_argument("--repeats", type=int, default=None, help="default 2; 1 with --quick")
+    parser.add_argument("--bf16", action="store_true", help="also the encoder under bf16 autocast, and its feature error")
     args = parser.parse_args(argv)
-    print(f"machine: {machine()}")
+    device = require_device(args.device)
+    args.images = args.images or (32 if args.quick else 64)
+    args.repeats = args.repeats or (1 if args.quick else 2)
+    print(f"machine: {machine()}; {load()}\n")
     work = Path(tempfile.mkdtemp(prefix="hf_imgcap_bench_"))
     try:
         paths = write_jpegs(work, args.images)
         dataset = Dataset.from_dict({"image": paths}).cast_column("image", ImageFeature())
-        torch.manual_seed(0)
-        model = ShowAttendTellForConditionalGeneration(ShowAttendTellConfig()).eval()  # ResNet-152
         processor = ShowAttendTellProcessor(image_processor=default_image_processor())
-        prepared = processor.image_pixel_values(paths)
+        prepared = processor.image_pixel_values(paths).to(device)
+        models = {"fp32": resnet152(device), "fp32, channels_last": resnet152(device, channels_last=True)}
         runs = iter(range(10**6))
 
-        def build():
-            build_feature_cache(model, processor, dataset, work / f"cache{next(runs)}", batch_size=BATCH, show_progress=False)
+        def build(model):
+            return lambda: build_feature_cache(model, processor, dataset, work / f"cache{next(runs)}", batch_size=BATCH, show_progress=False)
 
-        def bare():
-            with torch.inference_mode():
-                for start in range(0, args.images, BATCH):
-                    model.get_image_features(prepared[start : start + BATCH])
+        def bare(model, autocast_dtype=None):
+            def run():
+                with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                    for start in range(0, args.images, BATCH):
+                        model.get_image_features(prepared[start : start + BATCH])
+            return run
 
-        times = interleaved({"cache build": build, "bare encoder": bare}, repeats=args.repeats, warmup=0)
+        functions = {}
+        for name, model in models.items():
+            functions[(name, "cache build")] = build(model)
+            functions[(name, "bare encoder")] = bare(model)
+        error = None
+        if args.bf16:
+            calibrated = resnet152(device)
+            calibrate_batch_norm(calibrated, prepared)
+            functions[("bf16 autocast (BatchNorm calibrated)", "bare encoder")] = bare(calibrated, torch.bfloat16)
+            error = bf16_feature_error(calibrated, prepared[:BATCH])
+        times = interleaved(functions, repeats=args.repeats, warmup=0, device=device)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    rows = [[name, f"{args.images / seconds:.2f}", f"{times['bare encoder'] / seconds:.0%}"] for name, seconds in times.items()]
-    print(table(["", "images/s", "of bare encoder rate"], rows))
-    print(f"summary: building the feature cache runs at {times['bare encoder'] / times['cache build']:.0%} of the bare "
-          f"ResNet-152 forward rate ({args.images / times['cache build']:.2f} vs {args.images / times['bare encoder']:.2f} images/s; goal 90%)")
+    fp32_bare = times[("fp32", "bare encoder")]
+    rows = [[encoder, what, f"{args.images / seconds:.2f}", f"{fp32_bare / seconds:.2f}x"] for (encoder, what), seconds in times.items()]
+    print(table(["encoder", "run", "images/s", "vs fp32 bare encoder"], rows))
+    print(f"\n{args.images} images, median of {args.repeats} interleaved repeats; {load()}")
+    if error is not None:
+        print(f"bf16 autocast features vs fp32 (BatchNorm calibrated on the images): relative error {error['relative']:.2%}, "
+              f"cosine similarity {error['cosine']:.5f} (median over images)")
+    else:
+        print("bf16: not run (opt-in: --bf16)")
+    build_share = fp32_bare / times[("fp32", "cache build")]
+    print(f"summary: building the feature cache runs at {build_share:.0%} of the bare ResNet-152 forward rate "
+          f"({args.images / times[('fp32', 'cache build')]:.2f} vs {args.images / fp32_bare:.2f} images/s); channels_last "
+          f"bare encoder {fp32_bare / times[('fp32, channels_last', 'bare encoder')]:.2f}x fp32")
     return times
+
+
+def resnet152(device, channels_last=False):
+    torch.manual_seed(0)
+    model = ShowAttendTellForConditionalGeneration(ShowAttendTellConfig()).eval()  # ResNet-152, random weights
+    if channels_last:
+        model.encoder.to(memory_format=torch.channels_last)  # convolutions then run (and return) NHWC
+    return model.to(device)
+
+
+def calibrate_batch_norm(model, pixel_values):
+    """BatchNorm running statistics set to the images' (cumulative average over one pass), as a trained network's
+    are to its data: activations then stay well scaled through the stages."""
+    batch_norms = [module for module in model.encoder.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    for module in batch_norms:
+        module.reset_running_stats()
+        module.momentum = None  # cumulative moving average
+    model.encoder.train()
+    with torch.no_grad():
+        for start in range(0, len(pixel_values), BATCH):
+            model.encoder(pixel_values[start : start + BATCH])
+    model.eval()
+
+
+def bf16_feature_error(model, pixel_values) -> dict:
+    with torch.inference_mode():
+        reference = model.get_image_features(pixel_values).float()
+        with torch.autocast(pixel_values.device.type, dtype=torch.bfloat16):
+            low = model.get_image_features(pixel_values).float()
+    relative = ((low - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)).median().item()
+    cosine = torch.nn.functional.cosine_similarity(low.flatten(1), reference.flatten(1), dim=1).median().item()
+    return {"relative": relative, "cosine": cosine}
 
 
 if __name__ == "__main__":
