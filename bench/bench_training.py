@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (bench_arguments, caption_pairs, interleaved, load, machine, matmul_rates, require_device,  # noqa: E402

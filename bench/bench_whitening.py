@@ -23,7 +23,6 @@ revisions without `standardize_features` too (shown as n/a), so `compare_revisio
     python bench/compare_revisions.py 4892cc3 WORKTREE --bench bench_whitening.py --rounds 2 --repeats 3
 """
 
-import argparse
 import os
 import statistics
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table  # noqa: E402
+from common import bench_arguments, machine, require_device, table  # noqa: E402
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration  # noqa: E402
 
@@ -53,7 +52,7 @@ def batch(vocab, seed=0):
     return features, ids * mask, mask
 
 
-def model_and_optimizer(vocab, whiten: bool):
+def model_and_optimizer(vocab, whiten: bool, device="cpu"):
     """The bench's model with feature statistics that mean something (a mean, per-channel spreads and, with `whiten`,
     a symmetric matrix that mixes every channel), as train.py sets them from the training cache."""
     config = ShowAttendTellConfig(
@@ -67,6 +66,7 @@ def model_and_optimizer(vocab, whiten: bool):
         mixing = torch.randn(CHANNELS, CHANNELS) / CHANNELS**0.5
         whitening = torch.eye(CHANNELS) + 0.5 * (mixing + mixing.T)
     model.set_feature_statistics(torch.randn(REGIONS, CHANNELS) * 0.1, torch.rand(CHANNELS) + 0.5, whitening)
+    model.to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=4e-4, fused=True)
     return model, optimizer
 
@@ -100,17 +100,19 @@ def interleaved_wall_and_cpu(functions: dict, repeats: int, warmup: int = 1) -> 
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = bench_arguments(__doc__)
+    parser.add_argument("--repeats", type=int, default=None, help="(default: 5; 2 with --quick)")
     parser.add_argument("--vocab", type=int, default=30522)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    device = require_device(args.device)
+    repeats = args.repeats or (2 if args.quick else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the start")
-    features, ids, mask = batch(args.vocab)
-    plain, plain_optimizer = model_and_optimizer(args.vocab, whiten=False)
-    whitened, whitened_optimizer = model_and_optimizer(args.vocab, whiten=True)
+    features, ids, mask = (tensor.to(device) for tensor in batch(args.vocab))
+    plain, plain_optimizer = model_and_optimizer(args.vocab, whiten=False, device=device)
+    whitened, whitened_optimizer = model_and_optimizer(args.vocab, whiten=True, device=device)
     per_image = hasattr(whitened, "standardize_features")  # revisions before it: no per-image rows
     functions = {"whitening off": lambda: step(plain, plain_optimizer, ids, mask, encoder_hidden_states=features)}
     if per_image:
@@ -121,7 +123,7 @@ def main(argv=None):
         functions["standardised input given"] = lambda: step(plain, plain_optimizer, ids, mask, image_embeds=standardized_input)
         # The once-per-image work (standardise, whiten, round to fp16) for one batch of images, in the same rotation.
         functions["once-per-image work, 32 images"] = lambda: kept_input(whitened, features)
-    measured = interleaved_wall_and_cpu(functions, repeats=args.repeats)
+    measured = interleaved_wall_and_cpu(functions, repeats=repeats)
     if per_image:
         # train.py computes each image's input once (kept across epochs and runs); charged here to a single epoch,
         # whose steps read each image CAPTIONS_PER_IMAGE times: per step, BATCH / CAPTIONS_PER_IMAGE images' worth.
