@@ -6,8 +6,6 @@ import torch
 
 from conftest import tiny_model
 
-pytestmark = pytest.mark.slow  # trains a tiny model for 100 steps first (a minute or two on 2 shared cores)
-
 VOCAB, START, END, PAD = 40, 1, 2, 0
 IMAGES, REGIONS, CHANNELS = 6, 4, 64
 MAX_NEW_TOKENS = 12
