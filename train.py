@@ -114,7 +114,7 @@ class TrainingArguments:
         "aliases": ["--resume", "--resume_from"], "nargs": "?", "const": LATEST_CHECKPOINT,
         "help": f"Continue from this checkpoint folder (verified first); without a value or '{LATEST_CHECKPOINT}': from the newest complete checkpoint in output_dir/checkpoints."})
     max_nonfinite_steps: int = field(default=10, metadata={"help": "Stop after this many non-finite losses in a row (each is skipped)."})
-    scst_epochs: int = field(default=0, metadata={"help": "Self-critical sequence training (CIDEr-D reward) epochs after the cross-entropy stage, from its best model; the best SCST epoch on validation CIDEr-D is the final model (0: off)."})
+    scst_epochs: int = field(default=0, metadata={"help": "Self-critical sequence training (CIDEr-D reward) epochs after the cross-entropy stage, from its best model; the best SCST epoch on validation CIDEr-D is the final model if it beats the cross-entropy model there, else that model stays (0: off)."})
     scst_learning_rate: float = field(default=5e-5, metadata={"help": "Adam learning rate of the SCST stage."})
     scst_num_samples: int = field(default=5, metadata={"help": "Captions sampled per training image in each SCST step."})
     scst_baseline: str = field(default="mean", metadata={"help": "SCST reward baseline: 'mean' (the mean reward of the image's other samples, as ruotianluo's toolkit recommends) or 'greedy' (the reward of the greedy caption, Rennie et al. 2017)."})
