@@ -26,13 +26,12 @@ revisions without `standardize_features` too (shown as n/a), so `compare_revisio
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_arguments, machine, require_device, table  # noqa: E402
+from common import bench_arguments, interleaved_times, machine, require_device, table  # noqa: E402
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration  # noqa: E402
 
@@ -85,20 +84,6 @@ def kept_input(model, features):
         return model.standardize_features(features).half()
 
 
-def interleaved_wall_and_cpu(functions: dict, repeats: int, warmup: int = 1) -> dict:
-    """Median (wall, CPU) seconds of each function, measured in turn (a, b, a, b, ...) so that load hits all alike."""
-    for fn in functions.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, fn in functions.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            fn()
-            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
-    return {name: tuple(statistics.median(column) for column in zip(*values)) for name, values in times.items()}
-
-
 def main(argv=None):
     parser = bench_arguments(__doc__)
     parser.add_argument("--repeats", type=int, default=None, help="(default: 5; 2 with --quick)")
@@ -123,7 +108,8 @@ def main(argv=None):
         functions["standardised input given"] = lambda: step(plain, plain_optimizer, ids, mask, image_embeds=standardized_input)
         # The once-per-image work (standardise, whiten, round to fp16) for one batch of images, in the same rotation.
         functions["once-per-image work, 32 images"] = lambda: kept_input(whitened, features)
-    measured = interleaved_wall_and_cpu(functions, repeats=repeats)
+    measured = {name: tuple(statistics.median(column) for column in zip(*values))  # median (wall, CPU) seconds
+                for name, values in interleaved_times(functions, repeats=repeats, device=device).items()}
     if per_image:
         # train.py computes each image's input once (kept across epochs and runs); charged here to a single epoch,
         # whose steps read each image CAPTIONS_PER_IMAGE times: per step, BATCH / CAPTIONS_PER_IMAGE images' worth.

@@ -74,8 +74,8 @@ def seconds(fn, warmup=1) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(functions: dict, repeats: int = 5, warmup: int = 1, device="cpu") -> dict:
-    """Median seconds of each function, measured in turn (a, b, a, b, ...) so that noise hits all alike."""
+def interleaved_times(functions: dict, repeats: int = 5, warmup: int = 1, device="cpu") -> dict:
+    """Each function's (wall, CPU) seconds per repeat, measured in turn (a, b, a, b, ...) so that noise hits all alike."""
     for fn in functions.values():
         for _ in range(warmup):
             fn()
@@ -83,11 +83,17 @@ def interleaved(functions: dict, repeats: int = 5, warmup: int = 1, device="cpu"
     for _ in range(repeats):
         for name, fn in functions.items():
             synchronize(device)
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             fn()
             synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return times
+
+
+def interleaved(functions: dict, repeats: int = 5, warmup: int = 1, device="cpu") -> dict:
+    """Median wall seconds of each function, measured in turn (see `interleaved_times`)."""
+    times = interleaved_times(functions, repeats, warmup, device)
+    return {name: statistics.median(wall for wall, _ in values) for name, values in times.items()}
 
 
 def matmul_gflops(dtype=torch.float32, size=1024, repeats=5, device="cpu") -> float:

@@ -157,19 +157,23 @@ train_script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_script)
 
 
-@pytest.mark.slow
-def test_train_with_scst_epochs_records_the_scst_stage_and_saves_the_scst_model(tmp_path, tiny_encoder):
+def train_with_scst(tmp_path, tiny_encoder, *options):
+    """train.py on 12/4/4 synthetic images with a tiny model into tmp_path / "out"; `options` set the recipe."""
     data = write_synthetic_flickr8k(tmp_path / "flickr8k", num_train=12, num_val=4, num_test=4, image_size=64, seed=3)
-    out = tmp_path / "out"
     argv = [
-        "--dataset", str(data), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+        "--dataset", str(data), "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"),
         "--encoder", str(tiny_encoder), "--image_size", "64", "--tokenizer", "captions", "--caption_vocab_size", "80",
         "--embedding_size", "24", "--attention_size", "24", "--hidden_size", "24", "--dropout", "0",
-        "--batch_size", "8", "--learning_rate", "3e-3", "--eval_num_beams", "2", "--eval_max_new_tokens", "12",
-        "--report_to", "none", "--seed", "7", "--num_epochs", "1",
-        "--scst_epochs", "2", "--scst_num_samples", "3", "--scst_learning_rate", "1e-3", "--scst_baseline", "greedy",
+        "--batch_size", "8", "--eval_max_new_tokens", "12", "--report_to", "none", "--seed", "7", *options,
     ]
-    results = train_script.train(*train_script.parse_args(argv))
+    return train_script.train(*train_script.parse_args(argv))
+
+
+@pytest.mark.slow
+def test_train_with_scst_epochs_records_the_scst_stage_and_saves_the_scst_model(tmp_path, tiny_encoder):
+    out = tmp_path / "out"
+    results = train_with_scst(tmp_path, tiny_encoder, "--learning_rate", "3e-3", "--eval_num_beams", "2", "--num_epochs", "1",
+                              "--scst_epochs", "2", "--scst_num_samples", "3", "--scst_learning_rate", "1e-3", "--scst_baseline", "greedy")
     scst = results["scst"]
     assert [entry["epoch"] for entry in scst["history"]] == [1, 2]
     assert all(entry["reward"] >= 0 and "greedy_reward" in entry and "cider" in entry for entry in scst["history"])
@@ -191,17 +195,9 @@ def test_train_with_scst_epochs_records_the_scst_stage_and_saves_the_scst_model(
 def test_an_scst_stage_that_only_makes_the_model_worse_leaves_the_cross_entropy_model_final(tmp_path, tiny_encoder):
     """A learning rate far too high wrecks the policy in its first step: no SCST epoch can beat the cross-entropy
     model on validation, and the run's final model (and its test scores) must be that model."""
-    data = write_synthetic_flickr8k(tmp_path / "flickr8k", num_train=12, num_val=4, num_test=4, image_size=64, seed=3)
     out = tmp_path / "out"
-    argv = [
-        "--dataset", str(data), "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
-        "--encoder", str(tiny_encoder), "--image_size", "64", "--tokenizer", "captions", "--caption_vocab_size", "80",
-        "--embedding_size", "24", "--attention_size", "24", "--hidden_size", "24", "--dropout", "0",
-        "--batch_size", "8", "--learning_rate", "1e-2", "--eval_num_beams", "1", "--eval_max_new_tokens", "12",
-        "--report_to", "none", "--seed", "7", "--num_epochs", "6",
-        "--scst_epochs", "1", "--scst_num_samples", "2", "--scst_learning_rate", "10", "--grad_clip", "0",
-    ]
-    results = train_script.train(*train_script.parse_args(argv))
+    results = train_with_scst(tmp_path, tiny_encoder, "--learning_rate", "1e-2", "--eval_num_beams", "1", "--num_epochs", "6",
+                              "--scst_epochs", "1", "--scst_num_samples", "2", "--scst_learning_rate", "10", "--grad_clip", "0")
     scst = results["scst"]
     assert scst["cross_entropy_validation_cider"] > scst["history"][0]["cider"], scst
     assert scst["kept"] == "cross_entropy"
