@@ -26,26 +26,56 @@ def _compute_dtype(x, weight):
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
 
 
+class _SmallBatchProducts:
+    """`x @ weight.T` and `grad @ weight` for the many small batches (one per time step, at most a batch of rows) that
+    a recurrence multiplies by one large weight. On CPU a BLAS matmul of a few rows by a large weight repacks the
+    weight at every call and runs at well under half the machine's dense rate; oneDNN's inner product on a weight
+    converted once per forward runs about twice as fast (bench/bench_training.py measures the step). fp32 on CPU
+    only; other devices and dtypes take the plain matmuls."""
+
+    def __init__(self, weight):
+        self.weight = weight
+        self.onednn = weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+        self._forward_weight = weight.to_mkldnn() if self.onednn else None
+        self._backward_weight = None  # weight.T, converted when the first gradient arrives
+
+    def forward(self, x):
+        if not self.onednn:
+            return x @ self.weight.t()
+        return _onednn_linear(x, self._forward_weight)
+
+    def input_grad(self, grad):
+        if not self.onednn:
+            return grad @ self.weight
+        if self._backward_weight is None:
+            self._backward_weight = self.weight.t().contiguous().to_mkldnn()
+        return _onednn_linear(grad, self._backward_weight)
+
+
+def _onednn_linear(x, onednn_weight):
+    return torch._C._nn.mkldnn_linear(x.contiguous().to_mkldnn(), onednn_weight).to_dense()
+
+
 class _StepLinear(torch.autograd.Function):
     """`x @ weight.T` for one time step whose weight gradient is left to `_DeferredWeightGrad`: backward only
     returns the input gradient and records `(x, grad)`. Per-step weight gradients have an inner dimension of one
     batch (≤ 32) and must be summed over the steps; one matmul over all steps at the end is several times faster."""
 
     @staticmethod
-    def forward(ctx, x, weight, records):
-        dtype = _compute_dtype(x, weight)
+    def forward(ctx, x, projection):
+        products = projection.products(_compute_dtype(x, projection.weight))
         ctx.input_dtype = x.dtype
-        x, weight = x.to(dtype), weight.to(dtype)
-        ctx.save_for_backward(x, weight)
-        ctx.records = records
-        return x @ weight.t()
+        x = x.to(products.weight.dtype)
+        ctx.save_for_backward(x)
+        ctx.products, ctx.records = products, projection.records
+        return products.forward(x)
 
     @staticmethod
     def backward(ctx, grad_output):
-        x, weight = ctx.saved_tensors
-        grad_output = grad_output.to(weight.dtype)
+        (x,) = ctx.saved_tensors
+        grad_output = grad_output.to(ctx.products.weight.dtype)
         ctx.records.append((x, grad_output))
-        return (grad_output @ weight).to(ctx.input_dtype), None, None
+        return ctx.products.input_grad(grad_output).to(ctx.input_dtype), None
 
 
 class _DeferredWeightGrad(torch.autograd.Function):
@@ -73,8 +103,8 @@ class LinearCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of `hidden @ weight.T + bias` against `targets`.
 
     Same value and gradients as `F.cross_entropy(F.linear(...), reduction="sum")`, with less memory traffic over
-    the `(tokens, vocab)` logits, the largest tensor of a step: no log-probabilities are materialised, and the
-    backward turns the saved logits into softmax − one-hot in place.
+    the `(tokens, vocab)` logits, the largest tensor of a step: one fused log-softmax pass, the logits freed at once,
+    and the backward turns the saved log-probabilities into softmax − one-hot in place.
     """
 
     @staticmethod
@@ -82,16 +112,15 @@ class LinearCrossEntropy(torch.autograd.Function):
         dtype = _compute_dtype(hidden, weight)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype)
         hidden, weight, bias = hidden.to(dtype), weight.to(dtype), bias.to(dtype)
-        logits = torch.addmm(bias, hidden, weight.t()).float()  # the loss in fp32, as autocast does
-        log_normalizer = torch.logsumexp(logits, dim=-1)
-        loss = (log_normalizer - logits.gather(1, targets.unsqueeze(1)).squeeze(1)).sum()
-        ctx.save_for_backward(hidden, weight, logits, log_normalizer, targets)
+        log_probs = torch.log_softmax(torch.addmm(bias, hidden, weight.t()).float(), dim=-1)  # the loss in fp32, as autocast does
+        loss = -log_probs.gather(1, targets.unsqueeze(1)).sum()
+        ctx.save_for_backward(hidden, weight, log_probs, targets)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        hidden, weight, logits, log_normalizer, targets = ctx.saved_tensors
-        grad = logits.sub_(log_normalizer.unsqueeze(1)).exp_()  # softmax, in place of the logits
+        hidden, weight, log_probs, targets = ctx.saved_tensors
+        grad = log_probs.exp_()  # softmax, in place of the log-probabilities
         grad[torch.arange(len(targets), device=grad.device), targets] -= 1.0
         grad = grad.mul_(grad_loss).to(weight.dtype)
         hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
@@ -104,9 +133,22 @@ class _RecordingProjection:
     def __init__(self, weight):
         self.weight = weight.detach().contiguous()  # one contiguous copy per forward, not a strided read per step
         self.records = []
+        self._products = {}  # compute dtype -> _SmallBatchProducts, built once per forward
+
+    def products(self, dtype) -> _SmallBatchProducts:
+        if dtype not in self._products:
+            self._products[dtype] = _SmallBatchProducts(self.weight.to(dtype))
+        return self._products[dtype]
 
     def __call__(self, x):
-        return _StepLinear.apply(x, self.weight, self.records)
+        return _StepLinear.apply(x, self)
+
+
+def _inference_projection(weight):
+    """A per-step `x @ weight.T` without gradients; autocast (e.g. bf16) is left to `F.linear`."""
+    if torch.is_autocast_enabled(weight.device.type):
+        return functools.partial(F.linear, weight=weight)
+    return _SmallBatchProducts(weight.detach().contiguous()).forward
 
 
 def _hidden_projections(model):
@@ -153,8 +195,7 @@ def teacher_forced_decode(model, state, input_ids, lengths):
         hidden = _DeferredWeightGrad.apply(hidden, hidden_weight, project_hidden.records)
         hidden = _DeferredWeightGrad.apply(hidden, weight_context, project_context.records)
     else:
-        project_hidden = functools.partial(F.linear, weight=hidden_weight)
-        project_context = functools.partial(F.linear, weight=weight_context)
+        project_hidden, project_context = _inference_projection(hidden_weight), _inference_projection(weight_context)
 
     active_per_step = (lengths.unsqueeze(0) > torch.arange(int(lengths[0]), device=lengths.device).unsqueeze(1)).sum(1)
     hiddens, alphas = [], []
