@@ -26,34 +26,40 @@ def _compute_dtype(x, weight):
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
 
 
+def _uses_onednn(weight) -> bool:
+    """On CPU in fp32, oneDNN's inner product (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile emits
+    for CPU linear layers) multiplies by our weights 1.3–2× faster than the BLAS matmul: a few rows times a large
+    weight (a recurrence's step) most of all, and the output layer's (tokens, hidden) × (hidden, vocab)."""
+    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def _linear(x, weight, bias=None):
+    """`x @ weight.T (+ bias)`; `weight` contiguous. oneDNN where `_uses_onednn` and nothing needs autograd (the op
+    has no derivative: the autograd functions here call it from their forward and backward), else `F.linear`."""
+    needs_autograd = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    if _uses_onednn(weight) and x.dtype == torch.float32 and not needs_autograd:
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
 class _SmallBatchProducts:
-    """`x @ weight.T` and `grad @ weight` for the many small batches (one per time step, at most a batch of rows) that
-    a recurrence multiplies by one large weight. On CPU a BLAS matmul of a few rows by a large weight repacks the
-    weight at every call and runs at well under half the machine's dense rate; oneDNN's inner product on a weight
-    converted once per forward runs about twice as fast (bench/bench_training.py measures the step). fp32 on CPU
-    only; other devices and dtypes take the plain matmuls."""
+    """`x @ weight.T` and `grad @ weight` for the many small batches (one per time step, at most a batch of rows)
+    that a recurrence multiplies by one large weight; `weight.T` is made contiguous once, for the backward."""
 
     def __init__(self, weight):
-        self.weight = weight
-        self.onednn = weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-        self._forward_weight = weight.to_mkldnn() if self.onednn else None
-        self._backward_weight = None  # weight.T, converted when the first gradient arrives
+        self.weight = weight.contiguous()
+        self._transposed = None  # weight.T, made when the first gradient arrives
 
     def forward(self, x):
-        if not self.onednn:
-            return x @ self.weight.t()
-        return _onednn_linear(x, self._forward_weight)
+        return _linear(x, self.weight)
 
     def input_grad(self, grad):
-        if not self.onednn:
+        if not _uses_onednn(self.weight):
             return grad @ self.weight
-        if self._backward_weight is None:
-            self._backward_weight = self.weight.t().contiguous().to_mkldnn()
-        return _onednn_linear(grad, self._backward_weight)
-
-
-def _onednn_linear(x, onednn_weight):
-    return torch._C._nn.mkldnn_linear(x.contiguous().to_mkldnn(), onednn_weight).to_dense()
+        if self._transposed is None:
+            self._transposed = self.weight.t().contiguous()
+        return _linear(grad, self._transposed)
 
 
 class _StepLinear(torch.autograd.Function):
@@ -112,7 +118,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         dtype = _compute_dtype(hidden, weight)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype)
         hidden, weight, bias = hidden.to(dtype), weight.to(dtype), bias.to(dtype)
-        log_probs = torch.log_softmax(torch.addmm(bias, hidden, weight.t()).float(), dim=-1)  # the loss in fp32, as autocast does
+        log_probs = torch.log_softmax(_linear(hidden, weight.contiguous(), bias).float(), dim=-1)  # the loss in fp32, as autocast does
         loss = -log_probs.gather(1, targets.unsqueeze(1)).sum()
         ctx.save_for_backward(hidden, weight, log_probs, targets)
         return loss
