@@ -34,12 +34,13 @@ def _uses_onednn(weight) -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-def _linear(x, weight, bias=None):
-    """`x @ weight.T (+ bias)`; `weight` contiguous. oneDNN where `_uses_onednn` and nothing needs autograd (the op
-    has no derivative: the autograd functions here call it from their forward and backward), else `F.linear`."""
+def fast_linear(x, weight, bias=None):
+    """`F.linear(x, weight, bias)`, through oneDNN where `_uses_onednn`, nothing needs autograd (the op has no
+    derivative: the autograd functions here call it from their forward and backward) and autocast is off."""
     needs_autograd = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    if _uses_onednn(weight) and x.dtype == torch.float32 and not needs_autograd:
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
+    if (_uses_onednn(weight) and x.dtype == torch.float32 and not needs_autograd
+            and not torch.is_autocast_enabled(x.device.type)):
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight.contiguous(), bias, "none", [], "")
     return F.linear(x, weight, bias)
 
 
@@ -52,14 +53,14 @@ class _SmallBatchProducts:
         self._transposed = None  # weight.T, made when the first gradient arrives
 
     def forward(self, x):
-        return _linear(x, self.weight)
+        return fast_linear(x, self.weight)
 
     def input_grad(self, grad):
         if not _uses_onednn(self.weight):
             return grad @ self.weight
         if self._transposed is None:
             self._transposed = self.weight.t().contiguous()
-        return _linear(grad, self._transposed)
+        return fast_linear(grad, self._transposed)
 
 
 class _StepLinear(torch.autograd.Function):
@@ -118,7 +119,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         dtype = _compute_dtype(hidden, weight)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype)
         hidden, weight, bias = hidden.to(dtype), weight.to(dtype), bias.to(dtype)
-        log_probs = torch.log_softmax(_linear(hidden, weight.contiguous(), bias).float(), dim=-1)  # the loss in fp32, as autocast does
+        log_probs = torch.log_softmax(fast_linear(hidden, weight.contiguous(), bias).float(), dim=-1)  # the loss in fp32, as autocast does
         loss = -log_probs.gather(1, targets.unsqueeze(1)).sum()
         ctx.save_for_backward(hidden, weight, log_probs, targets)
         return loss

@@ -42,7 +42,7 @@ from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput, can_return_tuple, cached_file
 
 from .configuration_show_attend_tell import ShowAttendTellConfig
-from .fused_teacher_forcing import LinearCrossEntropy, teacher_forced_decode
+from .fused_teacher_forcing import LinearCrossEntropy, fast_linear, teacher_forced_decode
 from .pipeline_show_attend_tell import IMAGE_TEXT_TO_TEXT, PIPELINE_TASK, ShowAttendTellCaptioningPipeline
 
 
@@ -452,7 +452,8 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
 
     # ------------------------------------------------------------------------------------------ 6. output layer, loss
     def next_token_logits(self, hidden):
-        return self.lm_head(self.dropout(hidden))  # (..., hidden) -> (..., vocab)
+        # self.lm_head(self.dropout(hidden)), through oneDNN on CPU when no gradient is needed (generation)
+        return fast_linear(self.dropout(hidden), self.lm_head.weight, self.lm_head.bias)  # (..., hidden) -> (..., vocab)
 
     def _next_token_targets(self, labels, input_ids):
         """Position t is scored against label t+1 (-100: not scored); the last position has no target."""

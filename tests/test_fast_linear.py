@@ -1,0 +1,40 @@
+"""`fast_linear`, the CPU fast path of the decoder's products: the same values as `F.linear` wherever it is used,
+and plain `F.linear` (with its gradients and autocast) wherever oneDNN's op could not be used."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_imgcap.models.show_attend_tell.fused_teacher_forcing import fast_linear
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 5), (2, 3, 5), (0, 5)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_equals_f_linear_for_any_leading_shape(shape, with_bias):
+    generator = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(7, 5, generator=generator), torch.randn(7, generator=generator) if with_bias else None
+    x = torch.randn(*shape, generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(fast_linear(x, weight, bias), F.linear(x, weight, bias), rtol=1e-5, atol=1e-6)
+
+
+def test_a_non_contiguous_weight_or_input_gives_the_same_values():
+    weight = torch.randn(5, 7).t()  # (7, 5), not contiguous
+    x = torch.randn(5, 3).t()
+    with torch.no_grad():
+        torch.testing.assert_close(fast_linear(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_flow_when_autograd_needs_them():
+    weight = torch.randn(7, 5, requires_grad=True)
+    x = torch.randn(3, 5, requires_grad=True)
+    fast_linear(x, weight).square().sum().backward()
+    expected_x, expected_w = torch.autograd.grad(F.linear(x, weight).square().sum(), (x, weight))
+    torch.testing.assert_close(x.grad, expected_x)
+    torch.testing.assert_close(weight.grad, expected_w)
+
+
+def test_autocast_keeps_its_dtype():
+    weight, x = torch.randn(7, 5), torch.randn(3, 5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast_linear(x, weight).dtype == F.linear(x, weight).dtype == torch.bfloat16
