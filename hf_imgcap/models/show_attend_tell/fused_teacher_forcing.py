@@ -182,15 +182,19 @@ def teacher_forced_decode(model, state, input_ids, lengths):
     hidden, cell, input_ids = state.hidden[order], state.cell[order], input_ids[order]
     lstm = model.lstm
 
+    active_per_step = (lengths.unsqueeze(0) > torch.arange(int(lengths[0]), device=lengths.device).unsqueeze(1)).sum(1)
+    active_counts = active_per_step.tolist()  # captions still running at each position
+
     # [input] + [lstm]: the LSTMCell multiplies its input [E y_{t-1}; β_t ⊙ z_t] by weight_ih, i.e. the embedding by
     # the first `embedding_size` columns and the gated context by the rest. Split the weight (split, not two slices: its
     # backward concatenates the two gradients instead of zero-filling twice) and compute the embedding half, with both
-    # LSTM biases, for every position in one matmul.
+    # LSTM biases, for every real position (padding skipped) in one matmul.
     embedding_size = model.embed_tokens.embedding_dim
     weight_embedding, weight_context = lstm.weight_ih.split([embedding_size, lstm.input_size - embedding_size], dim=1)
-    # Time-major, so that each step reads (and backpropagates into) its own slice, not the whole tensor.
-    embed_gates = F.linear(model.embed_tokens(input_ids), weight_embedding, lstm.bias_ih + lstm.bias_hh)
-    embed_gates = embed_gates.transpose(0, 1).unbind(0)  # per position: (captions, 4 * hidden)
+    # Packed time-major, so that each step reads (and backpropagates into) its own rows, not the whole tensor.
+    packed_ids = torch.cat([input_ids[:active, position] for position, active in enumerate(active_counts)])
+    embed_gates = F.linear(model.embed_tokens(packed_ids), weight_embedding, lstm.bias_ih + lstm.bias_hh)
+    embed_gates = embed_gates.split(active_counts)  # per position: (captions still running, 4 * hidden)
     # The three maps of h_{t-1} ([attend]'s query, [gate]'s pre-activation, [lstm]'s recurrence) as one matmul.
     projections = _hidden_projections(model)
     hidden_weight = torch.cat([weight for weight, _ in projections.values()])
@@ -204,9 +208,8 @@ def teacher_forced_decode(model, state, input_ids, lengths):
     else:
         project_hidden, project_context = _inference_projection(hidden_weight), _inference_projection(weight_context)
 
-    active_per_step = (lengths.unsqueeze(0) > torch.arange(int(lengths[0]), device=lengths.device).unsqueeze(1)).sum(1)
     hiddens, alphas = [], []
-    for position, active in enumerate(active_per_step.tolist()):
+    for position, active in enumerate(active_counts):
         # The captions still running at this position (sorted longest first); `step` runs every row every time.
         hidden, cell = hidden[:active], cell[:active]
         # [attend] query W_h h_{t-1}, [gate] W_β h_{t-1} + b_β and [lstm] W_hh h_{t-1}: one matmul, split by name.
@@ -220,7 +223,7 @@ def teacher_forced_decode(model, state, input_ids, lengths):
         # [input] + [lstm] the LSTMCell's gate pre-activations W_ih [E y_{t-1}; β_t ⊙ z_t] + b_ih + W_hh h_{t-1} + b_hh,
         # without building the concatenation: embedding half and biases precomputed, context half here, recurrence
         # from the shared matmul.
-        gates = embed_gates[position][:active] + project_context(context) + projected["recurrent"]
+        gates = embed_gates[position] + project_context(context) + projected["recurrent"]
         # [lstm] nn.LSTMCell's equations, in its gate order (input, forget, cell, output).
         in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=-1)
         cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
@@ -228,6 +231,6 @@ def teacher_forced_decode(model, state, input_ids, lengths):
         hiddens.append(hidden)
         alphas.append(alpha)
 
-    row_in_sorted = torch.cat([torch.arange(n, device=lengths.device) for n in active_per_step.tolist()])
+    row_in_sorted = torch.cat([torch.arange(n, device=lengths.device) for n in active_counts])
     position = torch.repeat_interleave(torch.arange(len(active_per_step), device=lengths.device), active_per_step)
     return torch.cat(hiddens), torch.cat(alphas), order[row_in_sorted], position
