@@ -34,6 +34,7 @@ from hf_imgcap.models.pretrained_encoder import build_captioner
 from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import default_image_processor, default_tokenizer
 from hf_imgcap.training.checkpointing import CheckpointManager
 from hf_imgcap.training.data_fingerprint import data_fingerprint
+from hf_imgcap.training.freed_memory import keep_freed_memory_for_reuse
 from hf_imgcap.training.loop import TrainingRun, check_resume_data, checkpoint_to_resume, finish, resume_state, run_epochs
 from hf_imgcap.training.model_fields import model_field, processor_field
 from hf_imgcap.training.model_selection import LR_SCHEDULER_TYPES, SELECTION_METRICS, build_lr_scheduler
@@ -400,6 +401,7 @@ def main(argv=None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     def run() -> int:
+        keep_freed_memory_for_reuse()  # a CPU step's largest tensors are otherwise faulted in afresh at every step
         try:
             model_args, data_args, args = parse_args(argv)
         except SystemExit as exit_request:  # --help (0) or an argparse error (2, message already printed)

@@ -68,7 +68,9 @@ def child(folder: Path, images: int, steps: int, release: bool) -> dict:
     from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration
     from hf_imgcap.data.feature_cache import FeatureCache
     from hf_imgcap.data.training_data import CaptionPairs, collate_captions
+    from hf_imgcap.training.freed_memory import keep_freed_memory_for_reuse
 
+    keep_freed_memory_for_reuse()  # as train.py does
     peaks = Peaks()
     cache = FeatureCache(folder)
     cache.release_every = 256 if release else 10**12

@@ -44,6 +44,7 @@ from reference_decoder import TutorialDecoder, tutorial_clip_gradient, tutorial_
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration  # noqa: E402
 from hf_imgcap.data.feature_cache import FeatureCache  # noqa: E402
 from hf_imgcap.data.training_data import CaptionPairs, collate_captions  # noqa: E402
+from hf_imgcap.training.freed_memory import keep_freed_memory_for_reuse  # noqa: E402
 
 BATCH, REGIONS, CHANNELS, SIZE = 32, 49, 2048, 512
 GRAD_CLIP = 5.0  # train.py's --grad_clip default, and the tutorial's
@@ -284,6 +285,7 @@ def main(argv=None):
                         help="folder holding baseline checkouts (ImageCaptioning.pytorch/); env HF_IMGCAP_BASELINES")
     args = parser.parse_args(argv)
     device = require_device(args.device)
+    keep_freed_memory_for_reuse()  # as train.py does; every row runs in this process alike
     repeats = args.repeats or (1 if args.quick else 3)
     vocabularies = args.vocab or ([8000] if args.quick else [30522, 8000])
     print(f"machine: {machine()}; {load()}\n")

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_arguments, interleaved_times, machine, require_device, table  # noqa: E402
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration  # noqa: E402
+from hf_imgcap.training.freed_memory import keep_freed_memory_for_reuse  # noqa: E402
 
 BATCH, REGIONS, CHANNELS, SIZE = 32, 49, 2048, 512
 CAPTIONS_PER_IMAGE = 5  # Flickr8k and COCO
@@ -91,6 +92,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
     device = require_device(args.device)
+    keep_freed_memory_for_reuse()  # as train.py does
     repeats = args.repeats or (2 if args.quick else 5)
     if args.threads:
         torch.set_num_threads(args.threads)
