@@ -620,3 +620,21 @@ def test_pixel_values_of_another_size_than_the_models_images_are_refused_naming_
             call(torch.randn(1, 3, 64, 128))
     # Any size that gives the model's region map is what the encoder computes the same way: accepted.
     assert model.generate(pixel_values=torch.randn(1, 3, 60, 60), max_new_tokens=2).shape[0] == 1
+
+
+def test_bf16_autocast_training_gives_the_fp32_gradients_to_bf16_precision():
+    """The training kernel's hand-written backward passes follow autocast's dtypes (bf16 products, fp32 softmax)."""
+    model = tiny_model(dropout=0.0).train()
+    ids, mask, labels = ragged_batch()
+    features = torch.randn(3, 4, 64, generator=torch.Generator().manual_seed(0))
+    gradients = {}
+    for autocast in (True, False):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels, return_logits=False)
+        out.loss.backward()
+        gradients[autocast] = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    for name, exact in gradients[False].items():
+        bf16 = gradients[True][name]
+        assert bf16.dtype == exact.dtype == torch.float32, name
+        assert (bf16 - exact).norm() <= 0.05 * exact.norm() + 1e-6, name

@@ -124,19 +124,20 @@ class _AttentionWeights(torch.autograd.Function):
         energy = _tanh(projected_features[:active] + query.unsqueeze(1))  # (active, regions, attention)
         alpha = torch.softmax(energy @ score_weight.to(energy.dtype), dim=-1)  # (active, regions)
         ctx.save_for_backward(energy, alpha, score_weight)
-        ctx.projected_grad = projected_grad
+        ctx.projected_grad, ctx.query_dtype = projected_grad, query.dtype
         return alpha
 
     @staticmethod
     def backward(ctx, grad_alpha):
         energy, alpha, score_weight = ctx.saved_tensors
         grad_scores = alpha * (grad_alpha - (grad_alpha * alpha).sum(-1, keepdim=True))  # softmax's backward
+        grad_scores = grad_scores.to(energy.dtype)  # under autocast: softmax ran in fp32, the energy in bf16
         grad_score_weight = torch.einsum("nr,nra->a", grad_scores, energy)
         # d energy = grad_scores ⊗ w; through tanh: × (1 − energy²), computed in the saved energy's memory
         grad_energy = energy.square_().neg_().add_(1).mul_(grad_scores.unsqueeze(-1)).mul_(score_weight.to(energy.dtype))
         if ctx.projected_grad is not None:
             ctx.projected_grad[: grad_energy.shape[0]] += grad_energy
-        return None, grad_energy.sum(1), grad_score_weight.to(score_weight.dtype), None
+        return None, grad_energy.sum(1).to(ctx.query_dtype), grad_score_weight.to(score_weight.dtype), None
 
 
 class _AccumulatedGrad(torch.autograd.Function):
