@@ -1,11 +1,11 @@
-"""`fast_linear`, the CPU fast path of the decoder's products: the same values as `F.linear` wherever it is used,
-and plain `F.linear` (with its gradients and autocast) wherever oneDNN's op could not be used."""
+"""`fast_linear` and `fast_tanh`, the CPU fast paths of the decoder: the same values as `F.linear` and `torch.tanh`
+wherever they are used, and the plain ops (with their gradients and autocast) wherever the fast ones could not be."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_imgcap.models.show_attend_tell.fused_teacher_forcing import fast_linear
+from hf_imgcap.models.show_attend_tell.fused_teacher_forcing import fast_linear, fast_tanh
 
 
 @pytest.mark.parametrize("shape", [(5,), (3, 5), (2, 3, 5), (0, 5)])
@@ -38,3 +38,17 @@ def test_autocast_keeps_its_dtype():
     weight, x = torch.randn(7, 5), torch.randn(3, 5)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert fast_linear(x, weight).dtype == F.linear(x, weight).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_fast_tanh_equals_tanh_and_keeps_autograd(overwrite):
+    x = torch.linspace(-20, 20, 4001)
+    with torch.no_grad():
+        torch.testing.assert_close(fast_tanh(x.clone(), overwrite=overwrite), torch.tanh(x), rtol=0, atol=3e-7)
+    kept = x.clone()
+    with torch.no_grad():
+        fast_tanh(kept, overwrite=False)
+    assert torch.equal(kept, x)  # not overwritten unless asked
+    leaf = x.clone().requires_grad_()
+    fast_tanh(leaf, overwrite=overwrite).sum().backward()
+    torch.testing.assert_close(leaf.grad, 1 - torch.tanh(x) ** 2)

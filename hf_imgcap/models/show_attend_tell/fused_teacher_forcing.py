@@ -111,6 +111,13 @@ def _tanh(x):
     return x.mul_(2).sigmoid_().mul_(2).sub_(1)
 
 
+def fast_tanh(x, overwrite: bool = False):
+    """`torch.tanh(x)`; as `_tanh` when no gradient is needed (generation), in `x`'s memory if `overwrite`."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return torch.tanh(x)
+    return _tanh(x if overwrite else x.clone())
+
+
 class _AttentionWeights(torch.autograd.Function):
     """[attend]'s α_t = softmax_regions(w · tanh(W_a a + W_h h_{t-1})) for the captions still running, with a hand-written
     backward: `ShowAttendTellAttention.weights` would leave autograd a zero-padded full-size gradient of the regions'

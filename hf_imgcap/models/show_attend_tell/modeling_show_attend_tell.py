@@ -42,7 +42,7 @@ from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput, can_return_tuple, cached_file
 
 from .configuration_show_attend_tell import ShowAttendTellConfig
-from .fused_teacher_forcing import LinearCrossEntropy, fast_linear, teacher_forced_decode
+from .fused_teacher_forcing import LinearCrossEntropy, fast_linear, fast_tanh, teacher_forced_decode
 from .pipeline_show_attend_tell import IMAGE_TEXT_TO_TEXT, PIPELINE_TASK, ShowAttendTellCaptioningPipeline
 
 
@@ -192,13 +192,33 @@ class ShowAttendTellState:
 
 
 # ---------------------------------------------------------------------------------------------- 4. attention
+class ShowAttendTellLinear(nn.Linear):
+    """`nn.Linear` (same parameters, same initialisation) whose product runs through oneDNN on CPU when no gradient
+    is needed (`fast_linear`): generation's per-step products."""
+
+    def forward(self, x):
+        return fast_linear(x, self.weight, self.bias)
+
+
+class ShowAttendTellLSTMCell(nn.LSTMCell):
+    """`nn.LSTMCell` (same parameters, same gate order: input, forget, cell, output) with its two products through
+    `fast_linear`. Always called with a batch and its state `(h, c)`."""
+
+    def forward(self, input, hx):
+        hidden, cell = hx
+        gates = fast_linear(input, self.weight_ih, self.bias_ih) + fast_linear(hidden, self.weight_hh, self.bias_hh)
+        in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=-1)
+        cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
+        return torch.sigmoid(out_gate) * torch.tanh(cell), cell
+
+
 class ShowAttendTellAttention(nn.Module):
     """Additive (Bahdanau) attention over image regions: α = softmax_regions(w·tanh(W_a a_i + W_h h)), z = Σ_i α_i a_i."""
 
     def __init__(self, encoder_size: int, hidden_size: int, attention_size: int):
         super().__init__()
         self.encoder_proj = nn.Linear(encoder_size, attention_size)  # W_a
-        self.decoder_proj = nn.Linear(hidden_size, attention_size)  # W_h
+        self.decoder_proj = ShowAttendTellLinear(hidden_size, attention_size)  # W_h
         self.score = nn.Linear(attention_size, 1, bias=False)  # w; a bias would be a no-op under the softmax
 
     def project_regions(self, features: torch.Tensor) -> torch.Tensor:
@@ -208,7 +228,7 @@ class ShowAttendTellAttention(nn.Module):
     def weights(self, projected_features: torch.Tensor, projected_hidden: torch.Tensor) -> torch.Tensor:
         """Softmax over regions of score(tanh(regions + query)); `projected_hidden` broadcasts over the regions,
         i.e. has a size-1 dimension where `projected_features` has the regions."""
-        energy = torch.tanh(projected_features + projected_hidden)
+        energy = fast_tanh(projected_features + projected_hidden, overwrite=True)  # tanh of a temporary sum
         return torch.softmax(self.score(energy).squeeze(-1), dim=-1)
 
     def forward(self, features, projected_features, hidden):
@@ -281,8 +301,8 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         self.init_hidden = nn.Linear(channels, hidden)  # 3. h0 from the mean feature
         self.init_cell = nn.Linear(channels, hidden)  # 3. c0 from the mean feature
         self.attention = ShowAttendTellAttention(channels, hidden, config.attention_size)  # 4.
-        self.context_gate = nn.Linear(hidden, channels)  # 5. β, the gate on the context
-        self.lstm = nn.LSTMCell(embedding + channels, hidden)  # 5.
+        self.context_gate = ShowAttendTellLinear(hidden, channels)  # 5. β, the gate on the context
+        self.lstm = ShowAttendTellLSTMCell(embedding + channels, hidden)  # 5.
         self.dropout = nn.Dropout(config.dropout)  # 6. before the output layer
         self.lm_head = nn.Linear(hidden, config.vocab_size)  # 6.
         # 2. features: the standardisation's buffers, identity until `set_feature_statistics` (`_init_weights` too).
