@@ -47,6 +47,8 @@ from hf_imgcap.training.run_arguments import (
 from hf_imgcap.training.scst import self_critical_training
 
 logger = get_logger("train")  # Accelerate's: logs once, on the main process (main_process_only=False for every process)
+# Accelerate's mixed-precision names: the feature cache's encoder pass runs under autocast in these.
+MIXED_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ---------------------------------------------------------------------------------------------- arguments
@@ -100,7 +102,7 @@ class TrainingArguments:
     lr_decay_patience: int = field(default=8, metadata={"help": "reduce_lr_on_plateau: epochs without improvement of --metric_for_best_model before decaying the learning rate."})
     metric_for_best_model: str = field(default="bleu_4", metadata={"help": f"Validation number that selects the kept model and drives the plateau schedule and early stopping: {', '.join(SELECTION_METRICS)} (cider is CIDEr-D; loss is the teacher-forced caption loss, lower is better; meteor needs Java)."})
     early_stopping_patience: int = field(default=20, metadata={"help": "Epochs without improvement of --metric_for_best_model before stopping."})
-    mixed_precision: str | None = field(default=None, metadata={"help": "'no', 'bf16', 'fp16' or 'fp8'; default: what `accelerate launch` / `accelerate config` says ('no' with plain python)."})
+    mixed_precision: str | None = field(default=None, metadata={"help": "'no', 'bf16', 'fp16' or 'fp8'; default: what `accelerate launch` / `accelerate config` says ('no' with plain python). bf16 / fp16 also run the feature cache's encoder pass under autocast (a cache of its own)."})
     use_cpu: bool = field(default=False, metadata={"aliases": ["--cpu"], "help": "Train on the CPU even when a GPU is available (default: the launcher / Accelerate decides)."})
     report_to: str = field(default="tensorboard", metadata={"help": "Tracker(s) for Accelerate, comma separated ('tensorboard', 'wandb', ...), 'all' (every installed one) or 'none'. A tracker named here must be installed (e.g. pip install wandb): the run refuses to start otherwise."})
     eval_num_beams: int = field(default=3, metadata={"help": "Beam size for validation and test captions."})
@@ -278,7 +280,8 @@ def prepare_training(model_args: ModelArguments, data_args: DataArguments, args:
     # Every process encodes its shard of each split into the shared cache (N processes: N times sooner).
     caches = {
         name: build_feature_cache(model, processor, split, cache_dir, description=f"encoding {name} images",
-                                  show_progress=accelerator.is_main_process, accelerator=accelerator)
+                                  show_progress=accelerator.is_main_process, accelerator=accelerator,
+                                  encoder_dtype=MIXED_PRECISION_DTYPES.get(accelerator.mixed_precision))
         for name, split in splits_to_cache.items()
     }
     if not args.blind:

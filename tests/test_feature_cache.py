@@ -64,6 +64,26 @@ def test_a_different_encoder_or_preprocessing_gets_a_different_cache(dataset, tm
     assert not torch.equal(first[0], other_weights[0])
 
 
+def test_a_bf16_encoder_pass_is_autocast_close_to_fp32_and_kept_apart(dataset, tmp_path):
+    """`encoder_dtype` (train.py's --mixed_precision bf16) runs the encoder under autocast: the features are the
+    autocast forward's, close to fp32, in a cache of their own that a second bf16 run reuses."""
+    model, processor = tiny_model(), tiny_processor()
+    full = build(model, processor, dataset["train"], tmp_path)
+    mixed = build(model, processor, dataset["train"], tmp_path, encoder_dtype=torch.bfloat16)
+    assert mixed.folder != full.folder
+    pixels = processor(images=dataset["train"]["image"]).pixel_values
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = model.get_image_features(pixels).float()
+    torch.testing.assert_close(mixed.batch(range(10)).float(), autocast.half().float(), rtol=0, atol=0)
+    exact = full.batch(range(10)).float()
+    assert 0 < (mixed.batch(range(10)).float() - exact).norm() < 0.05 * exact.norm()
+    calls = []
+    hook = model.encoder.register_forward_hook(lambda *args: calls.append(1))
+    again = build(model, processor, dataset["train"], tmp_path, encoder_dtype=torch.bfloat16)
+    hook.remove()
+    assert calls == [] and again.folder == mixed.folder
+
+
 def test_an_interrupted_build_resumes_and_an_incomplete_cache_is_refused(dataset, tmp_path):
     model, processor = tiny_model(), tiny_processor()
     complete = build(model, processor, dataset["train"], tmp_path / "a")

@@ -58,9 +58,12 @@ COVARIANCE_FORMAT = "channel-covariance-v1"
 
 
 # ---------------------------------------------------------------------------------------------- keys
-def encoder_fingerprint(model, processor) -> str:
-    """Hash of everything that determines the features: encoder weights, preprocessing, feature format."""
+def encoder_fingerprint(model, processor, encoder_dtype=None) -> str:
+    """Hash of everything that determines the features: encoder weights, preprocessing, feature format, and the
+    autocast dtype of the encoder pass when there is one."""
     digest = hashlib.sha256(FEATURE_FORMAT_VERSION.encode())
+    if encoder_dtype is not None:
+        digest.update(f"autocast {encoder_dtype}".encode())
     digest.update(str(model.config.image_size).encode())
     digest.update(processor.image_processor.to_json_string().encode())
     for name, tensor in sorted(model.encoder.state_dict().items()):
@@ -264,33 +267,37 @@ def build_feature_cache(
     description: str = "caching features",
     show_progress: bool = True,
     accelerator=None,
+    encoder_dtype: torch.dtype | None = None,
 ) -> FeatureCache:
     """Encode every image of `dataset` once with `model.get_image_features` and store the result; return the
     cache. A complete cache with the same keys is reused without running the encoder. Images become pixels
     through `processor` (the model's `ShowAttendTellProcessor`), its size guards included.
 
     `accelerator` (an `accelerate.Accelerator` or `PartialState`): with several processes, every process must call
-    this; each encodes its shard of the images (see the module docstring) and all return the complete cache."""
-    folder = Path(cache_dir) / encoder_fingerprint(model, processor)[:16] / images_fingerprint(dataset)[:16]
-    if accelerator is not None and accelerator.num_processes > 1:
-        return _build_sharded(model, processor, dataset, folder, accelerator, batch_size=batch_size, num_workers=num_workers,
-                              description=description, show_progress=show_progress)
-    meta = _read_meta(folder)
-    if meta and meta.get("complete"):  # complete caches are never written again: no lock needed to read one
-        logger.info("%s: reusing the feature cache in %s", description, folder)
-        return FeatureCache(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    # One builder per cache: the others wait here, then find it complete and reuse it.
-    lock = _acquire_build_lock(folder, description)
-    try:
+    this; each encodes its shard of the images (see the module docstring) and all return the complete cache.
+    `encoder_dtype` (e.g. `torch.bfloat16`): run the encoder under autocast in that dtype, a mixed-precision pass
+    (`train.py` does with `--mixed_precision bf16` / `fp16`); such a cache is kept apart from the full-precision one."""
+    folder = Path(cache_dir) / encoder_fingerprint(model, processor, encoder_dtype)[:16] / images_fingerprint(dataset)[:16]
+    with torch.autocast(model.device.type, dtype=encoder_dtype or torch.float32, enabled=encoder_dtype is not None):
+        if accelerator is not None and accelerator.num_processes > 1:
+            return _build_sharded(model, processor, dataset, folder, accelerator, batch_size=batch_size, num_workers=num_workers,
+                                  description=description, show_progress=show_progress)
         meta = _read_meta(folder)
-        if meta and meta.get("complete"):
+        if meta and meta.get("complete"):  # complete caches are never written again: no lock needed to read one
             logger.info("%s: reusing the feature cache in %s", description, folder)
             return FeatureCache(folder)
-        return _build_locked(model, processor, dataset, folder, meta, batch_size=batch_size, num_workers=num_workers,
-                             description=description, show_progress=show_progress)
-    finally:
-        lock.release()
+        folder.mkdir(parents=True, exist_ok=True)
+        # One builder per cache: the others wait here, then find it complete and reuse it.
+        lock = _acquire_build_lock(folder, description)
+        try:
+            meta = _read_meta(folder)
+            if meta and meta.get("complete"):
+                logger.info("%s: reusing the feature cache in %s", description, folder)
+                return FeatureCache(folder)
+            return _build_locked(model, processor, dataset, folder, meta, batch_size=batch_size, num_workers=num_workers,
+                                 description=description, show_progress=show_progress)
+        finally:
+            lock.release()
 
 
 def _acquire_build_lock(folder: Path, description: str) -> FileLock:
