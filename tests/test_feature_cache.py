@@ -4,10 +4,7 @@ import json
 import logging
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
