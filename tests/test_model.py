@@ -638,3 +638,22 @@ def test_bf16_autocast_training_gives_the_fp32_gradients_to_bf16_precision():
         bf16 = gradients[True][name]
         assert bf16.dtype == exact.dtype == torch.float32, name
         assert (bf16 - exact).norm() <= 0.05 * exact.norm() + 1e-6, name
+
+
+@pytest.mark.slow
+def test_torch_compile_of_the_model_trains_with_the_eager_loss_and_gradients():
+    """A user's `torch.compile(model)`: the training forward compiles (the CPU fast paths step aside while tracing)
+    and gives the eager model's loss and gradients."""
+    model = tiny_model(dropout=0.0).train()
+    ids, mask, labels = ragged_batch()
+    features = torch.randn(3, 4, 64, generator=torch.Generator().manual_seed(0))
+    results = []
+    for run in (model, torch.compile(model)):
+        model.zero_grad()
+        loss = run(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels, return_logits=False).loss
+        loss.backward()
+        results.append((loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}))
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -36,10 +36,11 @@ def _uses_onednn(weight) -> bool:
 
 def fast_linear(x, weight, bias=None):
     """`F.linear(x, weight, bias)`, through oneDNN where `_uses_onednn`, nothing needs autograd (the op has no
-    derivative: the autograd functions here call it from their forward and backward) and autocast is off."""
+    derivative: the autograd functions here call it from their forward and backward), autocast is off, and
+    torch.compile is not tracing (its CPU backend picks its own kernel for `F.linear`, the same one)."""
     needs_autograd = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     if (_uses_onednn(weight) and x.dtype == torch.float32 and not needs_autograd
-            and not torch.is_autocast_enabled(x.device.type)):
+            and not torch.is_autocast_enabled(x.device.type) and not torch.compiler.is_compiling()):
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight.contiguous(), bias, "none", [], "")
     return F.linear(x, weight, bias)
 
@@ -225,6 +226,9 @@ def _hidden_projections(model):
     }
 
 
+# Left to eager mode under torch.compile: the loop's length depends on the batch's caption lengths, so a compiled
+# version would be specialised on them and recompiled for almost every new batch; its products are oneDNN's already.
+@torch.compiler.disable
 def teacher_forced_decode(model, state, input_ids, lengths):
     """All positions of right-padded captions at once, equal to stepping `model.step` over them.
 
