@@ -13,7 +13,9 @@ Two kinds of rows:
 
 Baselines: the tutorial decoder as written (`reference_decoder.TutorialDecoder`, plain Adam); the tuned tutorial
 (region projection once per batch, fused Adam) that every ratio is taken against; torch.compile of the tuned tutorial
-and of ours; ruotianluo/ImageCaptioning.pytorch's Att2in2 run from its own source when `--baselines` holds a checkout
+and of ours (model only, on the one fixed batch: a compiled loop specialised to its caption lengths never recompiles,
+compile's best case; ours keeps its teacher-forcing loop eager under torch.compile, so that row compiles only what
+surrounds it); ruotianluo/ImageCaptioning.pytorch's Att2in2 run from its own source when `--baselines` holds a checkout
 (`ImageCaptioning.pytorch/`). Att2in2 is a different model: it first embeds each 2048-channel region to 512 (one
 more matmul per region, then attention over 512 channels), has no context gate, and computes log-probabilities for
 every padded position; its useful-FLOP column is left empty.
