@@ -10,7 +10,10 @@ our standardised features, so both searches score the same model; the table says
 (ours uses length_penalty 0 here: the summed log-probability, the tutorial's score).
 
 The last table sets the batched beam step's measured time against its arithmetic (counted from the shapes, at the
-fp32 matmul rate measured in the same run), and says which share of the batched rows were still running.
+fp32 matmul rate measured in the same run), and the model's own share of the step (its cached forward on the same
+rows, what generate() calls once per step) against the same arithmetic; the rest of a step is transformers' beam
+search (log-softmax, top-k over beams × vocabulary, reordering the cache). It also says which share of the batched
+rows were still running.
 
     python bench/bench_generation.py [--quick] [--images 24] [--repeats 3]
 """
@@ -142,15 +145,32 @@ def run_vocab(vocab, images, args, device, rows, step_rows, agreement):
                       f"{sum(a == b for a, b in zip(batched_beam, alone_beam))}/{images}",
                       f"{sum(a == b for a, b in zip(batched_beam, outputs['tutorial']))}/{images}"])
 
-    # The batched beam step against its arithmetic.
+    # The batched beam step against its arithmetic, and the model's share of it: its cached forward on the same rows
+    # (what generate() calls once per step); the rest is the search's own work (log-softmax, top-k over beams ×
+    # vocabulary, reordering the cache).
     sequences = outputs["beam batched"][0]
     steps = sequences.shape[1] - 1
     rate = matmul_rates(device)[torch.float32]
     per_step = times[("beam 5", "hf-imgcap, batched")] / steps
+    forward = model_forward_seconds(model, features, args.repeats, device)
     flops = beam_step_flops(images * BEAMS, vocab)
+    arithmetic = flops / 1e9 / rate
     still_running = sum(min(length, steps) for length in generated_lengths(sequences)) / (images * steps)
-    step_rows.append([vocab, images * BEAMS, steps, f"{per_step * 1e3:.1f}", f"{flops / 1e9:.2f}",
-                      f"{flops / 1e9 / rate / per_step:.0%}", f"{still_running:.0%}"])
+    step_rows.append([vocab, images * BEAMS, steps, f"{flops / 1e9:.2f}", f"{arithmetic * 1e3:.1f}", f"{per_step * 1e3:.1f}",
+                      f"{per_step / arithmetic:.2f}x", f"{forward * 1e3:.1f}", f"{forward / arithmetic:.2f}x", f"{still_running:.0%}"])
+
+
+def model_forward_seconds(model, features, repeats, device, steps=10) -> float:
+    """Median seconds of one cached forward of the model on images × beams rows, as generate() calls it each step."""
+    with torch.inference_mode():
+        state = model.initial_state(model.standardize_features(features), rows_per_image=BEAMS)
+        tokens = torch.full((features.shape[0] * BEAMS, 1), START, device=features.device)
+
+        def run():
+            for _ in range(steps):
+                model(input_ids=tokens, past_key_values=state, use_cache=True)
+
+        return interleaved({"forward": run}, repeats=max(repeats, 3), device=device)["forward"] / steps
 
 
 def main(argv=None):
@@ -172,8 +192,10 @@ def main(argv=None):
     print("\n*beam 5: vs the tutorial's per-image search; greedy: vs ours one image at a time\n")
     print(table(["vocab", "end-token bias", "greedy length, median (range)", "beam: batched = alone", "beam: batched = tutorial"], agreement))
     print()
-    print(table(["vocab", "rows (images x beams)", "steps", "ms per batched beam step", "GFLOP per step", "of fp32 matmul rate",
-                 "rows still running"], step_rows))
+    print(table(["vocab", "rows (images x beams)", "steps", "GFLOP per step", "arithmetic ms*", "beam step ms", "vs arithmetic",
+                 "model forward ms", "vs arithmetic ", "rows still running"], step_rows))
+    print("\n*the step's GFLOP at the fp32 matmul rate measured in this run; the model's forward is the cached forward "
+          "generate() calls once per step, the rest of a beam step is the search's own work")
     print(f"\n{images} images, median of {args.repeats} interleaved repeats, {time.perf_counter() - started:.0f} s; {load()}")
     first = rows[0]
     print(f"summary: at vocab {first[0]}, batched beam-5 generation runs {rows[0][4]} the tutorial's per-image beam search")
