@@ -46,7 +46,11 @@ from reference_decoder import TutorialDecoder, tutorial_clip_gradient, tutorial_
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration  # noqa: E402
 from hf_imgcap.data.feature_cache import FeatureCache  # noqa: E402
 from hf_imgcap.data.training_data import CaptionPairs, collate_captions  # noqa: E402
-from hf_imgcap.training.freed_memory import keep_freed_memory_for_reuse  # noqa: E402
+try:
+    from hf_imgcap.training.freed_memory import keep_freed_memory_for_reuse  # noqa: E402
+except ImportError:  # a revision without it, under compare_revisions.py: its train.py did not do this either
+    def keep_freed_memory_for_reuse():
+        return False
 
 BATCH, REGIONS, CHANNELS, SIZE = 32, 49, 2048, 512
 GRAD_CLIP = 5.0  # train.py's --grad_clip default, and the tutorial's
