@@ -22,7 +22,9 @@ every padded position; its useful-FLOP column is left empty.
 
 Useful FLOPs are counted from the shapes (`useful_flops`): ×2 per multiply-add, and for the backward pass ×2 more where
 both the input and the weight need a gradient, ×1 more where the input is the frozen features (only the weight's
-gradient). They are divided by the dense fp32 matmul rate measured in the same run (bf16 rows: the bf16 rate).
+gradient). They are divided by the dense fp32 matmul rate measured in the same run (bf16 rows: the bf16 rate). They
+are given for the model-only rows, whose batch is fixed; the train.py-step rows all read the same sequence of
+shuffled batches, so their ratios compare the same work.
 
     python bench/bench_training.py [--quick] [--no-compile] [--repeats 3] [--vocab 30522 8000] [--baselines /tmp/speed_baselines]
 """
@@ -219,17 +221,18 @@ def compiled_or_reason(name, build_step, run_warmup):
 def variants(vocab, cache, images, device, args, skipped, rates):
     """{row name: (pipeline, step function, flops-rate dtype or None)}"""
     rows = {}
-    loaders = (training_loader(cache, vocab, images, seed) for seed in itertools.count())
-    batch = fixed_batch(next(loaders), device)
+    batch = fixed_batch(training_loader(cache, vocab, images, seed=0), device)
 
     # train.py step
     tutorial, tutorial_opt = build_tutorial(vocab, device, tuned=False)
     tuned, tuned_opt = build_tutorial(vocab, device, tuned=True)
     ours, ours_opt = build_ours(vocab, cache, device)
-    loader_a, loader_b, loader_c = next(loaders), next(loaders), next(loaders)
-    rows["tutorial as written"] = ("train.py step", lambda: tutorial_pipeline_step(tutorial, tutorial_opt, loader_a, device), torch.float32)
-    rows["tuned tutorial"] = ("train.py step", lambda: tutorial_pipeline_step(tuned, tuned_opt, loader_b, device), torch.float32)
-    rows["hf-imgcap"] = ("train.py step", lambda: train_py_step(ours, ours_opt, loader_c, device), torch.float32)
+    # The same shuffled batches, in the same order, for every train.py-step row: their captions' lengths set the work.
+    # (Their useful-FLOP columns stay empty: the count below is the fixed batch's.)
+    loader_a, loader_b, loader_c = (training_loader(cache, vocab, images, seed=1) for _ in range(3))
+    rows["tutorial as written"] = ("train.py step", lambda: tutorial_pipeline_step(tutorial, tutorial_opt, loader_a, device), None)
+    rows["tuned tutorial"] = ("train.py step", lambda: tutorial_pipeline_step(tuned, tuned_opt, loader_b, device), None)
+    rows["hf-imgcap"] = ("train.py step", lambda: train_py_step(ours, ours_opt, loader_c, device), None)
 
     # model only
     features, ids, lengths = tutorial_inputs(batch)
