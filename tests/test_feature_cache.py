@@ -31,13 +31,17 @@ def build(model, processor, split, cache_dir, **kwargs):
 
 def test_cache_equals_a_direct_encoder_run_and_is_fp16_memory_mapped(dataset, tmp_path):
     model, processor = tiny_model(), tiny_processor()
+    weights_before = {name: (p.detach().clone(), p.stride()) for name, p in model.encoder.named_parameters()}
     cache = build(model, processor, dataset["train"], tmp_path)
     assert isinstance(cache.features, np.memmap) and cache.features.dtype == np.float16
     assert cache.features.shape == (10, model.config.num_regions, model.config.encoder_hidden_size)
     with torch.no_grad():
         direct = model.get_image_features(processor(images=dataset["train"]["image"]).pixel_values)
-    torch.testing.assert_close(cache.batch(range(10)).float(), direct.half().float(), rtol=0, atol=0)
+    # The cache is encoded with channels_last convolutions on CPU: equal up to one fp16 rounding step.
+    torch.testing.assert_close(cache.batch(range(10)).float(), direct.half().float(), rtol=2**-10, atol=1e-4)
     assert cache.valid.all()
+    for name, p in model.encoder.named_parameters():  # the encoder is left as it was: values and layout
+        assert torch.equal(p, weights_before[name][0]) and p.stride() == weights_before[name][1], name
 
 
 def test_second_run_reads_instead_of_recomputing(dataset, tmp_path):
@@ -71,7 +75,7 @@ def test_a_bf16_encoder_pass_is_autocast_close_to_fp32_and_kept_apart(dataset, t
     pixels = processor(images=dataset["train"]["image"]).pixel_values
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         autocast = model.get_image_features(pixels).float()
-    torch.testing.assert_close(mixed.batch(range(10)).float(), autocast.half().float(), rtol=0, atol=0)
+    torch.testing.assert_close(mixed.batch(range(10)).float(), autocast.half().float(), rtol=2**-7, atol=1e-3)  # bf16 layouts may round apart
     exact = full.batch(range(10)).float()
     assert 0 < (mixed.batch(range(10)).float() - exact).norm() < 0.05 * exact.norm()
     calls = []
@@ -207,7 +211,7 @@ def test_training_pairs_pad_per_batch_with_labels_ignoring_padding(dataset, tmp_
     pixel_batch = collate_captions([from_images[i] for i in (0, 1, 2)])
     with torch.no_grad():
         features = model.get_image_features(pixel_batch["pixel_values"])
-    torch.testing.assert_close(features.half(), batch["encoder_hidden_states"], rtol=0, atol=0)
+    torch.testing.assert_close(features.half().float(), batch["encoder_hidden_states"].float(), rtol=2**-10, atol=1e-4)  # one fp16 step
 
 
 def test_builders_running_at_the_same_time_on_one_cache_folder_all_succeed_with_identical_features(dataset, tmp_path):

@@ -23,6 +23,7 @@ images with the same valid mask, and features equal up to fp16 rounding (a proce
 another thread count, which sums in another order), N times sooner.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -452,7 +453,7 @@ def _encode_images(model, processor, dataset, folder: Path, images: range, progr
     model.eval()
     progress_bar = tqdm(total=len(images), desc=description, unit="img", disable=not show_progress)
     try:
-        with open(features_file, "r+b") as out, torch.inference_mode():
+        with open(features_file, "r+b") as out, _channels_last_on_cpu(model.encoder), torch.inference_mode():
             for indices, pixels, errors in loader:
                 for index, error in errors:
                     progress["invalid"].append({"index": images.start + index, "reason": error})
@@ -475,6 +476,23 @@ def _encode_images(model, processor, dataset, folder: Path, images: range, progr
     finally:
         progress_bar.close()
         model.train(was_training)
+
+
+@contextlib.contextmanager
+def _channels_last_on_cpu(encoder):
+    """The encoder's convolutions in channels_last (NHWC) while it encodes on a CPU: 1.2× the images/s of the default
+    layout there (bench/bench_cache.py). Its weights go back to the layout they had, so the model is saved and
+    trained as it was; the features equal the default layout's up to float rounding."""
+    weights = [parameter for parameter in encoder.parameters() if parameter.dim() == 4]
+    convert = bool(weights) and weights[0].device.type == "cpu" and not all(
+        weight.is_contiguous(memory_format=torch.channels_last) for weight in weights)
+    if convert:
+        encoder.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        if convert:
+            encoder.to(memory_format=torch.contiguous_format)
 
 
 def _log_built(description: str, encoded: int, meta: dict, folder: Path):
