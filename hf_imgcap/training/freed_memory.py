@@ -4,8 +4,8 @@
 glibc's malloc gives every freed block above its mmap threshold (32 MB at most, by default) back to the kernel, so
 a step's largest tensors (the output layer's (tokens, vocabulary) log-probabilities, the gradients of the embedding
 and the output layer: 50–60 MB each with a BERT vocabulary) come back as fresh pages that the kernel zero-fills
-on first touch, at every step: about 70,000 page faults and 7% of a decoder step on a 2-core CPU
-(bench/bench_training.py). Raising malloc's thresholds keeps those blocks in the heap, as jemalloc or tcmalloc
+on first touch, at every step: tens of thousands of page faults and 7% of a decoder step on a 2-core CPU
+(bench/bench_kernels.py). Raising malloc's thresholds keeps those blocks in the heap, as jemalloc or tcmalloc
 (which PyTorch's CPU tuning guide recommends) would. The price: resident memory stays at its peak between steps.
 """
 
