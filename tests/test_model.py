@@ -657,3 +657,23 @@ def test_torch_compile_of_the_model_trains_with_the_eager_loss_and_gradients():
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_backpropagating_twice_through_a_retained_graph_doubles_the_gradients_or_says_why_not():
+    model = tiny_model(dropout=0.0).train()
+    ids, mask, labels = ragged_batch()
+    features = torch.randn(3, 4, 64, generator=torch.Generator().manual_seed(0))
+    inputs = dict(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels)
+    model(**inputs).loss.backward()
+    once = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    loss = model(**inputs).loss  # logits kept: the plain cross-entropy, any number of backward passes
+    loss.backward(retain_graph=True)
+    loss.backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, 2 * once[name], rtol=1e-5, atol=1e-7, msg=name)
+    fused = model(**inputs, return_logits=False).loss
+    fused.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backpropagate once per forward.*return_logits=True"):
+        fused.backward()

@@ -142,8 +142,8 @@ class _AttentionWeights(torch.autograd.Function):
         grad_scores = alpha * (grad_alpha - (grad_alpha * alpha).sum(-1, keepdim=True))  # softmax's backward
         grad_scores = grad_scores.to(energy.dtype)  # under autocast: softmax ran in fp32, the energy in bf16
         grad_score_weight = torch.einsum("nr,nra->a", grad_scores, energy)
-        # d energy = grad_scores ⊗ w; through tanh: × (1 − energy²), computed in the saved energy's memory
-        grad_energy = energy.square_().neg_().add_(1).mul_(grad_scores.unsqueeze(-1)).mul_(score_weight.to(energy.dtype))
+        # d energy = grad_scores ⊗ w; through tanh: × (1 − energy²) (the saved energy kept intact for a retained graph)
+        grad_energy = energy.square().neg_().add_(1).mul_(grad_scores.unsqueeze(-1)).mul_(score_weight.to(energy.dtype))
         if ctx.projected_grad is not None:
             ctx.projected_grad[: grad_energy.shape[0]] += grad_energy
         return None, grad_energy.sum(1).to(ctx.query_dtype), grad_score_weight.to(score_weight.dtype), None
@@ -161,7 +161,9 @@ class _AccumulatedGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_anchor):
-        return grad_anchor, ctx.buffer.to(ctx.target_dtype), None
+        grad = ctx.buffer.to(ctx.target_dtype, copy=True)
+        ctx.buffer.zero_()  # a second backward through a retained graph sums its steps afresh
+        return grad_anchor, grad, None
 
 
 class LinearCrossEntropy(torch.autograd.Function):
@@ -184,6 +186,11 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
+        if getattr(ctx, "used", False):
+            raise RuntimeError("the fused output layer and loss (return_logits=False) backpropagate once per forward: they "
+                               "turn their saved log-probabilities into the gradient in place. Run the forward again, or "
+                               "pass return_logits=True, to backpropagate through one forward twice (retain_graph=True)")
+        ctx.used = True
         hidden, weight, log_probs, targets = ctx.saved_tensors
         grad = log_probs.exp_()  # softmax, in place of the log-probabilities
         grad[torch.arange(len(targets), device=grad.device), targets] -= 1.0
