@@ -52,3 +52,17 @@ def test_fast_tanh_equals_tanh_and_keeps_autograd(overwrite):
     leaf = x.clone().requires_grad_()
     fast_tanh(leaf, overwrite=overwrite).sum().backward()
     torch.testing.assert_close(leaf.grad, 1 - torch.tanh(x) ** 2)
+
+
+def test_a_hooked_or_wrapped_output_layer_runs_as_itself_in_generation():
+    """An adapter or a hook on `lm_head` must not be bypassed by the fast path."""
+    from conftest import tiny_model
+
+    model = tiny_model().eval()
+    hidden = torch.randn(3, model.config.hidden_size)
+    with torch.no_grad():
+        plain = model.next_token_logits(hidden)
+        handle = model.lm_head.register_forward_hook(lambda module, args, output: output + 1.0)
+        hooked = model.next_token_logits(hidden)
+        handle.remove()
+    torch.testing.assert_close(hooked, plain + 1.0)

@@ -191,7 +191,7 @@ class ShowAttendTellState:
         return self.hidden.shape[0]
 
 
-# ---------------------------------------------------------------------------------------------- 4. attention
+# ---------------------------------------------------------------------------------------------- layers
 class ShowAttendTellLinear(nn.Linear):
     """`nn.Linear` (same parameters, same initialisation) whose product runs through oneDNN on CPU when no gradient
     is needed (`fast_linear`): generation's per-step products."""
@@ -212,6 +212,7 @@ class ShowAttendTellLSTMCell(nn.LSTMCell):
         return torch.sigmoid(out_gate) * torch.tanh(cell), cell
 
 
+# ---------------------------------------------------------------------------------------------- 4. attention
 class ShowAttendTellAttention(nn.Module):
     """Additive (Bahdanau) attention over image regions: α = softmax_regions(w·tanh(W_a a_i + W_h h)), z = Σ_i α_i a_i."""
 
@@ -472,8 +473,11 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
 
     # ------------------------------------------------------------------------------------------ 6. output layer, loss
     def next_token_logits(self, hidden):
-        # self.lm_head(self.dropout(hidden)), through oneDNN on CPU when no gradient is needed (generation)
-        return fast_linear(self.dropout(hidden), self.lm_head.weight, self.lm_head.bias)  # (..., hidden) -> (..., vocab)
+        hidden = self.dropout(hidden)  # (..., hidden) -> (..., vocab) logits
+        lm_head = self.lm_head
+        if type(lm_head) is nn.Linear and not (lm_head._forward_hooks or lm_head._forward_pre_hooks):
+            return fast_linear(hidden, lm_head.weight, lm_head.bias)  # lm_head(hidden); oneDNN on CPU in generation
+        return lm_head(hidden)  # a wrapped or hooked output layer (an adapter, a quantised layer) runs as itself
 
     def _next_token_targets(self, labels, input_ids):
         """Position t is scored against label t+1 (-100: not scored); the last position has no target."""
