@@ -1,6 +1,7 @@
 """train.py keeps the memory a step frees for the next step: a large tensor allocated again after being freed
 reuses the same pages instead of faulting in fresh ones from the kernel."""
 
+import os
 import platform
 import subprocess
 import sys
@@ -23,7 +24,11 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 
 
 def faults_per_reallocation(mode: str) -> float:
-    result = subprocess.run([sys.executable, "-c", PAGE_FAULTS_PER_REALLOCATION, mode], capture_output=True, text=True, check=True)
+    # glibc's own defaults: no preloaded allocator, no malloc tuning from the environment
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("LD_PRELOAD", "GLIBC_TUNABLES") and not key.startswith("MALLOC_")}
+    result = subprocess.run([sys.executable, "-c", PAGE_FAULTS_PER_REALLOCATION, mode], capture_output=True, text=True,
+                            check=True, env=env)
     return float(result.stdout.strip().splitlines()[-1])
 
 
