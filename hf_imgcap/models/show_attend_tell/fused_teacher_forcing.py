@@ -14,7 +14,6 @@ output layer runs once, on the real positions only, fused with the loss when tra
 Part of the remote-code bundle: imports torch only.
 """
 
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -217,10 +216,8 @@ class _RecordingProjection:
 
 
 def _inference_projection(weight):
-    """A per-step `x @ weight.T` without gradients; autocast (e.g. bf16) is left to `F.linear`."""
-    if torch.is_autocast_enabled(weight.device.type):
-        return functools.partial(F.linear, weight=weight)
-    return _SmallBatchProducts(weight.detach().contiguous()).forward
+    """A per-step `x @ weight.T` without gradients (`fast_linear` leaves autocast to `F.linear`)."""
+    return _SmallBatchProducts(weight.detach()).forward
 
 
 def _hidden_projections(model):
@@ -281,6 +278,7 @@ def teacher_forced_decode(model, state, input_ids, lengths):
     else:
         project_hidden, project_context = _inference_projection(hidden_weight), _inference_projection(weight_context)
 
+    score_weight = model.attention.score.weight[0]  # [attend]'s w
     hiddens, alphas = [], []
     for position, active in enumerate(active_counts):
         # The captions still running at this position (sorted longest first); `step` runs every row every time.
@@ -289,7 +287,7 @@ def teacher_forced_decode(model, state, input_ids, lengths):
         projected = dict(zip(projections, (project_hidden(hidden) + hidden_bias).split(split_sizes, dim=-1)))
         # [attend] α_t: `ShowAttendTellAttention.forward` with the query projected above; the regions' projection
         # is the state's, computed once per image.
-        alpha = _AttentionWeights.apply(projected_features, projected["query"], model.attention.score.weight[0], projected_grad)
+        alpha = _AttentionWeights.apply(projected_features, projected["query"], score_weight, projected_grad)
         # [attend] z_t = Σ α_t a (one image per caption here, so a batched vector-matrix product), then
         # [gate] β_t ⊙ z_t with β_t = σ(W_β h_{t-1} + b_β) from the shared matmul.
         context = torch.bmm(alpha.unsqueeze(1), features[:active]).squeeze(1) * torch.sigmoid(projected["gate"])
