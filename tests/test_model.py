@@ -82,15 +82,20 @@ def test_teacher_forced_logits_equal_step_by_step_decoding():
     torch.testing.assert_close(out.loss, out.caption_loss + out.attention_loss)
 
 
-def test_fast_training_path_has_the_gradients_of_step_by_step_decoding():
+@pytest.mark.parametrize("frozen", [(), ("attention.encoder_proj",), ("lstm",), ("context_gate", "attention.decoder_proj"),
+                                    ("embed_tokens", "lm_head")], ids=lambda frozen: "+".join(frozen) or "nothing")
+def test_fast_training_path_has_the_gradients_of_step_by_step_decoding(frozen):
     """The training forward (fused projections, shrinking batch, deferred weight gradients) must give the same
-    gradient as the plain reference step, for every trainable parameter."""
+    gradient as the plain reference step, for every trainable parameter, whichever decoder layers a user freezes."""
     model = tiny_model(dropout=0.0).train()
+    for name in frozen:
+        model.get_submodule(name).requires_grad_(False)
     ids, mask, labels = ragged_batch()
     features = torch.randn(3, 4, 64)
     fast = model(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels, return_logits=False)
     fast.loss.backward()
-    fast_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    fast_grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    assert all(grad is not None for name, grad in fast_grads.items() if not name.startswith("encoder.")), fast_grads.keys()
     model.zero_grad()
 
     state, logits, alphas = None, [], []
@@ -109,6 +114,8 @@ def test_fast_training_path_has_the_gradients_of_step_by_step_decoding():
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             torch.testing.assert_close(fast_grads[name], parameter.grad, rtol=1e-4, atol=1e-6, msg=name)
+        else:
+            assert parameter.grad is None, name
 
 
 def test_loss_does_not_depend_on_padding_and_skipping_logits_changes_nothing():

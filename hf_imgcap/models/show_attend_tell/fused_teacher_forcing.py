@@ -81,7 +81,8 @@ class _StepLinear(torch.autograd.Function):
     def backward(ctx, grad_output):
         (x,) = ctx.saved_tensors
         grad_output = grad_output.to(ctx.products.weight.dtype)
-        ctx.records.append((x, grad_output))
+        if ctx.records is not None:
+            ctx.records.append((x, grad_output))
         return ctx.products.input_grad(grad_output).to(ctx.input_dtype), None
 
 
@@ -199,11 +200,12 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 
 class _RecordingProjection:
-    """A per-step `x @ weight.T` whose weight gradient `_DeferredWeightGrad` computes from `records`."""
+    """A per-step `x @ weight.T` whose weight gradient `_DeferredWeightGrad` computes from `records` (a frozen
+    weight records nothing)."""
 
-    def __init__(self, weight):
+    def __init__(self, weight, weight_trains: bool = True):
         self.weight = weight.detach().contiguous()  # one contiguous copy per forward, not a strided read per step
-        self.records = []
+        self.records = [] if weight_trains else None  # None: a frozen weight, only input gradients are needed
         self._products = {}  # compute dtype -> _SmallBatchProducts, built once per forward
 
     def products(self, dtype) -> _SmallBatchProducts:
@@ -265,18 +267,21 @@ def teacher_forced_decode(model, state, input_ids, lengths):
     hidden_weight = torch.cat([weight for weight, _ in projections.values()])
     hidden_bias = torch.cat([bias for _, bias in projections.values()])
     split_sizes = [weight.shape[0] for weight, _ in projections.values()]
-    if torch.is_grad_enabled() and hidden_weight.requires_grad and weight_context.requires_grad:
-        # Training: the two per-step weight gradients are computed once, when backprop reaches h0.
-        project_hidden, project_context = _RecordingProjection(hidden_weight), _RecordingProjection(weight_context)
-        hidden = _DeferredWeightGrad.apply(hidden, hidden_weight, project_hidden.records)
-        hidden = _DeferredWeightGrad.apply(hidden, weight_context, project_context.records)
+    if torch.is_grad_enabled():
+        # Training: the per-step weight gradients of the two products, for each weight that trains (a user may freeze
+        # any layer), are computed once, when backprop reaches h0.
+        project_hidden = _RecordingProjection(hidden_weight, weight_trains=hidden_weight.requires_grad)
+        project_context = _RecordingProjection(weight_context, weight_trains=weight_context.requires_grad)
+        for weight, projection in ((hidden_weight, project_hidden), (weight_context, project_context)):
+            if projection.records is not None:
+                hidden = _DeferredWeightGrad.apply(hidden, weight, projection.records)
+    else:
+        project_hidden, project_context = _inference_projection(hidden_weight), _inference_projection(weight_context)
     projected_grad = None
     if torch.is_grad_enabled() and projected_features.requires_grad:
         # [attend]'s regions' projection: its per-step gradients are summed in place, handed on once.
         projected_grad = torch.zeros(projected_features.shape, dtype=torch.float32, device=projected_features.device)
         hidden = _AccumulatedGrad.apply(hidden, projected_features, projected_grad)
-    else:
-        project_hidden, project_context = _inference_projection(hidden_weight), _inference_projection(weight_context)
 
     score_weight = model.attention.score.weight[0]  # [attend]'s w
     hiddens, alphas = [], []
