@@ -82,22 +82,8 @@ def test_teacher_forced_logits_equal_step_by_step_decoding():
     torch.testing.assert_close(out.loss, out.caption_loss + out.attention_loss)
 
 
-@pytest.mark.parametrize("frozen", [(), ("attention.encoder_proj",), ("lstm",), ("context_gate", "attention.decoder_proj"),
-                                    ("embed_tokens", "lm_head")], ids=lambda frozen: "+".join(frozen) or "nothing")
-def test_fast_training_path_has_the_gradients_of_step_by_step_decoding(frozen):
-    """The training forward (fused projections, shrinking batch, deferred weight gradients) must give the same
-    gradient as the plain reference step, for every trainable parameter, whichever decoder layers a user freezes."""
-    model = tiny_model(dropout=0.0).train()
-    for name in frozen:
-        model.get_submodule(name).requires_grad_(False)
-    ids, mask, labels = ragged_batch()
-    features = torch.randn(3, 4, 64)
-    fast = model(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels, return_logits=False)
-    fast.loss.backward()
-    fast_grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
-    assert all(grad is not None for name, grad in fast_grads.items() if not name.startswith("encoder.")), fast_grads.keys()
-    model.zero_grad()
-
+def step_by_step_loss(model, features, ids, mask):
+    """The training loss computed the slow, obviously right way: the cached forward (`step`) at every position."""
     state, logits, alphas = None, [], []
     for position in range(ids.shape[1]):
         step = model(input_ids=ids[:, position : position + 1], encoder_hidden_states=features if state is None else None,
@@ -110,12 +96,75 @@ def test_fast_training_path_has_the_gradients_of_step_by_step_decoding(frozen):
     scored[:, :-1] = mask[:, 1:].bool()
     caption_loss = torch.nn.functional.cross_entropy(logits[scored], ids[:, 1:][mask[:, 1:].bool()])
     attention_loss = ((1 - (alphas * scored[..., None]).sum(1)) ** 2).mean()
-    (caption_loss + attention_loss).backward()
+    return caption_loss + model.config.attention_regularization * attention_loss
+
+
+def assert_training_forward_matches_step_by_step(model, return_logits=False):
+    """Loss and every trainable parameter's gradient of the training forward equal those of `step_by_step_loss`."""
+    ids, mask, labels = ragged_batch()
+    features = torch.randn(3, 4, 64)
+    fast = model(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels, return_logits=return_logits)
+    fast.loss.backward()
+    fast_grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    assert all(grad is not None for name, grad in fast_grads.items() if not name.startswith("encoder.")), fast_grads.keys()
+    model.zero_grad()
+    reference = step_by_step_loss(model, features, ids, mask)
+    torch.testing.assert_close(fast.loss, reference, rtol=1e-5, atol=1e-6)
+    reference.backward()
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             torch.testing.assert_close(fast_grads[name], parameter.grad, rtol=1e-4, atol=1e-6, msg=name)
         else:
             assert parameter.grad is None, name
+
+
+@pytest.mark.parametrize("frozen", [(), ("attention.encoder_proj",), ("lstm",), ("context_gate", "attention.decoder_proj"),
+                                    ("embed_tokens", "lm_head")], ids=lambda frozen: "+".join(frozen) or "nothing")
+def test_fast_training_path_has_the_gradients_of_step_by_step_decoding(frozen):
+    """The training forward (fused projections, shrinking batch, deferred weight gradients) must give the same
+    gradient as the plain reference step, for every trainable parameter, whichever decoder layers a user freezes."""
+    model = tiny_model(dropout=0.0).train()
+    for name in frozen:
+        model.get_submodule(name).requires_grad_(False)
+    assert_training_forward_matches_step_by_step(model)
+
+
+class LowRankAdapter(torch.nn.Module):
+    """A frozen layer plus a trainable low-rank update, as a PEFT LoRA adapter wraps a linear layer."""
+
+    def __init__(self, base, rank=2):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.down = torch.nn.Linear(base.in_features, rank, bias=False)
+        self.up = torch.nn.Linear(rank, base.out_features, bias=False)
+        torch.nn.init.normal_(self.up.weight, std=0.5)  # LoRA starts at zero; non-zero here, so that it shows
+
+    def forward(self, x):
+        return self.base(x) + self.up(self.down(x))
+
+
+def halve_hidden_state(module, args, output):
+    hidden, cell = output
+    return hidden * 0.5, cell
+
+
+@pytest.mark.parametrize("change", ["adapter on attention.decoder_proj", "adapter on context_gate", "adapter on lm_head",
+                                    "hook on lstm", "hook on attention"])
+@pytest.mark.parametrize("return_logits", [False, True])
+def test_wrapped_or_hooked_decoder_layers_train_as_themselves(change, return_logits):
+    """A user's adapters (e.g. PEFT's LoRA) and hooks on the decoder's layers are part of the model that trains:
+    the training forward must run them, not read the wrapped weights by name, and give their gradients."""
+    model = tiny_model(dropout=0.0).train()
+    what, name = change.split(" on ")
+    if what == "adapter":
+        parent, _, child = name.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        setattr(owner, child, LowRankAdapter(getattr(owner, child)))
+    elif name == "lstm":
+        model.lstm.register_forward_hook(halve_hidden_state)
+    else:
+        model.attention.register_forward_hook(lambda module, args, output: (output[0] * 2.0, output[1]))
+    assert_training_forward_matches_step_by_step(model, return_logits=return_logits)
 
 
 def test_loss_does_not_depend_on_padding_and_skipping_logits_changes_nothing():

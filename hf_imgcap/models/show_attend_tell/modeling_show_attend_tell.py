@@ -192,6 +192,12 @@ class ShowAttendTellState:
 
 
 # ---------------------------------------------------------------------------------------------- layers
+def _runs_as_written(module: nn.Module, cls: type) -> bool:
+    """Whether `module` is exactly `cls`, without hooks. The fast paths read such a layer's weights directly; a layer
+    that a user has wrapped or replaced (a PEFT adapter, a quantised layer) or hooked must run as itself."""
+    return type(module) is cls and not (module._forward_hooks or module._forward_pre_hooks)
+
+
 class ShowAttendTellLinear(nn.Linear):
     """`nn.Linear` (same parameters, same initialisation) whose product runs through oneDNN on CPU when no gradient
     is needed (`fast_linear`): generation's per-step products."""
@@ -236,7 +242,8 @@ class ShowAttendTellAttention(nn.Module):
         """One query per row: the context vectors `(rows, channels)` and weights `(rows, regions)`.
         `features` / `projected_features` hold one entry per image; each image has `rows / images` consecutive rows."""
         images = features.shape[0]
-        query = self.decoder_proj(hidden).view(images, -1, 1, self.decoder_proj.out_features)  # (images, rows per image, 1, attention)
+        query = self.decoder_proj(hidden)  # (rows, attention)
+        query = query.view(images, -1, 1, query.shape[-1])  # (images, rows per image, 1, attention)
         alpha = self.weights(projected_features.unsqueeze(1), query)  # (images, rows per image, regions)
         context = torch.bmm(alpha, features)  # (images, rows per image, channels)
         return context.flatten(0, 1), alpha.flatten(0, 1)
@@ -474,10 +481,9 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
     # ------------------------------------------------------------------------------------------ 6. output layer, loss
     def next_token_logits(self, hidden):
         hidden = self.dropout(hidden)  # (..., hidden) -> (..., vocab) logits
-        lm_head = self.lm_head
-        if type(lm_head) is nn.Linear and not (lm_head._forward_hooks or lm_head._forward_pre_hooks):
-            return fast_linear(hidden, lm_head.weight, lm_head.bias)  # lm_head(hidden); oneDNN on CPU in generation
-        return lm_head(hidden)  # a wrapped or hooked output layer (an adapter, a quantised layer) runs as itself
+        if _runs_as_written(self.lm_head, nn.Linear):
+            return fast_linear(hidden, self.lm_head.weight, self.lm_head.bias)  # lm_head(hidden); oneDNN on CPU in generation
+        return self.lm_head(hidden)
 
     def _next_token_targets(self, labels, input_ids):
         """Position t is scored against label t+1 (-100: not scored); the last position has no target."""
@@ -492,6 +498,8 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         """(loss, caption_loss, attention_loss) over the scored positions: `targets` (positions,) their next tokens,
         `alphas` (positions, regions) their attention, `rows` (positions,) their caption, and their `hiddens`
         (positions, hidden) or `logits` (positions, vocab). See `forward` for the two counts."""
+        if logits is None and not _runs_as_written(self.lm_head, nn.Linear):
+            logits = self.next_token_logits(hiddens)  # a wrapped or hooked output layer runs as itself, not fused
         if logits is None:  # the output layer fused with the loss: no (positions, vocab) log-probabilities in memory
             summed = LinearCrossEntropy.apply(self.dropout(hiddens), self.lm_head.weight, self.lm_head.bias, targets)
         else:
@@ -611,7 +619,11 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         if features.shape[0] != batch_size:  # consecutive captions of the same image
             features = features.repeat_interleave(batch_size // features.shape[0], dim=0)  # (captions, regions, channels)
         # Packed time-major: position 0 of every caption, then position 1 of those still running, ...
-        hiddens, alphas, rows, positions = teacher_forced_decode(self, self.initial_state(features), input_ids, lengths)
+        state = self.initial_state(features)
+        if self._fused_kernel_applies():
+            hiddens, alphas, rows, positions = teacher_forced_decode(self, state, input_ids, lengths)
+        else:
+            hiddens, alphas, rows, positions = self._decode_step_by_step(state, input_ids, lengths)
 
         fields = {}
         packed_logits = self.next_token_logits(hiddens) if return_logits else None  # (positions, vocab)
@@ -624,6 +636,25 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
             if return_logits if name == "logits" else wanted[name]:
                 fields[name] = self._unpack(packed, rows, positions, batch_size, seq_len)
         return fields
+
+    def _fused_kernel_applies(self) -> bool:
+        """`teacher_forced_decode` reads these layers' weights by name and computes what their forwards would."""
+        attention = self.attention
+        return (_runs_as_written(attention, ShowAttendTellAttention) and _runs_as_written(attention.decoder_proj, ShowAttendTellLinear)
+                and _runs_as_written(attention.score, nn.Linear) and _runs_as_written(self.context_gate, ShowAttendTellLinear)
+                and _runs_as_written(self.lstm, ShowAttendTellLSTMCell))
+
+    def _decode_step_by_step(self, state, input_ids, lengths):
+        """What `teacher_forced_decode` returns, by calling `step` at every position: for a model whose decoder
+        layers a user has wrapped (e.g. PEFT adapters), replaced or hooked, which the kernel would bypass. Slower."""
+        hiddens, alphas = [], []
+        for position in range(int(lengths.max())):
+            hidden, alpha = self.step(input_ids[:, position], state)  # (captions, hidden), (captions, regions)
+            hiddens.append(hidden)
+            alphas.append(alpha)
+        positions = torch.arange(len(hiddens), device=lengths.device)
+        positions, rows = (lengths.unsqueeze(0) > positions.unsqueeze(1)).nonzero(as_tuple=True)  # time-major
+        return torch.stack(hiddens)[positions, rows], torch.stack(alphas)[positions, rows], rows, positions
 
     def _caption_lengths(self, input_ids, attention_mask):
         """Each caption's number of real tokens `(captions,)`; refuses empty captions and masks that are not 1…1 0…0."""
