@@ -4,11 +4,14 @@ encoder's convolutions in channels_last) against the bare encoder forward on alr
 
 The images are 500×375 JPEGs like Flickr8k's; the ResNet-152 has random weights (the cost is the same).
 `--bf16` (opt-in: slow where the CPU has no bf16 matmul units) adds the bare encoder under bf16 autocast and the
-error of its features against fp32. A random ResNet's activations grow from stage to stage, which is the wrong test of
-a precision, so for that comparison the BatchNorm statistics are first calibrated on the images (running mean and
-variance over them, as a trained network's are over its data).
+error of its features against fp32, measured on a trained encoder given with `--encoder FOLDER` (a `ResNetModel`
+folder: a converted pretrained ResNet, or the stand-in `bench/standin_encoder.py train` makes in minutes). A random
+ResNet is the wrong test of a precision: even with its BatchNorm statistics calibrated on the images it amplifies
+any perturbation from layer to layer. Without `--encoder` the error is measured on such a calibrated random
+ResNet-152 anyway, next to the error from rounding only its input to bf16 (fp32 arithmetic), which shows how much
+of it is the network's amplification rather than bf16 arithmetic.
 
-    python bench/bench_cache.py [--quick] [--images 64] [--repeats 2] [--bf16]
+    python bench/bench_cache.py [--quick] [--images 64] [--repeats 2] [--bf16 [--encoder FOLDER]]
 """
 
 import shutil
@@ -24,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_arguments, interleaved, load, machine, require_device, table  # noqa: E402
 
 from datasets import Dataset, Image as ImageFeature  # noqa: E402
+from transformers import ResNetModel  # noqa: E402
+
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration  # noqa: E402
 from hf_imgcap.data.feature_cache import build_feature_cache  # noqa: E402
 from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import ShowAttendTellProcessor, default_image_processor  # noqa: E402
@@ -48,6 +53,8 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=None, help="default 64 (enough to amortise start-up); 32 with --quick")
     parser.add_argument("--repeats", type=int, default=None, help="default 2; 1 with --quick")
     parser.add_argument("--bf16", action="store_true", help="also the encoder under bf16 autocast, and its feature error")
+    parser.add_argument("--encoder", type=Path, help="with --bf16: a trained ResNetModel folder to measure the bf16 feature "
+                        "error on (e.g. bench/standin_encoder.py's stand-in)")
     args = parser.parse_args(argv)
     device = require_device(args.device)
     args.images = args.images or (32 if args.quick else 64)
@@ -75,12 +82,18 @@ def main(argv=None):
         functions = {("fp32", "cache build (hf-imgcap)"): build(models["fp32"])}  # channels_last inside, on CPU
         for name, model in models.items():
             functions[(name, "bare encoder")] = bare(model)
-        error = None
+        errors = []
         if args.bf16:
-            calibrated = resnet152(device)
-            calibrate_batch_norm(calibrated, prepared)
-            functions[("bf16 autocast (BatchNorm calibrated)", "bare encoder")] = bare(calibrated, torch.bfloat16)
-            error = bf16_feature_error(calibrated, prepared[:BATCH])
+            functions[("bf16 autocast", "bare encoder")] = bare(models["fp32"], torch.bfloat16)  # random weights: the speed is the same
+            if args.encoder:
+                trained = ResNetModel.from_pretrained(args.encoder).to(device).eval()
+                errors.append([f"{args.encoder} (trained)", *bf16_feature_error(trained, prepared[:BATCH])])
+            else:
+                calibrated = resnet152(device)
+                calibrate_batch_norm(calibrated, prepared)
+                errors.append(["random ResNet-152, BatchNorm calibrated", *bf16_feature_error(calibrated.encoder, prepared[:BATCH])])
+                errors.append(["the same, fp32 arithmetic, input rounded to bf16",
+                               *bf16_feature_error(calibrated.encoder, prepared[:BATCH], round_input_only=True)])
         times = interleaved(functions, repeats=args.repeats, warmup=0, device=device)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -88,9 +101,10 @@ def main(argv=None):
     rows = [[encoder, what, f"{args.images / seconds:.2f}", f"{fp32_bare / seconds:.2f}x"] for (encoder, what), seconds in times.items()]
     print(table(["encoder", "run", "images/s", "vs fp32 bare encoder"], rows))
     print(f"\n{args.images} images, median of {args.repeats} interleaved repeats; {load()}")
-    if error is not None:
-        print(f"bf16 autocast features vs fp32 (BatchNorm calibrated on the images): relative error {error['relative']:.2%}, "
-              f"cosine similarity {error['cosine']:.5f} (median over images)")
+    if errors:
+        print("\n" + table(["bf16 autocast features against fp32, on", "relative error", "cosine similarity"],
+                            [[name, f"{relative:.2%}", f"{cosine:.5f}"] for name, relative, cosine in errors]))
+        print(f"\nmedians over {min(BATCH, args.images)} images; last feature map, every region and channel")
     else:
         print("bf16: not run (opt-in: --bf16)")
     build = times[("fp32", "cache build (hf-imgcap)")]
@@ -123,14 +137,19 @@ def calibrate_batch_norm(model, pixel_values):
     model.eval()
 
 
-def bf16_feature_error(model, pixel_values) -> dict:
+def bf16_feature_error(encoder, pixel_values, round_input_only=False) -> tuple[float, float]:
+    """Median over images of the relative error and the cosine similarity of `encoder`'s last feature map under bf16
+    autocast against fp32; `round_input_only`: fp32 arithmetic on the input rounded to bf16 instead."""
     with torch.inference_mode():
-        reference = model.get_image_features(pixel_values).float()
-        with torch.autocast(pixel_values.device.type, dtype=torch.bfloat16):
-            low = model.get_image_features(pixel_values).float()
-    relative = ((low - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)).median().item()
-    cosine = torch.nn.functional.cosine_similarity(low.flatten(1), reference.flatten(1), dim=1).median().item()
-    return {"relative": relative, "cosine": cosine}
+        reference = encoder(pixel_values).last_hidden_state.float().flatten(1)
+        if round_input_only:
+            low = encoder(pixel_values.bfloat16().float()).last_hidden_state.float().flatten(1)
+        else:
+            with torch.autocast(pixel_values.device.type, dtype=torch.bfloat16):
+                low = encoder(pixel_values).last_hidden_state.float().flatten(1)
+    relative = ((low - reference).norm(dim=1) / reference.norm(dim=1)).median().item()
+    cosine = torch.nn.functional.cosine_similarity(low, reference, dim=1).median().item()
+    return relative, cosine
 
 
 if __name__ == "__main__":
