@@ -150,7 +150,7 @@ def run_vocab(vocab, images, args, device, rows, step_rows, agreement):
     # vocabulary, reordering the cache).
     sequences = outputs["beam batched"][0]
     steps = sequences.shape[1] - 1
-    rate = matmul_rates(device)[torch.float32]
+    rate = matmul_rates(device, dtypes=(torch.float32,))[torch.float32]
     per_step = times[("beam 5", "hf-imgcap, batched")] / steps
     forward = model_forward_seconds(model, features, args.repeats, device)
     flops = beam_step_flops(images * BEAMS, vocab)

@@ -28,7 +28,7 @@ STEP_WEIGHTS = {"context 2048 -> 2048": (2048, 2048), "hidden 512 -> 4608": (460
 
 def products(repeats: int, quick: bool) -> list:
     rows = []
-    rate = matmul_rates()[torch.float32]
+    rate = matmul_rates(dtypes=(torch.float32,))[torch.float32]
     shapes = [(name, m, out, inp) for name, (out, inp) in STEP_WEIGHTS.items() for m in ((32, 4) if quick else (32, 16, 4, 1))]
     shapes.append(("output layer 512 -> 30522", 436, 30522, 512))
     for name, m, out, inp in shapes:

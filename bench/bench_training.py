@@ -22,8 +22,8 @@ every padded position; its useful-FLOP column is left empty.
 
 Useful FLOPs are counted from the shapes (`useful_flops`): ×2 per multiply-add, and for the backward pass ×2 more where
 both the input and the weight need a gradient, ×1 more where the input is the frozen features (only the weight's
-gradient). They are divided by the dense fp32 matmul rate measured in the same run, the best of three measurements
-(bf16 rows: the bf16 rate). They
+gradient). They are divided by the dense fp32 matmul rate measured in the same run (the best of three measurements
+before the timed steps and of three after, averaged; bf16 rows: the bf16 rate). They
 are given for the model-only rows, whose batch is fixed; the train.py-step rows all read the same sequence of
 shuffled batches, so their ratios compare the same work.
 

@@ -103,11 +103,11 @@ def matmul_gflops(dtype=torch.float32, size=1024, repeats=5, device="cpu") -> fl
     return 2 * size**3 / seconds_each / 1e9
 
 
-def matmul_rates(device="cpu", rounds: int = 3) -> dict:
-    """Dense fp32 and bf16 matmul rates (GFLOP/s) measured now, interleaved, so that a bf16 figure is divided by
-    the bf16 rate and not the fp32 one. The best of `rounds`: other work on a shared machine only ever slows a
+def matmul_rates(device="cpu", rounds: int = 3, dtypes=(torch.float32, torch.bfloat16)) -> dict:
+    """Dense matmul rates (GFLOP/s) of `dtypes` measured now, interleaved, so that a bf16 figure is divided by the
+    bf16 rate and not the fp32 one. The best of `rounds`: other work on a shared machine only ever slows a
     measurement down, and a share of the machine's rate must not look larger because the yardstick was slowed."""
-    rates = {dtype: [] for dtype in (torch.float32, torch.bfloat16)}
+    rates = {dtype: [] for dtype in dtypes}
     for _ in range(rounds):
         for dtype in rates:
             rates[dtype].append(matmul_gflops(dtype, repeats=3, device=device))
