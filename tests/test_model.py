@@ -99,8 +99,9 @@ def step_by_step_loss(model, features, ids, mask):
     return caption_loss + model.config.attention_regularization * attention_loss
 
 
-def assert_training_forward_matches_step_by_step(model, return_logits=False):
-    """Loss and every trainable parameter's gradient of the training forward equal those of `step_by_step_loss`."""
+def assert_training_forward_matches_step_by_step(model, return_logits=False) -> dict:
+    """Loss and every trainable parameter's gradient of the training forward equal those of `step_by_step_loss`.
+    Returns the training forward's gradients by parameter name."""
     ids, mask, labels = ragged_batch()
     features = torch.randn(3, 4, 64)
     fast = model(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels, return_logits=return_logits)
@@ -116,6 +117,7 @@ def assert_training_forward_matches_step_by_step(model, return_logits=False):
             torch.testing.assert_close(fast_grads[name], parameter.grad, rtol=1e-4, atol=1e-6, msg=name)
         else:
             assert parameter.grad is None, name
+    return fast_grads
 
 
 @pytest.mark.parametrize("frozen", [(), ("attention.encoder_proj",), ("lstm",), ("context_gate", "attention.decoder_proj"),

@@ -5,7 +5,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from conftest import tiny_model
-from test_model import ragged_batch, step_by_step_loss
+from test_model import assert_training_forward_matches_step_by_step
 
 TARGETS = ["attention.decoder_proj", "context_gate", "lm_head"]
 
@@ -16,21 +16,9 @@ def lora_model():
 
 
 def test_lora_adapters_on_the_decoder_get_the_gradients_of_step_by_step_decoding():
-    model = lora_model()
-    ids, mask, labels = ragged_batch()
-    features = torch.randn(3, 4, 64)
-    out = model(encoder_hidden_states=features, input_ids=ids, attention_mask=mask, labels=labels, return_logits=False)
-    out.loss.backward()
-    trained = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    trained = assert_training_forward_matches_step_by_step(lora_model())
     assert trained and all("lora_" in name for name in trained)
-    assert all(grad is not None and grad.abs().sum() > 0 for grad in trained.values()), trained.keys()
-    model.zero_grad()
-    reference = step_by_step_loss(model, features, ids, mask)
-    torch.testing.assert_close(out.loss, reference, rtol=1e-5, atol=1e-6)
-    reference.backward()
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            torch.testing.assert_close(trained[name], parameter.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert all(grad.abs().sum() > 0 for grad in trained.values()), trained.keys()
 
 
 def test_a_saved_lora_adapter_reloads_onto_the_base_model_and_captions_alike(tmp_path):
