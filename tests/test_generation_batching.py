@@ -80,3 +80,63 @@ def test_batched_beam_scores_equal_one_image_at_a_time(trained):
     batched = generate(model, features, **options).sequences_scores
     alone = torch.cat([generate(model, features[index : index + 1], **options).sequences_scores for index in range(IMAGES)])
     torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+
+
+def decoded_rows(model, features, **options) -> tuple[list[int], torch.Tensor]:
+    """Rows the decoder computes at each step of a generate() call, and the sequences it returns."""
+    rows = []
+    step = model.step
+
+    def counting_step(token_ids, state):
+        rows.append(len(token_ids))
+        return step(token_ids, state)
+
+    model.step = counting_step
+    try:
+        sequences = generate(model, features, **options)
+    finally:
+        del model.step
+    return rows, sequences if torch.is_tensor(sequences) else sequences.sequences
+
+
+@pytest.mark.parametrize("options", [dict(num_beams=3, do_sample=False), dict(num_beams=4, do_sample=False, length_penalty=0.0),
+                                     dict(num_beams=3, do_sample=False, early_stopping=True)],
+                         ids=["beam3", "beam4-no-length-penalty", "beam3-early-stopping"])
+def test_beam_search_stops_decoding_images_whose_result_is_settled(trained, options):
+    """Once an image's finished captions cannot be beaten by its running beams, its result is fixed: later steps
+    decode only the other images' beams, and every caption is the one decoding all rows gives (as it does when
+    per-step scores are asked for, which show every row)."""
+    model, features = trained
+    beams = options["num_beams"]
+    rows, sequences = decoded_rows(model, features, **options)
+    all_rows, all_sequences = decoded_rows(model, features, return_dict_in_generate=True, output_scores=True, **options)
+    assert set(all_rows) == {IMAGES * beams}
+    assert rows[0] == IMAGES * beams and min(rows) < IMAGES * beams and sum(rows) < sum(all_rows)
+    assert all(row % beams == 0 for row in rows) and rows == sorted(rows, reverse=True)
+    assert [until_end(row) for row in sequences] == [until_end(row) for row in all_sequences]
+
+
+def test_a_returned_decoding_state_decodes_all_its_rows(trained):
+    """The state generate() returns (return_dict_in_generate) continues every row, settled images' too."""
+    model, features = trained
+    outputs = generate(model, features, num_beams=3, do_sample=False, return_dict_in_generate=True)
+    state = outputs.past_key_values
+    with torch.inference_mode():
+        logits = model(input_ids=torch.full((len(state), 1), END), past_key_values=state, use_cache=True).logits
+    assert logits.shape[0] == IMAGES * 3 and bool((logits.abs().amax(dim=(1, 2)) > 0).all())
+
+
+def test_generations_in_concurrent_threads_give_the_captions_each_gives_alone(trained):
+    """What generate() shares between its steps is per thread: two threads (e.g. a Space serving two requests)
+    decoding different batches at once get the captions each batch gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, features = trained
+    noisy = features + 0.8 * torch.randn(features.shape, generator=torch.Generator().manual_seed(2))
+    batches = [features, noisy, features[:3], noisy[2:]]
+    options = dict(num_beams=3, do_sample=False)
+    alone = [[until_end(row) for row in generate(model, batch, **options)] for batch in batches]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for _ in range(3):
+            together = list(pool.map(lambda batch: [until_end(row) for row in generate(model, batch, **options)], batches))
+            assert together == alone

@@ -29,6 +29,8 @@ import copy
 import inspect
 import math
 import os
+import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +176,20 @@ class ShowAttendTellState:
         self.cell = cell  # (rows, hidden)
         self.rows_per_image = rows_per_image
         self.seen_tokens = seen_tokens
+        self._selected = None  # (images, their features, their projected features), see `of_images`
+        # Beam search: the images whose beams can still change the result, `(images,)` bool; None: all. The cached
+        # forward decodes only their rows (see `_check_early_stop_heuristic`).
+        self.searched_images = None
+
+    def of_images(self, images: torch.Tensor) -> "ShowAttendTellState":
+        """The state of some images' rows only: `images` `(images,)` bool. Their features are selected once and kept
+        until other images are asked for (beam search asks for fewer and fewer); hidden and cell are copies."""
+        if self._selected is None or not torch.equal(self._selected[0], images):
+            self._selected = (images, self.features[images], self.projected_features[images])
+        rows = images.repeat_interleave(self.rows_per_image)
+        _, features, projected_features = self._selected
+        return ShowAttendTellState(features, projected_features, self.hidden[rows], self.cell[rows], self.rows_per_image,
+                                   self.seen_tokens)
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
         """Beam search: keep the rows of the surviving beams (in place). Beams never move between images."""
@@ -189,6 +205,18 @@ class ShowAttendTellState:
 
     def __len__(self):
         return self.hidden.shape[0]
+
+
+class _GenerationInThisThread(threading.local):
+    """What the model's generation hooks share during one generate() call in this thread: whether settled images
+    may be skipped (not when per-step scores, logits or states are returned: they would show the skipped rows) and
+    the current decoding state (a weak reference: it must not outlive the call)."""
+
+    skip_settled_images = False
+    state = None
+
+
+_GENERATION = _GenerationInThisThread()
 
 
 # ---------------------------------------------------------------------------------------------- layers
@@ -682,6 +710,8 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         a padded row decodes exactly as it would alone."""
         if state is None:
             state = self.initial_state(features, rows_per_image=input_ids.shape[0] // features.shape[0])
+        elif state.searched_images is not None and input_ids.shape[1] == 1 and target is None and not state.searched_images.all():
+            return self._step_searched_images(input_ids[:, 0], state)
         hiddens, alphas = [], []
         for position in range(input_ids.shape[1]):
             before = state.hidden, state.cell
@@ -702,6 +732,24 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         return fields
 
     # ------------------------------------------------------------------------------------------ 8. generation
+    def _step_searched_images(self, token_ids, state: ShowAttendTellState) -> dict:
+        """A beam-search step that decodes only the rows of `state.searched_images`; the other images are settled
+        (nothing they could still produce changes their result), so their rows keep their state and get zero logits,
+        attention and hidden state, which the search only uses for those images."""
+        searched = state.searched_images
+        rows = searched.repeat_interleave(state.rows_per_image).nonzero().squeeze(1)
+        part = state.of_images(searched)
+        hidden, alpha = self.step(token_ids[rows], part)  # (searched rows, hidden), (searched rows, regions)
+        state.hidden = state.hidden.index_copy(0, rows, part.hidden)
+        state.cell = state.cell.index_copy(0, rows, part.cell)
+        state.seen_tokens += 1
+        logits = self.next_token_logits(hidden)
+
+        def all_rows(values):  # (searched rows, ·) -> (rows, 1, ·), zero in the settled images' rows
+            return values.new_zeros(len(token_ids), values.shape[-1]).index_copy_(0, rows, values).unsqueeze(1)
+
+        return {"logits": all_rows(logits), "cache": state, "attentions": all_rows(alpha), "hidden_states": all_rows(hidden)}
+
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         return False  # the cache is a ShowAttendTellState, not a key/value cache
@@ -732,6 +780,9 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         merged, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
         if self._caller_set("max_length", generation_config, kwargs) and not self._caller_set("max_new_tokens", generation_config, kwargs):
             merged.max_new_tokens = None
+        per_step_outputs = (merged.output_scores, merged.output_logits, merged.output_hidden_states, merged.output_attentions)
+        _GENERATION.skip_settled_images = not (merged.return_dict_in_generate and any(per_step_outputs))
+        _GENERATION.state = None
         return merged, model_kwargs
 
     @staticmethod
@@ -743,7 +794,20 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, num_new_tokens)
         model_kwargs[CACHE_KWARG] = outputs.cache
+        _GENERATION.state = weakref.ref(outputs.cache) if outputs.cache is not None else None
         return model_kwargs
+
+    def _check_early_stop_heuristic(self, *args, **kwargs):
+        """transformers' beam search asks this after every step: which images' running beams could still beat
+        their finished captions (`(images, 1)` bool; an image answered False is settled and stays so). A settled
+        image's result can no longer change, yet transformers keeps decoding its beams until the whole batch ends (a
+        third of the rows, for captions of Flickr-like lengths); the answer goes into the decoding state, and the next
+        steps decode only the other images' rows (`_forward_stepwise`)."""
+        improvable = super()._check_early_stop_heuristic(*args, **kwargs)
+        state = _GENERATION.state() if _GENERATION.state is not None else None
+        if _GENERATION.skip_settled_images and state is not None and improvable.numel() == state.features.shape[0]:
+            state.searched_images = improvable.reshape(-1)
+        return improvable
 
     @torch.no_grad()
     def generate(self, pixel_values=None, input_ids=None, encoder_hidden_states=None, image_embeds=None, **kwargs):
@@ -781,7 +845,13 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         want_attentions = bool(kwargs.pop("output_attentions", False))
         if want_attentions and kwargs.get("attention_mask") is not None and not kwargs["attention_mask"].all():
             raise ValueError("output_attentions needs prompts of equal length; generate prompts of different lengths one by one")
-        outputs = super().generate(input_ids=input_ids, image_embeds=image_embeds, **kwargs)
+        try:
+            outputs = super().generate(input_ids=input_ids, image_embeds=image_embeds, **kwargs)
+        finally:  # a decoding state returned to the caller decodes all its rows again
+            state = _GENERATION.state() if _GENERATION.state is not None else None
+            if state is not None:
+                state.searched_images = None
+            _GENERATION.state, _GENERATION.skip_settled_images = None, False
         if want_attentions and not torch.is_tensor(outputs):
             outputs["attentions"] = self.attention_for_sequences(outputs.sequences, image_embeds=image_embeds,
                                                                  prompt_length=input_ids.shape[1])
