@@ -99,21 +99,33 @@ def decoded_rows(model, features, **options) -> tuple[list[int], torch.Tensor]:
     return rows, sequences if torch.is_tensor(sequences) else sequences.sequences
 
 
-@pytest.mark.parametrize("options", [dict(num_beams=3, do_sample=False), dict(num_beams=4, do_sample=False, length_penalty=0.0),
+@pytest.mark.parametrize("options", [dict(do_sample=False), dict(num_beams=3, do_sample=False),
+                                     dict(num_beams=4, do_sample=False, length_penalty=0.0),
                                      dict(num_beams=3, do_sample=False, early_stopping=True)],
-                         ids=["beam3", "beam4-no-length-penalty", "beam3-early-stopping"])
-def test_beam_search_stops_decoding_images_whose_result_is_settled(trained, options):
-    """Once an image's finished captions cannot be beaten by its running beams, its result is fixed: later steps
-    decode only the other images' beams, and every caption is the one decoding all rows gives (as it does when
-    per-step scores are asked for, which show every row)."""
+                         ids=["greedy", "beam3", "beam4-no-length-penalty", "beam3-early-stopping"])
+def test_generation_stops_decoding_images_whose_result_is_fixed(trained, options):
+    """Once an image's caption has ended (greedy) or its finished captions cannot be beaten by its running beams
+    (beam search), its result is fixed: later steps decode only the other images' rows, and every caption is the
+    one decoding all rows gives (as generate() does when per-step scores are asked for, which show every row)."""
     model, features = trained
-    beams = options["num_beams"]
+    beams = options.get("num_beams", 1)
     rows, sequences = decoded_rows(model, features, **options)
     all_rows, all_sequences = decoded_rows(model, features, return_dict_in_generate=True, output_scores=True, **options)
     assert set(all_rows) == {IMAGES * beams}
     assert rows[0] == IMAGES * beams and min(rows) < IMAGES * beams and sum(rows) < sum(all_rows)
     assert all(row % beams == 0 for row in rows) and rows == sorted(rows, reverse=True)
     assert [until_end(row) for row in sequences] == [until_end(row) for row in all_sequences]
+
+
+def test_sampling_several_captions_per_image_stops_decoding_images_whose_captions_all_ended(trained):
+    """Sampling k captions per image: an image's rows are decoded until all k have ended, and every returned
+    caption ends with the end token followed by padding only."""
+    model, features = trained
+    torch.manual_seed(0)
+    rows, sequences = decoded_rows(model, features, do_sample=True, num_return_sequences=2, top_k=3)
+    assert rows[0] == IMAGES * 2 and min(rows) < IMAGES * 2 and all(row % 2 == 0 for row in rows)
+    for row in sequences.tolist():
+        assert END in row and set(row[row.index(END) + 1 :]) <= {PAD}
 
 
 def test_a_returned_decoding_state_decodes_all_its_rows(trained):

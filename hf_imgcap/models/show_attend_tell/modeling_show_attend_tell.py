@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel, ResNetModel
+from transformers import GenerationMixin, PreTrainedModel, ResNetModel, StoppingCriteriaList
 from transformers import initialization as init
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput, can_return_tuple, cached_file
@@ -177,9 +177,11 @@ class ShowAttendTellState:
         self.rows_per_image = rows_per_image
         self.seen_tokens = seen_tokens
         self._selected = None  # (images, their features, their projected features), see `of_images`
-        # Beam search: the images whose beams can still change the result, `(images,)` bool; None: all. The cached
-        # forward decodes only their rows (see `_check_early_stop_heuristic`).
-        self.searched_images = None
+        # During generate(): the images whose rows can still change the result, `(images,)` bool (None: all), and
+        # for greedy search and sampling the rows that have finished. The cached forward decodes only those images'
+        # rows (see "Skipping finished images" in section 8).
+        self.decoded_images = None
+        self.finished_rows = None
 
     def of_images(self, images: torch.Tensor) -> "ShowAttendTellState":
         """The state of some images' rows only: `images` `(images,)` bool. Their features are selected once and kept
@@ -208,15 +210,33 @@ class ShowAttendTellState:
 
 
 class _GenerationInThisThread(threading.local):
-    """What the model's generation hooks share during one generate() call in this thread: whether settled images
-    may be skipped (not when per-step scores, logits or states are returned: they would show the skipped rows) and
-    the current decoding state (a weak reference: it must not outlive the call)."""
+    """What the model's generation hooks share during the generate() call running in this thread: whether finished
+    images may be skipped (not when per-step scores, logits or states are returned: they would show the skipped
+    rows) and the current decoding state (a weak reference: it must not outlive the call)."""
 
-    skip_settled_images = False
-    state = None
+    skip_finished_images = False
+    state_ref = None
+
+    def state(self) -> "ShowAttendTellState | None":
+        return self.state_ref() if self.state_ref is not None else None
 
 
 _GENERATION = _GenerationInThisThread()
+
+
+class _FinishedRowsRecorder(StoppingCriteriaList):
+    """transformers' stopping criteria for greedy search and sampling, which also note in the decoding state the rows
+    they have stopped: transformers replaces a stopped row's later tokens by padding (when one criterion is the end
+    token), so its logits are never used again."""
+
+    def __call__(self, input_ids, scores, **kwargs):
+        is_done = super().__call__(input_ids, scores, **kwargs)  # (rows,)
+        state = _GENERATION.state()
+        # One new token per row since the state's last step: greedy search or sampling, not a drafting scheme.
+        if _GENERATION.skip_finished_images and state is not None and is_done.shape == (len(state),) and input_ids.shape[1] == state.seen_tokens + 1:
+            state.finished_rows = is_done if state.finished_rows is None else state.finished_rows | is_done
+            state.decoded_images = ~state.finished_rows.view(-1, state.rows_per_image).all(dim=1)
+        return is_done
 
 
 # ---------------------------------------------------------------------------------------------- layers
@@ -710,8 +730,8 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         a padded row decodes exactly as it would alone."""
         if state is None:
             state = self.initial_state(features, rows_per_image=input_ids.shape[0] // features.shape[0])
-        elif state.searched_images is not None and input_ids.shape[1] == 1 and target is None and not state.searched_images.all():
-            return self._step_searched_images(input_ids[:, 0], state)
+        elif state.decoded_images is not None and input_ids.shape[1] == 1 and target is None and not state.decoded_images.all():
+            return self._step_decoded_images(input_ids[:, 0], state)
         hiddens, alphas = [], []
         for position in range(input_ids.shape[1]):
             before = state.hidden, state.cell
@@ -732,13 +752,13 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         return fields
 
     # ------------------------------------------------------------------------------------------ 8. generation
-    def _step_searched_images(self, token_ids, state: ShowAttendTellState) -> dict:
-        """A beam-search step that decodes only the rows of `state.searched_images`; the other images are settled
-        (nothing they could still produce changes their result), so their rows keep their state and get zero logits,
-        attention and hidden state, which the search only uses for those images."""
-        searched = state.searched_images
-        rows = searched.repeat_interleave(state.rows_per_image).nonzero().squeeze(1)
-        part = state.of_images(searched)
+    def _step_decoded_images(self, token_ids, state: ShowAttendTellState) -> dict:
+        """A generation step that decodes only the rows of `state.decoded_images`. The other images have finished
+        (nothing their rows could still produce changes the result), so their rows keep their state and get zero
+        logits, attention and hidden state, which generate() uses for nothing but those rows."""
+        decoded = state.decoded_images
+        rows = decoded.repeat_interleave(state.rows_per_image).nonzero().squeeze(1)
+        part = state.of_images(decoded)
         hidden, alpha = self.step(token_ids[rows], part)  # (searched rows, hidden), (searched rows, regions)
         state.hidden = state.hidden.index_copy(0, rows, part.hidden)
         state.cell = state.cell.index_copy(0, rows, part.cell)
@@ -781,8 +801,8 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         if self._caller_set("max_length", generation_config, kwargs) and not self._caller_set("max_new_tokens", generation_config, kwargs):
             merged.max_new_tokens = None
         per_step_outputs = (merged.output_scores, merged.output_logits, merged.output_hidden_states, merged.output_attentions)
-        _GENERATION.skip_settled_images = not (merged.return_dict_in_generate and any(per_step_outputs))
-        _GENERATION.state = None
+        _GENERATION.skip_finished_images = not (merged.return_dict_in_generate and any(per_step_outputs))
+        _GENERATION.state_ref = None
         return merged, model_kwargs
 
     @staticmethod
@@ -794,20 +814,28 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, num_new_tokens)
         model_kwargs[CACHE_KWARG] = outputs.cache
-        _GENERATION.state = weakref.ref(outputs.cache) if outputs.cache is not None else None
+        _GENERATION.state_ref = weakref.ref(outputs.cache) if outputs.cache is not None else None
         return model_kwargs
 
+    # Skipping finished images. transformers decodes every row of a batch until the whole batch ends, also the rows
+    # whose result is already fixed: a third of the rows for captions of Flickr-like lengths. The two hooks below
+    # note in the decoding state which images are still open, and the cached forward decodes only their rows
+    # (`_step_decoded_images`); the captions are the same.
     def _check_early_stop_heuristic(self, *args, **kwargs):
-        """transformers' beam search asks this after every step: which images' running beams could still beat
-        their finished captions (`(images, 1)` bool; an image answered False is settled and stays so). A settled
-        image's result can no longer change, yet transformers keeps decoding its beams until the whole batch ends (a
-        third of the rows, for captions of Flickr-like lengths); the answer goes into the decoding state, and the next
-        steps decode only the other images' rows (`_forward_stepwise`)."""
+        """Beam search asks this after every step: which images' running beams could still beat their finished
+        captions (`(images, 1)` bool). An image answered False has its result fixed and stays so."""
         improvable = super()._check_early_stop_heuristic(*args, **kwargs)
-        state = _GENERATION.state() if _GENERATION.state is not None else None
-        if _GENERATION.skip_settled_images and state is not None and improvable.numel() == state.features.shape[0]:
-            state.searched_images = improvable.reshape(-1)
+        state = _GENERATION.state()
+        if _GENERATION.skip_finished_images and state is not None and improvable.numel() == state.features.shape[0]:
+            state.decoded_images = improvable.reshape(-1)
         return improvable
+
+    def _get_stopping_criteria(self, generation_config, *args, **kwargs):
+        """Greedy search and sampling with an end token: their stopping criteria also note the rows they stop."""
+        criteria = super()._get_stopping_criteria(generation_config, *args, **kwargs)
+        if generation_config.num_beams == 1 and any(hasattr(criterion, "eos_token_id") for criterion in criteria):
+            return _FinishedRowsRecorder(criteria)
+        return criteria
 
     @torch.no_grad()
     def generate(self, pixel_values=None, input_ids=None, encoder_hidden_states=None, image_embeds=None, **kwargs):
@@ -848,10 +876,10 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         try:
             outputs = super().generate(input_ids=input_ids, image_embeds=image_embeds, **kwargs)
         finally:  # a decoding state returned to the caller decodes all its rows again
-            state = _GENERATION.state() if _GENERATION.state is not None else None
+            state = _GENERATION.state()
             if state is not None:
-                state.searched_images = None
-            _GENERATION.state, _GENERATION.skip_settled_images = None, False
+                state.decoded_images = state.finished_rows = None
+            _GENERATION.state_ref, _GENERATION.skip_finished_images = None, False
         if want_attentions and not torch.is_tensor(outputs):
             outputs["attentions"] = self.attention_for_sequences(outputs.sequences, image_embeds=image_embeds,
                                                                  prompt_length=input_ids.shape[1])
