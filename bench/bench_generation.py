@@ -9,11 +9,11 @@ as it does with a trained model, and the tutorial's search sheds its finished be
 our standardised features, so both searches score the same model; the table says how often their captions agree
 (ours uses length_penalty 0 here: the summed log-probability, the tutorial's score).
 
-The last table sets the batched beam step's measured time against its arithmetic (counted from the shapes, at the
-fp32 matmul rate measured in the same run), and the model's own share of the step (its cached forward on the same
-rows, what generate() calls once per step) against the same arithmetic; the rest of a step is transformers' beam
-search (log-softmax, top-k over beams × vocabulary, reordering the cache). It also says which share of the batched
-rows were still running.
+The last table sets the batched beam search's measured time against its arithmetic: the rows it decodes (the
+beams of images whose result can still change; `generate()` skips the others), counted from the shapes at the fp32
+matmul rate measured in the same run. Next to it the model's own share: its cached forward on all images × beams
+rows, what generate() calls once per step, against that forward's arithmetic; the rest of a step is transformers'
+beam search (log-softmax, top-k over beams × vocabulary, reordering the cache).
 
     python bench/bench_generation.py [--quick] [--images 24] [--repeats 3]
 """
@@ -97,6 +97,23 @@ def beam_step_flops(rows: int, vocab: int) -> float:
     return 2 * rows * per_row
 
 
+def decoded_rows(model, run) -> int:
+    """Rows the decoder computes over all steps of `run()` (a generate() call)."""
+    rows = []
+    step = model.step
+
+    def counting_step(token_ids, state):
+        rows.append(len(token_ids))
+        return step(token_ids, state)
+
+    model.step = counting_step
+    try:
+        run()
+    finally:
+        del model.step
+    return sum(rows)
+
+
 def until_end(tokens: list[int]) -> list[int]:
     return tokens[: tokens.index(END) + 1] if END in tokens else tokens
 
@@ -145,19 +162,19 @@ def run_vocab(vocab, images, args, device, rows, step_rows, agreement):
                       f"{sum(a == b for a, b in zip(batched_beam, alone_beam))}/{images}",
                       f"{sum(a == b for a, b in zip(batched_beam, outputs['tutorial']))}/{images}"])
 
-    # The batched beam step against its arithmetic, and the model's share of it: its cached forward on the same rows
-    # (what generate() calls once per step); the rest is the search's own work (log-softmax, top-k over beams ×
-    # vocabulary, reordering the cache).
-    sequences = outputs["beam batched"][0]
-    steps = sequences.shape[1] - 1
+    # The batched beam search against the arithmetic of the rows it decodes, and the model's share of a step: its
+    # cached forward on all images × beams rows (what generate() calls once per step) against that forward's
+    # arithmetic; the rest is the search's own work (log-softmax, top-k over beams × vocabulary, reordering the cache).
+    steps = outputs["beam batched"][0].shape[1] - 1
+    rows_decoded = decoded_rows(model, ours(beam, images, "beam batched"))
     rate = matmul_rates(device, dtypes=(torch.float32,))[torch.float32]
     per_step = times[("beam 5", "hf-imgcap, batched")] / steps
+    arithmetic = beam_step_flops(rows_decoded, vocab) / 1e9 / rate / steps
     forward = model_forward_seconds(model, features, args.repeats, device)
-    flops = beam_step_flops(images * BEAMS, vocab)
-    arithmetic = flops / 1e9 / rate
-    still_running = sum(min(length, steps) for length in generated_lengths(sequences)) / (images * steps)
-    step_rows.append([vocab, images * BEAMS, steps, f"{flops / 1e9:.2f}", f"{arithmetic * 1e3:.1f}", f"{per_step * 1e3:.1f}",
-                      f"{per_step / arithmetic:.2f}x", f"{forward * 1e3:.1f}", f"{forward / arithmetic:.2f}x", f"{still_running:.0%}"])
+    forward_arithmetic = beam_step_flops(images * BEAMS, vocab) / 1e9 / rate
+    step_rows.append([vocab, images * BEAMS, steps, f"{rows_decoded / steps:.0f} ({rows_decoded / (images * BEAMS * steps):.0%})",
+                      f"{arithmetic * 1e3:.1f}", f"{per_step * 1e3:.1f}", f"{per_step / arithmetic:.2f}x", f"{forward * 1e3:.1f}",
+                      f"{forward / forward_arithmetic:.2f}x"])
 
 
 def model_forward_seconds(model, features, repeats, device, steps=10) -> float:
@@ -192,10 +209,11 @@ def main(argv=None):
     print("\n*beam 5: vs the tutorial's per-image search; greedy: vs ours one image at a time\n")
     print(table(["vocab", "end-token bias", "greedy length, median (range)", "beam: batched = alone", "beam: batched = tutorial"], agreement))
     print()
-    print(table(["vocab", "rows (images x beams)", "steps", "GFLOP per step", "arithmetic ms*", "beam step ms", "vs arithmetic",
-                 "model forward ms", "vs arithmetic ", "rows still running"], step_rows))
-    print("\n*the step's GFLOP at the fp32 matmul rate measured in this run; the model's forward is the cached forward "
-          "generate() calls once per step, the rest of a beam step is the search's own work")
+    print(table(["vocab", "images x beams", "steps", "rows decoded per step", "arithmetic ms*", "beam step ms", "vs arithmetic",
+                 "model forward ms, all rows", "vs its arithmetic"], step_rows))
+    print("\n*per step: the decoded rows' GFLOP at the fp32 matmul rate measured in this run (generate() skips the rows of "
+          "images whose result is fixed). The model's forward is the cached forward generate() calls once per step, "
+          "here on all images x beams rows; the rest of a beam step is the search's own work")
     print(f"\n{images} images, median of {args.repeats} interleaved repeats, {time.perf_counter() - started:.0f} s; {load()}")
     first = rows[0]
     print(f"summary: at vocab {first[0]}, batched beam-5 generation runs {rows[0][4]} the tutorial's per-image beam search")

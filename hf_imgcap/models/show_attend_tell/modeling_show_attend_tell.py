@@ -756,17 +756,18 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         """A generation step that decodes only the rows of `state.decoded_images`. The other images have finished
         (nothing their rows could still produce changes the result), so their rows keep their state and get zero
         logits, attention and hidden state, which generate() uses for nothing but those rows."""
-        decoded = state.decoded_images
-        rows = decoded.repeat_interleave(state.rows_per_image).nonzero().squeeze(1)
-        part = state.of_images(decoded)
-        hidden, alpha = self.step(token_ids[rows], part)  # (searched rows, hidden), (searched rows, regions)
+        decoded = state.decoded_images.repeat_interleave(state.rows_per_image)  # (rows,)
+        rows, finished_rows = decoded.nonzero().squeeze(1), (~decoded).nonzero().squeeze(1)
+        part = state.of_images(state.decoded_images)
+        hidden, alpha = self.step(token_ids[rows], part)  # (decoded rows, hidden), (decoded rows, regions)
         state.hidden = state.hidden.index_copy(0, rows, part.hidden)
         state.cell = state.cell.index_copy(0, rows, part.cell)
         state.seen_tokens += 1
         logits = self.next_token_logits(hidden)
 
-        def all_rows(values):  # (searched rows, ·) -> (rows, 1, ·), zero in the settled images' rows
-            return values.new_zeros(len(token_ids), values.shape[-1]).index_copy_(0, rows, values).unsqueeze(1)
+        def all_rows(values):  # (decoded rows, ·) -> (rows, 1, ·), zero in the finished images' rows
+            every_row = values.new_empty(len(token_ids), values.shape[-1]).index_copy_(0, rows, values)
+            return every_row.index_fill_(0, finished_rows, 0).unsqueeze(1)
 
         return {"logits": all_rows(logits), "cache": state, "attentions": all_rows(alpha), "hidden_states": all_rows(hidden)}
 
