@@ -151,22 +151,46 @@ def halve_hidden_state(module, args, output):
 
 
 @pytest.mark.parametrize("change", ["adapter on attention.decoder_proj", "adapter on context_gate", "adapter on lm_head",
-                                    "hook on lstm", "hook on attention"])
+                                    "hook on lstm", "hook on attention", "backward hook on context_gate",
+                                    "global hook on context_gate", "global pre-hook on lm_head",
+                                    "patched forward on attention.decoder_proj"])
 @pytest.mark.parametrize("return_logits", [False, True])
 def test_wrapped_or_hooked_decoder_layers_train_as_themselves(change, return_logits):
-    """A user's adapters (e.g. PEFT's LoRA) and hooks on the decoder's layers are part of the model that trains:
-    the training forward must run them, not read the wrapped weights by name, and give their gradients."""
+    """A user's adapters (e.g. PEFT's LoRA) and hooks on the decoder's layers (the layer's own or torch's global
+    module hooks, forward or backward) are part of the model that trains: the training forward must run them, not
+    read the wrapped weights by name, and give their gradients."""
     model = tiny_model(dropout=0.0).train()
+    torch.manual_seed(0)  # the same features in both calls
+    unchanged = assert_training_forward_matches_step_by_step(model, return_logits=return_logits)
+    model.zero_grad()
     what, name = change.split(" on ")
+    layer = model.get_submodule(name)
+    handles = []
     if what == "adapter":
         parent, _, child = name.rpartition(".")
-        owner = model.get_submodule(parent) if parent else model
-        setattr(owner, child, LowRankAdapter(getattr(owner, child)))
-    elif name == "lstm":
-        model.lstm.register_forward_hook(halve_hidden_state)
+        setattr(model.get_submodule(parent) if parent else model, child, LowRankAdapter(layer))
+    elif what == "hook" and name == "lstm":
+        handles.append(layer.register_forward_hook(halve_hidden_state))
+    elif what == "hook":
+        handles.append(layer.register_forward_hook(lambda module, args, output: (output[0] * 2.0, output[1])))
+    elif what == "backward hook":
+        handles.append(layer.register_full_backward_hook(lambda module, grad_input, grad_output: (grad_input[0] * 0.5,)))
+    elif what == "patched forward":  # as accelerate's add_hook_to_module does
+        original_forward = layer.forward
+        layer.forward = lambda x: original_forward(x) * 0.5
+    elif what == "global hook":
+        handles.append(torch.nn.modules.module.register_module_forward_hook(
+            lambda module, args, output: output * 0.5 if module is layer else None))
     else:
-        model.attention.register_forward_hook(lambda module, args, output: (output[0] * 2.0, output[1]))
-    assert_training_forward_matches_step_by_step(model, return_logits=return_logits)
+        handles.append(torch.nn.modules.module.register_module_forward_pre_hook(
+            lambda module, args: (args[0] * 3.0,) if module is layer else None))
+    try:
+        torch.manual_seed(0)
+        changed = assert_training_forward_matches_step_by_step(model, return_logits=return_logits)
+        assert any(not torch.allclose(changed[name], grad) for name, grad in unchanged.items() if name in changed)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def test_loss_does_not_depend_on_padding_and_skipping_logits_changes_nothing():

@@ -242,8 +242,17 @@ class _FinishedRowsRecorder(StoppingCriteriaList):
 # ---------------------------------------------------------------------------------------------- layers
 def _runs_as_written(module: nn.Module, cls: type) -> bool:
     """Whether `module` is exactly `cls`, without hooks. The fast paths read such a layer's weights directly; a layer
-    that a user has wrapped or replaced (a PEFT adapter, a quantised layer) or hooked must run as itself."""
-    return type(module) is cls and not (module._forward_hooks or module._forward_pre_hooks)
+    that a user has wrapped or replaced (a PEFT adapter, a quantised layer), hooked (its own forward or backward
+    hooks, or torch's global module hooks) or whose `forward` was replaced on the instance (as accelerate's hooks
+    do) must run as itself."""
+    hooks = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks,
+             *(getattr(torch.nn.modules.module, name, None) for name in _GLOBAL_MODULE_HOOKS))
+    return type(module) is cls and "forward" not in vars(module) and not any(hooks)
+
+
+# torch's registries of hooks that run on every module (`torch.nn.modules.module.register_module_forward_hook`, ...).
+_GLOBAL_MODULE_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                        "_global_backward_pre_hooks")
 
 
 class ShowAttendTellLinear(nn.Linear):
