@@ -1,10 +1,14 @@
 """Captioning images in a batch gives each image the caption it gets alone, for greedy and beam search, when the
 captions end (end token) at different lengths: finished rows must not change what the still-running rows produce."""
 
+import os
+import re
+import socket
+
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import REPO_ROOT, launch_two_processes, tiny_model
 
 VOCAB, START, END, PAD = 40, 1, 2, 0
 IMAGES, REGIONS, CHANNELS = 6, 4, 64
@@ -152,3 +156,42 @@ def test_generations_in_concurrent_threads_give_the_captions_each_gives_alone(tr
         for _ in range(3):
             together = list(pool.map(lambda batch: [until_end(row) for row in generate(model, batch, **options)], batches))
             assert together == alone
+
+
+SYNCED_GENERATION = """
+import sys
+import torch
+from accelerate import Accelerator
+from hf_imgcap import ShowAttendTellForConditionalGeneration
+
+accelerator = Accelerator()
+rank = accelerator.process_index
+model = ShowAttendTellForConditionalGeneration.from_pretrained({model!r}).eval()
+features = torch.load({features!r})[[0, 1] if rank == 0 else [4, 5]]  # rank 0's captions end first
+for options in (dict(do_sample=False), dict(num_beams=3, do_sample=False)):
+    with torch.inference_mode():
+        alone = model.generate(encoder_hidden_states=features, max_new_tokens={max_new_tokens}, **options)
+        synced = model.generate(encoder_hidden_states=features, max_new_tokens={max_new_tokens}, synced_gpus=True, **options)
+    assert torch.equal(alone, synced), (rank, options, alone, synced)
+    print(f"rank {{rank}}: {{'beam' if 'num_beams' in options else 'greedy'}} same captions", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_generation_kept_in_step_with_other_processes_gives_the_same_captions(trained, tmp_path):
+    """With `synced_gpus=True` (DeepSpeed ZeRO-3, FSDP) a process whose captions have all ended keeps calling the
+    model until every process is done; its captions are the ones it gets on its own."""
+    model, features = trained
+    model.save_pretrained(tmp_path / "model")
+    torch.save(features, tmp_path / "features.pt")
+    script = tmp_path / "synced.py"
+    script.write_text(SYNCED_GENERATION.format(model=str(tmp_path / "model"), features=str(tmp_path / "features.pt"),
+                                               max_new_tokens=MAX_NEW_TOKENS))
+    with socket.socket() as probe:  # a free port: not the default 29500, which another run on this machine may hold
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    returncode, stdout, stderr = launch_two_processes([script], env, timeout=300, port=port)
+    assert returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert sorted(re.findall(r"rank (\d): (\w+) same captions", stdout)) == [("0", "beam"), ("0", "greedy"), ("1", "beam"),
+                                                                            ("1", "greedy")], stdout

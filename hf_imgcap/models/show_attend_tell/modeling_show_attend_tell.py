@@ -767,11 +767,15 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         logits, attention and hidden state, which generate() uses for nothing but those rows."""
         decoded = state.decoded_images.repeat_interleave(state.rows_per_image)  # (rows,)
         rows, finished_rows = decoded.nonzero().squeeze(1), (~decoded).nonzero().squeeze(1)
-        part = state.of_images(state.decoded_images)
-        hidden, alpha = self.step(token_ids[rows], part)  # (decoded rows, hidden), (decoded rows, regions)
-        state.hidden = state.hidden.index_copy(0, rows, part.hidden)
-        state.cell = state.cell.index_copy(0, rows, part.cell)
         state.seen_tokens += 1
+        if len(rows) == 0:  # all finished: generate() calls on only to keep in step with other processes (synced_gpus)
+            hidden = state.hidden.new_zeros(0, state.hidden.shape[1])
+            alpha = state.hidden.new_zeros(0, state.features.shape[1])
+        else:
+            part = state.of_images(state.decoded_images)
+            hidden, alpha = self.step(token_ids[rows], part)  # (decoded rows, hidden), (decoded rows, regions)
+            state.hidden = state.hidden.index_copy(0, rows, part.hidden)
+            state.cell = state.cell.index_copy(0, rows, part.cell)
         logits = self.next_token_logits(hidden)
 
         def all_rows(values):  # (decoded rows, ·) -> (rows, 1, ·), zero in the finished images' rows
