@@ -546,6 +546,7 @@ def evaluate_command(args) -> int:
     from accelerate import Accelerator
 
     from hf_imgcap.data.caption_datasets import load_caption_dataset
+    from hf_imgcap.evaluation.caption_metrics import TOKENIZER_LABELS
     from hf_imgcap.evaluation.generation import evaluate_captioner
 
     if _looks_like_a_path(args.dataset) and not Path(args.dataset).exists():  # before the slow loads
@@ -571,11 +572,12 @@ def evaluate_command(args) -> int:
         max_new_tokens=args.max_new_tokens,
         meteor=args.meteor,
     )
+    tokenizer = TOKENIZER_LABELS[metrics.tokenizer]  # "ptb", or the approximation's warning label
     if args.json:
-        print(json.dumps(metrics))
+        print(json.dumps({**metrics, "tokenizer": tokenizer}))
     else:
         print(f"{terminal_safe(args.model)} on {terminal_safe(args.dataset)} [{args.split}], {metrics['num_images']} images, "
-              f"beam {args.num_beams}, max {args.max_new_tokens} new tokens")
+              f"beam {args.num_beams}, max {args.max_new_tokens} new tokens, tokenizer {tokenizer}")
         for name, value in metrics.items():
             shown = value if isinstance(value, int) or not math.isfinite(value) else f"{value:.4f}"
             print(f"  {name:<10} {shown}")

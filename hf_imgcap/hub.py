@@ -292,6 +292,7 @@ def render_model_card(config, results: dict, model_args: dict, training_args: di
             "the frequent words of the training captions" if tokenizer == "captions" else tokenizer),
         random_encoder=encoder == "random",
         test_metrics=bool(metric_keys),
+        approximate_tokenizer=eval_settings.get("tokenizer") == "python",
         metric_rows=[{"name": METRIC_LABELS[k][1], "value": format_number(float(test[k]))} for k in metric_keys],
         num_beams=num_beams,
         decoding=describe_decoding(num_beams, eval_settings.get("length_penalty", training_args.get("eval_length_penalty", 1.0))),

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from hf_imgcap.evaluation.attention_maps import grid_size
+from hf_imgcap.evaluation.caption_metrics import TOKENIZER_LABELS, tokenize_captions
 from hf_imgcap.cli import main
 from hf_imgcap.demo.scenes import write_synthetic_flickr8k
 
@@ -230,6 +231,7 @@ def test_evaluate_prints_metrics(saved, tmp_path, capsys):
     assert {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider"} <= set(metrics) and "meteor" not in metrics
     assert metrics["num_images"] == 3
     assert all(0 <= metrics[k] <= 10 for k in ("bleu_1", "bleu_4", "rouge_l", "cider"))
+    assert metrics["tokenizer"] == TOKENIZER_LABELS[tokenize_captions(["a dog"]).tokenizer]  # which one scored them
     assert main([*common, "--split", "validation", "--max-images", "1"]) == 0
     table = capsys.readouterr().out
     assert "[validation], 1 images" in table and "bleu_4" in table and "cider" in table

@@ -336,6 +336,16 @@ def test_numbers_in_the_card_are_rounded_to_4_significant_digits(run_folder, tmp
     assert by_name["CIDEr-D"] == 1.23456789  # the metadata keeps the exact value
 
 
+@pytest.mark.parametrize("tokenizer", ["ptb", "python", None])
+def test_the_card_says_when_its_scores_are_not_comparable_with_published_ones(run_folder, tmp_path, tokenizer):
+    """Scores tokenised by the Python approximation (Java could not run) are not COCO-comparable: the card says so."""
+    results = run_results(40, 10, 12)
+    results["eval"]["tokenizer"] = tokenizer
+    text = " ".join(rendered_card(run_folder, tmp_path / "run", results, {"dataset": "someone/photos"}).text.split())
+    warning = "pure-Python approximation of pycocoevalcap's PTB tokenizer (Java could not run), so these scores are not comparable"
+    assert (warning in text) == (tokenizer == "python")
+
+
 @pytest.mark.parametrize("num_beams, phrase", [(1, "greedy decoding"), (3, "beam search (3 beams)")])
 def test_the_card_names_the_decoding(run_folder, tmp_path, num_beams, phrase):
     card = rendered_card(run_folder, tmp_path / "run", run_results(40, 10, 12, num_beams=num_beams), {"dataset": "someone/photos"})

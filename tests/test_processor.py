@@ -89,6 +89,31 @@ def test_evaluation_scores_exactly_the_caption_users_see():
     assert metrics["bleu_4"] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_evaluation_says_which_tokenizer_scored_it(monkeypatch):
+    """The metrics say whether pycocoevalcap's own PTB tokenizer (Java) scored them or the Python approximation
+    (not comparable with published scores), as it happened: Java failing on the day gives "python"."""
+    from datasets import Dataset, Image as ImageFeature
+
+    from hf_imgcap.evaluation.caption_metrics import PTBTokenizerError, tokenize_captions
+    from hf_imgcap.evaluation.generation import evaluate_captioner
+    from hf_imgcap.evaluation.metric_modules.caption_metrics import tokenization
+
+    from conftest import tiny_model, tiny_processor
+
+    processor, model = tiny_processor(), tiny_model()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 72, 3), dtype=np.uint8))
+    split = Dataset.from_dict({"image": [image], "captions": [["a dog runs"]]}).cast_column("image", ImageFeature())
+    metrics, _ = evaluate_captioner(model, processor, split, meteor=False, max_new_tokens=6, show_progress=False)
+    assert metrics.tokenizer == tokenize_captions(["a dog runs"]).tokenizer  # what this machine runs
+
+    def java_fails(texts, **kwargs):
+        raise PTBTokenizerError("java exited with status 1")
+
+    monkeypatch.setattr(tokenization, "ptb_tokenize", java_fails)
+    fallback, _ = evaluate_captioner(model, processor, split, meteor=False, max_new_tokens=6, show_progress=False)
+    assert fallback.tokenizer == "python" and fallback["num_images"] == 1 and 0 <= fallback["bleu_1"] <= 1
+
+
 def test_every_caption_users_get_is_the_processors_batch_decode(monkeypatch):
     """One ids -> text path: processor.batch_decode. A processor whose decoding differs (here: upper case) changes
     what caption(), generate_captions / evaluate_captioner (scored and shown) and the pipeline give, so evaluation

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_imgcap import ShowAttendTellForConditionalGeneration
+from hf_imgcap.evaluation.caption_metrics import tokenize_captions
 from hf_imgcap.training import loop as training_loop
 from hf_imgcap.training.checkpointing import CheckpointError
 from hf_imgcap.training.run_metrics import load_run_metrics
@@ -86,6 +87,7 @@ def test_short_training_reduces_the_loss_and_writes_a_loadable_hub_folder(data, 
     assert recorded.to_dict() == metrics and recorded.train_loss_by_epoch == losses
     assert recorded.eval.num_beams == 2 and recorded.eval.split == "test" and recorded.training.steps == recorded.steps == 40
     assert recorded.training.device == "cpu" and recorded.vocab_size == results["vocab_size"]
+    assert recorded.eval.tokenizer == tokenize_captions(["a dog"]).tokenizer  # "ptb" where Java runs, else "python"
 
 
 def test_metrics_json_keeps_the_published_keys_and_files_with_the_demos_old_keys_still_load(tmp_path):

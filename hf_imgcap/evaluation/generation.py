@@ -11,9 +11,18 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from hf_imgcap.evaluation.caption_metrics import compute_caption_metrics
+from hf_imgcap.evaluation.caption_metrics import score_captions
 
 logger = logging.getLogger(__name__)
+
+
+class CaptionMetrics(dict):
+    """Metric name -> value (and `num_images`), plus `tokenizer`: which tokenizer scored them, "ptb" (pycocoevalcap's
+    own, on Java) or "python" (its approximation, when Java could not run: not comparable with published scores)."""
+
+    def __init__(self, values=(), tokenizer: str | None = None):
+        super().__init__(values)
+        self.tokenizer = tokenizer
 
 
 class _ImageInputs(torch.utils.data.Dataset):
@@ -80,8 +89,9 @@ def generate_captions(
     return captions
 
 
-def evaluate_captioner(model, processor, split, *, meteor=None, **kwargs) -> tuple[dict, list[str]]:
-    """Generate captions for `split` (see `generate_captions`) and score them against its references."""
+def evaluate_captioner(model, processor, split, *, meteor=None, **kwargs) -> tuple[CaptionMetrics, list[str]]:
+    """Generate captions for `split` (see `generate_captions`) and score them against its references. Returns the
+    metrics (with the tokenizer that scored them) and the captions."""
     predictions = generate_captions(model, processor, split, **kwargs)
     references = [list(captions) for captions in split["captions"]]
     # An image the feature cache could not encode (a broken file, with verify_images off) has all-zero features:
@@ -92,6 +102,5 @@ def evaluate_captioner(model, processor, split, *, meteor=None, **kwargs) -> tup
         logger.warning("%d images left out of the metrics (no features): %s", int((~valid).sum()), "; ".join(reasons[:5]))
         predictions = [caption if valid[index] else None for index, caption in enumerate(predictions)]
     scored = [index for index, caption in enumerate(predictions) if caption is not None]
-    metrics = compute_caption_metrics([predictions[i] for i in scored], [references[i] for i in scored], meteor=meteor)
-    metrics["num_images"] = len(scored)
-    return metrics, predictions
+    result = score_captions([predictions[i] for i in scored], [references[i] for i in scored], meteor=meteor)
+    return CaptionMetrics({**result.scores, "num_images": len(scored)}, result.tokenizer), predictions

@@ -340,7 +340,7 @@ def finish(run: TrainingRun, state: TrainState, test_split, features, output_dir
         run_files.save_pretrained(processor)
     test_metrics, test_captions = evaluate_captioner(final, run.processor, test_split, features=features, **run.evaluation)
     run_metrics = RunMetrics(
-        test=test_metrics,
+        test=dict(test_metrics),
         validation_best_bleu_4=state.best_entry().get("bleu_4", -1.0),
         best_model_selection={"metric": state.metric_for_best_model, "epoch": state.best_epoch,
                               "value": None if state.best_metric is None else round(state.best_metric, 4)},
@@ -348,7 +348,7 @@ def finish(run: TrainingRun, state: TrainState, test_split, features, output_dir
         steps=state.global_step,
         nonfinite_steps_skipped=state.nonfinite_total,
         eval=EvalSettings(num_beams=args.eval_num_beams, max_new_tokens=args.eval_max_new_tokens, blind=args.blind,
-                          length_penalty=args.eval_length_penalty),
+                          length_penalty=args.eval_length_penalty, tokenizer=test_metrics.tokenizer),
         dataset=record["data"]["dataset"],
         num_train_images=record["num_train_images"],
         training=TrainingRecord(steps=state.global_step, mixed_precision=accelerator.mixed_precision,

@@ -25,6 +25,9 @@ class EvalSettings:
     length_penalty: float = 1.0
     split: str = "test"
     bleu: str = "COCO-caption BLEU (pycocoevalcap), closest reference length"
+    # The text tokenizer that scored the test captions: "ptb" (pycocoevalcap's, on Java) or "python" (its
+    # approximation, when Java could not run: not comparable with published scores). None: not recorded.
+    tokenizer: str | None = None
 
 
 @dataclass
