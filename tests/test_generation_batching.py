@@ -159,7 +159,6 @@ def test_generations_in_concurrent_threads_give_the_captions_each_gives_alone(tr
 
 
 SYNCED_GENERATION = """
-import sys
 import torch
 from accelerate import Accelerator
 from hf_imgcap import ShowAttendTellForConditionalGeneration
