@@ -21,6 +21,7 @@ from common import bench_arguments, commit, load, machine, require_device  # noq
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     ("Decoder training (captions/s)", "bench_training.py"),
+    ("What each of the training step's optimisations buys", "bench_ablation.py"),
     ("The kernels' CPU choices: oneDNN products, tanh, freed memory", "bench_kernels.py"),
     ("Feature whitening's share of a training step", "bench_whitening.py"),
     ("Caption generation", "bench_generation.py"),
