@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     push.add_argument("--space-dir", type=Path, metavar="DIR", help="with --space-id: write the Space here and keep it "
                       "(default: a temporary folder)")
+    push.add_argument("--hf-imgcap-requirement", metavar="SPEC", help="with --space-id: how the Space installs hf-imgcap "
+                      "(as for `hf-imgcap space`)")
 
     space = commands.add_parser(
         "space",
@@ -220,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="example images (default: a few images of the model folder's test set)")
     space.add_argument("--num-examples", type=int, default=3, help="test-set images to copy as examples (default: 3)")
     space.add_argument("--hf-imgcap-requirement", metavar="SPEC",
-                       help="how the Space installs hf-imgcap, a requirements.txt line (default: hf-imgcap==<this version>; "
-                       "e.g. 'hf-imgcap @ git+https://...' for a copy that is not on PyPI)")
+                       help="how the Space installs hf-imgcap, a requirements.txt line (default: where the hf-imgcap "
+                       "installed here came from: hf-imgcap==<version> from PyPI, or the git commit or archive URL pip "
+                       "recorded; e.g. 'hf-imgcap @ git+https://...' for a copy installed from local files)")
     return parser
 
 
@@ -593,14 +596,17 @@ def push_command(args) -> int:
         raise UsageError(f"folder not found: {terminal_safe(str(args.folder))}")
     if args.space_id is not None:
         _check_repo_id(args.space_id, "--space-id")
-    elif args.space_dir is not None:
-        raise UsageError("--space-dir needs --space-id (the Space repository to upload to)")
+    else:
+        for option, value in (("--space-dir", args.space_dir), ("--hf-imgcap-requirement", args.hf_imgcap_requirement)):
+            if value is not None:
+                raise UsageError(f"{option} needs --space-id (the Space repository to upload to)")
     push_to_hub(args.folder, args.repo_id, private=args.private or None, commit_message=args.commit_message, space_id=args.space_id)
     print(f"pushed {terminal_safe(str(args.folder))} to https://huggingface.co/{args.repo_id}")
     if args.space_id is not None:
         from hf_imgcap.hub import push_space
 
-        push_space(args.folder, args.repo_id, args.space_id, space_dir=args.space_dir, private=args.private or None)
+        push_space(args.folder, args.repo_id, args.space_id, space_dir=args.space_dir, private=args.private or None,
+                   hf_imgcap_requirement=args.hf_imgcap_requirement)
         print(f"pushed its Space to https://huggingface.co/spaces/{args.space_id}")
     return EXIT_OK
 

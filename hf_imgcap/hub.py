@@ -384,16 +384,18 @@ def push_to_hub(folder, repo_id: str, token: str | None = None, private: bool | 
     return commit
 
 
-def push_space(folder, repo_id: str, space_id: str, space_dir=None, token: str | None = None, private: bool | None = None):
+def push_space(folder, repo_id: str, space_id: str, space_dir=None, token: str | None = None, private: bool | None = None,
+               hf_imgcap_requirement: str | None = None):
     """Write the Gradio Space of the model pushed to `repo_id` from `folder` (`hf_imgcap.space.folder.write_space`:
-    the app loads `repo_id`; examples from the run's test set) into `space_dir` (a temporary folder if None) and
-    upload it to the Space repository `space_id` in one commit."""
+    the app loads `repo_id`; examples from the run's test set; `hf_imgcap_requirement` the requirements.txt line that
+    installs hf-imgcap) into `space_dir` (a temporary folder if None) and upload it to the Space repository `space_id`
+    in one commit."""
     import tempfile
 
     from hf_imgcap.space.folder import write_space
 
     with tempfile.TemporaryDirectory(prefix="hf-imgcap-space-") as scratch:
-        space = write_space(str(folder), space_dir or scratch, repo_id=repo_id)
+        space = write_space(str(folder), space_dir or scratch, repo_id=repo_id, hf_imgcap_requirement=hf_imgcap_requirement)
         api = HfApi(token=token)
         api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         commit = api.upload_folder(folder_path=str(space), repo_id=space_id, repo_type="space",

@@ -420,7 +420,8 @@ def test_push_with_a_space_uploads_the_space_and_the_cards_snippets_name_the_rep
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: repos.append((repo_id, kwargs)) or RepoUrl(f"https://huggingface.co/{repo_id}"))
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    assert main(["push", str(run), "--repo-id", "someone/tiny-captioner", "--space-id", "someone/tiny-demo"]) == 0
+    assert main(["push", str(run), "--repo-id", "someone/tiny-captioner", "--space-id", "someone/tiny-demo",
+                 "--hf-imgcap-requirement", "hf-imgcap @ git+https://example.org/me/hf-imgcap.git@v9"]) == 0
     assert "https://huggingface.co/spaces/someone/tiny-demo" in capsys.readouterr().out
     assert [repo_id for repo_id, _ in repos] == ["someone/tiny-captioner", "someone/tiny-demo"]
     assert repos[1][1]["repo_type"] == "space" and repos[1][1]["space_sdk"] == "gradio"
@@ -428,6 +429,7 @@ def test_push_with_a_space_uploads_the_space_and_the_cards_snippets_name_the_rep
     assert space_id == "someone/tiny-demo" and repo_type == "space"
     assert {"app.py", "requirements.txt", "README.md"} <= set(files)
     assert 'MODEL = "someone/tiny-captioner"' in files["app.py"]
+    assert files["requirements.txt"].splitlines()[0] == "hf-imgcap @ git+https://example.org/me/hf-imgcap.git@v9"
     assert SpaceCard(files["README.md"]).data.models == ["someone/tiny-captioner"]
 
     card = ModelCard.load(run / "README.md").text
@@ -444,3 +446,5 @@ def test_push_refuses_a_bad_space_id_before_uploading(run_folder, monkeypatch, c
     assert "--space-id 'not a space'" in capsys.readouterr().err
     assert main(["push", str(run_folder[0]), "--repo-id", "someone/x", "--space-dir", "somewhere"]) == 2
     assert "--space-dir needs --space-id" in capsys.readouterr().err
+    assert main(["push", str(run_folder[0]), "--repo-id", "someone/x", "--hf-imgcap-requirement", "hf-imgcap"]) == 2
+    assert "--hf-imgcap-requirement needs --space-id" in capsys.readouterr().err

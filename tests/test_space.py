@@ -272,3 +272,54 @@ def test_any_title_or_folder_name_gives_a_valid_app_and_rewriting_replaces_the_e
     assert values["MODEL"] == str(odd.resolve()) and values["TITLE"] == 'Tom\'s """captioner"""\\'
     assert [path.read_bytes() for path in sorted((space / "examples").iterdir())] == [second.read_bytes()]
     assert (space / "requirements.txt").read_text().splitlines()[0] == "hf-imgcap @ git+https://example.org/hf-imgcap.git"
+
+
+def _installed_as(folder: Path, direct_url: dict | None, installer: str | None = "pip\n") -> Path:
+    """A dist-info for hf-imgcap 9.9.0 in `folder`, as pip records an install (INSTALLER; direct_url.json, PEP 610,
+    for an install from a URL or a path)."""
+    dist_info = folder / "hf_imgcap-9.9.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: hf-imgcap\nVersion: 9.9.0\n")
+    if installer is not None:
+        (dist_info / "INSTALLER").write_text(installer)
+    if direct_url is not None:
+        (dist_info / "direct_url.json").write_text(json.dumps(direct_url))
+    return folder
+
+
+@pytest.mark.parametrize("direct_url, expected", [
+    (None, "hf-imgcap==9.9.0"),  # from a package index
+    ({"url": "https://github.com/someone/hf-imgcap.git", "vcs_info": {"vcs": "git", "commit_id": "0123abc", "requested_revision": "main"}},
+     "hf-imgcap @ git+https://github.com/someone/hf-imgcap.git@0123abc"),
+    ({"url": "https://github.com/someone/tools.git", "subdirectory": "hf-imgcap", "vcs_info": {"vcs": "git", "commit_id": "0123abc"}},
+     "hf-imgcap @ git+https://github.com/someone/tools.git@0123abc#subdirectory=hf-imgcap"),
+    ({"url": "https://example.org/dist/hf_imgcap-9.9.0-py3-none-any.whl", "archive_info": {"hashes": {"sha256": "00"}}},
+     "hf-imgcap @ https://example.org/dist/hf_imgcap-9.9.0-py3-none-any.whl"),
+], ids=["index", "git", "git subdirectory", "archive url"])
+def test_the_space_installs_hf_imgcap_from_where_it_was_installed_here(saved, tmp_path, monkeypatch, caplog, direct_url, expected):
+    from hf_imgcap.space.folder import write_space
+
+    monkeypatch.syspath_prepend(str(_installed_as(tmp_path / "site", direct_url)))
+    space = write_space(str(saved[0]), tmp_path / "space", examples=[])
+    assert (space / "requirements.txt").read_text().splitlines()[0] == expected
+    assert "cannot install" not in caplog.text
+
+
+@pytest.mark.parametrize("how", ["editable checkout", "local wheel", "source checkout, not installed"])
+def test_a_space_for_an_hf_imgcap_installed_from_this_machine_says_how_to_point_it_elsewhere(saved, tmp_path, monkeypatch, caplog, how):
+    from hf_imgcap.space.folder import write_space
+
+    site = tmp_path / "site"
+    if how == "editable checkout":
+        _installed_as(site, {"url": "file:///home/me/hf-imgcap", "dir_info": {"editable": True}})
+    elif how == "local wheel":
+        _installed_as(site, {"url": "file:///home/me/hf_imgcap-9.9.0-py3-none-any.whl", "archive_info": {}})
+    else:  # the egg-info setuptools leaves in a checkout: no installer wrote it; every real install is hidden
+        (site / "hf_imgcap.egg-info").mkdir(parents=True)
+        (site / "hf_imgcap.egg-info" / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: hf-imgcap\nVersion: 9.9.0\n")
+        monkeypatch.setattr("importlib.metadata.distributions", lambda **kwargs: iter(
+            [metadata.PathDistribution(site / "hf_imgcap.egg-info")] if kwargs.get("name") == "hf-imgcap" else []))
+    monkeypatch.syspath_prepend(str(site))
+    space = write_space(str(saved[0]), tmp_path / "space", examples=[])
+    assert (space / "requirements.txt").read_text().splitlines()[0] == "hf-imgcap==9.9.0"
+    assert "cannot install" in caplog.text and "--hf-imgcap-requirement" in caplog.text

@@ -13,6 +13,7 @@ from pathlib import Path
 from huggingface_hub import SpaceCard, SpaceCardData
 from PIL import Image
 
+from hf_imgcap import __version__
 from hf_imgcap.models.show_attend_tell.image_loading import verify_image
 
 logger = logging.getLogger(__name__)
@@ -100,11 +101,38 @@ def default_name(model: str, model_folder: Path | None, repo_id: str | None) -> 
 def requirements(hf_imgcap_requirement: str | None = None) -> str:
     """requirements.txt: hf-imgcap (the app uses its page and the model through it) and gradio, torch, transformers
     pinned to the versions installed here."""
-    lines = [hf_imgcap_requirement or f"hf-imgcap=={installed_version('hf-imgcap') or '0.1.0'}"]
+    lines = [hf_imgcap_requirement or installed_hf_imgcap_requirement()]
     for name, fallback in PINNED_PACKAGES.items():
         version = installed_version(name)
         lines.append(f"{name}=={version}" if version else fallback)
     return "\n".join(lines) + "\n"
+
+
+def installed_hf_imgcap_requirement() -> str:
+    """The requirements.txt line that installs, on another machine, the hf-imgcap installed here: its version when it
+    came from a package index, else the VCS commit or archive URL pip recorded (`direct_url.json`, PEP 610). An
+    install from this machine's files (an editable checkout, a local wheel) has no such line: the version is pinned
+    and a warning says how to point the Space at the code."""
+    # Installs only (an INSTALLER file): a checkout's setuptools egg-info, found first when Python runs from the
+    # checkout, records nothing about where the code can be fetched.
+    installs = [dist for dist in metadata.distributions(name="hf-imgcap") if dist.read_text("INSTALLER")]
+    version = installs[0].version if installs else (installed_version("hf-imgcap") or __version__)
+    pinned = f"hf-imgcap=={version}"
+    origin = json.loads(installs[0].read_text("direct_url.json") or "null") if installs else {"url": "a source checkout"}
+    if origin is None:  # from a package index
+        return pinned
+    url, subdirectory = origin.get("url", ""), origin.get("subdirectory")
+    fragment = f"#subdirectory={subdirectory}" if subdirectory else ""
+    if "vcs_info" in origin:
+        vcs = origin["vcs_info"]
+        return f"hf-imgcap @ {vcs['vcs']}+{url}@{vcs['commit_id']}{fragment}"
+    if url.startswith(("https://", "http://")):
+        return f"hf-imgcap @ {url}{fragment}"
+    logger.warning("hf-imgcap here comes from %s, which the Space cannot install: its requirements.txt pins %s, which "
+                   "pip finds only once that version is on PyPI. Pass --hf-imgcap-requirement (write_space's "
+                   "hf_imgcap_requirement=) with a line that installs your copy, e.g. 'hf-imgcap @ git+https://...'",
+                   url, pinned)
+    return pinned
 
 
 def installed_version(distribution: str) -> str | None:
