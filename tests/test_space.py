@@ -274,16 +274,15 @@ def test_any_title_or_folder_name_gives_a_valid_app_and_rewriting_replaces_the_e
     assert (space / "requirements.txt").read_text().splitlines()[0] == "hf-imgcap @ git+https://example.org/hf-imgcap.git"
 
 
-def _installed_as(folder: Path, direct_url: dict | None, installer: str | None = "pip\n") -> Path:
+def _installed_as(folder: Path, direct_url) -> Path:
     """A dist-info for hf-imgcap 9.9.0 in `folder`, as pip records an install (INSTALLER; direct_url.json, PEP 610,
-    for an install from a URL or a path)."""
+    for an install from a URL or a path: a dict, or the file's text as it is)."""
     dist_info = folder / "hf_imgcap-9.9.0.dist-info"
     dist_info.mkdir(parents=True)
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: hf-imgcap\nVersion: 9.9.0\n")
-    if installer is not None:
-        (dist_info / "INSTALLER").write_text(installer)
+    (dist_info / "INSTALLER").write_text("pip\n")
     if direct_url is not None:
-        (dist_info / "direct_url.json").write_text(json.dumps(direct_url))
+        (dist_info / "direct_url.json").write_text(direct_url if isinstance(direct_url, str) else json.dumps(direct_url))
     return folder
 
 
@@ -305,7 +304,8 @@ def test_the_space_installs_hf_imgcap_from_where_it_was_installed_here(saved, tm
     assert "cannot install" not in caplog.text
 
 
-@pytest.mark.parametrize("how", ["editable checkout", "local wheel", "source checkout, not installed"])
+@pytest.mark.parametrize("how", ["editable checkout", "local wheel", "local git clone", "unreadable record",
+                                 "source checkout, not installed"])
 def test_a_space_for_an_hf_imgcap_installed_from_this_machine_says_how_to_point_it_elsewhere(saved, tmp_path, monkeypatch, caplog, how):
     from hf_imgcap.space.folder import write_space
 
@@ -314,6 +314,10 @@ def test_a_space_for_an_hf_imgcap_installed_from_this_machine_says_how_to_point_
         _installed_as(site, {"url": "file:///home/me/hf-imgcap", "dir_info": {"editable": True}})
     elif how == "local wheel":
         _installed_as(site, {"url": "file:///home/me/hf_imgcap-9.9.0-py3-none-any.whl", "archive_info": {}})
+    elif how == "local git clone":
+        _installed_as(site, {"url": "file:///home/me/hf-imgcap", "vcs_info": {"vcs": "git", "commit_id": "0123abc"}})
+    elif how == "unreadable record":
+        _installed_as(site, '{"url": "https://exa')
     else:  # the egg-info setuptools leaves in a checkout: no installer wrote it; every real install is hidden
         (site / "hf_imgcap.egg-info").mkdir(parents=True)
         (site / "hf_imgcap.egg-info" / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: hf-imgcap\nVersion: 9.9.0\n")

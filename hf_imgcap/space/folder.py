@@ -118,21 +118,35 @@ def installed_hf_imgcap_requirement() -> str:
     installs = [dist for dist in metadata.distributions(name="hf-imgcap") if dist.read_text("INSTALLER")]
     version = installs[0].version if installs else (installed_version("hf-imgcap") or __version__)
     pinned = f"hf-imgcap=={version}"
-    origin = json.loads(installs[0].read_text("direct_url.json") or "null") if installs else {"url": "a source checkout"}
+    origin = _direct_url(installs[0]) if installs else {"url": "a source checkout"}
     if origin is None:  # from a package index
         return pinned
-    url, subdirectory = origin.get("url", ""), origin.get("subdirectory")
+    url, subdirectory = str(origin.get("url", "")), origin.get("subdirectory")
     fragment = f"#subdirectory={subdirectory}" if subdirectory else ""
-    if "vcs_info" in origin:
-        vcs = origin["vcs_info"]
-        return f"hf-imgcap @ {vcs['vcs']}+{url}@{vcs['commit_id']}{fragment}"
-    if url.startswith(("https://", "http://")):
+    remote = url.startswith(("https://", "http://", "ssh://", "git://"))
+    vcs = origin.get("vcs_info")
+    if remote and isinstance(vcs, dict) and vcs.get("vcs"):
+        revision = vcs.get("commit_id") or vcs.get("requested_revision")
+        return f"hf-imgcap @ {vcs['vcs']}+{url}{'@' + revision if revision else ''}{fragment}"
+    if remote and url.startswith(("https://", "http://")):
         return f"hf-imgcap @ {url}{fragment}"
     logger.warning("hf-imgcap here comes from %s, which the Space cannot install: its requirements.txt pins %s, which "
                    "pip finds only once that version is on PyPI. Pass --hf-imgcap-requirement (write_space's "
                    "hf_imgcap_requirement=) with a line that installs your copy, e.g. 'hf-imgcap @ git+https://...'",
                    url, pinned)
     return pinned
+
+
+def _direct_url(dist) -> dict | None:
+    """The install's `direct_url.json` (None: installed from a package index); an unreadable one as an unknown origin."""
+    text = dist.read_text("direct_url.json")
+    if text is None:
+        return None
+    try:
+        origin = json.loads(text)
+    except ValueError:
+        origin = None
+    return origin if isinstance(origin, dict) else {"url": "an unreadable direct_url.json"}
 
 
 def installed_version(distribution: str) -> str | None:
