@@ -124,29 +124,36 @@ class _AttentionWeights(torch.autograd.Function):
     """[attend]'s α_t = softmax_regions(w · tanh(W_a a + W_h h_{t-1})) for the captions still running, with a hand-written
     backward: `ShowAttendTellAttention.weights` would leave autograd a zero-padded full-size gradient of the regions'
     projection per step (zero-fill, copy, add); this one adds its part into `projected_grad` in place, and
-    `_AccumulatedGrad` hands the sum on once. Returns α `(active, regions)`."""
+    `_AccumulatedGrad` hands the sum on once. Returns α `(active, regions)`.
+
+    It works with s = σ(2x), tanh(x) = 2s − 1, so that the per-step passes over the `(active, regions, attention)`
+    energy are few: w · tanh(x) = 2 w · s − Σ w, and tanh'(x) = 1 − tanh² = 4 s (1 − s). Hence it takes the regions'
+    projection doubled (`2 W_a a`, once per batch) and doubles the query itself."""
 
     @staticmethod
-    def forward(ctx, projected_features, query, score_weight, projected_grad):
-        # projected_features (captions, regions, attention), the first `active` rows used; query (active, attention)
+    def forward(ctx, doubled_projected_features, query, score_weight, projected_grad):
+        # doubled_projected_features (captions, regions, attention), the first `active` rows used; query (active, attention)
         active = query.shape[0]
-        energy = _tanh(projected_features[:active] + query.unsqueeze(1))  # (active, regions, attention)
-        alpha = torch.softmax(energy @ score_weight.to(energy.dtype), dim=-1)  # (active, regions)
-        ctx.save_for_backward(energy, alpha, score_weight)
-        ctx.projected_grad, ctx.query_dtype = projected_grad, query.dtype
+        halves = torch.add(doubled_projected_features[:active], query.unsqueeze(1), alpha=2).sigmoid_()  # s = σ(2x)
+        ctx.projected_grad, ctx.query_dtype, ctx.score_dtype = projected_grad, query.dtype, score_weight.dtype
+        score_weight = score_weight.to(halves.dtype)
+        scores = (halves @ score_weight).mul_(2).sub_(score_weight.sum())  # w · (2s − 1)
+        alpha = torch.softmax(scores, dim=-1)  # (active, regions)
+        ctx.save_for_backward(halves, alpha, score_weight)
         return alpha
 
     @staticmethod
     def backward(ctx, grad_alpha):
-        energy, alpha, score_weight = ctx.saved_tensors
+        halves, alpha, score_weight = ctx.saved_tensors
         grad_scores = alpha * (grad_alpha - (grad_alpha * alpha).sum(-1, keepdim=True))  # softmax's backward
-        grad_scores = grad_scores.to(energy.dtype)  # under autocast: softmax ran in fp32, the energy in bf16
-        grad_score_weight = torch.einsum("nr,nra->a", grad_scores, energy)
-        # d energy = grad_scores ⊗ w; through tanh: × (1 − energy²) (the saved energy kept intact for a retained graph)
-        grad_energy = energy.square().neg_().add_(1).mul_(grad_scores.unsqueeze(-1)).mul_(score_weight.to(energy.dtype))
+        grad_scores = grad_scores.to(halves.dtype)  # under autocast: softmax ran in fp32, the energy in bf16
+        # d w = Σ grad_scores · (2s − 1)
+        grad_score_weight = torch.einsum("nr,nra->a", grad_scores, halves).mul_(2).sub_(grad_scores.sum())
+        # d x = grad_scores ⊗ w · 4 s (1 − s), s left intact for a retained graph
+        grad_energy = torch.addcmul(halves, halves, halves, value=-1).mul_(grad_scores.unsqueeze(-1)).mul_(score_weight * 4)
         if ctx.projected_grad is not None:
             ctx.projected_grad[: grad_energy.shape[0]] += grad_energy
-        return None, grad_energy.sum(1).to(ctx.query_dtype), grad_score_weight.to(score_weight.dtype), None
+        return None, grad_energy.sum(1).to(ctx.query_dtype), grad_score_weight.to(ctx.score_dtype), None
 
 
 class _AccumulatedGrad(torch.autograd.Function):
@@ -284,6 +291,7 @@ def teacher_forced_decode(model, state, input_ids, lengths):
         hidden = _AccumulatedGrad.apply(hidden, projected_features, projected_grad)
 
     score_weight = model.attention.score.weight[0]  # [attend]'s w
+    doubled_projected_features = projected_features * 2  # `_AttentionWeights` works with σ(2x)
     hiddens, alphas = [], []
     for position, active in enumerate(active_counts):
         # The captions still running at this position (sorted longest first); `step` runs every row every time.
@@ -292,7 +300,7 @@ def teacher_forced_decode(model, state, input_ids, lengths):
         projected = dict(zip(projections, (project_hidden(hidden) + hidden_bias).split(split_sizes, dim=-1)))
         # [attend] α_t: `ShowAttendTellAttention.forward` with the query projected above; the regions' projection
         # is the state's, computed once per image.
-        alpha = _AttentionWeights.apply(projected_features, projected["query"], score_weight, projected_grad)
+        alpha = _AttentionWeights.apply(doubled_projected_features, projected["query"], score_weight, projected_grad)
         # [attend] z_t = Σ α_t a (one image per caption here, so a batched vector-matrix product), then
         # [gate] β_t ⊙ z_t with β_t = σ(W_β h_{t-1} + b_β) from the shared matmul.
         context = torch.bmm(alpha.unsqueeze(1), features[:active]).squeeze(1) * torch.sigmoid(projected["gate"])
