@@ -23,6 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_arguments, caption_pairs, load, machine, require_device, table, write_feature_cache  # noqa: E402
 
+from hf_imgcap.data.feature_cache import FeatureCache  # noqa: E402
+
 VOCAB, CHANNELS = 30522, 2048
 CGROUP_MEMORY = Path("/sys/fs/cgroup/memory.current")
 
@@ -66,14 +68,14 @@ def child(folder: Path, images: int, steps: int, release: bool) -> dict:
     import torch
 
     from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration
-    from hf_imgcap.data.feature_cache import FeatureCache
     from hf_imgcap.data.training_data import CaptionPairs, collate_captions
     from hf_imgcap.training.freed_memory import keep_freed_memory_for_reuse
 
     keep_freed_memory_for_reuse()  # as train.py does
     peaks = Peaks()
     cache = FeatureCache(folder)
-    cache.release_every = 256 if release else 10**12
+    if not release:
+        cache.release_every = 10**12
     # 1. Every image's features read once, in order (what one epoch touches).
     started = time.perf_counter()
     for first in range(0, images, 64):
@@ -133,7 +135,7 @@ def main(argv=None):
         for release in (True, False):
             result = run_fresh(folder, images, steps, release)
             source = result["machine_source"]
-            rows.append([f"{images} images ({size_gb:.2f} GB)", "every 256 reads (hf-imgcap)" if release else "kept mapped",
+            rows.append([f"{images} images ({size_gb:.2f} GB)", f"every {FeatureCache.release_every} reads (hf-imgcap)" if release else "kept mapped",
                          f"{result['RssAnon']:.0f}", f"{result['RssFile']:.0f} ({result['RssFile'] - result['file_start']:+.0f})", f"{result['VmRSS']:.0f}",
                          f"{result['machine'] - result['machine_start']:+.0f}", f"{result['reads_per_s']:.0f}"])
     print(table(["cache", "pages released", "peak RssAnon (MB)", "peak RssFile (MB) (growth)", "peak VmRSS (MB)",

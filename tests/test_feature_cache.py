@@ -378,3 +378,30 @@ def test_an_interrupted_multi_process_build_resumes_each_shard_where_it_stopped(
     for name in ("features.npy", "valid.npy"):
         assert (resumed[0].folder / name).read_bytes() == (one.folder / name).read_bytes(), name
     assert not list(folder.glob("shard-*"))
+
+
+def _resident_file_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("RssFile:")) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads resident memory from Linux's /proc")
+def test_random_reads_keep_the_mapped_cache_small_whatever_its_size(tmp_path):
+    """Training reads one image at a time in shuffled order. A page fault may map a whole page-cache folio (up to
+    2 MB on recent kernels), far more than the image's 200 KB: the pages the cache releases must stay bounded by
+    that worst case, not grow towards the file's size."""
+    images, shape = 1500, (49, 2048)  # a 300 MB cache of ResNet-152-sized features
+    features = np.lib.format.open_memmap(tmp_path / "features.npy", mode="w+", dtype=np.float16, shape=(images, *shape))
+    for start in range(0, images, 250):
+        features[start : start + 250] = np.float16(start)
+    features.flush()
+    del features
+    np.save(tmp_path / "valid.npy", np.ones(images, dtype=np.uint8))
+    (tmp_path / "meta.json").write_text(json.dumps({"complete": True, "done": images, "num_images": images,
+                                                    "shape": [images, *shape], "invalid": []}))
+    cache = FeatureCache(tmp_path)
+    start, peak = _resident_file_mb(), 0.0
+    for index in np.random.default_rng(0).permutation(images):
+        assert float(cache[index][0, 0]) == index // 250 * 250
+        peak = max(peak, _resident_file_mb() - start)
+    assert peak < 100, f"{peak:.0f} MB of the 300 MB cache stayed mapped"
