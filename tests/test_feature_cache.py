@@ -386,7 +386,7 @@ def _resident_file_mb() -> float:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads resident memory from Linux's /proc")
-def test_random_reads_keep_the_mapped_cache_small_whatever_its_size(tmp_path):
+def test_shuffled_reads_keep_little_of_the_cache_mapped(tmp_path):
     """Training reads one image at a time in shuffled order. A page fault may map a whole page-cache folio (up to
     2 MB on recent kernels), far more than the image's 200 KB: the pages the cache releases must stay bounded by
     that worst case, not grow towards the file's size."""

@@ -134,23 +134,23 @@ class _AttentionWeights(torch.autograd.Function):
     def forward(ctx, doubled_projected_features, query, score_weight, projected_grad):
         # doubled_projected_features (captions, regions, attention), the first `active` rows used; query (active, attention)
         active = query.shape[0]
-        halves = torch.add(doubled_projected_features[:active], query.unsqueeze(1), alpha=2).sigmoid_()  # s = σ(2x)
+        sigmoids = torch.add(doubled_projected_features[:active], query.unsqueeze(1), alpha=2).sigmoid_()  # s = σ(2x)
         ctx.projected_grad, ctx.query_dtype, ctx.score_dtype = projected_grad, query.dtype, score_weight.dtype
-        score_weight = score_weight.to(halves.dtype)
-        scores = (halves @ score_weight).mul_(2).sub_(score_weight.sum())  # w · (2s − 1)
+        score_weight = score_weight.to(sigmoids.dtype)
+        scores = (sigmoids @ score_weight).mul_(2).sub_(score_weight.sum())  # w · (2s − 1)
         alpha = torch.softmax(scores, dim=-1)  # (active, regions)
-        ctx.save_for_backward(halves, alpha, score_weight)
+        ctx.save_for_backward(sigmoids, alpha, score_weight)
         return alpha
 
     @staticmethod
     def backward(ctx, grad_alpha):
-        halves, alpha, score_weight = ctx.saved_tensors
+        sigmoids, alpha, score_weight = ctx.saved_tensors
         grad_scores = alpha * (grad_alpha - (grad_alpha * alpha).sum(-1, keepdim=True))  # softmax's backward
-        grad_scores = grad_scores.to(halves.dtype)  # under autocast: softmax ran in fp32, the energy in bf16
+        grad_scores = grad_scores.to(sigmoids.dtype)  # under autocast: softmax ran in fp32, the sigmoids in bf16
         # d w = Σ grad_scores · (2s − 1)
-        grad_score_weight = torch.einsum("nr,nra->a", grad_scores, halves).mul_(2).sub_(grad_scores.sum())
+        grad_score_weight = torch.einsum("nr,nra->a", grad_scores, sigmoids).mul_(2).sub_(grad_scores.sum())
         # d x = grad_scores ⊗ w · 4 s (1 − s), s left intact for a retained graph
-        grad_energy = torch.addcmul(halves, halves, halves, value=-1).mul_(grad_scores.unsqueeze(-1)).mul_(score_weight * 4)
+        grad_energy = torch.addcmul(sigmoids, sigmoids, sigmoids, value=-1).mul_(grad_scores.unsqueeze(-1)).mul_(score_weight * 4)
         if ctx.projected_grad is not None:
             ctx.projected_grad[: grad_energy.shape[0]] += grad_energy
         return None, grad_energy.sum(1).to(ctx.query_dtype), grad_score_weight.to(ctx.score_dtype), None
