@@ -3,7 +3,7 @@ batch of 32 captions, fused Adam) with one optimisation turned off at a time and
 one process, each row with its own model and optimizer from the same initial weights.
 
 Rows:
-- all on: the step as `train.py` runs it;
+- all on: the kernel as `train.py` trains with it (model only: no data loading, no clipping);
 - without the kernel: `step` called at every position under autograd (what a model whose decoder layers a user has
   wrapped trains with); every optimisation below is part of the kernel;
 - per-step weight gradients: each step's backward computes its own weight gradients of the two per-step products,
