@@ -78,6 +78,32 @@ def tiny_model(seed=0, **overrides) -> ShowAttendTellForConditionalGeneration:
     return model
 
 
+def taught_captioner(vocab=40, start=1, end=2, pad=0, images=6, regions=4, channels=64, steps=100):
+    """A tiny model taught one caption per image (`steps` fast Adam steps) and those images' features: image i's
+    caption has 3 + i words of its own, then the end token, so captions end on their own at different lengths, as a
+    trained captioner's do."""
+    model = tiny_model(vocab_size=vocab, pad_token_id=pad, bos_token_id=start, eos_token_id=end,
+                       decoder_start_token_id=start).train()
+    torch.manual_seed(0)
+    features = torch.randn(images, regions, channels)
+    captions = [[start, *[3 + (image * 7 + position * 5) % (vocab - 3) for position in range(3 + image)], end]
+                for image in range(images)]
+    longest = max(map(len, captions))
+    input_ids = torch.tensor([caption + [pad] * (longest - len(caption)) for caption in captions])
+    attention_mask = (input_ids != pad).long()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-2)
+    for _ in range(steps):
+        loss = model(encoder_hidden_states=features, input_ids=input_ids, attention_mask=attention_mask,
+                     labels=input_ids.masked_fill(attention_mask == 0, -100), return_logits=False).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    model.generation_config.eos_token_id = end
+    model.generation_config.pad_token_id = pad
+    return model, features
+
+
 def tiny_processor() -> ShowAttendTellProcessor:
     return ShowAttendTellProcessor(image_processor=default_image_processor(TINY_IMAGE_SIZE))
 

@@ -8,42 +8,16 @@ import socket
 import pytest
 import torch
 
-from conftest import REPO_ROOT, launch_two_processes, tiny_model
+from conftest import REPO_ROOT, launch_two_processes, taught_captioner
 
 VOCAB, START, END, PAD = 40, 1, 2, 0
 IMAGES, REGIONS, CHANNELS = 6, 4, 64
 MAX_NEW_TOKENS = 12
 
 
-def caption_of(image: int) -> list[int]:
-    """The caption taught for image `image`: its own words, its own length (3 to 8 words), then the end token."""
-    length = 3 + image
-    return [START, *[(3 + (image * 7 + position * 5) % (VOCAB - 3)) for position in range(length)], END]
-
-
 @pytest.fixture(scope="module")
 def trained():
-    """A tiny model taught one caption per image (a hundred fast steps), so that captions end on their own at
-    different lengths, as a trained captioner's do."""
-    model = tiny_model(vocab_size=VOCAB, pad_token_id=PAD, bos_token_id=START, eos_token_id=END,
-                       decoder_start_token_id=START).train()
-    torch.manual_seed(0)
-    features = torch.randn(IMAGES, REGIONS, CHANNELS)
-    captions = [caption_of(image) for image in range(IMAGES)]
-    longest = max(map(len, captions))
-    input_ids = torch.tensor([caption + [PAD] * (longest - len(caption)) for caption in captions])
-    attention_mask = (input_ids != PAD).long()
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-2)
-    for _ in range(100):
-        loss = model(encoder_hidden_states=features, input_ids=input_ids, attention_mask=attention_mask,
-                     labels=input_ids.masked_fill(attention_mask == 0, -100), return_logits=False).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    model.generation_config.eos_token_id = END
-    model.generation_config.pad_token_id = PAD
-    return model, features
+    return taught_captioner(vocab=VOCAB, start=START, end=END, pad=PAD, images=IMAGES, regions=REGIONS, channels=CHANNELS)
 
 
 def until_end(sequence: torch.Tensor) -> list[int]:

@@ -43,6 +43,7 @@ from transformers import initialization as init
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput, can_return_tuple, cached_file
 
+from .beam_search import beam_search, beam_search_handles
 from .configuration_show_attend_tell import ShowAttendTellConfig
 from .fused_teacher_forcing import LinearCrossEntropy, fast_linear, fast_tanh, teacher_forced_decode
 from .pipeline_show_attend_tell import IMAGE_TEXT_TO_TEXT, PIPELINE_TASK, ShowAttendTellCaptioningPipeline
@@ -761,21 +762,30 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         return fields
 
     # ------------------------------------------------------------------------------------------ 8. generation
+    def _step_images(self, token_ids, state: ShowAttendTellState, images: torch.Tensor):
+        """`step` for the rows of `images` (`(images,)` bool) only; the other rows keep their state. Returns the
+        decoded rows' hidden states `(decoded rows, hidden)` and attention weights `(decoded rows, regions)`."""
+        if bool(images.all()):
+            return self.step(token_ids, state)
+        rows = images.repeat_interleave(state.rows_per_image).nonzero().squeeze(1)
+        if len(rows) == 0:  # all finished: generate() calls on only to keep in step with other processes (synced_gpus)
+            state.seen_tokens += 1
+            hidden, alpha = state.hidden.new_zeros(0, state.hidden.shape[1]), state.hidden.new_zeros(0, state.features.shape[1])
+        else:
+            part = state.of_images(images)
+            hidden, alpha = self.step(token_ids[rows], part)  # (decoded rows, hidden), (decoded rows, regions)
+            state.hidden = state.hidden.index_copy(0, rows, part.hidden)
+            state.cell = state.cell.index_copy(0, rows, part.cell)
+            state.seen_tokens = part.seen_tokens
+        return hidden, alpha
+
     def _step_decoded_images(self, token_ids, state: ShowAttendTellState) -> dict:
         """A generation step that decodes only the rows of `state.decoded_images`. The other images have finished
         (nothing their rows could still produce changes the result), so their rows keep their state and get zero
         logits, attention and hidden state, which generate() uses for nothing but those rows."""
         decoded = state.decoded_images.repeat_interleave(state.rows_per_image)  # (rows,)
         rows, finished_rows = decoded.nonzero().squeeze(1), (~decoded).nonzero().squeeze(1)
-        state.seen_tokens += 1
-        if len(rows) == 0:  # all finished: generate() calls on only to keep in step with other processes (synced_gpus)
-            hidden = state.hidden.new_zeros(0, state.hidden.shape[1])
-            alpha = state.hidden.new_zeros(0, state.features.shape[1])
-        else:
-            part = state.of_images(state.decoded_images)
-            hidden, alpha = self.step(token_ids[rows], part)  # (decoded rows, hidden), (decoded rows, regions)
-            state.hidden = state.hidden.index_copy(0, rows, part.hidden)
-            state.cell = state.cell.index_copy(0, rows, part.cell)
+        hidden, alpha = self._step_images(token_ids, state, state.decoded_images)
         logits = self.next_token_logits(hidden)
 
         def all_rows(values):  # (decoded rows, ·) -> (rows, 1, ·), zero in the finished images' rows
@@ -843,6 +853,15 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         if _GENERATION.skip_finished_images and state is not None and improvable.numel() == state.features.shape[0]:
             state.decoded_images = improvable.reshape(-1)
         return improvable
+
+    def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False, **model_kwargs):
+        """transformers' beam search. In its everyday form (no logits processors, stopping at the end token or the
+        length limit, no per-step outputs) it runs as `beam_search` (beam_search.py): the same search and result, with
+        each beam's continuations ranked first and only the open images decoded (a step then costs about the
+        decoder's own arithmetic)."""
+        if beam_search_handles(self, logits_processor, stopping_criteria, generation_config, synced_gpus, model_kwargs):
+            return beam_search(self, input_ids, stopping_criteria, generation_config, **model_kwargs)
+        return super()._beam_search(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, **model_kwargs)
 
     def _get_stopping_criteria(self, generation_config, *args, **kwargs):
         """Greedy search and sampling with an end token: their stopping criteria also note the rows they stop."""
