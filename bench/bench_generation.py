@@ -9,11 +9,15 @@ as it does with a trained model, and the tutorial's search sheds its finished be
 our standardised features, so both searches score the same model; the table says how often their captions agree
 (ours uses length_penalty 0 here: the summed log-probability, the tutorial's score).
 
+The batched beam search also runs through transformers' own `_beam_search` (what `generate()` falls back to for
+logits processors; here forced by patching the model's check), to show what the package's search buys on the same
+call; both return the same captions (tests/test_beam_search.py).
+
 The last table sets the batched beam search's measured time against its arithmetic: the rows it decodes (the
-beams of images whose result can still change; `generate()` skips the others), counted from the shapes at the fp32
-matmul rate measured in the same run. Next to it the model's own share: its cached forward on all images × beams
-rows, what generate() calls once per step, against that forward's arithmetic; the rest of a step is transformers'
-beam search (log-softmax, top-k over beams × vocabulary, reordering the cache).
+beams of images whose result can still change; the search skips the others), counted from the shapes at the fp32
+matmul rate measured in the same run. Next to it the decoder's own share: its cached forward on all images × beams
+rows against that forward's arithmetic; the rest of a step is the search (log-softmax, each beam's top-k, the
+image-wide top-k, reordering the state).
 
     python bench/bench_generation.py [--quick] [--images 24] [--repeats 3]
 """
@@ -30,6 +34,7 @@ from common import bench_arguments, interleaved, load, machine, matmul_rates, re
 from reference_decoder import tutorial_beam_search, tutorial_from  # noqa: E402
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration  # noqa: E402
+from hf_imgcap.models.show_attend_tell import modeling_show_attend_tell as modeling  # noqa: E402
 
 REGIONS, CHANNELS, SIZE = 49, 2048, 512
 START, END, PAD = 2, 3, 0
@@ -138,11 +143,24 @@ def run_vocab(vocab, images, args, device, rows, step_rows, agreement):
             outputs[key] = results
         return run
 
+    def transformers_search(options, key):
+        run = ours(options, images, key)
+
+        def forced():
+            original = modeling.beam_search_handles
+            modeling.beam_search_handles = lambda *args: False
+            try:
+                run()
+            finally:
+                modeling.beam_search_handles = original
+        return forced
+
     def tutorial_run():
         outputs["tutorial"] = [tutorial_beam_search(tutorial, standardized[i], START, END, BEAMS, MAX_NEW_TOKENS) for i in range(images)]
 
     runs = {
         ("beam 5", "hf-imgcap, batched"): ours(beam, images, "beam batched"),
+        ("beam 5", "hf-imgcap, batched, transformers' search"): transformers_search(beam, "beam transformers"),
         ("beam 5", "hf-imgcap, one at a time"): ours(beam, 1, "beam alone"),
         ("beam 5", "tutorial, one at a time"): tutorial_run,
         ("greedy", "hf-imgcap, batched"): ours(greedy, images, "greedy batched"),
@@ -160,7 +178,8 @@ def run_vocab(vocab, images, args, device, rows, step_rows, agreement):
     lengths = generated_lengths(outputs["greedy batched"][0])
     agreement.append([vocab, f"{bias:.2f}", f"{statistics.median(lengths):.0f} ({min(lengths)}-{max(lengths)})",
                       f"{sum(a == b for a, b in zip(batched_beam, alone_beam))}/{images}",
-                      f"{sum(a == b for a, b in zip(batched_beam, outputs['tutorial']))}/{images}"])
+                      f"{sum(a == b for a, b in zip(batched_beam, outputs['tutorial']))}/{images}",
+                      "yes" if torch.equal(outputs["beam batched"][0], outputs["beam transformers"][0]) else "NO"])
 
     # The batched beam search against the arithmetic of the rows it decodes, and the model's share of a step: its
     # cached forward on all images × beams rows (what generate() calls once per step) against that forward's
@@ -207,13 +226,14 @@ def main(argv=None):
         run_vocab(vocab, images, args, device, rows, step_rows, agreement)
     print(table(["vocab", "decoding", "search", "images/s", "vs one at a time*"], rows))
     print("\n*beam 5: vs the tutorial's per-image search; greedy: vs ours one image at a time\n")
-    print(table(["vocab", "end-token bias", "greedy length, median (range)", "beam: batched = alone", "beam: batched = tutorial"], agreement))
+    print(table(["vocab", "end-token bias", "greedy length, median (range)", "beam: batched = alone", "beam: batched = tutorial",
+                 "beam: same output as transformers' search"], agreement))
     print()
     print(table(["vocab", "images x beams", "steps", "rows decoded per step", "arithmetic ms*", "beam step ms", "vs arithmetic",
                  "model forward ms, all rows", "vs its arithmetic"], step_rows))
-    print("\n*per step: the decoded rows' GFLOP at the fp32 matmul rate measured in this run (generate() skips the rows of "
-          "images whose result is fixed). The model's forward is the cached forward generate() calls once per step, "
-          "here on all images x beams rows; the rest of a beam step is the search's own work")
+    print("\n*per step: the decoded rows' GFLOP at the fp32 matmul rate measured in this run (the search skips the rows of "
+          "images whose result is fixed). The model's forward is the decoder's cached step, here on all images x beams "
+          "rows; the rest of a beam step is the search's own work")
     print(f"\n{images} images, median of {args.repeats} interleaved repeats, {time.perf_counter() - started:.0f} s; {load()}")
     first = rows[0]
     print(f"summary: at vocab {first[0]}, batched beam-5 generation runs {rows[0][4]} the tutorial's per-image beam search")
