@@ -50,6 +50,19 @@ def test_parquet_images_as_bytes_only_and_a_list_column(tmp_path):
     assert sorted(len(c) for c in captions_by_id(dataset).values()) == [5] * 20
 
 
+@pytest.mark.parametrize("id_column, expected", [("cocoid", lambda k: str(1000 + k)), ("image_id", lambda k: f"im-{k}"),
+                                                  ("img_id", lambda k: f"{k}.jpg")], ids=["cocoid", "image_id", "img_id"])
+def test_the_sources_own_image_ids_name_the_images(tmp_path, id_column, expected):
+    """COCO ids (`cocoid`, Karpathy's COCO splits) and `image_id` columns name the images, as a COCO evaluation
+    expects; a row number such as Flickr30k's `img_id` does not, the file name says more."""
+    pairs = scenes(12, seed=43)
+    values = {"cocoid": [1000 + k for k in range(12)], "image_id": [f"im-{k}" for k in range(12)], "img_id": list(range(12))}
+    pq.write_table(pa.table({"image": [{"bytes": jpeg_bytes(image), "path": f"{k}.jpg"} for k, (image, _) in enumerate(pairs)],
+                             "captions": [captions for _, captions in pairs], id_column: values[id_column]}),
+                   tmp_path / "train.parquet")
+    assert captions_by_id(load_caption_dataset(str(tmp_path))) == {expected(k): c for k, (_, c) in enumerate(pairs)}
+
+
 def test_karpathy_style_sentence_objects_in_a_metadata_file(tmp_path):
     """`sentences: [{"raw": ..., "tokens": [...]}, ...]` as in Karpathy's json, here in an imagefolder."""
     pairs = scenes(12, seed=42)

@@ -14,6 +14,7 @@ feature), `image_id` (a string) and `captions` (a list of strings):
   `sentences` / `raw`; a string cell holding a list written as text (a CSV has no lists) is that list;
 * rows that name the same image (an imagefolder `metadata.csv` with one `file_name,text` row per caption) become
   one image with all their captions, so an image is never in two splits;
+* an image's id is the source's own (an `image_id` or `cocoid` column), else its file name;
 * a source with one split whose rows have a `split` column (train / restval / val / validation / dev / test) is
   split by it; one without a validation and/or test split gets them carved from its train images by a seeded split.
 
@@ -232,6 +233,11 @@ def find_caption_columns(data: Dataset, requested, where: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- one split
+# A source's own image ids, in order of preference: `image_id` (COCO's annotations and most caption datasets),
+# `cocoid` (Karpathy's COCO splits). Not `imgid` / `img_id`: those number one file's rows, and the file name says more.
+SOURCE_ID_COLUMNS = ("image_id", "cocoid")
+
+
 def split_to_captions(data: Dataset, where: str, report: LoadReport, roots: list[Path] | None, *,
                       image_column: str | None = None, caption_column=None, verify_images: bool = True,
                       num_threads: int = 4) -> Dataset:
@@ -243,9 +249,9 @@ def split_to_captions(data: Dataset, where: str, report: LoadReport, roots: list
     caption_names = find_caption_columns(data, caption_column, where)
     cells = data.with_format("arrow")[image_name]  # Arrow {bytes, path} structs (or paths / bytes), not decoded
     paths = _cell_paths(cells)
-    has_ids = "image_id" in data.column_names and image_name != "image_id"  # the source's own ids, when it has them
-    ids = data.select_columns(["image_id"]).to_dict()["image_id"] if has_ids else None
-    report.image_ids_from_source |= has_ids
+    id_name = next((name for name in SOURCE_ID_COLUMNS if name in data.column_names and name != image_name), None)
+    ids = data.select_columns([id_name]).to_dict()[id_name] if id_name else None
+    report.image_ids_from_source |= id_name is not None
     texts = data.select_columns(caption_names).to_dict()
     for column in caption_names:  # sentence objects -> their text
         text_field = _sentence_text_field(data.features[column])
