@@ -94,3 +94,17 @@ def test_logits_processors_run_in_transformers_beam_search(captioner, monkeypatc
         assert own_searches == 0
         sequences = (ours, theirs) if torch.is_tensor(ours) else (ours.sequences, theirs.sequences)
         assert torch.equal(*sequences)
+
+
+@pytest.mark.parametrize("n, k", [(30522, 10), (8000, 15), (1000, 6), (100, 10)])
+def test_each_rows_top_k_is_torch_topk(n, k):
+    """The search's per-beam ranking gives torch.topk's values and positions (distinct values): with a row's best
+    value in the last, partial chunk, and with all its best values in one chunk."""
+    from hf_imgcap.models.show_attend_tell.beam_search import top_k_per_row
+
+    values = torch.randn(6, n, generator=torch.Generator().manual_seed(n))
+    values[0, -1] = 100.0
+    values[1, 3 : 3 + k] = 50.0 + torch.arange(k)
+    top, positions = top_k_per_row(values, k)
+    expected = values.topk(k, dim=-1)
+    assert torch.equal(top, expected.values) and torch.equal(positions, expected.indices)
