@@ -1,6 +1,6 @@
 """Beam search for the Show-Attend-Tell decoder: transformers' beam search (the same candidates, the same rules for
-which beams run on and which finished captions are kept, the same stopping and output), with two changes that leave
-a step little more than the decoder's own arithmetic:
+which beams run on and which finished captions are kept, the same stopping and output), with two changes that shrink
+the search's own share of a step:
 
 - Each beam's best continuations are found first. An image's top `beams_to_keep` continuations over beams ×
   vocabulary are among the union of each beam's own top `beams_to_keep` (a continuation with that many better ones

@@ -857,8 +857,7 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
     def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False, **model_kwargs):
         """transformers' beam search. In its everyday form (no logits processors, stopping at the end token or the
         length limit, no per-step outputs) it runs as `beam_search` (beam_search.py): the same search and result, with
-        each beam's continuations ranked first and only the open images decoded (a step then costs about the
-        decoder's own arithmetic)."""
+        each beam's continuations ranked first and only the open images decoded."""
         if beam_search_handles(self, logits_processor, stopping_criteria, generation_config, synced_gpus, model_kwargs):
             return beam_search(self, input_ids, stopping_criteria, generation_config, **model_kwargs)
         return super()._beam_search(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, **model_kwargs)
