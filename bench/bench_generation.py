@@ -182,8 +182,8 @@ def run_vocab(vocab, images, args, device, rows, step_rows, agreement):
                       "yes" if torch.equal(outputs["beam batched"][0], outputs["beam transformers"][0]) else "NO"])
 
     # The batched beam search against the arithmetic of the rows it decodes, and the model's share of a step: its
-    # cached forward on all images × beams rows (what generate() calls once per step) against that forward's
-    # arithmetic; the rest is the search's own work (log-softmax, top-k over beams × vocabulary, reordering the cache).
+    # cached forward (one decoding step) on all images × beams rows against that forward's arithmetic; the rest is
+    # the search's own work (log-softmax, each beam's top-k, the image-wide top-k, reordering the state).
     steps = outputs["beam batched"][0].shape[1] - 1
     rows_decoded = decoded_rows(model, ours(beam, images, "beam batched"))
     rate = matmul_rates(device, dtypes=(torch.float32,))[torch.float32]
@@ -197,7 +197,7 @@ def run_vocab(vocab, images, args, device, rows, step_rows, agreement):
 
 
 def model_forward_seconds(model, features, repeats, device, steps=10) -> float:
-    """Median seconds of one cached forward of the model on images × beams rows, as generate() calls it each step."""
+    """Median seconds of one cached forward of the model on images × beams rows: one decoding step of all rows."""
     with torch.inference_mode():
         state = model.initial_state(model.standardize_features(features), rows_per_image=BEAMS)
         tokens = torch.full((features.shape[0] * BEAMS, 1), START, device=features.device)
