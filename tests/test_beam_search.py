@@ -2,6 +2,8 @@
 lengths and beam indices, for the options users set (beams, length penalty, early stopping, several returned
 sequences, several end tokens, prompts, the length limit)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -108,3 +110,15 @@ def test_each_rows_top_k_is_torch_topk(n, k):
     top, positions = top_k_per_row(values, k)
     expected = values.topk(k, dim=-1)
     assert torch.equal(top, expected.values) and torch.equal(positions, expected.indices)
+
+
+def test_a_model_prepared_for_mixed_precision_runs_beam_search_through_its_forward(captioner, monkeypatch):
+    """accelerate's mixed precision wraps the model's forward in autocast: beam search must call that forward at
+    every step (transformers' search does), not the decoder's step around it."""
+    from accelerate import Accelerator
+
+    model, features = captioner
+    prepared = Accelerator(cpu=True, mixed_precision="bf16").prepare(copy.deepcopy(model))
+    ours, theirs, own_searches = searches(prepared, features, monkeypatch, num_beams=3, max_new_tokens=12)
+    assert own_searches == 0
+    assert torch.equal(ours, theirs)

@@ -857,8 +857,11 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
     def _beam_search(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False, **model_kwargs):
         """transformers' beam search. In its everyday form (no logits processors, stopping at the end token or the
         length limit, no per-step outputs) it runs as `beam_search` (beam_search.py): the same search and result, with
-        each beam's continuations ranked first and only the open images decoded."""
-        if beam_search_handles(self, logits_processor, stopping_criteria, generation_config, synced_gpus, model_kwargs):
+        each beam's continuations ranked first and only the open images decoded. That search calls the decoder's step
+        directly, so a model whose forward is wrapped (accelerate's mixed-precision autocast) or hooked runs
+        transformers' search, which calls the forward at every step."""
+        if _runs_as_written(self, type(self)) and beam_search_handles(
+                self, logits_processor, stopping_criteria, generation_config, synced_gpus, model_kwargs):
             return beam_search(self, input_ids, stopping_criteria, generation_config, **model_kwargs)
         return super()._beam_search(input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus, **model_kwargs)
 
