@@ -55,7 +55,7 @@ def fill_value(generation_config) -> int:
 
 
 def top_k_per_row(values, k: int, chunk: int = 64):
-    """`values.topk(k, dim=-1)` for `(rows, n)` values with n much larger than k (a vocabulary), about 2.5× as fast:
+    """`values.topk(k, dim=-1)` for `(rows, n)` values with n much larger than k (a vocabulary), faster on CPU:
     a row's top k lie in the k chunks of `chunk` consecutive values with the largest maxima (any value outside them
     has k chunk maxima above it), so a cheap max per chunk and a top-k over k × chunk values replace the top-k over
     the whole row. The values and their order are torch.topk's; which of two equal values comes first may differ."""
