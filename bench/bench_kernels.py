@@ -3,7 +3,11 @@
 - a recurrence's per-step product (a few rows times a 2048 × 2048 or 4608 × 512 weight, forward `x @ W.T`) as a BLAS
   matmul (`torch.matmul`) and through oneDNN's inner product (`fast_linear`), at 32 down to 1 rows;
 - the output layer's forward (436 tokens × vocabulary 30,522, about one batch of captions) the same two ways;
-- tanh of a (32, 49, 512) attention energy: `torch.tanh` against 2σ(2x) − 1 in place, and the largest difference;
+- the same per-step products' input gradients (`grad @ W`): BLAS reading the weight as stored, and oneDNN, which
+  needs `W.T` contiguous (one transposing copy per forward, timed in its own column; over a caption batch's ~26
+  positions it is made once), with the kernel's choice on this CPU (`_mkl_fast_paths`);
+- tanh of a (32, 49, 512) attention energy: `torch.tanh` against 2σ(2x) − 1 in place, and the largest difference,
+  with generation's choice on this CPU (`fast_tanh`);
 - page faults and seconds per decoder training step (vocabulary 30,522) with glibc's default malloc thresholds and
   with `keep_freed_memory_for_reuse` (what train.py sets), each in a fresh process.
 
@@ -21,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_arguments, interleaved, load, machine, matmul_rates, require_device, table  # noqa: E402
 
-from hf_imgcap.models.show_attend_tell.fused_teacher_forcing import _tanh, fast_linear  # noqa: E402
+from hf_imgcap.models.show_attend_tell.fused_teacher_forcing import _mkl_fast_paths, _tanh, fast_linear  # noqa: E402
 
 STEP_WEIGHTS = {"context 2048 -> 2048": (2048, 2048), "hidden 512 -> 4608": (4608, 512)}
 
@@ -40,6 +44,22 @@ def products(repeats: int, quick: bool) -> list:
         rows.append([name, m, f"{flops / times['blas'] / 1e9:.0f}", f"{flops / times['onednn'] / 1e9:.0f}",
                      f"{times['blas'] / times['onednn']:.2f}x"])
     rows.append(["dense 1024 x 1024 x 1024 matmul", "", f"{rate:.0f}", "", ""])
+    return rows
+
+
+def input_grad_products(repeats: int, quick: bool) -> list:
+    rows = []
+    for name, (out, inp) in STEP_WEIGHTS.items():
+        weight = torch.randn(out, inp)
+        copy = interleaved({"transpose": lambda: weight.t().contiguous()}, repeats=repeats)["transpose"]
+        transposed = weight.t().contiguous()
+        for m in ((32, 4) if quick else (32, 16, 4, 1)):
+            grad = torch.randn(m, out)
+            with torch.no_grad():
+                times = interleaved({"blas": lambda: grad @ weight, "onednn": lambda: fast_linear(grad, transposed)}, repeats=repeats)
+            flops = 2 * m * out * inp
+            rows.append([name, m, f"{flops / times['blas'] / 1e9:.0f}", f"{flops / times['onednn'] / 1e9:.0f}",
+                         f"{times['blas'] / times['onednn']:.2f}x", f"{copy * 1e3:.2f}"])
     return rows
 
 
@@ -105,8 +125,13 @@ def main(argv=None):
     print(f"machine: {machine()}; {load()}\n")
     print(table(["per-step product (forward)", "rows", "BLAS GFLOP/s", "oneDNN GFLOP/s", "oneDNN speed-up"], products(repeats, args.quick)))
     print()
+    print(table(["per-step product (input gradient)", "rows", "BLAS GFLOP/s", "oneDNN GFLOP/s", "oneDNN speed-up",
+                 "W.T copy ms"], input_grad_products(repeats, args.quick)))
+    print(f"the kernel computes input gradients through {'BLAS' if _mkl_fast_paths() else 'oneDNN'} on this CPU")
+    print()
     print(table(["tanh of a (32, 49, 512) energy", "torch.tanh ms", "2σ(2x) − 1 ms", "speed-up", "largest difference"],
                 [["attention, one step", *tanh_row(repeats)]]))
+    print(f"generation's attention computes tanh with {'torch.tanh' if _mkl_fast_paths() else '2σ(2x) − 1'} on this CPU")
     print()
     print(table(["decoder training step, vocab 30522, model only", "page faults per step", "ms per step"], freed_memory_rows(repeats)))
     print(f"\nmedians of {repeats} interleaved repeats; {load()}")

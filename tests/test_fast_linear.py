@@ -41,7 +41,12 @@ def test_autocast_keeps_its_dtype():
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
-def test_fast_tanh_equals_tanh_and_keeps_autograd(overwrite):
+@pytest.mark.parametrize("mkl_fast_paths", [True, False], ids=["torch.tanh", "2σ(2x) − 1"])
+def test_fast_tanh_equals_tanh_and_keeps_autograd(monkeypatch, overwrite, mkl_fast_paths):
+    """Either way of computing tanh (picked by CPU) gives tanh, and leaves its input alone unless asked."""
+    from hf_imgcap.models.show_attend_tell import fused_teacher_forcing
+
+    monkeypatch.setattr(fused_teacher_forcing, "_mkl_fast_paths", lambda: mkl_fast_paths)
     x = torch.linspace(-20, 20, 4001)
     with torch.no_grad():
         torch.testing.assert_close(fast_tanh(x.clone(), overwrite=overwrite), torch.tanh(x), rtol=0, atol=3e-7)

@@ -131,6 +131,16 @@ def test_fast_training_path_has_the_gradients_of_step_by_step_decoding(frozen):
     assert_training_forward_matches_step_by_step(model)
 
 
+@pytest.mark.parametrize("through_blas", [True, False], ids=["blas input grads", "onednn input grads"])
+def test_either_kernel_for_the_recurrences_input_gradients_gives_the_step_by_step_gradients(monkeypatch, through_blas):
+    """The kernel picks BLAS or oneDNN for the per-step input gradients by CPU; both must give the same gradients,
+    whichever machine runs the tests."""
+    from hf_imgcap.models.show_attend_tell import fused_teacher_forcing
+
+    monkeypatch.setattr(fused_teacher_forcing, "_mkl_fast_paths", lambda: through_blas)
+    assert_training_forward_matches_step_by_step(tiny_model(dropout=0.0).train())
+
+
 class LowRankAdapter(torch.nn.Module):
     """A frozen layer plus a trainable low-rank update, as a PEFT LoRA adapter wraps a linear layer."""
 

@@ -15,6 +15,8 @@ Part of the remote-code bundle: imports torch only.
 """
 
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -44,9 +46,25 @@ def fast_linear(x, weight, bias=None):
     return F.linear(x, weight, bias)
 
 
+@functools.cache
+def _mkl_fast_paths() -> bool:
+    """Whether MKL runs its fastest code on this CPU. On x86, torch's BLAS matmul and its `torch.tanh` are MKL's
+    (BLAS and VML), which picks its fastest kernels on Intel CPUs. Measured on a 2-core Intel Xeon: a recurrence's
+    input gradients `grad @ weight` through BLAS read the weight as stored and are as fast as oneDNN's product or
+    faster, which needs `weight.T` copied contiguous once per forward (a slow transposing copy of up to 16 MB); and
+    `torch.tanh` is ~3× as fast as 2σ(2x) − 1. On a 2-core AMD EPYC both were the other way round: oneDNN 1.3–2×
+    BLAS, `torch.tanh` 2.3× slower. bench/bench_kernels.py prints both comparisons on the machine at hand."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return "GenuineIntel" in cpuinfo.read(4096)
+    except OSError:
+        return False
+
+
 class _SmallBatchProducts:
     """`x @ weight.T` and `grad @ weight` for the many small batches (one per time step, at most a batch of rows)
-    that a recurrence multiplies by one large weight; `weight.T` is made contiguous once, for the backward."""
+    that a recurrence multiplies by one large weight; where oneDNN computes `grad @ weight`, `weight.T` is made
+    contiguous once, for the backward."""
 
     def __init__(self, weight):
         self.weight = weight.contiguous()
@@ -56,7 +74,7 @@ class _SmallBatchProducts:
         return fast_linear(x, self.weight)
 
     def input_grad(self, grad):
-        if not _uses_onednn(self.weight):
+        if not _uses_onednn(self.weight) or _mkl_fast_paths():
             return grad @ self.weight
         if self._transposed is None:
             self._transposed = self.weight.t().contiguous()
@@ -108,15 +126,18 @@ class _DeferredWeightGrad(torch.autograd.Function):
 
 
 def _tanh(x):
-    """tanh(x) = 2σ(2x) − 1, in place: under half of torch.tanh's time on CPU, whose vectorised tanh is slow
-    (bench/bench_kernels.py); equal within 2e-7."""
+    """tanh(x) = 2σ(2x) − 1, in place: under half of torch.tanh's time on a CPU where MKL's vectorised tanh is
+    slow (`_mkl_fast_paths`); equal within 2e-7."""
     return x.mul_(2).sigmoid_().mul_(2).sub_(1)
 
 
 def fast_tanh(x, overwrite: bool = False):
-    """`torch.tanh(x)`; as `_tanh` when no gradient is needed (generation), in `x`'s memory if `overwrite`."""
+    """`torch.tanh(x)`, in `x`'s memory if `overwrite`; as `_tanh` when no gradient is needed (generation) on a CPU
+    where that is faster."""
     if torch.is_grad_enabled() and x.requires_grad:
         return torch.tanh(x)
+    if x.device.type != "cpu" or _mkl_fast_paths():
+        return x.tanh_() if overwrite else torch.tanh(x)
     return _tanh(x if overwrite else x.clone())
 
 
