@@ -3,7 +3,8 @@ encoder's convolutions in channels_last) against the bare encoder forward on alr
 32 at 224×224, with the encoder's weights in the default (NCHW) layout and in channels_last, interleaved.
 
 The images are 500×375 JPEGs like Flickr8k's; the ResNet-152 has random weights (the cost is the same).
-`--bf16` (opt-in: slow where the CPU has no bf16 matmul units) adds the bare encoder under bf16 autocast and the
+`--bf16` (opt-in: slow where the CPU has no bf16 matmul units) adds the cache build with the encoder under bf16
+autocast (what `train.py --mixed_precision bf16` builds), the bare encoder under bf16 autocast in both layouts, and the
 error of its features against fp32, measured on a trained encoder given with `--encoder FOLDER` (a `ResNetModel`
 folder: a converted pretrained ResNet, or the stand-in `bench/standin_encoder.py train` makes in minutes). A random
 ResNet is the wrong test of a precision: even with its BatchNorm statistics calibrated on the images it amplifies
@@ -69,8 +70,9 @@ def main(argv=None):
         models = {"fp32": resnet152(device), "fp32, channels_last": resnet152(device, channels_last=True)}
         runs = iter(range(10**6))
 
-        def build(model):
-            return lambda: build_feature_cache(model, processor, dataset, work / f"cache{next(runs)}", batch_size=BATCH, show_progress=False)
+        def build(model, encoder_dtype=None):
+            return lambda: build_feature_cache(model, processor, dataset, work / f"cache{next(runs)}", batch_size=BATCH, show_progress=False,
+                                               encoder_dtype=encoder_dtype)
 
         def bare(model, autocast_dtype=None):
             def run():
@@ -84,7 +86,10 @@ def main(argv=None):
             functions[(name, "bare encoder")] = bare(model)
         errors = []
         if args.bf16:
-            functions[("bf16 autocast", "bare encoder")] = bare(models["fp32"], torch.bfloat16)  # random weights: the speed is the same
+            # random weights: the speed is the same as a trained encoder's
+            functions[("bf16 autocast", "cache build (hf-imgcap)")] = build(models["fp32"], torch.bfloat16)  # train.py --mixed_precision bf16
+            functions[("bf16 autocast", "bare encoder")] = bare(models["fp32"], torch.bfloat16)
+            functions[("bf16 autocast, channels_last", "bare encoder")] = bare(models["fp32, channels_last"], torch.bfloat16)
             if args.encoder:
                 trained = ResNetModel.from_pretrained(args.encoder).to(device).eval()
                 errors.append([f"{args.encoder} (trained)", *bf16_feature_error(trained, prepared[:BATCH])])
