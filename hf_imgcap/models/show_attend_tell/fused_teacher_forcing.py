@@ -29,8 +29,9 @@ def _compute_dtype(x, weight):
 
 def _uses_onednn(weight) -> bool:
     """On CPU in fp32, oneDNN's inner product (`torch.ops.mkldnn._linear_pointwise`, the kernel torch.compile emits
-    for CPU linear layers) multiplies by our weights 1.3–2× faster than the BLAS matmul: a few rows times a large
-    weight (a recurrence's step) most of all, and the output layer's (tokens, hidden) × (hidden, vocab)."""
+    for CPU linear layers) multiplies by our weights 1.3–2× faster than the BLAS matmul on a 2-core AMD EPYC: a few
+    rows times a large weight (a recurrence's step) most of all, and the output layer's (tokens, hidden) × (hidden,
+    vocab). On a 2-core Intel Xeon the two run about as fast (bench/bench_kernels.py)."""
     return (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
@@ -52,8 +53,10 @@ def _mkl_fast_paths() -> bool:
     (BLAS and VML), which picks its fastest kernels on Intel CPUs. Measured on a 2-core Intel Xeon: a recurrence's
     input gradients `grad @ weight` through BLAS read the weight as stored and are as fast as oneDNN's product or
     faster, which needs `weight.T` copied contiguous once per forward (a slow transposing copy of up to 16 MB); and
-    `torch.tanh` is ~3× as fast as 2σ(2x) − 1. On a 2-core AMD EPYC both were the other way round: oneDNN 1.3–2×
-    BLAS, `torch.tanh` 2.3× slower. bench/bench_kernels.py prints both comparisons on the machine at hand."""
+    `torch.tanh` is ~3× as fast as 2σ(2x) − 1. On a 2-core AMD EPYC oneDNN ran the recurrence's forward products
+    1.3–2.2× as fast as BLAS (the input-gradient form was not measured there) and `torch.tanh` was 2.3× slower than
+    2σ(2x) − 1, so other CPUs keep oneDNN and 2σ(2x) − 1. bench/bench_kernels.py prints both comparisons on the
+    machine at hand."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             return "GenuineIntel" in cpuinfo.read(4096)
