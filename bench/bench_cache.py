@@ -1,18 +1,19 @@
-"""Feature-cache build rate (JPEG decode + preprocessing + ResNet-152 + fp16 write; on CPU the build runs the
-encoder's convolutions in channels_last) against the bare encoder forward on already-prepared tensors, in batches of
-32 at 224×224, with the encoder's weights in the default (NCHW) layout and in channels_last, interleaved.
+"""Feature-cache build rate (JPEG decode + preprocessing + ResNet-152 + fp16 write; the build runs a copy of the
+encoder with its BatchNorms folded into the convolutions, on CPU in channels_last) against the bare encoder forward
+on already-prepared tensors, in batches of 32 at 224×224: as it is in the default (NCHW) layout, in channels_last,
+and as the build runs it, interleaved.
 
 The images are 500×375 JPEGs like Flickr8k's; the ResNet-152 has random weights (the cost is the same).
 `--bf16` (opt-in: slow where the CPU has no bf16 matmul units) adds the cache build with the encoder under bf16
-autocast (what `train.py --mixed_precision bf16` builds), the bare encoder under bf16 autocast in both layouts, and the
-error of its features against fp32, measured on a trained encoder given with `--encoder FOLDER` (a `ResNetModel`
+autocast (what `train.py --mixed_precision bf16` builds), the same three bare encoders under bf16 autocast, and the
+error of the bf16 features (the encoder as the build runs it) against fp32, measured on a trained encoder given with `--encoder FOLDER` (a `ResNetModel`
 folder: a converted pretrained ResNet, or the stand-in `bench/standin_encoder.py train` makes in minutes). A random
 ResNet is the wrong test of a precision: even with its BatchNorm statistics calibrated on the images it amplifies
 any perturbation from layer to layer. Without `--encoder` the error is measured on such a calibrated random
 ResNet-152 anyway, next to the error from rounding only its input to bf16 (fp32 arithmetic), which shows how much
 of it is the network's amplification rather than bf16 arithmetic.
 
-    python bench/bench_cache.py [--quick] [--images 64] [--repeats 2] [--bf16 [--encoder FOLDER]]
+    python bench/bench_cache.py [--quick] [--images 192] [--repeats 2] [--bf16 [--encoder FOLDER]]
 """
 
 import shutil
@@ -31,6 +32,7 @@ from datasets import Dataset, Image as ImageFeature  # noqa: E402
 from transformers import ResNetModel  # noqa: E402
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration  # noqa: E402
+from hf_imgcap.data.encoder_inference import batch_norm_folded  # noqa: E402
 from hf_imgcap.data.feature_cache import build_feature_cache  # noqa: E402
 from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import ShowAttendTellProcessor, default_image_processor  # noqa: E402
 
@@ -51,14 +53,14 @@ def write_jpegs(folder: Path, count: int) -> list:
 
 def main(argv=None):
     parser = bench_arguments(__doc__)
-    parser.add_argument("--images", type=int, default=None, help="default 64 (enough to amortise start-up); 32 with --quick")
+    parser.add_argument("--images", type=int, default=None, help="default 192 (enough to amortise a build's start-up: its loader workers and the encoder's folded copy, about a second); 32 with --quick")
     parser.add_argument("--repeats", type=int, default=None, help="default 2; 1 with --quick")
     parser.add_argument("--bf16", action="store_true", help="also the encoder under bf16 autocast, and its feature error")
     parser.add_argument("--encoder", type=Path, help="with --bf16: a trained ResNetModel folder to measure the bf16 feature "
                         "error on (e.g. bench/standin_encoder.py's stand-in)")
     args = parser.parse_args(argv)
     device = require_device(args.device)
-    args.images = args.images or (32 if args.quick else 64)
+    args.images = args.images or (32 if args.quick else 192)
     args.repeats = args.repeats or (1 if args.quick else 2)
     print(f"machine: {machine()}; {load()}\n")
     work = Path(tempfile.mkdtemp(prefix="hf_imgcap_bench_"))
@@ -68,28 +70,33 @@ def main(argv=None):
         processor = ShowAttendTellProcessor(image_processor=default_image_processor())
         prepared = processor.image_pixel_values(paths).to(device)
         models = {"fp32": resnet152(device), "fp32, channels_last": resnet152(device, channels_last=True)}
+        folded = batch_norm_folded(models["fp32"].encoder)  # the encoder as the cache build runs it
+        folded.to(memory_format=torch.channels_last)
         runs = iter(range(10**6))
 
         def build(model, encoder_dtype=None):
             return lambda: build_feature_cache(model, processor, dataset, work / f"cache{next(runs)}", batch_size=BATCH, show_progress=False,
                                                encoder_dtype=encoder_dtype)
 
-        def bare(model, autocast_dtype=None):
+        def bare(image_features, autocast_dtype=None):
             def run():
                 with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                     for start in range(0, args.images, BATCH):
-                        model.get_image_features(prepared[start : start + BATCH])
+                        image_features(prepared[start : start + BATCH])
             return run
 
-        functions = {("fp32", "cache build (hf-imgcap)"): build(models["fp32"])}  # channels_last inside, on CPU
-        for name, model in models.items():
-            functions[(name, "bare encoder")] = bare(model)
+        as_cached = lambda pixels: models["fp32"]._image_features_with(folded, pixels)  # noqa: E731
+        bare_encoders = {"fp32": models["fp32"].get_image_features, "fp32, channels_last": models["fp32, channels_last"].get_image_features,
+                         "fp32, channels_last, BatchNorm folded": as_cached}
+        functions = {("fp32", "cache build (hf-imgcap)"): build(models["fp32"])}  # BatchNorm folded, channels_last on CPU
+        for name, image_features in bare_encoders.items():
+            functions[(name, "bare encoder")] = bare(image_features)
         errors = []
         if args.bf16:
             # random weights: the speed is the same as a trained encoder's
             functions[("bf16 autocast", "cache build (hf-imgcap)")] = build(models["fp32"], torch.bfloat16)  # train.py --mixed_precision bf16
-            functions[("bf16 autocast", "bare encoder")] = bare(models["fp32"], torch.bfloat16)
-            functions[("bf16 autocast, channels_last", "bare encoder")] = bare(models["fp32, channels_last"], torch.bfloat16)
+            for name, image_features in bare_encoders.items():
+                functions[(name.replace("fp32", "bf16 autocast"), "bare encoder")] = bare(image_features, torch.bfloat16)
             if args.encoder:
                 trained = ResNetModel.from_pretrained(args.encoder).to(device).eval()
                 errors.append([f"{args.encoder} (trained)", *bf16_feature_error(trained, prepared[:BATCH])])
@@ -113,10 +120,10 @@ def main(argv=None):
     else:
         print("bf16: not run (opt-in: --bf16)")
     build = times[("fp32", "cache build (hf-imgcap)")]
-    channels_last = times[("fp32, channels_last", "bare encoder")]
-    print(f"summary: building the feature cache runs at {channels_last / build:.0%} of the bare channels_last ResNet-152 "
-          f"forward rate ({args.images / build:.2f} vs {args.images / channels_last:.2f} images/s) and {fp32_bare / build:.2f}x the "
-          f"bare encoder in the default layout ({args.images / fp32_bare:.2f} images/s)")
+    as_run = times[("fp32, channels_last, BatchNorm folded", "bare encoder")]
+    print(f"summary: building the feature cache runs at {as_run / build:.0%} of the rate of the bare encoder it runs "
+          f"(BatchNorm folded, channels_last: {args.images / build:.2f} vs {args.images / as_run:.2f} images/s) and "
+          f"{fp32_bare / build:.2f}x the bare encoder as it is, in the default layout ({args.images / fp32_bare:.2f} images/s)")
     return times
 
 
@@ -144,14 +151,17 @@ def calibrate_batch_norm(model, pixel_values):
 
 def bf16_feature_error(encoder, pixel_values, round_input_only=False) -> tuple[float, float]:
     """Median over images of the relative error and the cosine similarity of `encoder`'s last feature map under bf16
-    autocast against fp32; `round_input_only`: fp32 arithmetic on the input rounded to bf16 instead."""
+    autocast, run as the cache build runs it (BatchNorm folded, channels_last), against fp32 (as it is);
+    `round_input_only`: fp32 arithmetic on the input rounded to bf16 instead."""
+    as_cached = batch_norm_folded(encoder) or encoder
+    as_cached.to(memory_format=torch.channels_last)
     with torch.inference_mode():
         reference = encoder(pixel_values).last_hidden_state.float().flatten(1)
         if round_input_only:
             low = encoder(pixel_values.bfloat16().float()).last_hidden_state.float().flatten(1)
         else:
             with torch.autocast(pixel_values.device.type, dtype=torch.bfloat16):
-                low = encoder(pixel_values).last_hidden_state.float().flatten(1)
+                low = as_cached(pixel_values).last_hidden_state.float().flatten(1)
     relative = ((low - reference).norm(dim=1) / reference.norm(dim=1)).median().item()
     cosine = torch.nn.functional.cosine_similarity(low, reference, dim=1).median().item()
     return relative, cosine

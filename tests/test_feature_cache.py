@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from hf_imgcap.data.caption_datasets import load_caption_dataset
+from hf_imgcap.data.encoder_inference import image_features_for_inference
 from hf_imgcap.data.feature_cache import FeatureCache, build_feature_cache
 from hf_imgcap.demo.scenes import write_synthetic_flickr8k
 from hf_imgcap.data.training_data import CaptionPairs, collate_captions, tokenize_captions
@@ -73,9 +74,9 @@ def test_a_bf16_encoder_pass_is_autocast_close_to_fp32_and_kept_apart(dataset, t
     mixed = build(model, processor, dataset["train"], tmp_path, encoder_dtype=torch.bfloat16)
     assert mixed.folder != full.folder
     pixels = processor(images=dataset["train"]["image"]).pixel_values
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        autocast = model.get_image_features(pixels).float()
-    torch.testing.assert_close(mixed.batch(range(10)).float(), autocast.half().float(), rtol=2**-7, atol=1e-3)  # bf16 layouts may round apart
+    with torch.no_grad(), image_features_for_inference(model) as image_features, torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = image_features(pixels).float()  # the encoder as the cache runs it (BatchNorm folded, channels_last)
+    torch.testing.assert_close(mixed.batch(range(10)).float(), autocast.half().float(), rtol=2**-7, atol=1e-3)
     exact = full.batch(range(10)).float()
     assert 0 < (mixed.batch(range(10)).float() - exact).norm() < 0.05 * exact.norm()
     calls = []
@@ -283,6 +284,7 @@ sys.path.insert(0, {tests!r})
 from accelerate import Accelerator
 from conftest import tiny_model, tiny_processor
 from hf_imgcap.data.caption_datasets import load_caption_dataset
+from hf_imgcap.data.encoder_inference import image_features_for_inference
 from hf_imgcap.data.feature_cache import build_feature_cache
 
 accelerator = Accelerator()
@@ -374,7 +376,9 @@ def test_an_interrupted_multi_process_build_resumes_each_shard_where_it_stopped(
         FeatureCache(folder)
     resumed, encoded = build_by_ranks(dataset["train"], tmp_path / "a")
     assert encoded == [3, 4]  # only what was left of each shard
-    one = build(tiny_model(), tiny_processor(), dataset["train"], tmp_path / "b", batch_size=3)
+    reference = tiny_model()  # hooked as the ranks' encoders are, so it runs as they do (a hooked encoder is not folded)
+    reference.encoder.register_forward_hook(lambda *args: None)
+    one = build(reference, tiny_processor(), dataset["train"], tmp_path / "b", batch_size=3)
     for name in ("features.npy", "valid.npy"):
         assert (resumed[0].folder / name).read_bytes() == (one.folder / name).read_bytes(), name
     assert not list(folder.glob("shard-*"))

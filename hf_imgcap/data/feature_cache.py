@@ -23,7 +23,6 @@ images with the same valid mask, and features equal up to fp16 rounding (a proce
 another thread count, which sums in another order), N times sooner.
 """
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -40,6 +39,7 @@ from datasets import Dataset, Image
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from hf_imgcap.data.encoder_inference import image_features_for_inference
 from hf_imgcap.models.show_attend_tell.modeling_show_attend_tell import (
     STANDARDIZE_PER,
     WHITENING_EPSILON,
@@ -455,13 +455,13 @@ def _encode_images(model, processor, dataset, folder: Path, images: range, progr
     model.eval()
     progress_bar = tqdm(total=len(images), desc=description, unit="img", disable=not show_progress)
     try:
-        with open(features_file, "r+b") as out, _channels_last_on_cpu(model.encoder), torch.inference_mode():
+        with open(features_file, "r+b") as out, image_features_for_inference(model) as image_features, torch.inference_mode():
             for indices, pixels, errors in loader:
                 for index, error in errors:
                     progress["invalid"].append({"index": images.start + index, "reason": error})
                     logger.warning("%s: skipped %s", description, error)
                 if indices:
-                    features = model.get_image_features(pixels.to(model.device)).to("cpu", torch.float16).numpy()
+                    features = image_features(pixels.to(model.device)).to("cpu", torch.float16).numpy()
                     for row, index in enumerate(indices):
                         out.seek(header_size + (images.start + index) * row_bytes)
                         out.write(features[row].tobytes())
@@ -478,23 +478,6 @@ def _encode_images(model, processor, dataset, folder: Path, images: range, progr
     finally:
         progress_bar.close()
         model.train(was_training)
-
-
-@contextlib.contextmanager
-def _channels_last_on_cpu(encoder):
-    """The encoder's convolutions in channels_last (NHWC) while it encodes on a CPU: 1.2× the images/s of the default
-    layout there (bench/bench_cache.py). Its weights go back to the layout they had, so the model is saved and
-    trained as it was; the features equal the default layout's up to float rounding."""
-    weights = [parameter for parameter in encoder.parameters() if parameter.dim() == 4]
-    convert = bool(weights) and weights[0].device.type == "cpu" and not all(
-        weight.is_contiguous(memory_format=torch.channels_last) for weight in weights)
-    if convert:
-        encoder.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        if convert:
-            encoder.to(memory_format=torch.contiguous_format)
 
 
 def _log_built(description: str, encoded: int, meta: dict, folder: Path):

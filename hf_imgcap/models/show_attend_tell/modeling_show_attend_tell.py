@@ -408,23 +408,28 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         """
         return normalize_features(self._features(pixel_values, None))
 
+    def _image_features_with(self, encoder: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`get_image_features` with `encoder`, a module that computes what `self.encoder` does (the feature cache's
+        copy rewritten for inference), in its place; `self` is not changed, so other threads may use it meanwhile."""
+        return normalize_features(self._encode(_check_pixel_values(self.config, pixel_values), encoder))
+
     def _features(self, pixel_values, encoder_hidden_states):
         """The `(images, regions, channels)` features, given or encoded from `pixel_values`: validated, not standardised."""
         if encoder_hidden_states is not None:
             return _check_region_features(self.config, encoder_hidden_states, "encoder_hidden_states", allow_map=True)
         return self._encode(_check_pixel_values(self.config, pixel_values))
 
-    def _encode(self, pixel_values):
+    def _encode(self, pixel_values, encoder=None):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
-            feature_map = self._run_encoder(pixel_values.to(self.dtype))  # (images, channels, height, width)
+            feature_map = self._run_encoder(pixel_values.to(self.dtype), encoder)  # (images, channels, height, width)
         return feature_map.flatten(2).transpose(1, 2)  # (images, regions, channels)
 
-    def _run_encoder(self, pixel_values):
+    def _run_encoder(self, pixel_values, encoder=None):
         """The ResNet's `(images, channels, height, width)` map. With activation checkpointing on and the encoder
         training (the memory-heavy case: ResNet-152's activations), each stage's activations are recomputed in the
         backward pass instead of kept. The decoder is not checkpointed: its fused kernel keeps only `(rows, hidden)`
         states per step, and a frozen encoder runs without gradients, so checkpointing then changes nothing."""
-        encoder = self.encoder
+        encoder = self.encoder if encoder is None else encoder
         if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
             return encoder(pixel_values, return_dict=True).last_hidden_state
         hidden = encoder.embedder(pixel_values)
