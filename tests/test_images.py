@@ -612,7 +612,8 @@ def test_one_image_to_pixels_path_serves_cache_training_evaluation_and_caption(t
     assert torch.equal(CaptionPairs(pairs, images=split_of(small), processor=processor)[0]["pixel_values"], expected[0])
     cache = build_feature_cache(model, processor, split_of(small), tmp_path / "cache", num_workers=0, show_progress=False)
     with torch.no_grad():
-        torch.testing.assert_close(cache[0], model.get_image_features(expected)[0].half(), rtol=0, atol=0)
+        # The cache's encoder pass (BatchNorm folded, channels_last) rounds apart by at most one fp16 step.
+        torch.testing.assert_close(cache[0].float(), model.get_image_features(expected)[0].half().float(), rtol=2**-10, atol=1e-4)
     shown = model.caption(str(small), processor, **options)
     assert generate_captions(model, processor, split_of(small), show_progress=False, **options) == [shown]
 
