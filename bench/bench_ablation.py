@@ -13,6 +13,8 @@ Rows:
 - attention through tanh: the hand-written attention computing the energy e = tanh(x) with `torch.tanh` and its
   backward through 1 − e², instead of working with σ(2x) (fewer passes over the energy, and no `torch.tanh`);
 - BLAS, not oneDNN: the per-step products and the output layer's forward as torch's matmul (CPU only);
+- the recurrence's input gradients the other way: through oneDNN with a transposed weight copy where the kernel uses
+  BLAS (Intel CPUs, `_mkl_fast_paths`), through BLAS elsewhere (CPU only);
 - output layer and loss unfused: `F.linear` then `F.cross_entropy` over the (tokens, vocabulary) logits;
 - Adam unfused: torch's default (foreach) Adam.
 
@@ -122,6 +124,8 @@ def _patching(patches):
 def variants(device) -> dict:
     """Row name -> (the patches its steps run under, given its model; whether its Adam is fused)."""
     kernel = fused_teacher_forcing
+    through_blas = kernel._mkl_fast_paths()
+    input_grads_other_way = f"input gradients through {'oneDNN, not BLAS' if through_blas else 'BLAS, not oneDNN'}"
     rows = {
         "all on": (lambda model: [], True),
         "without the kernel (step at every position)": (lambda model: [(model, "_fused_kernel_applies", lambda: False)], True),
@@ -129,11 +133,12 @@ def variants(device) -> dict:
         "attention backward by autograd": (lambda model: [(kernel, "_AttentionWeights", _AttentionByAutograd)], True),
         "attention through tanh": (lambda model: [(kernel, "_AttentionWeights", _AttentionThroughTanh)], True),
         "BLAS, not oneDNN": (lambda model: [(kernel, "_uses_onednn", lambda weight: False)], True),
+        input_grads_other_way: (lambda model: [(kernel, "_mkl_fast_paths", lambda: not through_blas)], True),
         "output layer and loss unfused": (lambda model: [(modeling_show_attend_tell, "LinearCrossEntropy", _UnfusedLoss)], True),
         "Adam unfused (foreach)": (lambda model: [], False),
     }
-    if torch.device(device).type != "cpu":
-        del rows["BLAS, not oneDNN"]  # a CPU choice
+    if torch.device(device).type != "cpu":  # CPU choices
+        del rows["BLAS, not oneDNN"], rows[input_grads_other_way]
     return rows
 
 
