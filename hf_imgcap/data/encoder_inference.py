@@ -4,9 +4,9 @@
 That allows two rewrites that change nothing but float rounding. For a transformers ResNet (the default encoder),
 each BatchNorm is folded into the convolution before it (its running statistics and affine scale become the
 convolution's weight and bias) and the ReLUs work in place: that saves passes over every activation map, 1.4× the
-images/s of ResNet-152 in channels_last on a 2-core Xeon, in fp32 and under bf16 autocast (bench/bench_cache.py). The rewrite is made on
-a copy, which the cache build runs in place of `model.encoder`; the model itself is not changed. On CPU the
-convolutions also run in channels_last (NHWC), 1.2× the images/s of the default layout.
+images/s of ResNet-152 in channels_last on a 2-core Xeon, in fp32 and under bf16 autocast (bench/bench_cache.py).
+The rewrite is made on a copy, which the cache build runs in place of `model.encoder`; the model itself is not
+changed. On CPU the convolutions also run in channels_last (NHWC), 1.2× the images/s of the default layout.
 """
 
 import contextlib

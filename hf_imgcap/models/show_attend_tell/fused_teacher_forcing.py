@@ -280,7 +280,7 @@ def teacher_forced_decode(model, state, input_ids, lengths):
     device = features.device.type
     if torch.is_autocast_enabled(device):
         # The context's bmm would cast the (captions, regions, channels) features to the autocast dtype at every
-        # position (a tenth of a bf16 step): cast them once. The bmm then casts only α, as it did.
+        # position: cast them once. The bmm then casts only α, as it did.
         features = features.to(torch.get_autocast_dtype(device))
     hidden, cell, input_ids = state.hidden[order], state.cell[order], input_ids[order]
     lstm = model.lstm
