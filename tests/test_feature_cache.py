@@ -284,7 +284,6 @@ sys.path.insert(0, {tests!r})
 from accelerate import Accelerator
 from conftest import tiny_model, tiny_processor
 from hf_imgcap.data.caption_datasets import load_caption_dataset
-from hf_imgcap.data.encoder_inference import image_features_for_inference
 from hf_imgcap.data.feature_cache import build_feature_cache
 
 accelerator = Accelerator()
