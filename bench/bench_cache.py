@@ -16,6 +16,7 @@ of it is the network's amplification rather than bf16 arithmetic.
     python bench/bench_cache.py [--quick] [--images 192] [--repeats 2] [--bf16 [--encoder FOLDER]]
 """
 
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from datasets import Dataset, Image as ImageFeature  # noqa: E402
 from transformers import ResNetModel  # noqa: E402
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration  # noqa: E402
-from hf_imgcap.data.encoder_inference import batch_norm_folded  # noqa: E402
+from hf_imgcap.data.encoder_inference import batch_norm_folded, image_features_for_inference  # noqa: E402
 from hf_imgcap.data.feature_cache import build_feature_cache  # noqa: E402
 from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import ShowAttendTellProcessor, default_image_processor  # noqa: E402
 
@@ -64,14 +65,14 @@ def main(argv=None):
     args.repeats = args.repeats or (1 if args.quick else 2)
     print(f"machine: {machine()}; {load()}\n")
     work = Path(tempfile.mkdtemp(prefix="hf_imgcap_bench_"))
+    stack = contextlib.ExitStack()
     try:
         paths = write_jpegs(work, args.images)
         dataset = Dataset.from_dict({"image": paths}).cast_column("image", ImageFeature())
         processor = ShowAttendTellProcessor(image_processor=default_image_processor())
         prepared = processor.image_pixel_values(paths).to(device)
         models = {"fp32": resnet152(device), "fp32, channels_last": resnet152(device, channels_last=True)}
-        folded = batch_norm_folded(models["fp32"].encoder)  # the encoder as the cache build runs it
-        folded.to(memory_format=torch.channels_last)
+        as_cached = stack.enter_context(image_features_for_inference(models["fp32"]))  # the encoder as the cache build runs it
         runs = iter(range(10**6))
 
         def build(model, encoder_dtype=None):
@@ -85,7 +86,6 @@ def main(argv=None):
                         image_features(prepared[start : start + BATCH])
             return run
 
-        as_cached = lambda pixels: models["fp32"]._image_features_with(folded, pixels)  # noqa: E731
         bare_encoders = {"fp32": models["fp32"].get_image_features, "fp32, channels_last": models["fp32, channels_last"].get_image_features,
                          "fp32, channels_last, BatchNorm folded": as_cached}
         functions = {("fp32", "cache build (hf-imgcap)"): build(models["fp32"])}  # BatchNorm folded, channels_last on CPU
@@ -108,6 +108,7 @@ def main(argv=None):
                                *bf16_feature_error(calibrated.encoder, prepared[:BATCH], round_input_only=True)])
         times = interleaved(functions, repeats=args.repeats, warmup=0, device=device)
     finally:
+        stack.close()
         shutil.rmtree(work, ignore_errors=True)
     fp32_bare = times[("fp32", "bare encoder")]
     rows = [[encoder, what, f"{args.images / seconds:.2f}", f"{fp32_bare / seconds:.2f}x"] for (encoder, what), seconds in times.items()]
