@@ -236,7 +236,7 @@ def write_coco(root, pairs, splits):
             pairs[k][0].save(root / f"{split}2017" / name)
             images.append({"id": 1000 + k, "file_name": name, "height": 48, "width": 48})
             annotations += [{"image_id": 1000 + k, "id": 10 * k + i, "caption": c} for i, c in enumerate(pairs[k][1])]
-            expected[name] = pairs[k][1]
+            expected[1000 + k] = pairs[k][1]
         (root / "annotations" / f"captions_{split}2017.json").write_text(
             json.dumps({"info": {}, "licenses": [], "images": images, "annotations": annotations}))
         (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps({"images": images, "annotations": []}))
@@ -247,8 +247,9 @@ def test_the_coco_captions_release(tmp_path):
     pairs = scenes(24, seed=53)
     expected = write_coco(tmp_path / "coco", pairs, {"train": range(20), "val": range(20, 24)})
     dataset, report = load_caption_dataset(str(tmp_path / "coco"), return_report=True)
-    assert captions_by_id(dataset) == {name: captions for name, captions in expected.items()}
-    assert sorted(dataset["validation"]["image_id"]) == [f"{k:012d}.jpg" for k in range(20, 24)]
+    assert captions_by_id(dataset) == {str(image_id): captions for image_id, captions in expected.items()}
+    # COCO's own ids (`images[].id`), as its result files and the Karpathy split's `cocoid` name the images.
+    assert sorted(dataset["validation"]["image_id"]) == [str(1000 + k) for k in range(20, 24)]
     assert len(dataset["test"]) == 2 and len(dataset["train"]) == 18  # COCO has no test captions: carved from train
     assert not report.counts
 
@@ -260,9 +261,30 @@ def test_coco_annotations_of_missing_images_are_counted(tmp_path, caplog):
     (root / "train2017" / f"{3:012d}.jpg").unlink()
     with caplog.at_level(logging.WARNING):
         dataset, report = load_caption_dataset(str(root), return_report=True)
-    missing = f"{3:012d}.jpg"
-    assert captions_by_id(dataset) == {name: captions for name, captions in expected.items() if name != missing}
-    assert report.counts and missing in caplog.text
+    assert captions_by_id(dataset) == {str(image_id): captions for image_id, captions in expected.items() if image_id != 1003}
+    assert report.counts and f"{3:012d}.jpg" in caplog.text
+
+
+def test_coco_annotations_that_cannot_be_used_are_counted_and_named(tmp_path, caplog):
+    """A caption that is not text (a number, a list) and an annotation of an image the file does not list: each
+    counted once in the report, named by file and index, and the rest of the file loads."""
+    pairs = scenes(24, seed=55)
+    root = tmp_path / "coco"
+    expected = write_coco(root, pairs, {"train": range(20), "val": range(20, 24)})
+    file = root / "annotations" / "captions_train2017.json"
+    data = json.loads(file.read_text())
+    data["annotations"][1]["caption"] = 42
+    data["annotations"][2]["caption"] = ["a", "list"]
+    data["annotations"].append({"image_id": 99999, "id": 5, "caption": "an image nobody listed"})
+    file.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        dataset, report = load_caption_dataset(str(root), return_report=True)
+    assert report.counts == {"malformed_caption": 2, "unknown_image": 1}
+    assert "captions_train2017.json: annotations[1]" in caplog.text and "42" in caplog.text
+    assert "captions_train2017.json: annotations[100]" in caplog.text and "99999" in caplog.text
+    kept = captions_by_id(dataset)
+    assert kept["1000"] == [c for k, c in enumerate(expected[1000]) if k not in (1, 2)]
+    assert all(kept[str(image_id)] == captions for image_id, captions in expected.items() if image_id != 1000)
 
 
 def test_a_karpathy_split_file_under_another_name(tmp_path):

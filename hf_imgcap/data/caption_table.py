@@ -83,12 +83,13 @@ def _image_extensions() -> set[str]:
     return {extension.lower() for extension in PILImage.registered_extensions()}
 
 
-def read_caption_table(table: Path, root: Path, image_column: str | None = None) -> Dataset:
-    """The table as a `Dataset` whose `image` column is an `Image()` feature over the image files it names."""
+def read_caption_table(table: Path, root: Path, image_column: str | None = None, report=None) -> Dataset:
+    """The table as a `Dataset` whose `image` column is an `Image()` feature over the image files it names;
+    unusable entries of a COCO file are counted in `report`."""
     from datasets import load_dataset
 
     if table.suffix.lower() == ".json":
-        return read_coco_captions(table, root)
+        return read_coco_captions(table, root, report)
     builder = TABLE_SUFFIXES[table.suffix.lower()]
     options = _csv_options(table) if builder == "csv" else {}
     try:
@@ -188,30 +189,40 @@ def _coco_caption_files(root: Path) -> dict[str, Path]:
     return {split: files[0] for split, files in by_split.items()} if "train" in by_split else {}
 
 
-def read_coco_captions(file: Path, root: Path) -> Dataset:
+def read_coco_captions(file: Path, root: Path, report=None) -> Dataset:
     """A COCO captions file ({images: [{id, file_name}], annotations: [{image_id, caption}]}) as one row per image
-    with all its captions, the images found by file name under `root` (COCO keeps them in `train2017/` ...)."""
+    with all its captions and COCO's id for it, the images found by file name under `root` (COCO keeps them in
+    `train2017/` ...). Annotations that cannot be used (a caption that is not text, an image the file does not
+    list) are counted in `report` (a `LoadReport`) and named by their index."""
     images, annotations = _coco_tables(file)
     captions = defaultdict(list)
-    orphans = []
     known = {image.get("id") for image in images if isinstance(image, dict)}
-    for annotation in annotations:
+    for index, annotation in enumerate(annotations):
+        where = f"{file.name}: annotations[{index}]"
         image_id = annotation.get("image_id") if isinstance(annotation, dict) else None
-        if image_id in known:
-            captions[image_id].append(annotation.get("caption"))
+        caption = annotation.get("caption") if isinstance(annotation, dict) else None
+        if image_id not in known:
+            _skip(report, "unknown_image", f"{where}: image_id {image_id!r} is not in the file's 'images' list; skipped")
+        elif caption is not None and not isinstance(caption, str):
+            _skip(report, "malformed_caption", f"{where}: the caption is {str(caption)[:80]!r}, not text; skipped")
         else:
-            orphans.append(annotation)
-    if orphans:
-        logger.warning("%s: %d annotations name no image of its 'images' list (e.g. %s); their captions are not used",
-                       file, len(orphans), str(orphans[0])[:120])
-    names = [image.get("file_name") if isinstance(image, dict) else None for image in images]
+            captions[image_id].append(caption)  # a null caption is counted with the empty ones, later
+    listed = [image if isinstance(image, dict) else {} for image in images]
     rows = {
-        "image": _resolve_image_paths(names, file.parent, root),
-        "captions": [captions.get(image.get("id"), []) if isinstance(image, dict) else [] for image in images],
+        "image": _resolve_image_paths([image.get("file_name") for image in listed], file.parent, root),
+        "image_id": [None if image.get("id") is None else str(image.get("id")) for image in listed],
+        "captions": [captions.get(image.get("id"), []) for image in listed],
     }
     logger.info("%s: captions from %s (%d images, %d annotations)", root, file.name, len(images), len(annotations))
-    features = Features({"image": Value("string"), "captions": List(Value("string"))})
+    features = Features({"image": Value("string"), "image_id": Value("string"), "captions": List(Value("string"))})
     return Dataset.from_dict(rows, features=features).cast_column("image", Image())
+
+
+def _skip(report, kind: str, message: str) -> None:
+    if report is not None:
+        report.skip(kind, message)
+    else:
+        logger.warning("%s", message)
 
 
 def _coco_tables(file: Path) -> tuple[list, list]:
