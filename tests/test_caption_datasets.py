@@ -228,6 +228,22 @@ def test_kaggle_layout_uses_the_official_split_files_when_present(tmp_path, wher
     assert report.split_source.startswith("seeded random split")
 
 
+@pytest.mark.parametrize("header", [True, False])
+def test_a_tab_separated_kaggle_captions_file_reads_like_the_comma_one(tmp_path, header):
+    """Re-uploads of Kaggle's Flickr8k write captions.txt with tabs; captions may then hold commas unquoted."""
+    root = write_synthetic_flickr8k(tmp_path / "kaggle", layout="kaggle", **SIZES)
+    reference = load_caption_dataset(str(root))
+    rows = [line.split(",", 1) for line in (root / "captions.txt").read_text().splitlines()[1:]]
+    rows[0][1] = "a dog, and a cat"
+    (root / "captions.txt").write_text("".join(f"{name}\t{caption}\n" for name, caption in ([["image", "caption"]] if header else []) + rows))
+    dataset, report = load_caption_dataset(str(root), return_report=True)
+    assert not report.counts
+    assert dataset["train"]["image_id"] == reference["train"]["image_id"]
+    captions = {name: captions for split in dataset.values() for name, captions in zip(split["image_id"], split["captions"])}
+    assert "a dog, and a cat" in captions[rows[0][0]]
+    assert sum(map(len, captions.values())) == len(rows)
+
+
 def test_kaggle_layout_with_some_split_files_missing_is_refused(tmp_path):
     root = write_synthetic_flickr8k(tmp_path / "kaggle", layout="kaggle", **SIZES)
     write_official_split_files(root, sorted(p.name for p in (root / "Images").iterdir()))

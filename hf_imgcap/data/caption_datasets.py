@@ -351,13 +351,18 @@ def read_kaggle_captions(caption_file: Path, image_names: set[str], report: Load
     Every non-blank line other than the header is kept or counted once in `report`.
 
     Parsed line by line (a quoted caption cannot span lines in this file): an unbalanced quote then spoils one
-    line, not the rest of the file, and every message has its line number."""
+    line, not the rest of the file, and every message has its line number. A file whose first line has a tab before
+    any comma is read as tab-separated (re-uploads write it so, commas unquoted in the captions)."""
     captions = defaultdict(list)
-    first = True
+    first, delimiter = True, None
     for number, line in _read_lines(caption_file, report):
         where = f"{caption_file.name}:{number}"
+        if delimiter is None:
+            delimiter = "\t" if "\t" in line.split(",", 1)[0] else ","
+            if delimiter == "\t":
+                logger.info("%s: tab-separated (its first line has a tab before any comma)", caption_file)
         try:
-            row = next(csv.reader([line]))
+            row = next(csv.reader([line], delimiter=delimiter))
         except csv.Error as error:  # e.g. a field over csv.field_size_limit()
             report.skip("bad_csv_row", f"{where}: not a CSV row ({error}); skipped")
             first = False
@@ -367,10 +372,11 @@ def read_kaggle_captions(caption_file: Path, image_names: set[str], report: Load
             continue
         first = False
         if len(row) < 2:
-            report.skip("no_caption", f"{where}: expected 'image,caption'; skipped")
+            expected = "image,caption" if delimiter == "," else "image<TAB>caption"
+            report.skip("no_caption", f"{where}: expected '{expected}'; skipped")
             continue
-        # An unquoted caption with commas splits into more fields: join them back.
-        _add_caption(captions, image_names, row[0].strip(), ",".join(row[1:]), where, report, outside_names)
+        # An unquoted caption with delimiters splits into more fields: join them back.
+        _add_caption(captions, image_names, row[0].strip(), delimiter.join(row[1:]), where, report, outside_names)
     return captions
 
 
