@@ -63,6 +63,25 @@ def test_the_sources_own_image_ids_name_the_images(tmp_path, id_column, expected
     assert captions_by_id(load_caption_dataset(str(tmp_path))) == {expected(k): c for k, (_, c) in enumerate(pairs)}
 
 
+def test_one_data_file_named_directly(tmp_path):
+    """`--dataset path/to/file.parquet` (or a caption table's path): that file, as its folder would be read."""
+    pairs = scenes(20, seed=44)
+    (tmp_path / "exports").mkdir()
+    file = tmp_path / "exports" / "photos.parquet"
+    pq.write_table(pa.table({"image": [{"bytes": jpeg_bytes(image), "path": f"{k}.jpg"} for k, (image, _) in enumerate(pairs)],
+                             "caption": [captions for _, captions in pairs]}), file)
+    (tmp_path / "exports" / "other.parquet").write_bytes(b"not read: only the file named is")
+    dataset = load_caption_dataset(str(file))
+    assert captions_by_id(dataset) == {f"{k}.jpg": captions for k, (_, captions) in enumerate(pairs)}
+
+    expected = write_caption_table(tmp_path / "mine", scenes(20, seed=45))
+    assert captions_by_id(load_caption_dataset(str(tmp_path / "mine" / "captions.csv"))) == expected
+
+    (tmp_path / "notes.txt").write_text("a dog")
+    with pytest.raises(ValueError, match=r"notes\.txt is a file.*\.parquet"):
+        load_caption_dataset(str(tmp_path / "notes.txt"))
+
+
 def test_karpathy_style_sentence_objects_in_a_metadata_file(tmp_path):
     """`sentences: [{"raw": ..., "tokens": [...]}, ...]` as in Karpathy's json, here in an imagefolder."""
     pairs = scenes(12, seed=42)

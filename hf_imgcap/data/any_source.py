@@ -37,13 +37,14 @@ from datasets import Dataset, DatasetDict, Image, IterableDataset, IterableDatas
 
 from hf_imgcap.data.source_checks import SPLITS, LoadReport, image_problem, normalize_caption, path_outside
 from hf_imgcap.data.caption_lists import CaptionListError, parse_caption_list
-from hf_imgcap.data.caption_table import find_caption_tables, read_caption_table
+from hf_imgcap.data.caption_table import TABLE_SUFFIXES, find_caption_tables, read_caption_table
 
 logger = logging.getLogger(__name__)
 
 VALIDATION_SPLIT_NAMES = ("validation", "val", "dev", "valid")
 CAPTION_COLUMN_NAMES = ("captions", "caption", "text", "sentences", "raw")  # tried in this order when none is named
 CARVED_FRACTION = 0.1  # of the train images, for each evaluation split a source lacks
+DATA_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}  # one such file named as the source: its builder
 
 
 def load_datasets_source(source, *, dataset_config: str | None = None, revision: str | None = None,
@@ -71,6 +72,17 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
         name = str(source)
         local_root = Path(source) if Path(source).is_dir() else None
         tables = find_caption_tables(local_root) if local_root is not None else {}
+        data_file = Path(source) if Path(source).is_file() else None
+        if data_file is not None:  # one file named directly: read as its folder would be, that file only
+            local_root = data_file.parent
+            if dataset_config is not None or revision is not None:
+                raise ValueError(f"{name} is a file: dataset_config / revision choose what datasets.load_dataset "
+                                 "reads from a Hub dataset or a folder and do not apply")
+            if data_file.suffix.lower() in TABLE_SUFFIXES:
+                tables = {"train": data_file}  # a caption table: its image names relative to its folder
+            elif data_file.suffix.lower() not in DATA_FILE_BUILDERS:
+                raise ValueError(f"{name} is a file, not a folder or a dataset id: pass a folder, or one "
+                                 f"{' / '.join(sorted(set(DATA_FILE_BUILDERS) | set(TABLE_SUFFIXES)))} file")
         if tables and (dataset_config is not None or revision is not None):
             raise ValueError(f"{name} is a folder of images with caption table(s) ({', '.join(t.name for t in tables.values())}): "
                              "dataset_config / revision choose what datasets.load_dataset reads and do not apply")
@@ -80,8 +92,11 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
                                    for split, table in tables.items()})
             image_column = None  # it named the tables' column of file names, now the `image` column
         else:
-            report = LoadReport(name, "hub", split_source=f"the splits of {name}")
-            splits = load_dataset(source, name=dataset_config, revision=revision)
+            report = LoadReport(name, "file" if data_file else "hub", split_source=f"the splits of {name}")
+            if data_file is not None:
+                splits = load_dataset(DATA_FILE_BUILDERS[data_file.suffix.lower()], data_files=str(data_file))
+            else:
+                splits = load_dataset(source, name=dataset_config, revision=revision)
         # Image cells holding a path may point inside the dataset only: its folder when local, else the files
         # `datasets` downloaded for it.
         roots = [local_root] if local_root is not None else [Path(config.HF_DATASETS_CACHE), Path(HF_HUB_CACHE)]

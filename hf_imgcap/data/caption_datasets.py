@@ -78,7 +78,7 @@ def load_caption_dataset(
             present); else anything `datasets.load_dataset` reads: a Hub dataset id (`jxie/flickr8k`,
             `user/name`), a local `imagefolder` with `metadata.jsonl` / `metadata.csv`, a parquet folder, ...;
             a folder of images with a caption table (csv / tsv / jsonl, or COCO's `captions_*.json`) beside
-            them; or a `datasets.Dataset`
+            them; the path of one such table or of one parquet file; or a `datasets.Dataset`
             (taken as the train split, or split by its `split` column) / `DatasetDict` object.
         dataset_config: the configuration (subset) name, `load_dataset(source, name=...)`.
         revision: branch, tag or commit of a Hub dataset, `load_dataset(source, revision=...)`.
