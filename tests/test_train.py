@@ -366,6 +366,25 @@ def test_a_nonsense_argument_is_refused_before_any_data_is_read(name, data, tmp_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name, value, reason", [
+    ("encoder", "./no_such_encoder", "no such file or folder"),
+    ("encoder", "FILE", "is a file"),
+    ("encoder", "FOLDER", "no config.json"),
+    ("tokenizer", "../no_such_tokenizer", "no such file or folder"),
+    ("tokenizer", "FILE", "is a file"),
+    ("tokenizer", "FOLDER", "no tokenizer"),
+])
+def test_an_encoder_or_tokenizer_path_that_holds_none_is_refused_before_any_data_is_read(name, value, reason, data, tmp_path, monkeypatch, tiny_encoder):
+    paths = {"FILE": tmp_path / "notes.txt", "FOLDER": tmp_path / "photos"}
+    paths["FILE"].write_text("not a model")
+    paths["FOLDER"].mkdir()
+    value = str(paths.get(value, value))
+    monkeypatch.setattr(train_script, "load_caption_dataset", lambda *a, **k: pytest.fail("data read before the check"))
+    with pytest.raises(ValueError) as refused:
+        run(tiny_args(data, tiny_encoder, tmp_path / "out", tmp_path / "cache", f"--{name}", value))
+    assert f"--{name} {value!r}" in str(refused.value) and reason in str(refused.value)
+
+
 # ---------------------------------------------------------------------------------------------- one run per output_dir
 @pytest.mark.slow
 def test_a_second_run_in_a_used_output_dir_is_refused_unless_resumed_or_overwritten(data, tmp_path, tiny_encoder):

@@ -89,6 +89,44 @@ def _dataset(v):
     return None
 
 
+def _local_path(v: str, special_values: tuple) -> Path | None:
+    """`v` as a local path when it is written as one or names something that exists; None for a Hub id or one of
+    the argument's special values."""
+    if v in special_values or v.startswith("torchvision:"):
+        return None
+    path = Path(v).expanduser()
+    return path if v.startswith(("/", "./", "../", "~")) or path.exists() else None
+
+
+def _encoder(v):
+    if not v.strip():
+        return "must not be empty"
+    path = _local_path(v, ("random",))
+    if path is None or (path.is_file() and path.suffix in (".pth", ".pt")):
+        return None
+    if not path.exists():
+        return "no such file or folder"
+    if path.is_file():
+        return "is a file: pass a model folder (config.json and weights) or a .pth / .pt state dict"
+    return None if (path / "config.json").is_file() else "holds no config.json: not a transformers model folder"
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
+def _tokenizer(v):
+    if not v.strip():
+        return "must not be empty"
+    path = _local_path(v, ("bert-base-uncased", "captions"))
+    if path is None:
+        return None
+    if not path.exists():
+        return "no such file or folder"
+    if path.is_file():
+        return "is a file: pass a tokenizer folder (one save_pretrained wrote)"
+    return None if any((path / name).is_file() for name in TOKENIZER_FILES) else f"holds no tokenizer ({' / '.join(TOKENIZER_FILES)})"
+
+
 def _existing_folder(v):
     return None if Path(v).expanduser().is_dir() else "is not an existing folder"
 
@@ -154,8 +192,8 @@ RULES = {
     "max_eval_images": _at_least(1),
     "num_workers": _at_least(0),
     # model
-    "encoder": _not_empty,
-    "tokenizer": _not_empty,
+    "encoder": _encoder,
+    "tokenizer": _tokenizer,
     "caption_vocab_size": lambda v: None if v >= 6 else "must be ≥ 6 (5 special tokens and at least one word)",
     "embedding_size": _at_least(1),
     "attention_size": _at_least(1),
