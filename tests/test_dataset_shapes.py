@@ -141,6 +141,45 @@ def test_a_caption_table_names_the_images_it_cannot_find(tmp_path, caplog):
     assert captions_by_id(dataset) == expected and "ghost.jpg" in caplog.text and report.counts
 
 
+def imagefolder_with_metadata(root, name, lines, count=12, encoding="utf-8"):
+    """Images img_0.jpg ... beside a metadata file written line by line as given (a broken one, for these tests)."""
+    root.mkdir(parents=True)
+    for k, (image, _) in enumerate(scenes(count, seed=48)):
+        image.save(root / f"img_{k}.jpg")
+    (root / name).write_bytes("".join(line + "\n" for line in lines).encode(encoding))
+    return root
+
+
+@pytest.mark.parametrize("bad_row", [0, 5])
+def test_a_metadata_csv_row_with_more_fields_than_its_header_is_named(tmp_path, bad_row):
+    """An unquoted comma in a caption: pandas shifts every column (in the first row) or stops with "Expected 2
+    fields in line 7" (later): the error names the file, its line and the fix."""
+    lines = ["file_name,text"] + [f"img_{k}.jpg,a dog {k}" for k in range(12)]
+    lines[1 + bad_row] = f"img_{bad_row}.jpg,a dog, running"
+    root = imagefolder_with_metadata(tmp_path / "photos", "metadata.csv", lines)
+    with pytest.raises(ValueError, match=rf"metadata\.csv:{2 + bad_row}: 3 fields.*header has 2.*quote"):
+        load_caption_dataset(str(root))
+
+
+def test_metadata_files_that_are_not_utf8_or_not_json_lines_are_named_with_their_line(tmp_path):
+    lines = ["file_name,text"] + [f"img_{k}.jpg,un café {k}" for k in range(12)]
+    root = imagefolder_with_metadata(tmp_path / "latin1", "metadata.csv", lines, encoding="latin-1")
+    with pytest.raises(ValueError, match=r"metadata\.csv:2: not valid UTF-8"):
+        load_caption_dataset(str(root))
+
+    rows = [json.dumps({"file_name": f"img_{k}.jpg", "text": f"a dog {k}"}) for k in range(12)]
+    rows.insert(5, "")
+    rows.insert(9, '{"file_name": "img_3.jpg", "text": "broken"')
+    root = imagefolder_with_metadata(tmp_path / "broken", "metadata.jsonl", rows)
+    with pytest.raises(ValueError, match=r"metadata\.jsonl:10: not a JSON object"):
+        load_caption_dataset(str(root))
+
+    rows = [json.dumps({"file_name": f"img_{k}.jpg", "text": 42 if k == 4 else f"a dog {k}"}) for k in range(12)]
+    root = imagefolder_with_metadata(tmp_path / "number", "metadata.jsonl", rows)
+    with pytest.raises(ValueError, match=r"metadata\.jsonl:5: 'text' is a number.*text in line 1"):
+        load_caption_dataset(str(root))
+
+
 def test_a_split_column_chooses_the_splits(tmp_path):
     """Karpathy-style annotations as a table (e.g. Flickr30k's `raw` JSON list, `split`, `filename`), or a
     metadata.csv with a `split` column: the file's own split, not a random one."""

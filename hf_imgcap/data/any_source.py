@@ -37,7 +37,8 @@ from datasets import Dataset, DatasetDict, Image, IterableDataset, IterableDatas
 
 from hf_imgcap.data.source_checks import SPLITS, LoadReport, image_problem, normalize_caption, path_outside
 from hf_imgcap.data.caption_lists import CaptionListError, parse_caption_list
-from hf_imgcap.data.caption_table import TABLE_SUFFIXES, find_caption_tables, read_caption_table
+from hf_imgcap.data.caption_table import (METADATA_NAMES, TABLE_SUFFIXES, find_caption_tables, read_caption_table,
+                                          text_table_problem)
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,8 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
             report = LoadReport(name, "file" if data_file else "hub", split_source=f"the splits of {name}")
             if data_file is not None:
                 splits = load_dataset(DATA_FILE_BUILDERS[data_file.suffix.lower()], data_files=str(data_file))
+            elif local_root is not None:
+                splits = _load_folder(local_root, dataset_config, revision)
             else:
                 splits = load_dataset(source, name=dataset_config, revision=revision)
         # Image cells holding a path may point inside the dataset only: its folder when local, else the files
@@ -117,6 +120,24 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
                 origin = f" (from {', '.join(files)})" if files else ""
                 raise CaptionListError(f"{name}/{split}{origin}: {error}") from None
     return DatasetDict(_carve_missing_splits(result, name, seed, report)), report
+
+
+def _load_folder(root: Path, dataset_config: str | None, revision: str | None):
+    """`datasets.load_dataset` of a local folder (imagefolder, parquet, ...), its metadata files checked first and
+    its errors naming the folder: `datasets` reports a broken metadata file without its name or line."""
+    from datasets import load_dataset
+
+    for metadata in sorted(path for name in METADATA_NAMES[:2] for path in root.rglob(name)):
+        problem = text_table_problem(metadata)
+        if problem:
+            raise ValueError(problem)
+    try:
+        return load_dataset(str(root), name=dataset_config, revision=revision)
+    except Exception as error:  # the library's reason, and its cause's (DatasetGenerationError wraps the real one)
+        reasons = [f"{type(error).__name__}: {error}"]
+        if error.__cause__ is not None:
+            reasons.append(f"{type(error.__cause__).__name__}: {error.__cause__}")
+        raise ValueError(f"{root}: datasets cannot read this folder ({'; caused by '.join(reasons)})") from error
 
 
 _CAPTION_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt")

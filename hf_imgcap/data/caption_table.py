@@ -12,7 +12,9 @@ or bare file names of images anywhere in the folder (Kaggle's `captions.txt` nam
 honoured, bad rows counted.
 """
 
+import codecs
 import csv
+import io
 import json
 import logging
 import re
@@ -92,6 +94,9 @@ def read_caption_table(table: Path, root: Path, image_column: str | None = None,
         return read_coco_captions(table, root, report)
     builder = TABLE_SUFFIXES[table.suffix.lower()]
     options = _csv_options(table) if builder == "csv" else {}
+    problem = text_table_problem(table, options.get("delimiter", ","))
+    if problem:
+        raise ValueError(problem)
     try:
         data = load_dataset(builder, data_files=str(table), split="train", **options)
     except Exception as error:  # any parse error of the file: say which file, with the library's reason
@@ -102,6 +107,63 @@ def read_caption_table(table: Path, root: Path, image_column: str | None = None,
     # The names are replaced by the resolved paths; another column called `image` (not the one read) would clash.
     data = data.remove_columns([column] + [name for name in ("image",) if name in data.column_names and name != column])
     return data.add_column("image", paths, feature=Value("string")).cast_column("image", Image())
+
+
+def text_table_problem(path: Path, delimiter: str = ",") -> str | None:
+    """The first thing in a CSV / TSV / JSON Lines file that `datasets` would stop at or misread, as
+    `file:line: what is wrong`; None when there is none. `datasets` reads such files whole and names neither the
+    file nor (for JSON Lines) the right line; pandas takes a CSV's first row with one field too many as an index
+    column and shifts every column silently."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return f"{path}: cannot be read ({error})"
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        return f"{path}:{line}: not valid UTF-8 (byte 0x{data[error.start]:02x}); save the file as UTF-8"
+    if path.suffix.lower() == ".jsonl":
+        return _json_lines_problem(path, text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True)
+    try:
+        header = next(reader, [])
+        for row in reader:
+            if len(row) > len(header):
+                return (f"{path}:{reader.line_num}: {len(row)} fields, but its header has {len(header)} "
+                        f"({delimiter.join(header)}): quote a value that holds {delimiter!r} (\"a dog, running\")")
+    except csv.Error as error:
+        return f"{path}:{reader.line_num}: not a CSV row ({error})"
+    return None
+
+
+def _json_lines_problem(path: Path, text: str) -> str | None:
+    first_kinds = {}  # key -> (kind of its first non-null value, line)
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as error:
+            return f"{path}:{number}: not a JSON object ({error})"
+        if not isinstance(row, dict):
+            return f"{path}:{number}: not a JSON object (a JSON {type(row).__name__})"
+        for key, value in row.items():
+            kind = _json_kind(value)
+            first_kind, first_line = first_kinds.setdefault(key, (kind, number)) if kind else (None, None)
+            if kind and kind != first_kind:
+                return (f"{path}:{number}: '{key}' is {kind} here but {first_kind} in line {first_line}: a column "
+                        "holds one type (datasets cannot read the mix)")
+    return None
+
+
+def _json_kind(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true / false"
+    return {str: "text", int: "a number", float: "a number", list: "a list", dict: "an object"}[type(value)]
 
 
 CSV_DELIMITERS = ",\t|;"
