@@ -82,6 +82,26 @@ def test_one_data_file_named_directly(tmp_path):
         load_caption_dataset(str(tmp_path / "notes.txt"))
 
 
+def test_offline_a_bare_name_that_is_no_folder_here_is_not_read_from_an_earlier_folders_cache(tmp_path, monkeypatch):
+    """Offline, `datasets` answers a name it cannot find on the Hub from its cache, where a local folder loaded
+    earlier is kept under its bare name: `--dataset photos` run from the wrong directory would train on an old copy
+    of some other `photos` folder."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets_cache")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    pairs = scenes(20, seed=46)
+    (tmp_path / "project" / "photos").mkdir(parents=True)
+    pq.write_table(pa.table({"image": [{"bytes": jpeg_bytes(image), "path": f"{k}.jpg"} for k, (image, _) in enumerate(pairs)],
+                             "caption": [captions for _, captions in pairs]}), tmp_path / "project" / "photos" / "train.parquet")
+    monkeypatch.chdir(tmp_path / "project")
+    assert len(load_caption_dataset("photos")["train"]) == 16  # the folder, by its relative name
+    assert any((tmp_path / "datasets_cache").iterdir())
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"no folder 'photos' in .*offline.*cache.*\./photos.*owner/name"):
+        load_caption_dataset("photos")
+
+
 def test_karpathy_style_sentence_objects_in_a_metadata_file(tmp_path):
     """`sentences: [{"raw": ..., "tokens": [...]}, ...]` as in Karpathy's json, here in an imagefolder."""
     pairs = scenes(12, seed=42)

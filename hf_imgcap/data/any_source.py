@@ -99,6 +99,7 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
             elif local_root is not None:
                 splits = _load_folder(local_root, dataset_config, revision)
             else:
+                _refuse_an_old_folders_cache(source)
                 splits = load_dataset(source, name=dataset_config, revision=revision)
         # Image cells holding a path may point inside the dataset only: its folder when local, else the files
         # `datasets` downloaded for it.
@@ -138,6 +139,22 @@ def _load_folder(root: Path, dataset_config: str | None, revision: str | None):
         if error.__cause__ is not None:
             reasons.append(f"{type(error.__cause__).__name__}: {error.__cause__}")
         raise ValueError(f"{root}: datasets cannot read this folder ({'; caused by '.join(reasons)})") from error
+
+
+def _refuse_an_old_folders_cache(name: str) -> None:
+    """Offline, `datasets` answers a name it cannot reach on the Hub from its cache, and keeps a local folder it
+    loaded earlier under the folder's bare name: a bare name that is no folder here could load an old copy of
+    another folder. Names with an owner (`owner/name`) are cached apart from folders and pass."""
+    from datasets import config
+    from datasets.naming import camelcase_to_snakecase
+
+    if "/" in name or not config.HF_HUB_OFFLINE:
+        return
+    cached = Path(config.HF_DATASETS_CACHE).expanduser() / camelcase_to_snakecase(name)
+    if cached.is_dir():
+        raise ValueError(f"no folder '{name}' in {Path.cwd()}, and the Hub is offline: the datasets cache holds a "
+                         f"copy under that name ({cached}), maybe of another folder called '{name}' loaded earlier. "
+                         f"Pass the folder's path (./{name} from its parent folder), or a Hub dataset as owner/name")
 
 
 _CAPTION_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt")
