@@ -244,6 +244,15 @@ def test_a_tab_separated_kaggle_captions_file_reads_like_the_comma_one(tmp_path,
     assert sum(map(len, captions.values())) == len(rows)
 
 
+def test_kaggle_images_without_a_caption_line_are_counted(tmp_path, caplog):
+    root = write_synthetic_flickr8k(tmp_path / "kaggle", layout="kaggle", **SIZES)
+    Image.new("RGB", (32, 32)).save(root / "Images" / "uncaptioned.jpg")
+    with caplog.at_level(logging.INFO):
+        dataset, report = load_caption_dataset(str(root), return_report=True)
+    assert report.counts == {"uncaptioned_image": 1} and "uncaptioned.jpg" in caplog.text
+    assert sum(len(split) for split in dataset.values()) == sum(SIZES[k] for k in ("num_train", "num_val", "num_test"))
+
+
 def test_kaggle_layout_with_some_split_files_missing_is_refused(tmp_path):
     root = write_synthetic_flickr8k(tmp_path / "kaggle", layout="kaggle", **SIZES)
     write_official_split_files(root, sorted(p.name for p in (root / "Images").iterdir()))
@@ -350,8 +359,10 @@ def test_symlinks_in_the_image_folder_pointing_outside_are_refused(tmp_path, out
     (folder / "alias.jpg").symlink_to(inside)  # a link that stays inside is fine
     with caplog.at_level(logging.WARNING):
         dataset, report = load_caption_dataset(str(root), return_report=True)
-    # Its five captions; the original release also names it in a split file (counted like a missing image).
-    assert report.counts == {"path_outside_dataset": 5, **({"split_missing_image": 1} if layout == "flickr8k" else {})}
+    # Its five captions; the original release also names it in a split file (counted like a missing image). No
+    # caption names alias.jpg: an unused file of the image folder (Karpathy's file lists the images it uses).
+    assert report.counts == {"path_outside_dataset": 5, **({"split_missing_image": 1} if layout == "flickr8k" else {}),
+                             **({"uncaptioned_image": 1} if layout != "karpathy" else {})}
     assert victim.name in caplog.text and str(outside_image) in caplog.text
     assert victim.name not in [i for split in dataset.values() for i in split["image_id"]]
 

@@ -139,6 +139,20 @@ def test_images_with_the_same_file_name_in_different_folders_get_distinct_ids(tm
     assert sorted(ids) == sorted(row["file_name"] for row in rows)
 
 
+def test_images_no_caption_names_are_counted_and_logged(tmp_path, caplog):
+    """An image file in the folder that no metadata row names is not used: counted and logged, never dropped unsaid."""
+    root = tmp_path / "photos"
+    names = write_imagefolder(root, scenes(12, seed=2), metadata="csv")
+    (root / "extra").mkdir()
+    for name in ("uncaptioned.jpg", "extra/also uncaptioned.png"):
+        scenes(1, seed=9)[0][0].save(root / name)
+    (root / "notes.txt").write_text("not an image")
+    with caplog.at_level(logging.INFO):
+        dataset, report = load_caption_dataset(str(root), return_report=True)
+    assert sorted(all_ids(dataset)["train"] + all_ids(dataset)["validation"] + all_ids(dataset)["test"]) == names
+    assert report.counts == {"uncaptioned_image": 2} and "uncaptioned.jpg" in caplog.text
+
+
 def test_bad_rows_of_an_imagefolder_are_counted_named_and_logged(tmp_path, caplog):
     pairs = scenes(8, seed=5)
     folder = tmp_path / "broken"

@@ -37,8 +37,8 @@ from datasets import Dataset, DatasetDict, Image, IterableDataset, IterableDatas
 
 from hf_imgcap.data.source_checks import SPLITS, LoadReport, image_problem, normalize_caption, path_outside
 from hf_imgcap.data.caption_lists import CaptionListError, parse_caption_list
-from hf_imgcap.data.caption_table import (METADATA_NAMES, TABLE_SUFFIXES, find_caption_tables, read_caption_table,
-                                          text_table_problem)
+from hf_imgcap.data.caption_table import (METADATA_NAMES, TABLE_SUFFIXES, find_caption_tables, image_extensions,
+                                          read_caption_table, text_table_problem)
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,8 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
             else:
                 _refuse_an_old_folders_cache(source)
                 splits = load_dataset(source, name=dataset_config, revision=revision)
+        if local_root is not None:
+            report.count_unused_images("uncaptioned_image", _unused_image_files(local_root, splits, image_column), local_root)
         # Image cells holding a path may point inside the dataset only: its folder when local, else the files
         # `datasets` downloaded for it.
         roots = [local_root] if local_root is not None else [Path(config.HF_DATASETS_CACHE), Path(HF_HUB_CACHE)]
@@ -121,6 +123,25 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
                 origin = f" (from {', '.join(files)})" if files else ""
                 raise CaptionListError(f"{name}/{split}{origin}: {error}") from None
     return DatasetDict(_carve_missing_splits(result, name, seed, report)), report
+
+
+def _unused_image_files(root: Path, splits, image_column: str | None) -> list[str]:
+    """The image files under `root` that no row of `splits` names (relative paths); none when the rows hold their
+    images inline rather than naming files."""
+    named = set()
+    for data in splits.values():
+        column = image_column or "image"
+        if column not in data.column_names:
+            return []
+        cells = data.with_format("arrow")[column]
+        if not (cells.type.num_fields or _is_string_type(cells.type)):
+            return []
+        named.update(os.path.realpath(path) for path in _cell_paths(cells) if path)
+    if not named:
+        return []
+    extensions = image_extensions()
+    return [str(path.relative_to(root)) for path in sorted(root.rglob("*"))
+            if path.suffix.lower() in extensions and os.path.realpath(path) not in named and path.is_file()]
 
 
 def _load_folder(root: Path, dataset_config: str | None, revision: str | None):

@@ -45,6 +45,7 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, Features, Image, List, Value
 
 from hf_imgcap.data.any_source import load_datasets_source
+from hf_imgcap.data.caption_table import image_extensions
 from hf_imgcap.data.source_checks import SPLITS, LoadReport, image_problem, normalize_caption, path_outside
 from hf_imgcap.data.split_overlap import leave_out_split_overlap
 
@@ -278,6 +279,9 @@ def _captioned_images(root: Path, caption_name: str, read_captions, image_dir: P
     found_dir = _find_image_dir(root, caption_file, image_dir)
     image_names, outside_names = _image_names(found_dir, _dataset_roots(root, image_dir))
     captions = read_captions(caption_file, image_names, report, outside_names)
+    extensions = image_extensions()
+    report.count_unused_images("uncaptioned_image", sorted(name for name in image_names if not captions.get(name)
+                                                           and Path(name).suffix.lower() in extensions), found_dir)
     return caption_file, found_dir, image_names, outside_names, captions
 
 

@@ -77,11 +77,11 @@ def _is_imagefolder_metadata(path: Path) -> bool:
 
 
 def _has_images(root: Path) -> bool:
-    extensions = _image_extensions()
+    extensions = image_extensions()
     return any(path.suffix.lower() in extensions and path.is_file() for path in root.rglob("*"))
 
 
-def _image_extensions() -> set[str]:
+def image_extensions() -> set[str]:
     return {extension.lower() for extension in PILImage.registered_extensions()}
 
 
@@ -219,7 +219,7 @@ def _resolve_image_paths(names: list, base: Path, root: Path) -> list[str | None
 
 
 def _images_by_name(root: Path) -> dict[str, list[Path]]:
-    extensions = _image_extensions()
+    extensions = image_extensions()
     index = defaultdict(list)
     for path in sorted(root.rglob("*")):
         if path.suffix.lower() in extensions and path.is_file():

@@ -47,6 +47,13 @@ class LoadReport:
         elif self._logged[kind] == MAX_LOGGED_PER_KIND + 1:
             logger.warning("more '%s' problems: only the total is reported from here on", kind)
 
+    def count_unused_images(self, kind: str, names: list, where) -> None:
+        """Count image files `where` holds that are not used (no caption names them), and say so in one log line."""
+        if names:
+            self.counts[kind] += len(names)
+            logger.info("%s: %d image files are not used, no caption names them (%s%s)", where, len(names),
+                        ", ".join(map(str, names[:3])), ", ..." if len(names) > 3 else "")
+
     def summary(self) -> str:
         if not self.counts:
             return f"{self.source} ({self.layout}): no problems found"
