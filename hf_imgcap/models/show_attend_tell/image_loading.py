@@ -235,7 +235,8 @@ def _check_size(size: tuple[int, int], name: str, max_pixels: int, max_aspect_ra
         raise ImageLoadError(
             name,
             f"{width}×{height} = {width * height:,} pixels is over the pixel limit of {max_pixels:,}, refused before "
-            "decoding as a possible decompression bomb; pass a larger max_pixels if the image is trusted",
+            "decoding as a possible decompression bomb; if the image is trusted, save it smaller (or read it with "
+            "load_image(..., max_pixels=...))",
         )
     if max(width, height) > max_aspect_ratio * min(width, height):
         raise ImageLoadError(
