@@ -181,6 +181,15 @@ def test_a_metadata_csv_row_with_more_fields_than_its_header_is_named(tmp_path, 
         load_caption_dataset(str(root))
 
 
+def test_column_names_with_spaces_around_them_are_found(tmp_path):
+    """`file_name, text`: a space after the comma, as people type CSV headers."""
+    lines = ["file_name, text"] + [f"img_{k}.jpg, a dog {k}" for k in range(12)]
+    root = imagefolder_with_metadata(tmp_path / "photos", "metadata.csv", lines)
+    dataset = load_caption_dataset(str(root))
+    assert sorted(c for split in SPLITS for captions in dataset[split]["captions"] for c in captions) == sorted(
+        f"a dog {k}" for k in range(12))
+
+
 def test_metadata_files_that_are_not_utf8_or_not_json_lines_are_named_with_their_line(tmp_path):
     lines = ["file_name,text"] + [f"img_{k}.jpg,un café {k}" for k in range(12)]
     root = imagefolder_with_metadata(tmp_path / "latin1", "metadata.csv", lines, encoding="latin-1")

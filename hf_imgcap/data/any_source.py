@@ -108,6 +108,7 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
         roots = [local_root] if local_root is not None else [Path(config.HF_DATASETS_CACHE), Path(HF_HUB_CACHE)]
         if not isinstance(splits, DatasetDict):
             splits = DatasetDict({"train": splits})
+    splits = DatasetDict({split: _strip_column_names(data) for split, data in splits.items()})
     splits = _splits_from_split_column(splits, name, report)
     names = _split_names(splits, name)
     result = {}
@@ -192,6 +193,13 @@ def _text_files(source: str, dataset_config: str | None, revision: str | None, s
     except Exception:  # only for an error message: never hide the error being reported
         return []
     return [file for file in files if file.lower().endswith(_CAPTION_FILE_SUFFIXES)][:5]
+
+
+def _strip_column_names(data: Dataset) -> Dataset:
+    """` text` -> `text`: CSV headers are often typed with a space after each comma (unless that name is taken)."""
+    renames = {name: name.strip() for name in data.column_names
+               if name != name.strip() and name.strip() and name.strip() not in data.column_names}
+    return data.rename_columns(renames) if renames else data
 
 
 SPLIT_COLUMN = "split"
