@@ -190,6 +190,26 @@ def test_column_names_with_spaces_around_them_are_found(tmp_path):
         f"a dog {k}" for k in range(12))
 
 
+def test_split_folders_whose_metadata_datasets_would_not_read_are_refused_with_the_fix(tmp_path):
+    """With train/ and test/ folders, `datasets` reads a metadata file inside each split folder only: one at the top
+    is ignored (it makes a `label` column of the folder names instead), and a split folder without one fails."""
+    pairs = scenes(12, seed=49)
+    root = tmp_path / "top"
+    rows = ["file_name,text"]
+    for k, (image, captions) in enumerate(pairs):
+        split = "train" if k < 8 else "test"
+        (root / split).mkdir(parents=True, exist_ok=True)
+        image.save(root / split / f"{k}.jpg")
+        rows.append(f"{split}/{k}.jpg,{captions[0]}")
+    (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"metadata\.csv is at the top.*test/metadata\.csv, train/metadata\.csv"):
+        load_caption_dataset(str(root))
+
+    (root / "metadata.csv").rename(root / "train" / "metadata.csv")
+    with pytest.raises(ValueError, match=r"test/ holds images but no metadata file"):
+        load_caption_dataset(str(root))
+
+
 def test_metadata_files_that_are_not_utf8_or_not_json_lines_are_named_with_their_line(tmp_path):
     lines = ["file_name,text"] + [f"img_{k}.jpg,un café {k}" for k in range(12)]
     root = imagefolder_with_metadata(tmp_path / "latin1", "metadata.csv", lines, encoding="latin-1")

@@ -145,6 +145,30 @@ def _unused_image_files(root: Path, splits, image_column: str | None) -> list[st
             if path.suffix.lower() in extensions and os.path.realpath(path) not in named and path.is_file()]
 
 
+# Folder names `datasets` takes as splits (its data_files.SPLIT_KEYWORDS).
+SPLIT_FOLDER_NAMES = ("train", "training", "validation", "valid", "dev", "val", "test", "testing", "eval", "evaluation")
+
+
+def _check_split_folder_metadata(root: Path) -> None:
+    """With split folders (train/, test/, ...), `datasets` reads a metadata file inside each of them only: one at the
+    top is ignored (the folder names become a `label` column) and a split folder of images without one fails with
+    "Instruction 'test' corresponds to no data". Say so, with the fix."""
+    split_folders = sorted(path for path in root.iterdir() if path.is_dir() and path.name.lower() in SPLIT_FOLDER_NAMES)
+    if not split_folders:
+        return
+    has_metadata = {folder: any(any(folder.rglob(name)) for name in METADATA_NAMES) for folder in split_folders}
+    top = [root / name for name in METADATA_NAMES if (root / name).is_file()]
+    if top and not any(has_metadata.values()):
+        wanted = ", ".join(f"{folder.name}/{top[0].name}" for folder in split_folders)
+        raise ValueError(f"{root}: {top[0].name} is at the top, but the images are in split folders, where datasets "
+                         f"looks for metadata: split it into {wanted}, each with file names relative to its folder")
+    extensions = image_extensions()
+    for folder, found in has_metadata.items():
+        if any(has_metadata.values()) and not found and any(p.suffix.lower() in extensions for p in folder.rglob("*")):
+            raise ValueError(f"{root}: {folder.name}/ holds images but no metadata file ({' / '.join(METADATA_NAMES)}), "
+                             "which the other split folders have: add one, or move its images out")
+
+
 def _load_folder(root: Path, dataset_config: str | None, revision: str | None):
     """`datasets.load_dataset` of a local folder (imagefolder, parquet, ...), its metadata files checked first and
     its errors naming the folder: `datasets` reports a broken metadata file without its name or line."""
@@ -154,6 +178,7 @@ def _load_folder(root: Path, dataset_config: str | None, revision: str | None):
         problem = text_table_problem(metadata)
         if problem:
             raise ValueError(problem)
+    _check_split_folder_metadata(root)
     try:
         return load_dataset(str(root), name=dataset_config, revision=revision)
     except Exception as error:  # the library's reason, and its cause's (DatasetGenerationError wraps the real one)
