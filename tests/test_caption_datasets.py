@@ -253,6 +253,21 @@ def test_kaggle_images_without_a_caption_line_are_counted(tmp_path, caplog):
     assert sum(len(split) for split in dataset.values()) == sum(SIZES[k] for k in ("num_train", "num_val", "num_test"))
 
 
+def test_a_karpathy_file_whose_images_are_elsewhere_says_to_pass_image_dir(tmp_path):
+    """Karpathy's COCO file names `filepath: train2014`; COCO's download may unpack to images/train2014/."""
+    root = write_synthetic_flickr8k(tmp_path / "k", layout="karpathy", **SIZES)
+    folder = next(root / name for name in ("Flicker8k_Dataset", "Images", "images") if (root / name).is_dir())
+    data = json.loads((root / "dataset_flickr8k.json").read_text())
+    for entry in data["images"]:
+        entry["filepath"] = "train2014"
+    (root / "dataset_flickr8k.json").write_text(json.dumps(data))
+    (root / "downloads").mkdir()
+    folder.rename(root / "downloads" / "train2014")
+    with pytest.raises(ValueError, match=r"missing_image.*pass image_dir= / --image_dir"):
+        load_caption_dataset(str(root))
+    assert len(load_caption_dataset(str(root), image_dir=str(root / "downloads"))["train"]) == SIZES["num_train"]
+
+
 def test_kaggle_layout_with_some_split_files_missing_is_refused(tmp_path):
     root = write_synthetic_flickr8k(tmp_path / "kaggle", layout="kaggle", **SIZES)
     write_official_split_files(root, sorted(p.name for p in (root / "Images").iterdir()))

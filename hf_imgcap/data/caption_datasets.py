@@ -130,6 +130,9 @@ def load_caption_dataset(
         if len(dataset[split]) == 0:
             hint = (" Images outside the dataset folder (e.g. behind a symlink) are refused: pass image_dir= to read "
                     "them from another folder." if report.counts["path_outside_dataset"] else "")
+            if report.counts["missing_image"] and layout is not None:
+                hint += (" The images the caption file names were not found where it says: pass image_dir= / "
+                         "--image_dir with the folder that holds them.")
             if report.counts["split_overlap"]:
                 hint += (" Images also in an earlier split are left out of the later one: pass "
                          "allow_split_overlap=True / --allow_split_overlap to keep them.")
