@@ -168,6 +168,20 @@ def test_scores_equal_pycocoevalcap_on_random_corpora(seed):
         assert ours[name] == pytest.approx(oracle[name], abs=1e-9), name
 
 
+@needs_java
+@pytest.mark.parametrize("last", ["A bus with the letter B.", "nice :)", "so sad :(", "they 're", "bus no.", "A."])
+def test_the_last_prediction_and_reference_tokenise_as_pycocoevalcap_tokenises_them(last):
+    """PTB reads the end of its input differently from the end of a line ("b." stays one token at the very end):
+    pycocoevalcap tokenises the references and the predictions as two inputs, so the last of each is at the end
+    of its input, whatever follows it in a corpus."""
+    predictions = ["A dog runs.", last]
+    references = [["A dog is running.", "2 dogs run."], ["A dog.", last]]
+    ours = compute_caption_metrics(predictions, references, meteor=False)
+    oracle = pycocoevalcap_scores(predictions, references, meteor=False)
+    for name in oracle:
+        assert ours[name] == pytest.approx(oracle[name], abs=1e-9), name
+
+
 @pytest.mark.slow
 @needs_java
 def test_meteor_equals_pycocoevalcap_on_a_random_corpus():
@@ -264,7 +278,7 @@ def test_a_line_count_mismatch_from_java_is_an_error_not_a_misalignment(monkeypa
     monkeypatch.setattr(tokenization, "_run_ptb_jar", lambda data, timeout: ("a dog\nruns\nextra", ""))
     with pytest.raises(RuntimeError, match="returned 3 lines for 2 captions"):
         tokenization.ptb_tokenize(["a dog", "runs"])
-    with pytest.raises(RuntimeError, match="returned 3 lines for 2 captions"):
+    with pytest.raises(RuntimeError, match="returned 3 lines for 1 captions"):  # the predictions' input
         compute_caption_metrics(["a dog"], [["runs"]], meteor=False)
 
 

@@ -242,9 +242,10 @@ def score_captions(
 ) -> CaptionScores:
     """:func:`compute_caption_metrics` (same arguments), also saying which tokenizer ran."""
     _validate(predictions, references)
-    # One tokenizer run for every caption: starting Java is the expensive part.
+    # The predictions and the references as two inputs, as pycocoevalcap tokenises them (where an input ends
+    # changes its last tokens); their two Java processes run side by side.
     texts = list(predictions) + [ref for refs in references for ref in refs]
-    tokenized = tokenize_captions(texts, tokenizer)
+    tokenized = tokenize_captions(texts, tokenizer, input_sizes=[len(predictions), len(texts) - len(predictions)])
     tokens = iter(tokenized.texts)
     res = {i: [next(tokens)] for i in range(len(predictions))}
     gts = {i: [next(tokens) for _ in refs] for i, refs in enumerate(references)}

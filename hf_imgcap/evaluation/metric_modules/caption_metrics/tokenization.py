@@ -9,17 +9,18 @@ and brackets into -lrb- / -rrb- (which survive: the list spells them in capitals
 
 Two tokenizers are available:
 
-- ``"ptb"`` (:func:`ptb_tokenize`): the same jar, class, arguments and UTF-8 bytes as pycocoevalcap, all the
-  captions of a call in one Java process. Equal to pycocoevalcap token for token. It differs only where
-  pycocoevalcap's wrapper breaks: characters that Java reads as line breaks inside a caption (``\\r``, ``\\x0b``,
-  ``\\x0c``, ``\\u2028``, ``\\u2029``; pycocoevalcap replaces only ``\\n``) become spaces here instead of shifting
-  every following caption onto the wrong image, and the temporary file goes to a temporary folder rather than
-  into pycocoevalcap's installed package (which may be read-only).
+- ``"ptb"`` (:func:`ptb_tokenize`): the same jar, class, arguments and UTF-8 bytes as pycocoevalcap, the
+  references and the predictions each as one input (one Java process each), as pycocoevalcap runs them. Equal to
+  pycocoevalcap token for token. It differs only where pycocoevalcap's wrapper breaks: characters that Java
+  reads as line breaks inside a caption (``\\r``, ``\\x0b``, ``\\x0c``, ``\\u2028``, ``\\u2029``; pycocoevalcap
+  replaces only ``\\n``) become spaces here instead of shifting every following caption onto the wrong image,
+  and the temporary file goes to a temporary folder rather than into pycocoevalcap's installed package (which
+  may be read-only).
 - ``"python"`` (:func:`approximate_ptb_tokenize`): a pure-Python imitation of the same rules for machines without
   Java. It agrees with the Java tokenizer on most everyday captions but not on all text, so scores computed with
   it are NOT comparable with published ones; every use is logged as a warning.
 
-:func:`tokenize_for_scoring` picks the exact tokenizer when Java is available and falls back to the approximation
+:func:`tokenize_captions` picks the exact tokenizer when Java is available and falls back to the approximation
 (with a warning) when it is not.
 """
 
@@ -32,6 +33,7 @@ import subprocess
 import tempfile
 import unicodedata
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,28 +76,41 @@ def drop_punctuation(line: str) -> str:
 # --- the exact tokenizer (Java) -------------------------------------------------------------------------------
 
 
-def ptb_tokenize(texts: Sequence[str], timeout: float = PTB_TIMEOUT_SECONDS) -> list[str]:
-    """Tokenise `texts` exactly as pycocoevalcap's ``PTBTokenizer`` does, in one Java process.
+def ptb_tokenize(texts: Sequence[str], timeout: float = PTB_TIMEOUT_SECONDS,
+                 input_sizes: Sequence[int] | None = None) -> list[str]:
+    """Tokenise `texts` exactly as pycocoevalcap's ``PTBTokenizer`` does.
 
     Returns one string per text: its lowercased PTB tokens minus pycocoevalcap's PUNCTUATIONS, joined by single
     spaces ("" for a text with no tokens left, e.g. empty, blank or only punctuation).
+
+    `input_sizes` splits `texts` into consecutive runs of these sizes, each tokenised as one input of its own, as
+    pycocoevalcap tokenises its references and its predictions: PTB reads a line at the very end of its input
+    differently from one followed by another ("letter B." keeps "b." whole only at the end), so where a run ends
+    changes tokens. One Java process per run, side by side; default: all of `texts` as one input.
 
     Raises:
         PTBTokenizerError: Java or the jar is missing, Java failed or did not finish within `timeout` seconds.
         RuntimeError: Java's output does not have one line per text (the captions would be misaligned).
     """
-    if not texts:
-        return []
-    lines = [text.translate(_JAVA_LINE_BREAKS) for text in texts]
-    output, stderr = _run_ptb_jar("\n".join(lines).encode("utf-8"), timeout)
-    tokenized = output.split("\n")
-    if len(tokenized) != len(lines):
-        raise RuntimeError(
-            f"the PTB tokenizer returned {len(tokenized)} lines for {len(lines)} captions: the tokenised captions "
-            f"cannot be matched to their images (Java stderr: {stderr[-1000:]!r})"
-        )
-    _report_untokenizable(stderr)
-    return [drop_punctuation(line) for line in tokenized]
+    sizes = [len(texts)] if input_sizes is None else list(input_sizes)
+    if sum(sizes) != len(texts) or any(size < 0 for size in sizes):
+        raise ValueError(f"input_sizes {sizes} do not add up to the {len(texts)} texts")
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    runs = [[text.translate(_JAVA_LINE_BREAKS) for text in texts[start : start + size]]
+            for start, size in zip(starts, sizes) if size]
+    with ThreadPoolExecutor(max_workers=max(1, len(runs))) as pool:  # each run waits on its own Java process
+        outputs = list(pool.map(lambda lines: _run_ptb_jar("\n".join(lines).encode("utf-8"), timeout), runs))
+    tokenized_lines = []
+    for lines, (output, stderr) in zip(runs, outputs):
+        tokenized = output.split("\n")
+        if len(tokenized) != len(lines):
+            raise RuntimeError(
+                f"the PTB tokenizer returned {len(tokenized)} lines for {len(lines)} captions: the tokenised captions "
+                f"cannot be matched to their images (Java stderr: {stderr[-1000:]!r})"
+            )
+        _report_untokenizable(stderr)
+        tokenized_lines.extend(tokenized)
+    return [drop_punctuation(line) for line in tokenized_lines]
 
 
 def _run_ptb_jar(data: bytes, timeout: float) -> tuple[str, str]:
@@ -256,8 +271,8 @@ class TokenizedCaptions:
 
 
 def tokenize_captions(texts: Sequence[str], tokenizer: str | None = None,
-                      timeout: float = PTB_TIMEOUT_SECONDS) -> TokenizedCaptions:
-    """Tokenise `texts` for scoring, all in one call.
+                      timeout: float = PTB_TIMEOUT_SECONDS, input_sizes: Sequence[int] | None = None) -> TokenizedCaptions:
+    """Tokenise `texts` for scoring, all in one call (`input_sizes`: see :func:`ptb_tokenize`).
 
     `tokenizer`: "ptb" runs the Java PTB tokenizer (exactly pycocoevalcap's) and raises PTBTokenizerError if it
     cannot; "python" runs the approximation; None runs Java when it can and otherwise falls back to the
@@ -268,7 +283,7 @@ def tokenize_captions(texts: Sequence[str], tokenizer: str | None = None,
     texts = list(texts)
     if tokenizer != PYTHON_TOKENIZER:
         try:
-            return TokenizedCaptions(ptb_tokenize(texts, timeout=timeout), PTB_TOKENIZER)
+            return TokenizedCaptions(ptb_tokenize(texts, timeout=timeout, input_sizes=input_sizes), PTB_TOKENIZER)
         except PTBTokenizerError as err:
             if tokenizer == PTB_TOKENIZER:
                 raise
