@@ -71,8 +71,13 @@ def test_one_data_file_named_directly(tmp_path):
     pq.write_table(pa.table({"image": [{"bytes": jpeg_bytes(image), "path": f"{k}.jpg"} for k, (image, _) in enumerate(pairs)],
                              "caption": [captions for _, captions in pairs]}), file)
     (tmp_path / "exports" / "other.parquet").write_bytes(b"not read: only the file named is")
-    dataset = load_caption_dataset(str(file))
+    for k, (image, _) in enumerate(pairs):  # the images it was exported from, beside it: it holds them inline
+        image.save(tmp_path / "exports" / f"{k}.jpg")
+    dataset, report = load_caption_dataset(str(file), return_report=True)
     assert captions_by_id(dataset) == {f"{k}.jpg": captions for k, (_, captions) in enumerate(pairs)}
+    assert not report.counts
+    with pytest.raises(ValueError, match=r"other\.parquet: datasets cannot read it"):
+        load_caption_dataset(str(tmp_path / "exports" / "other.parquet"))
 
     expected = write_caption_table(tmp_path / "mine", scenes(20, seed=45))
     assert captions_by_id(load_caption_dataset(str(tmp_path / "mine" / "captions.csv"))) == expected

@@ -23,6 +23,7 @@ images that are null, missing, undecodable or (for sources read from disk or the
 Only public `datasets` APIs are used.
 """
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -95,7 +96,8 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
         else:
             report = LoadReport(name, "file" if data_file else "hub", split_source=f"the splits of {name}")
             if data_file is not None:
-                splits = load_dataset(DATA_FILE_BUILDERS[data_file.suffix.lower()], data_files=str(data_file))
+                with _load_errors_named(data_file):
+                    splits = load_dataset(DATA_FILE_BUILDERS[data_file.suffix.lower()], data_files=str(data_file))
             elif local_root is not None:
                 splits = _load_folder(local_root, dataset_config, revision)
             else:
@@ -128,7 +130,7 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
 
 def _unused_image_files(root: Path, splits, image_column: str | None) -> list[str]:
     """The image files under `root` that no row of `splits` names (relative paths); none when the rows hold their
-    images inline rather than naming files."""
+    images inline rather than naming files (parquet files exported beside their images)."""
     named = set()
     for data in splits.values():
         column = image_column or "image"
@@ -137,7 +139,9 @@ def _unused_image_files(root: Path, splits, image_column: str | None) -> list[st
         cells = data.with_format("arrow")[column]
         if not (cells.type.num_fields or _is_string_type(cells.type)):
             return []
-        named.update(os.path.realpath(path) for path in _cell_paths(cells) if path)
+        # A {bytes, path} cell with its bytes holds the image itself; its path names no file to read.
+        inline = pc.is_valid(pc.struct_field(cells, "bytes")).to_pylist() if cells.type.num_fields else [False] * len(cells)
+        named.update(os.path.realpath(path) for path, has_bytes in zip(_cell_paths(cells), inline) if path and not has_bytes)
     if not named:
         return []
     extensions = image_extensions()
@@ -179,13 +183,21 @@ def _load_folder(root: Path, dataset_config: str | None, revision: str | None):
         if problem:
             raise ValueError(problem)
     _check_split_folder_metadata(root)
-    try:
+    with _load_errors_named(root):
         return load_dataset(str(root), name=dataset_config, revision=revision)
-    except Exception as error:  # the library's reason, and its cause's (DatasetGenerationError wraps the real one)
+
+
+@contextlib.contextmanager
+def _load_errors_named(path: Path):
+    """A `datasets` error while reading local `path` as a ValueError that names it, with the library's reason and
+    its cause's (DatasetGenerationError wraps the real one)."""
+    try:
+        yield
+    except Exception as error:
         reasons = [f"{type(error).__name__}: {error}"]
         if error.__cause__ is not None:
             reasons.append(f"{type(error.__cause__).__name__}: {error.__cause__}")
-        raise ValueError(f"{root}: datasets cannot read this folder ({'; caused by '.join(reasons)})") from error
+        raise ValueError(f"{path}: datasets cannot read it ({'; caused by '.join(reasons)})") from error
 
 
 def _refuse_an_old_folders_cache(name: str) -> None:
