@@ -175,12 +175,13 @@ def imagefolder_with_metadata(root, name, lines, count=12, encoding="utf-8"):
     return root
 
 
-@pytest.mark.parametrize("bad_row", [0, 5])
-def test_a_metadata_csv_row_with_more_fields_than_its_header_is_named(tmp_path, bad_row):
+@pytest.mark.parametrize("bad_row, caption", [(0, "a dog, running"), (5, "a dog, running"), (5, ' "a dog, running"')])
+def test_a_metadata_csv_row_with_more_fields_than_its_header_is_named(tmp_path, bad_row, caption):
     """An unquoted comma in a caption: pandas shifts every column (in the first row) or stops with "Expected 2
-    fields in line 7" (later): the error names the file, its line and the fix."""
+    fields in line 7" (later): the error names the file, its line and the fix. A quote after a space does not
+    quote for pandas."""
     lines = ["file_name,text"] + [f"img_{k}.jpg,a dog {k}" for k in range(12)]
-    lines[1 + bad_row] = f"img_{bad_row}.jpg,a dog, running"
+    lines[1 + bad_row] = f"img_{bad_row}.jpg,{caption}"
     root = imagefolder_with_metadata(tmp_path / "photos", "metadata.csv", lines)
     with pytest.raises(ValueError, match=rf"metadata\.csv:{2 + bad_row}: 3 fields.*header has 2.*quote"):
         load_caption_dataset(str(root))

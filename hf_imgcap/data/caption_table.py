@@ -94,7 +94,7 @@ def read_caption_table(table: Path, root: Path, image_column: str | None = None,
         return read_coco_captions(table, root, report)
     builder = TABLE_SUFFIXES[table.suffix.lower()]
     options = _csv_options(table) if builder == "csv" else {}
-    problem = text_table_problem(table, options.get("delimiter", ","))
+    problem = text_table_problem(table, **options)
     if problem:
         raise ValueError(problem)
     try:
@@ -109,9 +109,10 @@ def read_caption_table(table: Path, root: Path, image_column: str | None = None,
     return data.add_column("image", paths, feature=Value("string")).cast_column("image", Image())
 
 
-def text_table_problem(path: Path, delimiter: str = ",") -> str | None:
+def text_table_problem(path: Path, delimiter: str = ",", skipinitialspace: bool = False) -> str | None:
     """The first thing in a CSV / TSV / JSON Lines file that `datasets` would stop at or misread, as
-    `file:line: what is wrong`; None when there is none. `datasets` reads such files whole and names neither the
+    `file:line: what is wrong`; None when there is none. `delimiter` and `skipinitialspace` as the file will be
+    read with (pandas' defaults: "," and False). `datasets` reads such files whole and names neither the
     file nor (for JSON Lines) the right line; pandas takes a CSV's first row with one field too many as an index
     column and shifts every column silently."""
     try:
@@ -126,7 +127,7 @@ def text_table_problem(path: Path, delimiter: str = ",") -> str | None:
         return f"{path}:{line}: not valid UTF-8 (byte 0x{data[error.start]:02x}); save the file as UTF-8"
     if path.suffix.lower() == ".jsonl":
         return _json_lines_problem(path, text)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=skipinitialspace)
     try:
         header = next(reader, [])
         for row in reader:
@@ -151,8 +152,10 @@ def _json_lines_problem(path: Path, text: str) -> str | None:
             return f"{path}:{number}: not a JSON object (a JSON {type(row).__name__})"
         for key, value in row.items():
             kind = _json_kind(value)
-            first_kind, first_line = first_kinds.setdefault(key, (kind, number)) if kind else (None, None)
-            if kind and kind != first_kind:
+            if kind is None:
+                continue
+            first_kind, first_line = first_kinds.setdefault(key, (kind, number))
+            if kind != first_kind:
                 return (f"{path}:{number}: '{key}' is {kind} here but {first_kind} in line {first_line}: a column "
                         "holds one type (datasets cannot read the mix)")
     return None
