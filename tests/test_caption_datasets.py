@@ -244,6 +244,16 @@ def test_a_tab_separated_kaggle_captions_file_reads_like_the_comma_one(tmp_path,
     assert sum(map(len, captions.values())) == len(rows)
 
 
+def test_kaggle_captions_may_name_images_with_their_folder(tmp_path):
+    """`Images/1000268201.jpg` instead of `1000268201.jpg`, as some re-uploads write it."""
+    root = write_synthetic_flickr8k(tmp_path / "kaggle", layout="kaggle", **SIZES)
+    reference = load_caption_dataset(str(root))
+    lines = (root / "captions.txt").read_text().splitlines()
+    (root / "captions.txt").write_text("\n".join(lines[:1] + [f"Images/{line}" for line in lines[1:]]) + "\n")
+    dataset, report = load_caption_dataset(str(root), return_report=True)
+    assert not report.counts and dataset["train"]["image_id"] == reference["train"]["image_id"]
+
+
 def test_kaggle_images_without_a_caption_line_are_counted(tmp_path, caplog):
     root = write_synthetic_flickr8k(tmp_path / "kaggle", layout="kaggle", **SIZES)
     Image.new("RGB", (32, 32)).save(root / "Images" / "uncaptioned.jpg")

@@ -382,8 +382,11 @@ def read_kaggle_captions(caption_file: Path, image_names: set[str], report: Load
             expected = "image,caption" if delimiter == "," else "image<TAB>caption"
             report.skip("no_caption", f"{where}: expected '{expected}'; skipped")
             continue
+        name = row[0].strip()
+        if name not in image_names and Path(name).name in image_names:
+            name = Path(name).name  # named with its folder ("Images/1000268201.jpg")
         # An unquoted caption with delimiters splits into more fields: join them back.
-        _add_caption(captions, image_names, row[0].strip(), delimiter.join(row[1:]), where, report, outside_names)
+        _add_caption(captions, image_names, name, delimiter.join(row[1:]), where, report, outside_names)
     return captions
 
 
