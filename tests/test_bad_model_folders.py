@@ -151,3 +151,21 @@ print("RESULT" + json.dumps(results))
     for name, (folder, error_type, file_name, detail) in folders.items():
         kind, message = got[name]
         assert kind == error_type and str(folder / file_name) in message and detail in message, (name, kind, message)
+
+
+
+def test_a_processor_whose_tokenizer_file_is_missing_is_refused_naming_the_folder(tmp_path):
+    """Without tokenizer.json, transformers builds a 5-token tokenizer from tokenizer_config.json alone, which would
+    read every caption as unknown tokens and decode every id to nothing: the processor loaded from a model folder
+    must fit the model saved with it."""
+    from transformers import AutoProcessor
+
+    from conftest import tiny_processor
+
+    folder = tmp_path / "model"
+    tiny_model().save_pretrained(folder)
+    tiny_processor().save_pretrained(folder)
+    assert len(AutoProcessor.from_pretrained(folder).tokenizer) == 30522
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match=rf"{re.escape(str(folder))}: .*bos_token_id=101.*tokenizer files"):
+        AutoProcessor.from_pretrained(folder)

@@ -189,11 +189,19 @@ class ShowAttendTellProcessor(ProcessorMixin):
         """`ProcessorMixin.from_pretrained`; a folder or repo that holds only a model (`model.save_pretrained`, no
         processor files) gets the processor its config describes (`from_config`), so that the two agree."""
         where = {name: kwargs[name] for name in HUB_OPTIONS if name in kwargs}
-        if not any(_file_in(pretrained_model_name_or_path, name, where) for name in PROCESSOR_FILES):
-            config = _model_config_in(pretrained_model_name_or_path, where)
-            if config is not None:
-                return cls.from_config(config)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        config = _model_config_in(pretrained_model_name_or_path, where)
+        if config is not None and not any(_file_in(pretrained_model_name_or_path, name, where) for name in PROCESSOR_FILES):
+            return cls.from_config(config)
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if config is not None and "tokenizer" not in kwargs:
+            # Saved with a model: it must write and read that model's ids. A folder whose tokenizer.json is lost
+            # loads as a 5-token tokenizer from tokenizer_config.json alone, without a word of warning.
+            try:
+                check_tokenizer_fits_config(processor.tokenizer, config)
+            except ValueError as error:
+                raise ValueError(f"{pretrained_model_name_or_path}: {error}; are its tokenizer files complete "
+                                 "(tokenizer.json, tokenizer_config.json)?") from None
+        return processor
 
     @property
     def model_input_names(self):
