@@ -29,6 +29,15 @@ def test_decoding_gives_back_the_text(text, expected):
     assert processor.decode(processor.tokenizer(text)["input_ids"]) == expected
 
 
+def test_ids_past_the_tokenizers_vocabulary_decode_as_unknown_words():
+    """A model's vocabulary may be larger than its tokenizer's (padded to a round size); an untrained or fine-tuned
+    model can emit those ids."""
+    processor = tiny_processor()
+    ids = processor.tokenizer("a dog runs")["input_ids"]
+    past = len(processor.tokenizer) + 7
+    assert processor.batch_decode([ids[:2] + [past] + ids[2:]]) == ["a [UNK] dog runs"]
+
+
 def test_detokenize_joins_what_wordpiece_split():
     assert detokenize_wordpieces("a t - shirt , 3 . 5 and 10 , 000 - - ok") == "a t-shirt, 3.5 and 10,000 -- ok"
     assert detokenize_wordpieces("the dog ' s ball isn ' t here") == "the dog's ball isn't here"

@@ -300,6 +300,7 @@ class ShowAttendTellProcessor(ProcessorMixin):
             tokens = self.tokenizer.convert_ids_to_tokens(ids, skip_special_tokens=kwargs["skip_special_tokens"])
             words = []  # the word pieces joined, every punctuation mark still a word of its own
             for token in tokens:
+                token = self.tokenizer.unk_token if token is None else token  # an id past the tokenizer's vocabulary
                 if token.startswith(prefix) and words:
                     words[-1] += token[len(prefix):]
                 else:
