@@ -249,6 +249,19 @@ def test_datasets_image_dicts(processor, tmp_path):
         processor(images=[{"url": "x"}])
 
 
+def test_one_image_as_a_file_object_or_a_bytes_like_buffer(processor, tmp_path):
+    """An open file, a BytesIO, bytearray or memoryview is one image, not an iterable of lines or bytes."""
+    import io
+
+    Image.new("RGB", (70, 60), (30, 200, 30)).save(tmp_path / "green.png")
+    expected = processor(images=tmp_path / "green.png").pixel_values
+    data = (tmp_path / "green.png").read_bytes()
+    with open(tmp_path / "green.png", "rb") as handle:
+        torch.testing.assert_close(processor(images=handle).pixel_values, expected)
+    for image in (io.BytesIO(data), bytearray(data), memoryview(data), data):
+        torch.testing.assert_close(processor(images=image).pixel_values, expected)
+
+
 # --- the processor a model's config expects --------------------------------------------------------------------
 @pytest.mark.parametrize("image_size", [64, 96])
 def test_the_processor_built_for_a_config_makes_the_images_the_model_expects(image_size):

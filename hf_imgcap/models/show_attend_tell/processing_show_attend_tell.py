@@ -214,8 +214,9 @@ class ShowAttendTellProcessor(ProcessorMixin):
             return []
         if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
             images = list(images)  # a batch: (N, C, H, W) or (N, H, W, C)
-        elif isinstance(images, (str, os.PathLike, bytes, dict, Image.Image, np.ndarray, torch.Tensor)) or not hasattr(images, "__iter__"):
-            images = [images]
+        elif (isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, dict, Image.Image, np.ndarray, torch.Tensor))
+              or hasattr(images, "read") or not hasattr(images, "__iter__")):
+            images = [images]  # one image (an open file or a buffer iterates over its lines or bytes)
         images = list(images)  # also a datasets Column or any other iterable of images
         if len(images) == 0:
             raise ValueError("images is an empty list")
