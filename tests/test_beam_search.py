@@ -122,3 +122,21 @@ def test_a_model_prepared_for_mixed_precision_runs_beam_search_through_its_forwa
     ours, theirs, own_searches = searches(prepared, features, monkeypatch, num_beams=3, max_new_tokens=12)
     assert own_searches == 0
     assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("num_beams", [0, -1, 2.5])
+def test_a_number_of_beams_that_is_not_a_positive_integer_is_refused(captioner, num_beams):
+    model, features = captioner
+    with pytest.raises(ValueError, match=rf"num_beams must be a positive integer, got {num_beams}"):
+        model.generate(encoder_hidden_states=features[:2], num_beams=num_beams)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_images_whose_features_are_not_finite_are_refused_by_index(captioner, value):
+    """A NaN image (a corrupted cache entry, an fp16 overflow) would decode to some caption: refuse it by name."""
+    model, features = captioner
+    bad = features[:3].clone()
+    bad[1, 0, 3] = value
+    with pytest.raises(ValueError, match=r"encoder_hidden_states of image 1 .*NaN or infinite"):
+        model.generate(encoder_hidden_states=bad, num_beams=2)
+    model.generate(encoder_hidden_states=features[:3], num_beams=2)  # the same images, finite: fine

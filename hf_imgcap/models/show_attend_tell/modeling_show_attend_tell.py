@@ -898,7 +898,11 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         if labels is not None and input_ids is not None and input_ids.shape == labels.shape:
             input_ids = None
             kwargs.pop("attention_mask", None)
+        _check_num_beams(kwargs.get("num_beams", getattr(kwargs.get("generation_config") or self.generation_config, "num_beams", 1)))
+        given = next((name for name, value in (("pixel_values", pixel_values), ("encoder_hidden_states", encoder_hidden_states),
+                                               ("image_embeds", image_embeds)) if value is not None), "images")
         image_embeds = self._image_embeds(pixel_values, encoder_hidden_states, image_embeds)  # (images, regions, channels)
+        _check_finite(image_embeds, given)
         if input_ids is None:
             start = self.generation_config.decoder_start_token_id
             if start is None:
@@ -1156,6 +1160,24 @@ def _check_one_image_input(pixel_values, encoder_hidden_states, image_embeds):
             "encoder_hidden_states (their features, from get_image_features) or image_embeds (the standardised "
             "features, from standardize_features)"
         )
+
+
+def _check_num_beams(num_beams):
+    if num_beams is None:  # not set: one beam
+        return
+    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+        raise ValueError(f"num_beams must be a positive integer, got {num_beams!r}")
+
+
+def _check_finite(image_embeds, given: str):
+    """Images whose features hold NaN or inf (NaN pixels, a corrupted feature cache, an fp16 overflow) decode to
+    some caption all the same: refused, by index, before decoding."""
+    finite = torch.isfinite(image_embeds).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten().tolist()
+        images = f"image {bad[0]}" if len(bad) == 1 else f"images {', '.join(map(str, bad[:10]))}{', ...' if len(bad) > 10 else ''}"
+        raise ValueError(f"the {given} of {images} give features that are NaN or infinite: nothing can be decoded "
+                         "from them (check those inputs, or an fp16 overflow)")
 
 
 def _check_pixel_values(config, pixel_values):
