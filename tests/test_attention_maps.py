@@ -123,3 +123,29 @@ def test_one_colour_scale_per_caption_a_flat_word_is_not_painted_hot(tmp_path):
     assert np.abs(flat - hottest).sum(-1).min() > 60  # no pixel of the flat panel at full intensity
     assert redness(flat) < 0  # on the cold side of the scale
     assert redness(peak[:, size // 2 + 8 :]) > redness(flat) + 100  # while the peaked word's region is hot
+
+
+def test_caption_checks_every_image_before_captioning_any(tmp_path, monkeypatch):
+    """A bad file last in a long list must not cost the captions of the ones before it: it is refused, by name,
+    before the first batch is decoded."""
+    model, processor = save_captioner(tmp_path / "model")
+    image_paths = write_test_images(tmp_path / "images")
+    (tmp_path / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a whole jpeg")
+    decoded = []
+    monkeypatch.setattr(model, "generate", lambda **kwargs: decoded.append(1))
+    with pytest.raises(ValueError, match=r"broken\.jpg"):
+        model.caption(list(image_paths) + [tmp_path / "images" / "broken.jpg"], processor, batch_size=1)
+    assert decoded == []
+
+
+def test_caption_returns_every_sequence_asked_for_and_refuses_bad_arguments(tmp_path):
+    model, processor = save_captioner(tmp_path / "model")
+    image_paths = write_test_images(tmp_path / "images")[:2]
+    options = dict(num_beams=3, num_return_sequences=2, max_new_tokens=4)
+    captions = model.caption(image_paths, processor, **options)
+    with_attentions = model.caption(image_paths, processor, return_attentions=True, **options)
+    assert len(captions) == 4 and [result["caption"] for result in with_attentions] == captions
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        model.caption(image_paths, processor, batch_size=0)
+    with pytest.raises(TypeError, match="processor"):
+        model.caption(image_paths, None)

@@ -46,6 +46,7 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, Model
 from .beam_search import beam_search, beam_search_handles
 from .configuration_show_attend_tell import ShowAttendTellConfig
 from .fused_teacher_forcing import LinearCrossEntropy, fast_linear, fast_tanh, teacher_forced_decode
+from .image_loading import MAX_IMAGE_PIXELS, URL_SCHEMES, describe, verify_image
 from .pipeline_show_attend_tell import IMAGE_TEXT_TO_TEXT, PIPELINE_TASK, ShowAttendTellCaptioningPipeline
 
 
@@ -955,11 +956,22 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
 
         `processor` is the model's `ShowAttendTellProcessor`; `generate_kwargs` go to `generate()` (e.g.
         `num_beams=5`, `max_new_tokens=30`). Returns a list of strings, or with `return_attentions=True` a list of
-        dicts with `caption`, `tokens` (the generated word pieces) and `attentions` (`(len(tokens), h, w)`).
-        An image that cannot be read raises a `ValueError` naming it.
+        dicts with `caption`, `tokens` (the generated word pieces) and `attentions` (`(len(tokens), h, w)`); with
+        `num_return_sequences=k`, k of them per image, one image after the other. An image that cannot be read
+        raises a `ValueError` naming it, before any image is captioned.
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not callable(processor) or not hasattr(processor, "batch_decode"):
+            raise TypeError("processor must be the model's processor (AutoProcessor.from_pretrained(the model's folder)), "
+                            f"got {type(processor).__name__}")
         single = not isinstance(images, (list, tuple))
         images = [images] if single else list(images)
+        # Every file is checked (header and a cheap decode) before the first batch: a broken one late in a long list
+        # must not cost the captions of the ones before it.
+        for index, image in enumerate(images):
+            if isinstance(image, (str, os.PathLike, bytes, dict)) and not str(image).startswith(URL_SCHEMES):
+                verify_image(image, getattr(processor, "max_image_pixels", MAX_IMAGE_PIXELS), describe(image, index))
         side = math.isqrt(self.config.num_regions)
         results = []
         for start in range(0, len(images), batch_size):
@@ -970,8 +982,7 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
             out = self.generate(
                 pixel_values=pixel_values, output_attentions=True, return_dict_in_generate=True, **generate_kwargs
             )
-            per_image = out.sequences.shape[0] // pixel_values.shape[0]
-            for row in range(0, out.sequences.shape[0], per_image):
+            for row in range(out.sequences.shape[0]):
                 generated = out.sequences[row, 1:]
                 special = set(processor.tokenizer.all_special_ids)
                 keep = [i for i, token in enumerate(generated.tolist()) if token not in special]
