@@ -298,9 +298,13 @@ def check_weights_match_config(folder: Path, config) -> None:
     if stored < parameters:  # under 1 byte per parameter: a checkpoint holds at least 2 (16-bit)
         raise UsageError(
             f"{terminal_safe(str(folder))}: config.json asks for {parameters:,} parameters ({config.describe_sizes()}), at least "
-            f"{2 * parameters / 1e9:.1f} GB of weights, but its weight files ({', '.join(p.name for p in files)}) hold only {stored:,} bytes: "
+            f"{_bytes(2 * parameters)} of weights, but its weight files ({', '.join(p.name for p in files)}) hold only {stored:,} bytes: "
             "refused before allocating the model (a damaged or tampered folder?)"
         )
+
+
+def _bytes(count: int) -> str:
+    return f"{count / 1e9:.1f} GB" if count >= 1e8 else f"{count / 1e6:.1f} MB" if count >= 1e5 else f"{count:,} bytes"
 
 
 def _looks_like_a_path(name: str) -> bool:
@@ -496,6 +500,12 @@ def caption_command(args) -> int:
                          + ("" if args.recursive else "; use --recursive for sub-folders") + ")")
     if args.attention_map is not None and args.attention_map.exists() and not args.attention_map.is_dir():
         raise UsageError(f"--attention-map {terminal_safe(str(args.attention_map))}: exists and is not a folder")
+    if args.attention_map is not None:
+        try:  # made now, so that a folder that cannot be made is refused before any image is captioned
+            args.attention_map.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"--attention-map {terminal_safe(str(args.attention_map))}: cannot make the folder "
+                             f"({error.strerror or error})") from None
     model, processor = load_model_and_processor(args.model, resolve_device(args.device), args.trust_remote_code)
     generate_kwargs = {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}
     run = CaptionRun(as_json=args.json, path_width=min(max(longest, len("image")), MAX_PATH_COLUMN))

@@ -137,6 +137,15 @@ def test_attention_maps_replace_a_symlink_in_the_folder_instead_of_writing_throu
         assert figure.format == "PNG"
 
 
+def test_an_attention_map_folder_that_cannot_be_made_is_refused_before_the_model_loads(saved, tmp_path, capsys, monkeypatch):
+    from hf_imgcap import cli
+
+    _, _, folder, paths = saved
+    monkeypatch.setattr(cli, "load_model_and_processor", lambda *args: pytest.fail("the model was loaded first"))
+    code = main(["caption", str(paths[0]), "--model", str(folder), "--attention-map", str(paths[0] / "maps")])
+    assert code == 2 and f"--attention-map {paths[0] / 'maps'}" in capsys.readouterr().err
+
+
 def test_usage_errors_exit_2_with_one_line(saved, tmp_path, capsys):
     _, _, folder, paths = saved
     (tmp_path / "empty").mkdir()
