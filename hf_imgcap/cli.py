@@ -257,6 +257,8 @@ def load_model_and_processor(model: str, device, trust_remote_code: bool = False
     model = os.path.expanduser(model)
     if _looks_like_a_path(model) and not Path(model).is_dir():
         raise UsageError(f"model folder not found: {terminal_safe(model)}")
+    if Path(model).is_dir():
+        _check_model_folder_files(Path(model))
     try:
         # The config first: its sizes are checked (by the config itself, and against the weights below) before
         # from_pretrained allocates the model.
@@ -271,6 +273,20 @@ def load_model_and_processor(model: str, device, trust_remote_code: bool = False
     if not hasattr(loaded, "caption") or not hasattr(processor, "load_images"):
         raise UsageError(f"{model!r} is not a Show, Attend and Tell captioner ({type(loaded).__name__})")
     return loaded.to(device).eval(), processor
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+
+
+def _check_model_folder_files(folder: Path) -> None:
+    """The files whose absence transformers reports in other words ("Should have a `model_type` key", "Couldn't
+    instantiate the backend tokenizer"). A folder with no processor files at all is fine: the processor then
+    comes from the config."""
+    if not (folder / "config.json").is_file():
+        raise UsageError(f"{terminal_safe(str(folder))}: no config.json: not a model folder (save_pretrained writes one)")
+    if (folder / "processor_config.json").is_file() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise UsageError(f"{terminal_safe(str(folder))}: processor_config.json but no tokenizer files "
+                         f"({' / '.join(TOKENIZER_FILES)}): save the processor again (processor.save_pretrained)")
 
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

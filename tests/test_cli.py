@@ -151,7 +151,7 @@ def test_usage_errors_exit_2_with_one_line(saved, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     cases = [
         (["caption", str(paths[0]), "--model", str(tmp_path / "no_such_model")], "model folder not found"),
-        (["caption", str(paths[0]), "--model", str(paths[0].parent)], "cannot load model"),  # a folder, not a model
+        (["caption", str(paths[0]), "--model", str(paths[0].parent)], "not a model folder"),  # a folder, not a model
         (["caption", str(tmp_path / "empty"), "--model", str(folder)], "no images found"),
         (["evaluate", "--model", str(folder), "--dataset", str(tmp_path / "no_such_dataset")], "dataset folder not found"),
     ]
@@ -161,6 +161,24 @@ def test_usage_errors_exit_2_with_one_line(saved, tmp_path, capsys):
         assert message in err and "Traceback" not in err
         assert len(err.splitlines()) == 1, err
     assert main(["caption", str(paths[0]), "--model", str(folder), "--num-beams", "0"]) == 2  # argparse's own
+
+
+@pytest.mark.parametrize("removed, message", [
+    (["config.json"], "no config.json"),
+    (["tokenizer.json", "tokenizer_config.json"], "no tokenizer files"),
+    (["tokenizer.json"], "tokenizer files complete"),
+])
+def test_a_model_folder_missing_a_file_says_which(saved, tmp_path, capsys, removed, message):
+    import shutil
+
+    _, _, folder, paths = saved
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    for name in removed:
+        (broken / name).unlink()
+    assert main(["caption", str(paths[0]), "--model", str(broken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err, err
 
 
 def test_help_documents_exit_codes(capsys):
