@@ -262,6 +262,14 @@ def test_one_image_as_a_file_object_or_a_bytes_like_buffer(processor, tmp_path):
         torch.testing.assert_close(processor(images=image).pixel_values, expected)
 
 
+def test_text_that_is_not_strings_and_an_empty_path_are_named(processor):
+    for text in (5, [None], ["a dog", 3]):
+        with pytest.raises(TypeError, match="text must be a string or a list of strings"):
+            processor(text=text)
+    with pytest.raises(ValueError, match=r"image #0 \(''\)"):
+        processor(images="")
+
+
 # --- the processor a model's config expects --------------------------------------------------------------------
 @pytest.mark.parametrize("image_size", [64, 96])
 def test_the_processor_built_for_a_config_makes_the_images_the_model_expects(image_size):

@@ -46,7 +46,7 @@ class ImageLoadError(ValueError):
 def describe(image, index: int | None = None) -> str:
     """A short name for error messages: the path when there is one, else `image #index` or the type."""
     if isinstance(image, (str, os.PathLike)):
-        return str(image)
+        return str(image) or (f"image #{index} ('')" if index is not None else "''")  # "" is no path to name
     if isinstance(image, dict) and isinstance(image.get("path"), (str, os.PathLike)) and str(image["path"]):
         return str(image["path"])  # a `datasets` image: {"bytes": ..., "path": ...}
     filename = getattr(image, "filename", None) or getattr(image, "name", None)  # PIL image / open file
