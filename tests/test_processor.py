@@ -266,6 +266,10 @@ def test_text_that_is_not_strings_and_an_empty_path_are_named(processor):
     for text in (5, [None], ["a dog", 3]):
         with pytest.raises(TypeError, match="text must be a string or a list of strings"):
             processor(text=text)
+    import datasets
+
+    column = datasets.Dataset.from_dict({"caption": ["a dog", "two cats"]})["caption"]  # a Column, not a list
+    assert processor(text=column).input_ids.tolist() == processor(text=["a dog", "two cats"]).input_ids.tolist()
     with pytest.raises(ValueError, match=r"image #0 \(''\)"):
         processor(images="")
 

@@ -265,8 +265,10 @@ class ShowAttendTellProcessor(ProcessorMixin):
         if text is not None:
             if isinstance(text, str):
                 text = [text]
-            if not isinstance(text, (list, tuple)) or not all(isinstance(caption, str) for caption in text):
-                wrong = text if not isinstance(text, (list, tuple)) else next(c for c in text if not isinstance(c, str))
+            elif hasattr(text, "__iter__") and not isinstance(text, (bytes, dict)):
+                text = list(text)  # also a datasets Column or a tuple
+            if not isinstance(text, list) or not all(isinstance(caption, str) for caption in text):
+                wrong = text if not isinstance(text, list) else next(c for c in text if not isinstance(c, str))
                 raise TypeError(f"text must be a string or a list of strings, got {type(wrong).__name__} ({str(wrong)[:40]!r})")
             if len(text) == 0:
                 raise ValueError("text is an empty list")
