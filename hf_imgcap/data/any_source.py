@@ -141,7 +141,8 @@ def _unused_image_files(root: Path, splits, image_column: str | None) -> list[st
             return []
         # A {bytes, path} cell with its bytes holds the image itself; its path names no file to read.
         inline = pc.is_valid(pc.struct_field(cells, "bytes")).to_pylist() if cells.type.num_fields else [False] * len(cells)
-        named.update(os.path.realpath(path) for path, has_bytes in zip(_cell_paths(cells), inline) if path and not has_bytes)
+        files = {path for path, has_bytes in zip(_cell_paths(cells), inline) if path and not has_bytes}  # once per image
+        named.update(os.path.realpath(path) for path in files)
     if not named:
         return []
     extensions = image_extensions()
