@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hf_imgcap.evaluation.attention_maps import model_view_crop_fraction, render_attention_map
+from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import TOKENIZER_FILES
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 PROGRAM = "hf-imgcap"
@@ -273,9 +274,6 @@ def load_model_and_processor(model: str, device, trust_remote_code: bool = False
     if not hasattr(loaded, "caption") or not hasattr(processor, "load_images"):
         raise UsageError(f"{model!r} is not a Show, Attend and Tell captioner ({type(loaded).__name__})")
     return loaded.to(device).eval(), processor
-
-
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
 
 
 def _check_model_folder_files(folder: Path) -> None:

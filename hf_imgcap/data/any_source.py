@@ -90,7 +90,7 @@ def load_datasets_source(source, *, dataset_config: str | None = None, revision:
                              "dataset_config / revision choose what datasets.load_dataset reads and do not apply")
         if tables:
             report = LoadReport(name, "table", split_source=", ".join(f"{split}: {table.name}" for split, table in tables.items()))
-            splits = DatasetDict({split: read_caption_table(table, local_root, image_column, report)
+            splits = DatasetDict({split: read_caption_table(table, local_root, report, image_column)
                                    for split, table in tables.items()})
             image_column = None  # it named the tables' column of file names, now the `image` column
         else:

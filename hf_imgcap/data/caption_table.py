@@ -85,7 +85,7 @@ def image_extensions() -> set[str]:
     return {extension.lower() for extension in PILImage.registered_extensions()}
 
 
-def read_caption_table(table: Path, root: Path, image_column: str | None = None, report=None) -> Dataset:
+def read_caption_table(table: Path, root: Path, report, image_column: str | None = None) -> Dataset:
     """The table as a `Dataset` whose `image` column is an `Image()` feature over the image files it names;
     unusable entries of a COCO file are counted in `report`."""
     from datasets import load_dataset
@@ -254,7 +254,7 @@ def _coco_caption_files(root: Path) -> dict[str, Path]:
     return {split: files[0] for split, files in by_split.items()} if "train" in by_split else {}
 
 
-def read_coco_captions(file: Path, root: Path, report=None) -> Dataset:
+def read_coco_captions(file: Path, root: Path, report) -> Dataset:
     """A COCO captions file ({images: [{id, file_name}], annotations: [{image_id, caption}]}) as one row per image
     with all its captions and COCO's id for it, the images found by file name under `root` (COCO keeps them in
     `train2017/` ...). Annotations that cannot be used (a caption that is not text, an image the file does not
@@ -267,9 +267,9 @@ def read_coco_captions(file: Path, root: Path, report=None) -> Dataset:
         image_id = annotation.get("image_id") if isinstance(annotation, dict) else None
         caption = annotation.get("caption") if isinstance(annotation, dict) else None
         if image_id not in known:
-            _skip(report, "unknown_image", f"{where}: image_id {image_id!r} is not in the file's 'images' list; skipped")
+            report.skip("unknown_image", f"{where}: image_id {image_id!r} is not in the file's 'images' list; skipped")
         elif caption is not None and not isinstance(caption, str):
-            _skip(report, "malformed_caption", f"{where}: the caption is {str(caption)[:80]!r}, not text; skipped")
+            report.skip("malformed_caption", f"{where}: the caption is {str(caption)[:80]!r}, not text; skipped")
         else:
             captions[image_id].append(caption)  # a null caption is counted with the empty ones, later
     listed = [image if isinstance(image, dict) else {} for image in images]
@@ -281,13 +281,6 @@ def read_coco_captions(file: Path, root: Path, report=None) -> Dataset:
     logger.info("%s: captions from %s (%d images, %d annotations)", root, file.name, len(images), len(annotations))
     features = Features({"image": Value("string"), "image_id": Value("string"), "captions": List(Value("string"))})
     return Dataset.from_dict(rows, features=features).cast_column("image", Image())
-
-
-def _skip(report, kind: str, message: str) -> None:
-    if report is not None:
-        report.skip(kind, message)
-    else:
-        logger.warning("%s", message)
 
 
 def _coco_tables(file: Path) -> tuple[list, list]:

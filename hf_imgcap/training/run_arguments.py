@@ -24,6 +24,7 @@ from accelerate.utils import LoggerType, PrecisionType, ProjectConfiguration
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from hf_imgcap.hub import HUB_FILE_NAMES
+from hf_imgcap.models.show_attend_tell.processing_show_attend_tell import TOKENIZER_FILES
 from hf_imgcap.training.model_selection import LR_SCHEDULER_TYPES, SELECTION_METRICS
 from hf_imgcap.training.output_folder import RUN_FILES, RunFiles, replace_text_file
 
@@ -109,9 +110,6 @@ def _encoder(v):
     if path.is_file():
         return "is a file: pass a model folder (config.json and weights) or a .pth / .pt state dict"
     return None if (path / "config.json").is_file() else "holds no config.json: not a transformers model folder"
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
 def _tokenizer(v):

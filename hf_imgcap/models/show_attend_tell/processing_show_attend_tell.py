@@ -23,6 +23,7 @@ from .image_loading import MAX_IMAGE_PIXELS, describe, load_image
 BUNDLED_TOKENIZER_DIR = Path(__file__).resolve().parent / "tokenizer"
 # What a saved processor (or one of its parts) leaves in a folder: a folder with none of them holds only a model.
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")  # a saved tokenizer has one of these
 # The `from_pretrained` options that say where files come from.
 HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "revision", "token", "subfolder")
 
