@@ -211,7 +211,8 @@ def test_clitics_score_as_in_the_papers():
 @needs_java
 def test_the_scst_reward_is_pycocoevalcap_cider_d_on_its_tokenisation():
     """With the scored images equal to the corpus, the reward of each caption is pycocoevalcap's per-image CIDEr-D
-    on pycocoevalcap's tokens, clitics and brackets included."""
+    on pycocoevalcap's tokens, clitics and brackets included (this corpus's last prediction is not one that PTB
+    reads differently at the end of its input, where the reward tokenises every caption as followed by a line)."""
     from hf_imgcap.training.scst import CiderDReward
 
     predictions, references = random_corpus(7, 40)
@@ -239,8 +240,21 @@ def test_the_scst_reward_tokenises_each_new_caption_once_in_one_java_call(monkey
     monkeypatch.setattr(scst, "ptb_tokenize", counting_ptb_tokenize)
     first = reward(["a man's dog", "two dogs", "a man's dog"], [0, 1, 1])
     second = reward(["two dogs", "a red dog"], [1, 0])
-    assert calls == [["a man's dog", "two dogs"], ["a red dog"]]
+    assert [texts[:-1] for texts in calls] == [["a man's dog", "two dogs"], ["a red dog"]]  # and the line after them
     assert first[1] == second[0] and first[0] > 0
+
+
+@needs_java
+@pytest.mark.parametrize("caption", ["A bus with the letter B.", "nice :)", "they 're"])
+def test_a_sampled_caption_gets_the_same_reward_wherever_it_falls_in_a_step(caption):
+    """PTB reads the last line of its input differently; a reward must not depend on a caption's place in the batch."""
+    from hf_imgcap.training.scst import CiderDReward
+
+    references = [["a bus with the letter b on it", "nice smile :)", "they are happy"], ["two dogs run on the grass"]]
+    first = CiderDReward(references)([caption, "two dogs run"], [0, 1])
+    last = CiderDReward(references)(["two dogs run", caption], [1, 0])
+    alone = CiderDReward(references)([caption], [0])
+    assert first[0] == last[1] == alone[0]
 
 
 # --- robustness of the Java path, and the fallback ---------------------------------------------------------------

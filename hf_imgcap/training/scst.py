@@ -37,6 +37,7 @@ from hf_imgcap.training.output_folder import save_pretrained_replacing
 logger = logging.getLogger("train")
 
 BASELINES = ("greedy", "mean")
+_LINE_AFTER_THE_CAPTIONS = "a"
 _MAX_REMEMBERED_CAPTIONS = 200_000  # tokenised captions kept by a reward (a few tens of MB)
 SCST_BEST = "scst_best"  # folder under checkpoints/ holding the selected SCST model
 
@@ -109,7 +110,9 @@ class CiderDReward:
             if len(self._tokenized_captions) + len(new) > _MAX_REMEMBERED_CAPTIONS:
                 self._tokenized_captions.clear()
             if self.tokenizer == PTB_TOKENIZER:
-                tokenized = ptb_tokenize(new)
+                # PTB reads the last line of its input differently ("nice :)"): a line after the captions gives each
+                # caption the same tokens wherever it falls in a step, so one text has one reward.
+                tokenized = ptb_tokenize([*new, _LINE_AFTER_THE_CAPTIONS])[:-1]
             else:
                 tokenized = [approximate_ptb_tokenize(caption) for caption in new]
             self._tokenized_captions.update(zip(new, tokenized))
