@@ -50,6 +50,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_slow)
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test starts without accelerate's process-wide state: an `Accelerator` made by one test (a Trainer, an
+    in-process train.py) would otherwise refuse another test's mixed precision, as accelerate's own tests reset it."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 def tiny_config(**overrides) -> ShowAttendTellConfig:
     """A 4-stage bottleneck ResNet with one block per stage and 16-unit decoder."""
     values = dict(
