@@ -15,8 +15,11 @@ Baselines: the tutorial decoder as written (`reference_decoder.TutorialDecoder`,
 (region projection once per batch, fused Adam) that every ratio is taken against; torch.compile of the tuned tutorial
 and of ours (model only, on the one fixed batch: a compiled loop specialised to its caption lengths never recompiles,
 compile's best case; ours keeps its teacher-forcing loop eager under torch.compile, so that row compiles only what
-surrounds it); ruotianluo/ImageCaptioning.pytorch's Att2in2 run from its own source when `--baselines` holds a checkout
-(`ImageCaptioning.pytorch/`). Att2in2 is a different model: it first embeds each 2048-channel region to 512 (one
+surrounds it). Run from their own source when `--baselines` holds their checkouts: the tutorial itself
+(`a-PyTorch-Tutorial-to-Image-Captioning/`: its models.py's `DecoderWithAttention` with its train.py's loss and
+Adam, model only, next to `reference_decoder`'s reproduction on the same batch; it scores attention through ReLU
+where the paper and the reproduction use tanh, the same work) and
+ruotianluo/ImageCaptioning.pytorch's Att2in2 (`ImageCaptioning.pytorch/`). Att2in2 is a different model: it first embeds each 2048-channel region to 512 (one
 more matmul per region, then attention over 512 channels), has no context gate, and computes log-probabilities for
 every padded position; its useful-FLOP column is left empty.
 
@@ -45,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (bench_arguments, caption_pairs, interleaved, load, machine, matmul_rates, require_device,  # noqa: E402
                     table, write_feature_cache)
 from reference_decoder import TutorialDecoder, tutorial_clip_gradient, tutorial_loss, tutorial_optimizer  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 from hf_imgcap import ShowAttendTellConfig, ShowAttendTellForConditionalGeneration  # noqa: E402
 from hf_imgcap.data.feature_cache import FeatureCache  # noqa: E402
@@ -162,6 +166,38 @@ def tutorial_pipeline_step(decoder, optimizer, loader, device):
     return loss.detach()
 
 
+# ---------------------------------------------------------------------------------------------- the tutorial's source
+def tutorial_source(baselines: Path) -> Path | None:
+    source = baselines / "a-PyTorch-Tutorial-to-Image-Captioning"
+    return source if (source / "models.py").is_file() else None
+
+
+def build_source_tutorial(vocab, device, source: Path):
+    """sgrvinod's `DecoderWithAttention`, imported from its checkout's models.py, at its train.py's settings (Adam at
+    4e-4, not fused). Its attention scores through ReLU where the paper (and ours) uses tanh: the same work."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sgrvinod_tutorial_models", source / "models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # imports torch and torchvision only; builds no encoder
+    if torch.device(module.device).type != device.type:
+        raise ImportError(f"its models.py runs on {module.device} (it picks CUDA when available), the bench on {device}")
+    torch.manual_seed(0)
+    decoder = module.DecoderWithAttention(attention_dim=SIZE, embed_dim=SIZE, decoder_dim=SIZE, vocab_size=vocab,
+                                          encoder_dim=CHANNELS, dropout=0.5).to(device).train()
+    return decoder, torch.optim.Adam(decoder.parameters(), lr=4e-4)
+
+
+def source_tutorial_loss(decoder, features, ids, lengths):
+    """Its train.py's loss on cached features: packed cross-entropy plus the doubly stochastic attention term
+    (alpha_c 1). The model-only rows leave out clipping, so its clamp to ±5 is left out here too."""
+    scores, captions_sorted, decode_lengths, alphas, _ = decoder(features, ids, lengths.unsqueeze(1))
+    targets = captions_sorted[:, 1:]
+    scores = pack_padded_sequence(scores, decode_lengths, batch_first=True).data
+    targets = pack_padded_sequence(targets, decode_lengths, batch_first=True).data
+    return torch.nn.functional.cross_entropy(scores, targets) + 1.0 * ((1.0 - alphas.sum(dim=1)) ** 2).mean()
+
+
 # ---------------------------------------------------------------------------------------------- Att2in2
 def att2in2_source(baselines: Path) -> Path | None:
     source = baselines / "ImageCaptioning.pytorch"
@@ -273,6 +309,21 @@ def variants(vocab, cache, images, device, args, skipped, rates):
         else:
             skipped.append(reason)
 
+    source = tutorial_source(Path(args.baselines))
+    if source is None:
+        skipped.append(f"the tutorial from its own source (sgrvinod/a-PyTorch-Tutorial-to-Image-Captioning): no checkout at "
+                       f"{Path(args.baselines) / 'a-PyTorch-Tutorial-to-Image-Captioning'}")
+    else:
+        try:
+            source_tutorial, source_tutorial_opt = build_source_tutorial(vocab, device, source)
+            # Beside it, the reproduction on the same batch: does `reference_decoder` cost what the tutorial costs?
+            written, written_opt = build_tutorial(vocab, device, tuned=False)
+            rows["tutorial as written "] = ("model only", lambda: model_step(lambda: tutorial_loss(written, features, ids, lengths), written_opt), torch.float32)
+            rows["tutorial, its own models.py"] = ("model only", lambda: model_step(
+                lambda: source_tutorial_loss(source_tutorial, features, ids, lengths), source_tutorial_opt), torch.float32)
+        except ImportError as error:
+            skipped.append(f"the tutorial's models.py at {source} does not import here ({error})")
+
     source = att2in2_source(Path(args.baselines))
     if source is None:
         skipped.append(f"Att2in2 (ruotianluo/ImageCaptioning.pytorch): no checkout at {Path(args.baselines) / 'ImageCaptioning.pytorch'}")
@@ -292,7 +343,8 @@ def main(argv=None):
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     parser.add_argument("--images", type=int, default=512, help="images in the benchmark's feature cache")
     parser.add_argument("--baselines", default=DEFAULT_BASELINES,
-                        help="folder holding baseline checkouts (ImageCaptioning.pytorch/); env HF_IMGCAP_BASELINES")
+                        help="folder holding baseline checkouts (a-PyTorch-Tutorial-to-Image-Captioning/, "
+                             "ImageCaptioning.pytorch/); env HF_IMGCAP_BASELINES")
     args = parser.parse_args(argv)
     device = require_device(args.device)
     keep_freed_memory_for_reuse()  # as train.py does; every row runs in this process alike
