@@ -340,3 +340,8 @@ def test_a_typed_end_token_in_a_prompt_does_not_end_the_caption(processor):
     assert processor.tokenizer.convert_ids_to_tokens(out[0, 1 : 1 + len(prompt)].tolist()) == prompt
     assert out.shape[1] == 1 + len(prompt) + 3  # continued after the typed "[SEP]"
     assert processor.decode(out[0]).startswith("a dog [sep]")  # the typed text, not an end token
+
+
+def test_decode_takes_one_id_as_the_tokenizer_does(processor):
+    word = processor.tokenizer.convert_tokens_to_ids("dog")
+    assert processor.decode(word) == processor.decode(torch.tensor(word)) == processor.tokenizer.decode(word) == "dog"

@@ -42,6 +42,7 @@ def beam_search_handles(model, logits_processor, stopping_criteria, generation_c
     return (not config.do_sample and not synced_gpus and len(logits_processor) == 0 and not per_step_outputs
             and all(type(criterion) in (MaxLengthCriteria, EosTokenCriteria) for criterion in stopping_criteria)
             and model_kwargs.get("use_cache", True) and getattr(config, "prefill_chunk_size", None) is None
+            and not getattr(config, "low_memory", None)
             and not model.config.is_encoder_decoder and all(hasattr(GenerationMixin, name) for name in _TRANSFORMERS_STEPS))
 
 

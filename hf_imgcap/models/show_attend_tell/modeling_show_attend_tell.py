@@ -217,6 +217,7 @@ class _GenerationInThisThread(threading.local):
     rows) and the current decoding state (a weak reference: it must not outlive the call)."""
 
     skip_finished_images = False
+    attentions_wanted = False
     state_ref = None
 
     def state(self) -> "ShowAttendTellState | None":
@@ -629,7 +630,9 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
             only `num_items_in_batch` (transformers' Trainer), this batch's share of the tokens weighs its mean.
         """
         cache = cache if cache is not None else past_key_values
-        stepwise = cache is not None or bool(use_cache)
+        # Step by step with a cache, and for a left-padded batch (generate()'s prompts): each row skips its padding
+        # there. The whole-caption kernel needs right padding.
+        stepwise = cache is not None or bool(use_cache) or _left_padded(attention_mask)
         input_ids, attention_mask, labels = self._inputs_from_labels(input_ids, attention_mask, labels)
         attention_mask = _check_text_inputs(self.config, input_ids, attention_mask, labels, cache, stepwise)
         target = None if labels is None else self._next_token_targets(labels, input_ids)  # (batch, seq_len)
@@ -642,7 +645,7 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
                   "hidden_states": self.config.output_hidden_states if output_hidden_states is None else output_hidden_states}
         if stepwise:
             fields = self._forward_stepwise(input_ids, features, cache, attention_mask, target, counts)
-            fields["cache"] = fields["cache"] if use_cache is not False else None
+            fields["cache"] = fields["cache"] if use_cache or (use_cache is None and cache is not None) else None
             fields = {name: value for name, value in fields.items() if wanted.get(name, True)}
         else:
             fields = self._forward_teacher_forced(input_ids, features, attention_mask, target, return_logits, wanted, counts)
@@ -730,7 +733,8 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
             raise ValueError(f"caption {int((lengths == 0).nonzero()[0])} in the batch is empty (attention_mask all 0)")
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         if (real != (positions < lengths.unsqueeze(1))).any():
-            raise ValueError("captions must be right-padded: attention_mask must be 1…1 0…0 on every row")
+            raise ValueError("captions must be right-padded (attention_mask 1…1 0…0 on every row) or left-padded (0…0 1…1 "
+                         "on every row)")
         return lengths
 
     @staticmethod
@@ -806,13 +810,16 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
 
     def prepare_inputs_for_generation(
         self, input_ids, cache=None, past_key_values=None, image_embeds=None, attention_mask=None,
-        output_attentions=None, use_cache=True, **kwargs
+        output_attentions=None, output_hidden_states=None, use_cache=True, **kwargs
     ):
+        # output_attentions never reaches a step: generate() returns the attentions of the chosen sequences instead.
+        outputs = {"output_hidden_states": True} if output_hidden_states else {}
         cache = cache if cache is not None else past_key_values
         if cache is not None:
-            return {"input_ids": input_ids[:, -1:], "cache": cache, "use_cache": True}
+            return {"input_ids": input_ids[:, -1:], "cache": cache, "use_cache": True, **outputs}
         # First step, or no cache: the whole (left-padded) prefix, with the standardised images.
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "image_embeds": image_embeds, "use_cache": use_cache}
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "image_embeds": image_embeds, "use_cache": use_cache,
+                **outputs}
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         # Beams and returned sequences of an image share its features: keep one copy per image, not one per beam.
@@ -830,6 +837,14 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         merged, model_kwargs = super()._prepare_generation_config(generation_config, **kwargs)
         if self._caller_set("max_length", generation_config, kwargs) and not self._caller_set("max_new_tokens", generation_config, kwargs):
             merged.max_new_tokens = None
+        # Attentions, asked for by keyword or in a generation config, come from one pass over the chosen sequences
+        # after the search (see `generate`), not from its steps.
+        _GENERATION.attentions_wanted = bool(merged.output_attentions)
+        merged.output_attentions = False
+        model_kwargs.pop("output_attentions", None)
+        prompt_mask = model_kwargs.get("attention_mask")
+        if _GENERATION.attentions_wanted and prompt_mask is not None and not prompt_mask.all():
+            raise ValueError("output_attentions needs prompts of equal length; generate prompts of different lengths one by one")
         per_step_outputs = (merged.output_scores, merged.output_logits, merged.output_hidden_states, merged.output_attentions)
         _GENERATION.skip_finished_images = not (merged.return_dict_in_generate and any(per_step_outputs))
         _GENERATION.state_ref = None
@@ -843,7 +858,8 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
         model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder, num_new_tokens)
-        model_kwargs[CACHE_KWARG] = outputs.cache
+        if outputs.cache is not None:  # use_cache=False: each step runs on the whole prefix, with nothing to carry
+            model_kwargs[CACHE_KWARG] = outputs.cache
         _GENERATION.state_ref = weakref.ref(outputs.cache) if outputs.cache is not None else None
         return model_kwargs
 
@@ -899,36 +915,56 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         if labels is not None and input_ids is not None and input_ids.shape == labels.shape:
             input_ids = None
             kwargs.pop("attention_mask", None)
-        _check_num_beams(kwargs.get("num_beams", getattr(kwargs.get("generation_config") or self.generation_config, "num_beams", 1)))
+        if kwargs.get("inputs") is not None:  # transformers' name for the main input: the pixel values
+            if pixel_values is not None:
+                raise ValueError("pixel_values given twice: as the first argument and as inputs=; pass one")
+            pixel_values = kwargs.pop("inputs")
+        _check_num_beams(self._generation_option("num_beams", kwargs))
         given = next((name for name, value in (("pixel_values", pixel_values), ("encoder_hidden_states", encoder_hidden_states),
                                                ("image_embeds", image_embeds)) if value is not None), "images")
         image_embeds = self._image_embeds(pixel_values, encoder_hidden_states, image_embeds)  # (images, regions, channels)
         _check_finite(image_embeds, given)
         if input_ids is None:
-            start = self.generation_config.decoder_start_token_id
-            if start is None:
-                start = self.config.bos_token_id
-            input_ids = torch.full((image_embeds.shape[0], 1), start, dtype=torch.long, device=image_embeds.device)
+            input_ids = torch.full((image_embeds.shape[0], 1), self._start_token_id(kwargs), dtype=torch.long,
+                                   device=image_embeds.device)
         else:
             _check_token_ids(self.config, input_ids, "input_ids")
             _check_batch(image_embeds, input_ids)
             input_ids, prompt_mask = self._prompts_for_generation(input_ids, kwargs.pop("attention_mask", None))
             kwargs["attention_mask"] = prompt_mask
         kwargs.pop("token_type_ids", None)
-        want_attentions = bool(kwargs.pop("output_attentions", False))
-        if want_attentions and kwargs.get("attention_mask") is not None and not kwargs["attention_mask"].all():
-            raise ValueError("output_attentions needs prompts of equal length; generate prompts of different lengths one by one")
         try:
             outputs = super().generate(input_ids=input_ids, image_embeds=image_embeds, **kwargs)
+            want_attentions = _GENERATION.attentions_wanted
         finally:  # a decoding state returned to the caller decodes all its rows again
             state = _GENERATION.state()
             if state is not None:
                 state.decoded_images = state.finished_rows = None
-            _GENERATION.state_ref, _GENERATION.skip_finished_images = None, False
+            _GENERATION.state_ref, _GENERATION.skip_finished_images, _GENERATION.attentions_wanted = None, False, False
         if want_attentions and not torch.is_tensor(outputs):
             outputs["attentions"] = self.attention_for_sequences(outputs.sequences, image_embeds=image_embeds,
-                                                                 prompt_length=input_ids.shape[1])
+                                                                 prompt_length=input_ids.shape[1],
+                                                                 eos_token_id=self._generation_option("eos_token_id", kwargs))
         return outputs
+
+    def _generation_option(self, name: str, kwargs: dict):
+        """A generation option as this generate() call sees it: the caller's keyword, else the `GenerationConfig`
+        they passed, else the model's `generation_config`."""
+        for source in (kwargs, kwargs.get("generation_config"), self.generation_config):
+            value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+            if value is not None:
+                return value
+        return None
+
+    def _start_token_id(self, kwargs: dict) -> int:
+        """The token a caption starts from: `decoder_start_token_id` or `bos_token_id`, the caller's before the
+        model's (keyword, then a passed `GenerationConfig`, then the model's generation config and config)."""
+        for source in (kwargs, kwargs.get("generation_config"), self.generation_config):
+            for name in ("decoder_start_token_id", "bos_token_id"):
+                value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+                if value is not None:
+                    return int(value)
+        return self.config.bos_token_id
 
     def _prompts_for_generation(self, input_ids, attention_mask):
         """Prompts (e.g. `processor(images=..., text=...)`, right-padded, ending with [SEP]) as generation needs
@@ -996,17 +1032,21 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         return results[0] if single else results
 
     @torch.no_grad()
-    def attention_for_sequences(self, sequences, encoder_hidden_states=None, prompt_length=1, image_embeds=None):
-        """Attention `(num_sequences, generated_len, regions)` behind each generated token of `sequences`.
+    def attention_for_sequences(self, sequences, encoder_hidden_states=None, prompt_length=1, image_embeds=None,
+                                eos_token_id=None):
+        """Attention `(num_sequences, generated_len, regions)` behind each generated token of `sequences`; zero
+        after a sequence's first end token (`eos_token_id`: one id or a list; default the model's).
 
         The images as in `forward` (`encoder_hidden_states` or `image_embeds`), one per image; several sequences per
         image are matched to them in order.
         """
         image_embeds = self._image_embeds(None, encoder_hidden_states, image_embeds)  # (images, regions, channels)
-        eos, pad = self.config.eos_token_id, self.config.pad_token_id
+        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
+        pad = self.config.pad_token_id
         generated = sequences[:, prompt_length:]
         # A token is real up to and including the first end token.
-        ended_before = torch.cumsum((generated == eos).long(), dim=1) - (generated == eos).long()
+        is_end = torch.isin(generated, torch.as_tensor(eos, device=generated.device).reshape(-1))
+        ended_before = torch.cumsum(is_end.long(), dim=1) - is_end.long()
         real = torch.cat([torch.ones_like(sequences[:, :prompt_length], dtype=torch.bool), ended_before == 0], dim=1)
         # The attention at input position p produced token p+1: feed every position whose next token is real.
         next_is_real = real[:, 1:]
@@ -1137,6 +1177,15 @@ def _check_text_inputs(config, input_ids, attention_mask, labels, cache, stepwis
         attention_mask = attention_mask[:, -input_ids.shape[1] :]
     _check_same_shape(attention_mask, "attention_mask", input_ids)
     return attention_mask
+
+
+def _left_padded(attention_mask) -> bool:
+    """Whether `attention_mask` is 0…0 1…1 on every row, with padding on some row: left padding, which only the
+    step-by-step path reads."""
+    if attention_mask is None or bool(attention_mask[:, 0].all()):
+        return False
+    mask = attention_mask.long()
+    return bool((mask.cummax(dim=1).values == mask).all())
 
 
 def _check_same_shape(tensor, name, input_ids):

@@ -26,6 +26,9 @@ PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokeniz
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")  # a saved tokenizer has one of these
 # The `from_pretrained` options that say where files come from.
 HUB_OPTIONS = ("cache_dir", "force_download", "local_files_only", "revision", "token", "subfolder")
+# from_pretrained's options about loading, not about the processor (AutoProcessor adds the private ones).
+LOADING_OPTIONS = ("trust_remote_code", "proxies", "use_auth_token", "return_unused_kwargs", "_from_auto", "_from_pipeline",
+                   "code_revision", "resume_download")
 
 
 # WordPiece decoding writes every punctuation mark as a word of its own ("a t - shirt , 3 . 5 feet"). These rules join
@@ -192,7 +195,8 @@ class ShowAttendTellProcessor(ProcessorMixin):
         where = {name: kwargs[name] for name in HUB_OPTIONS if name in kwargs}
         config = _model_config_in(pretrained_model_name_or_path, where)
         if config is not None and not any(_file_in(pretrained_model_name_or_path, name, where) for name in PROCESSOR_FILES):
-            return cls.from_config(config)
+            options = {name: value for name, value in kwargs.items() if name not in HUB_OPTIONS + LOADING_OPTIONS}
+            return cls.from_config(config, **options)
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if config is not None and "tokenizer" not in kwargs:
             # Saved with a model: it must write and read that model's ids. A folder whose tokenizer.json is lost
@@ -316,6 +320,9 @@ class ShowAttendTellProcessor(ProcessorMixin):
         return captions
 
     def decode(self, sequence, **kwargs) -> str:
+        """`batch_decode` of one sequence (ids, or one id as the tokenizer's `decode` takes it)."""
+        if isinstance(sequence, int) or (torch.is_tensor(sequence) and sequence.ndim == 0):
+            sequence = [int(sequence)]
         return self.batch_decode([sequence], **kwargs)[0]
 
     # transformers' own `ImageTextToTextPipeline` calls these (e.g. given as `pipeline_class=`): the pipeline's text is
