@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from transformers import pipeline
 
@@ -414,3 +415,13 @@ print("RESULT" + json.dumps(results))
         assert results["batch"] == [[expected_result(task, caption)] for caption in beam]
         assert results["short"] == [expected_result(task, short)]
         assert results["prompt"] == [expected_result(task, continued, "a photo of [SEP]")]
+
+
+def test_return_tensors_gives_the_generated_ids_as_transformers_pipeline_does(saved, captioner):
+    model, processor, _, paths = saved
+    with torch.inference_mode():
+        expected = model.generate(**processor(images=paths[:1]), **GREEDY)[0]
+    (result,) = captioner(paths[0], return_tensors=True, **GREEDY)
+    assert set(result) <= {"input_text", "generated_token_ids"} and torch.equal(torch.as_tensor(result["generated_token_ids"]), expected)
+    with pytest.raises(ValueError, match="return_tensors"):
+        captioner(paths[0], return_tensors=True, return_full_text=False)

@@ -117,9 +117,14 @@ class ShowAttendTellCaptioningPipeline(Pipeline):
             raise ValueError(f"{len(images)} images but {len(texts)} prompts in text: give one prompt per image, or one string for all")
         return [_pair(image, prompt) for image, prompt in zip(images, texts)]
 
-    def _sanitize_parameters(self, max_new_tokens=None, generate_kwargs=None, timeout=None, return_full_text=None, **kwargs):
+    def _sanitize_parameters(self, max_new_tokens=None, generate_kwargs=None, timeout=None, return_full_text=None,
+                             return_tensors=None, **kwargs):
         preprocess_params = {} if timeout is None else {"timeout": timeout}
+        if return_full_text is not None and return_tensors is not None:
+            raise ValueError("return_full_text is mutually exclusive with return_tensors")  # as transformers' pipeline
         postprocess_params = {} if return_full_text is None else {"return_full_text": bool(return_full_text)}
+        if return_tensors is not None:
+            postprocess_params["return_tensors"] = bool(return_tensors)
         # Everything else is for generate(): loose keywords and generate_kwargs={...} are the same thing.
         loose = dict(kwargs)
         if max_new_tokens is not None:
@@ -149,13 +154,15 @@ class ShowAttendTellCaptioningPipeline(Pipeline):
         return {"sequences": sequences.reshape(images, -1, sequences.shape[-1]), "prompt": prompt,
                 "prompt_ids": model_inputs["input_ids"]}
 
-    def postprocess(self, model_outputs: dict, return_full_text: bool = True) -> list[dict[str, str]]:
-        captions = self.processor.batch_decode(model_outputs["sequences"][0])  # this image's sequences
+    def postprocess(self, model_outputs: dict, return_full_text: bool = True, return_tensors: bool = False) -> list[dict]:
         prompt = model_outputs["prompt"]
+        given = {"input_text": prompt} if self.task == IMAGE_TEXT_TO_TEXT else {}  # that pipeline's result format
+        if return_tensors:  # the token ids, prompt included, as transformers' pipelines return them
+            return [{**given, "generated_token_ids": sequence} for sequence in model_outputs["sequences"][0]]
+        captions = self.processor.batch_decode(model_outputs["sequences"][0])  # this image's sequences
         if not return_full_text and prompt:
             start = self.processor.decode(model_outputs["prompt_ids"][0])  # the prompt as the captions spell it
             captions = [caption[len(start) :].lstrip() if caption.startswith(start) else caption for caption in captions]
-        given = {"input_text": prompt} if self.task == IMAGE_TEXT_TO_TEXT else {}  # that pipeline's result format
         return [{**given, "generated_text": caption} for caption in captions]
 
     def save_pretrained(self, save_directory, **kwargs: Any):
