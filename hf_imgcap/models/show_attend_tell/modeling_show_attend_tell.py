@@ -919,7 +919,7 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
             if pixel_values is not None:
                 raise ValueError("pixel_values given twice: as the first argument and as inputs=; pass one")
             pixel_values = kwargs.pop("inputs")
-        _check_num_beams(self._generation_option("num_beams", kwargs))
+        _check_num_beams(self._generation_option(kwargs, "num_beams"))
         given = next((name for name, value in (("pixel_values", pixel_values), ("encoder_hidden_states", encoder_hidden_states),
                                                ("image_embeds", image_embeds)) if value is not None), "images")
         image_embeds = self._image_embeds(pixel_values, encoder_hidden_states, image_embeds)  # (images, regions, channels)
@@ -944,27 +944,23 @@ class ShowAttendTellForConditionalGeneration(ShowAttendTellPreTrainedModel, Gene
         if want_attentions and not torch.is_tensor(outputs):
             outputs["attentions"] = self.attention_for_sequences(outputs.sequences, image_embeds=image_embeds,
                                                                  prompt_length=input_ids.shape[1],
-                                                                 eos_token_id=self._generation_option("eos_token_id", kwargs))
+                                                                 eos_token_id=self._generation_option(kwargs, "eos_token_id"))
         return outputs
 
-    def _generation_option(self, name: str, kwargs: dict):
-        """A generation option as this generate() call sees it: the caller's keyword, else the `GenerationConfig`
-        they passed, else the model's `generation_config`."""
+    def _generation_option(self, kwargs: dict, *names: str):
+        """The first of `names` set for this generate() call: in the caller's keywords, else in the `GenerationConfig`
+        they passed, else in the model's `generation_config`; None if none is."""
         for source in (kwargs, kwargs.get("generation_config"), self.generation_config):
-            value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
-            if value is not None:
-                return value
+            for name in names:
+                value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+                if value is not None:
+                    return value
         return None
 
     def _start_token_id(self, kwargs: dict) -> int:
-        """The token a caption starts from: `decoder_start_token_id` or `bos_token_id`, the caller's before the
-        model's (keyword, then a passed `GenerationConfig`, then the model's generation config and config)."""
-        for source in (kwargs, kwargs.get("generation_config"), self.generation_config):
-            for name in ("decoder_start_token_id", "bos_token_id"):
-                value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
-                if value is not None:
-                    return int(value)
-        return self.config.bos_token_id
+        """The token a caption starts from: `decoder_start_token_id` or `bos_token_id`, the caller's before the model's."""
+        start = self._generation_option(kwargs, "decoder_start_token_id", "bos_token_id")
+        return int(self.config.bos_token_id if start is None else start)
 
     def _prompts_for_generation(self, input_ids, attention_mask):
         """Prompts (e.g. `processor(images=..., text=...)`, right-padded, ending with [SEP]) as generation needs
