@@ -41,7 +41,7 @@ from hf_imgcap.training.model_selection import LR_SCHEDULER_TYPES, SELECTION_MET
 from hf_imgcap.training.output_folder import RunFiles, UndoFailedStart, save_pretrained_replacing
 from hf_imgcap.training.preemption import StopRequest
 from hf_imgcap.training.run_arguments import (
-    LATEST_CHECKPOINT, check_no_foreign_files, check_output_dir, check_resume_compatible, make_accelerator, refuse_untrained_run,
+    DEFAULT_SEED, LATEST_CHECKPOINT, check_no_foreign_files, check_output_dir, check_resume_compatible, make_accelerator, refuse_untrained_run,
     start_output_dir, validate_arguments,
 )
 from hf_imgcap.training.scst import self_critical_training
@@ -87,7 +87,7 @@ class ModelArguments:
 @dataclass
 class TrainingArguments:
     output_dir: str = field(default="outputs/show-attend-tell", metadata={"help": "The Hub-ready output folder (checkpoints/ and runs/ inside)."})
-    seed: int = field(default=42, metadata={"help": "Random seed (data order, dropout, initialisation)."})
+    seed: int = field(default=DEFAULT_SEED, metadata={"help": "Random seed (data order, dropout, initialisation)."})
     num_train_epochs: int = field(default=120, metadata={"aliases": ["--num_epochs"], "help": "Maximum number of epochs (early stopping usually ends sooner)."})
     max_steps: int | None = field(default=None, metadata={"help": "Stop after this many optimizer steps in total."})
     per_device_train_batch_size: int = field(default=32, metadata={"aliases": ["--batch_size"], "help": "Captions per batch per process."})

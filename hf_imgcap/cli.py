@@ -177,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
         "default they are left out and counted in a warning, so that the scores are not inflated",
     )
     evaluate.add_argument(
+        "--seed", type=int, default=None,
+        help="the seed that draws a split the dataset lacks from its images, as train.py --seed does (default: the seed "
+        "in the model folder's training_args.json, else train.py's default): a model is scored on the images its run "
+        "held out",
+    )
+    evaluate.add_argument(
         "--meteor", action=argparse.BooleanOptionalAction, default=None,
         help="run METEOR (needs Java); default: when Java is found",
     )
@@ -582,10 +588,15 @@ def evaluate_command(args) -> int:
         raise UsageError("--meteor needs Java, and no `java` is on PATH: install a Java runtime, or pass --no-meteor")
     device = resolve_device(args.device)
     model, processor = load_model_and_processor(args.model, device, args.trust_remote_code)
+    seed, seed_source = _training_seed(args)
     try:
-        split = load_caption_dataset(args.dataset, allow_split_overlap=args.allow_split_overlap)[args.split]
+        splits, report = load_caption_dataset(args.dataset, seed=seed, allow_split_overlap=args.allow_split_overlap, return_report=True)
     except (OSError, ValueError) as error:  # unreadable layout, empty split, unknown Hub dataset, offline
         raise UsageError(f"cannot load dataset {args.dataset!r}: {_first_line(error)}") from None
+    split = splits[args.split]
+    if args.split in report.seeded_splits:
+        print(f"hf-imgcap: the dataset has no {args.split} split: its images were drawn by a seeded random split with seed {seed} "
+              f"({seed_source}), as train.py --seed {seed} draws them", file=sys.stderr)
     if args.max_images is not None:
         split = split.select(range(min(args.max_images, len(split))))
 
@@ -609,6 +620,25 @@ def evaluate_command(args) -> int:
             shown = value if isinstance(value, int) or not math.isfinite(value) else f"{value:.4f}"
             print(f"  {name:<10} {shown}")
     return EXIT_OK
+
+
+def _training_seed(args) -> tuple[int, str]:
+    """The seed `evaluate` draws a missing split with, and where it came from: --seed, else the training run's own
+    (its training_args.json beside the model), else train.py's default."""
+    from hf_imgcap.training.run_arguments import DEFAULT_SEED, TRAINING_ARGS_FILE
+
+    if args.seed is not None:
+        return args.seed, "--seed"
+    record = Path(args.model) / TRAINING_ARGS_FILE
+    if record.is_file():
+        try:
+            seed = json.loads(record.read_text())["training"]["seed"]
+            if isinstance(seed, int) and not isinstance(seed, bool):
+                return seed, f"from {record}"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return DEFAULT_SEED, f"{record} records no seed; train.py's default: pass --seed with the training run's seed"
+    return DEFAULT_SEED, "train.py's default: pass --seed with the training run's seed"
 
 
 # ---------------------------------------------------------------------------------------------- push

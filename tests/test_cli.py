@@ -279,6 +279,43 @@ def test_evaluate_leaves_out_test_images_that_are_also_training_images_unless_al
     assert json.loads(capsys.readouterr().out)["num_images"] == 3
 
 
+def test_evaluate_carves_a_missing_test_split_as_the_training_run_did(saved, tmp_path, capsys, monkeypatch):
+    """A dataset without a test split gets one carved from its images by a seed: evaluate must carve it with the
+    training run's seed (its training_args.json; --seed; else train.py's default), or it scores training images."""
+    from hf_imgcap.data.caption_datasets import load_caption_dataset
+    from hf_imgcap.evaluation import generation
+    from test_own_data import write_imagefolder
+
+    _, _, folder, _ = saved
+    model = tmp_path / "model"
+    shutil.copytree(folder, model)
+    pairs = [(Image.new("RGB", (32, 32), (9 * i, 3 * i, 255 - 9 * i)), [f"a photo number {i}", f"picture {i}"]) for i in range(20)]
+    dataset = tmp_path / "photos"
+    write_imagefolder(dataset, pairs)
+    scored = []
+    real = generation.evaluate_captioner
+
+    def recording(model, processor, split, **kwargs):
+        scored.append(sorted(split["image_id"]))
+        return real(model, processor, split, **kwargs)
+
+    monkeypatch.setattr(generation, "evaluate_captioner", recording)
+    common = ["evaluate", "--model", str(model), "--dataset", str(dataset), "--no-meteor", "--num-beams", "1", "--max-new-tokens", "3", "--json"]
+
+    def test_images(seed):
+        return sorted(load_caption_dataset(str(dataset), seed=seed)["test"]["image_id"])
+
+    assert test_images(7) != test_images(42)
+    (model / "training_args.json").write_text(json.dumps({"data": {"dataset": str(dataset)}, "training": {"seed": 7}}))
+    assert main(common) == 0 and scored[-1] == test_images(7)
+    err = capsys.readouterr().err
+    assert "seed 7" in err and "training_args.json" in err
+    assert main([*common, "--seed", "3"]) == 0 and scored[-1] == test_images(3)
+    (model / "training_args.json").unlink()
+    assert main(common) == 0 and scored[-1] == test_images(42)  # train.py's default seed
+    assert "--seed" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_console_script_gives_the_same_captions(saved, tmp_path):
     model, processor, folder, paths = saved

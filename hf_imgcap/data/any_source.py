@@ -566,6 +566,7 @@ def _carve_missing_splits(result: dict, source: str, seed: int, report: LoadRepo
     for k, split in enumerate(missing):
         result[split] = train.select(sorted(order[k * size : (k + 1) * size]))
     result["train"] = train.select(sorted(order[len(missing) * size :]))
+    report.seeded_splits = (*report.seeded_splits, *missing)
     report.split_source = (f"{report.split_source}; {' and '.join(missing)} carved from train by a seeded random split "
                            f"by image (seed {seed}, {size} images each)")
     logger.info("%s has no %s split: made from %d of its %d train images (seed %d); train %d, validation %d, test %d",

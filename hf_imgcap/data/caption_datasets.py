@@ -410,6 +410,7 @@ def _read_kaggle(root: Path, image_dir: Path | None, report: LoadReport, seed: i
     if train_size + val_size >= len(names):  # a smaller collection: keep the proportions of 6000/1000/rest of 8091
         train_size, val_size = round(len(names) * 6000 / 8091), round(len(names) * 1000 / 8091)
     report.split_source = f"seeded random split (seed {seed}, {train_size}/{val_size}/rest images; no official split files found)"
+    report.seeded_splits = ("train", "validation", "test")
     logger.info("%s: splits from a %s", caption_file, report.split_source)
     bounds = {"train": (0, train_size), "validation": (train_size, train_size + val_size), "test": (train_size + val_size, None)}
     return {

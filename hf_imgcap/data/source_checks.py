@@ -33,6 +33,7 @@ class LoadReport:
     layout: str
     split_source: str = ""  # where the train / validation / test membership came from
     image_ids_from_source: bool = False  # the source named its images (an image_id column), not the loader
+    seeded_splits: tuple = ()  # the splits drawn by a seeded random split (the source has no such split): they depend on the seed
     counts: Counter = field(default_factory=Counter)
     messages: list = field(default_factory=list)  # the logged ones: the first MAX_LOGGED_PER_KIND of each kind
     _logged: Counter = field(default_factory=Counter, init=False, repr=False, compare=False)

@@ -31,6 +31,7 @@ from hf_imgcap.training.output_folder import RUN_FILES, RunFiles, replace_text_f
 logger = logging.getLogger(__name__)
 
 TRAINING_ARGS_FILE = "training_args.json"
+DEFAULT_SEED = 42  # train.py's --seed; also what `hf-imgcap evaluate` carves a missing split with, as train.py does
 LATEST_CHECKPOINT = "latest"  # --resume_from_checkpoint's value (and its value when given alone): the newest checkpoint
 TRACKER_FOLDER = "runs"
 # What to pip install for each tracker Accelerate supports (the packages its is_*_available() look for; it only
