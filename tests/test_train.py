@@ -385,6 +385,19 @@ def test_an_encoder_or_tokenizer_path_that_holds_none_is_refused_before_any_data
     assert f"--{name} {value!r}" in str(refused.value) and reason in str(refused.value)
 
 
+@pytest.mark.parametrize("name, where", [("output_dir", "outputs/run1"), ("output_dir", "."), ("cache_dir", "features")])
+def test_an_output_or_cache_folder_inside_the_dataset_folder_is_refused(name, where, data, tmp_path, monkeypatch, tiny_encoder):
+    """datasets reads every file under a dataset folder: a run's records written there break every later load of it."""
+    dataset = tmp_path / "photos"
+    shutil.copytree(data, dataset)
+    folders = {"output_dir": tmp_path / "out", "cache_dir": tmp_path / "cache", name: dataset / where}
+    monkeypatch.setattr(train_script, "load_caption_dataset", lambda *a, **k: pytest.fail("data read before the check"))
+    with pytest.raises(ValueError) as refused:
+        run(tiny_args(dataset, tiny_encoder, folders["output_dir"], folders["cache_dir"]))
+    assert f"--{name}" in str(refused.value) and "inside the dataset folder" in str(refused.value)
+    assert not (dataset / "outputs").exists() and not (dataset / "features").exists()
+
+
 # ---------------------------------------------------------------------------------------------- one run per output_dir
 @pytest.mark.slow
 def test_a_second_run_in_a_used_output_dir_is_refused_unless_resumed_or_overwritten(data, tmp_path, tiny_encoder):

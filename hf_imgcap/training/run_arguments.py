@@ -255,8 +255,21 @@ def validate_arguments(model_args, data_args, args):
         problems.append(f"--scst_baseline mean needs --scst_num_samples ≥ 2 (the mean of an image's other samples), got {args.scst_num_samples}")
     if args.scst_epochs and args.finetune_encoder:
         problems.append("--scst_epochs trains on the cached features of the frozen encoder; it cannot be combined with --finetune_encoder")
+    problems.extend(_folders_inside_the_dataset(data_args.dataset, {"output_dir": args.output_dir, "cache_dir": data_args.cache_dir}))
     if problems:
         raise ValueError("invalid arguments:\n  " + "\n  ".join(problems))
+
+
+def _folders_inside_the_dataset(dataset: str, folders: dict) -> list[str]:
+    """datasets reads every file under a local dataset folder: a run's records or feature cache written inside it
+    would be read as data by every later load (this run's --resume included)."""
+    root = Path(dataset).expanduser() if isinstance(dataset, str) else None
+    if root is None or not root.is_dir():
+        return []
+    root = root.resolve()
+    return [f"--{name} {folder!r} is inside the dataset folder {str(root)!r}: datasets would read the run's files as data "
+            f"the next time it loads the dataset; choose a folder outside it"
+            for name, folder in folders.items() if folder and Path(folder).expanduser().resolve().is_relative_to(root)]
 
 
 # ---------------------------------------------------------------------------------------------- the output folder
