@@ -306,6 +306,7 @@ def render_model_card(config, results: dict, model_args: dict, training_args: di
         # metrics.json files from before --metric_for_best_model have no best_model_selection: they selected on BLEU-4.
         selection_metric=METRIC_LABELS.get(selection.get("metric", "bleu_4"), ("", "caption loss"))[1],
         selection_value=format_number(float(selection["value"])) if isinstance(selection.get("value"), (int, float)) else None,
+        selected="value" not in selection or selection["value"] is not None,  # None: no validation ran
         **{k: format_number(getattr(config, k)) for k in ("embedding_size", "attention_size", "hidden_size", "dropout",
                                                           "attention_regularization")},
         batch_size=training_args.get("per_device_train_batch_size", training_args.get("batch_size")),  # batch_size in earlier runs' training_args.json

@@ -398,6 +398,18 @@ def test_an_output_or_cache_folder_inside_the_dataset_folder_is_refused(name, wh
     assert not (dataset / "outputs").exists() and not (dataset / "features").exists()
 
 
+def test_a_run_ended_by_max_steps_mid_epoch_leaves_a_checkpoint_that_resume_continues(data, tmp_path, tiny_encoder, caplog):
+    """10 batches an epoch: --max_steps 3 ends inside the first; --resume with a larger --max_steps goes on from step 3."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    run(tiny_args(data, tiny_encoder, out, cache, "--num_train_epochs", "2", "--max_steps", "3", "--eval_num_beams", "1"))
+    assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_00000003"]
+    assert "no validation" in (out / "README.md").read_text()  # no model was selected on validation
+    with caplog.at_level("INFO"):
+        run(tiny_args(data, tiny_encoder, out, cache, "--num_train_epochs", "2", "--max_steps", "5", "--eval_num_beams", "1", "--resume"))
+    assert "starting from scratch" not in caplog.text
+    assert json.loads((out / "checkpoints" / "step_00000005" / "training_state.json").read_text())["global_step"] == 5
+
+
 # ---------------------------------------------------------------------------------------------- one run per output_dir
 @pytest.mark.slow
 def test_a_second_run_in_a_used_output_dir_is_refused_unless_resumed_or_overwritten(data, tmp_path, tiny_encoder):

@@ -259,7 +259,10 @@ def train_epoch(run: TrainingRun, state: TrainState, stop) -> EpochEnd:
                          "train/lr": run.optimizer.param_groups[0]["lr"]}, step=state.global_step)
         stop_now = accelerator.reduce(torch.tensor(float(stop.requested), device=accelerator.device), "max").item() > 0
         end.out_of_steps = args.max_steps is not None and state.global_step >= args.max_steps
-        if stop_now or (args.checkpoint_every_steps and state.global_step % args.checkpoint_every_steps == 0):
+        # --max_steps inside an epoch: a checkpoint, so that --resume with a larger --max_steps goes on from here (at
+        # an epoch's end the checkpoint after its validation does).
+        ends_mid_epoch = end.out_of_steps and state.step_in_epoch < len(loader)
+        if stop_now or ends_mid_epoch or (args.checkpoint_every_steps and state.global_step % args.checkpoint_every_steps == 0):
             run.save_checkpoint(state)
         if stop_now:
             end.stopped_by = stop.signal_name or "signal"
@@ -426,7 +429,7 @@ def run_epochs(run: TrainingRun, state: TrainState, stop, val_split, val_feature
         if end.stopped_by:
             return end.stopped_by
         if not end.complete:
-            return None  # --max_steps mid-epoch: no end-of-epoch evaluation; the step checkpoint (if any) resumes
+            return None  # --max_steps mid-epoch: no end-of-epoch evaluation; its step checkpoint resumes
         refuse_untrained_run(state.global_step, run.batches_run, state.nonfinite_total)  # before any model is saved
         validate(run, state, end, val_split, val_features)
         if state.epochs_without_improvement >= run.args.early_stopping_patience:
