@@ -1,6 +1,7 @@
 """train.py end to end: training, Hub-ready output, exact resume, checkpoint integrity, real 2-process DDP, --help."""
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import math
@@ -935,6 +936,35 @@ def test_a_run_records_what_it_wrote_and_never_writes_through_links_planted_in_i
     assert ShowAttendTellForConditionalGeneration.from_pretrained(out).config.hidden_size == 24
     assert json.loads((out / "metrics.json").read_text())["steps"] == 3
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary file or folder left
+
+
+def test_resume_with_another_data_order_or_optimizer_setting_is_refused_naming_it(data, tmp_path, tiny_encoder):
+    """A resumed run skips what the checkpoint trained on, in its order, with its optimizer's state: another batch size,
+    seed or learning rate would skip the wrong captions or be recorded without being used."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    run(tiny_args(data, tiny_encoder, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2", "--eval_num_beams", "1"))
+    before = folder_snapshot(out)
+    for name, value, used in [("per_device_train_batch_size", "4", "8"), ("gradient_accumulation_steps", "2", "1"),
+                              ("seed", "8", "7"), ("learning_rate", "0.01", "0.003"), ("dropout", "0.1", "0.0")]:
+        with pytest.raises(ValueError) as refused:
+            run(tiny_args(data, tiny_encoder, out, cache, "--resume", "--max_steps", "4", f"--{name}", value))
+        assert f"--{name} {value} (the run being resumed used {used})" in str(refused.value)
+    assert folder_snapshot(out) == before
+
+
+def test_resume_with_another_number_of_processes_is_refused(data, tmp_path, tiny_encoder):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    run(tiny_args(data, tiny_encoder, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2", "--eval_num_beams", "1"))
+    state_file = out / "checkpoints" / "step_00000002" / "training_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["num_processes"] == 1
+    state_file.write_text(json.dumps({**state, "num_processes": 2}))  # as a 2-process launch records it
+    manifest = json.loads((state_file.parent / "manifest.json").read_text())
+    manifest["files"]["training_state.json"] = {"bytes": state_file.stat().st_size,
+                                                "sha256": hashlib.sha256(state_file.read_bytes()).hexdigest()}
+    (state_file.parent / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="trained by 2 process"):
+        run(tiny_args(data, tiny_encoder, out, cache, "--resume", "--max_steps", "4"))
 
 
 @pytest.mark.slow

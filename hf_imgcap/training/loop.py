@@ -55,6 +55,7 @@ class TrainState:
     epoch_loss_sum: float = 0.0
     epoch_loss_steps: int = 0
     data_fingerprint: dict | None = None  # the splits the run trains on (`data_fingerprint.data_fingerprint`)
+    num_processes: int | None = None  # how many processes trained (None: a checkpoint of an earlier version)
 
     def to_checkpoint(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,6 +117,7 @@ class TrainingRun:
         logger.info(*message)
 
     def save_checkpoint(self, state: TrainState):
+        state.num_processes = self.accelerator.num_processes
         self.checkpoints.save(self.accelerator, state.global_step, state.to_checkpoint())
 
 
@@ -168,7 +170,12 @@ def resume_state(run: TrainingRun, resume: bool, resume_from: str | None) -> Tra
     if state.metric_for_best_model != metric:  # its best value and plateau counts are of another metric
         raise ValueError(f"cannot resume from {latest}: that run selects its best model on {state.metric_for_best_model!r}, "
                          f"not {metric!r}; pass --metric_for_best_model {state.metric_for_best_model}")
-    run.log("resumed from %s (epoch %d, step %d)", latest, state.epoch, state.global_step)
+    if state.num_processes is not None and state.num_processes != run.accelerator.num_processes:
+        # Each process reads its share of every batch: another count puts the run at another place in the data.
+        raise ValueError(f"cannot resume from {latest}: it was trained by {state.num_processes} process(es), this run has "
+                         f"{run.accelerator.num_processes}; launch it as the run was launched (accelerate launch --num_processes "
+                         f"{state.num_processes}), or start a new run in another --output_dir")
+    run.log("resumed from %s (epoch %d, step %d)", latest, state.epoch + 1, state.global_step)
     return state
 
 

@@ -56,11 +56,14 @@ RUN_MARKERS = (TRAINING_ARGS_FILE, "checkpoints", "config.json", "model.safetens
 
 # Arguments that decide the model's shapes, its processor or its data: a resumed run must use the same values. (The
 # splits themselves are compared too, once read: `data_fingerprint`.)
+# A resumed run skips the batches the checkpoint has trained on, in the checkpoint's data order, and continues with
+# its optimizer state (learning rates included): what sets those must be what the run used, or the record would lie.
 RESUME_MUST_MATCH = {
     "data": ("dataset", "dataset_config"),
     "model": ("encoder", "tokenizer", "caption_vocab_size", "embedding_size", "attention_size", "hidden_size", "image_size",
-              "max_caption_length", "whiten_features"),
-    "training": ("finetune_encoder", "blind", "metric_for_best_model", "lr_scheduler_type"),
+              "max_caption_length", "whiten_features", "dropout"),
+    "training": ("finetune_encoder", "blind", "metric_for_best_model", "lr_scheduler_type", "seed", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "learning_rate", "encoder_learning_rate"),
 }
 # What a run saved before an argument existed did instead (its training_args.json has no such key).
 VALUE_BEFORE_THE_ARGUMENT = {"model": {"whiten_features": False}}
