@@ -952,6 +952,23 @@ def test_resume_with_another_data_order_or_optimizer_setting_is_refused_naming_i
     assert folder_snapshot(out) == before
 
 
+@pytest.mark.slow
+def test_resuming_an_earlier_checkpoint_keeps_the_best_model_of_that_point_not_a_later_one(data, tmp_path, tiny_encoder, caplog):
+    """The validation loss falls every epoch, so each epoch's model is the best so far. Resumed from the end of epoch 2
+    of a finished 3-epoch run, with 2 epochs asked for, the run's model is epoch 2's, not the abandoned epoch 3's."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    common = ["--metric_for_best_model", "loss", "--eval_num_beams", "1"]
+    run(tiny_args(data, tiny_encoder, out, cache, "--num_train_epochs", "3", *common))
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [entry["loss"] for entry in history] == sorted((entry["loss"] for entry in history), reverse=True)  # falls
+    epoch_2 = out / "checkpoints" / f"step_{history[1]['step']:08d}"
+    with caplog.at_level("WARNING"):
+        run(tiny_args(data, tiny_encoder, out, cache, "--num_train_epochs", "2", "--resume_from_checkpoint", str(epoch_2), *common))
+    final, expected = load_file(out / "model.safetensors"), load_file(epoch_2 / "model.safetensors")
+    assert all(torch.equal(final[name], expected[name]) for name in expected)
+    assert json.loads((out / "metrics.json").read_text())["best_model_selection"]["epoch"] == 2
+
+
 def test_resume_with_another_number_of_processes_is_refused(data, tmp_path, tiny_encoder):
     out, cache = tmp_path / "out", tmp_path / "cache"
     run(tiny_args(data, tiny_encoder, out, cache, "--max_steps", "2", "--checkpoint_every_steps", "2", "--eval_num_beams", "1"))

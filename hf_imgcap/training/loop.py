@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,7 @@ MODEL_CARD_FILE = "README.md"
 
 # Checkpoints written before the scheduler was registered with Accelerate keep its state in training_state.json.
 EARLIER_SCHEDULER_KEY = "scheduler"
+BEST_MODEL_RECORD = "selected.json"  # in best_dir: the epoch and step of the model there
 
 
 @dataclass
@@ -147,6 +149,41 @@ def check_resume_data(checkpoint: Path | None, fingerprint: dict):
         )
 
 
+def save_best_model(run: TrainingRun, state: TrainState):
+    """The model and processor as the best so far, in `best_dir`, with the epoch and step they are of (main process)."""
+    save_pretrained_replacing(run.accelerator.unwrap_model(run.model), run.best_dir)
+    save_pretrained_replacing(run.processor, run.best_dir)
+    (run.best_dir / BEST_MODEL_RECORD).write_text(json.dumps({"epoch": state.best_epoch, "step": state.global_step}))
+
+
+def keep_the_best_model_of(run: TrainingRun, state: TrainState, checkpoint: Path):
+    """After resuming `checkpoint`: `best_dir` must hold the best model up to that checkpoint. A run resumed from an
+    earlier checkpoint than its last one may have saved a later best model there since; then the checkpoint's own
+    model is put back when it is that best one (a checkpoint follows each epoch's validation), else model selection
+    starts again from the next validation."""
+    record_file = run.best_dir / BEST_MODEL_RECORD
+    if not run.best_dir.is_dir() or (state.best_metric is not None and not record_file.is_file()):
+        return  # nothing saved yet, or saved by an earlier version (no record to compare)
+    best_step = next((entry["step"] for entry in state.history if entry.get("epoch") == state.best_epoch), None)
+    saved_step = json.loads(record_file.read_text()).get("step") if record_file.is_file() else None
+    if state.best_metric is not None and saved_step == best_step:
+        return
+    run.accelerator.wait_for_everyone()  # every process has read the record before the main one changes it
+    if state.best_metric is not None and best_step == state.global_step:
+        if run.accelerator.is_main_process:
+            save_best_model(run, state)
+        run.log("%s holds a later model than %s's best (epoch %d): put back from the checkpoint", run.best_dir, checkpoint,
+                state.best_epoch)
+    else:
+        if run.accelerator.is_main_process:
+            shutil.rmtree(run.best_dir)
+        if state.best_metric is not None:
+            logger.warning("%s held a later model than %s's best (epoch %d), which is no longer saved: the best model is "
+                           "selected again from the next validation", run.best_dir, checkpoint, state.best_epoch)
+        state.best_metric, state.best_epoch, state.epochs_without_improvement = None, 0, 0
+    run.accelerator.wait_for_everyone()
+
+
 def resume_state(run: TrainingRun, resume: bool, resume_from: str | None) -> TrainState:
     """A fresh state, or the one of the checkpoint to continue from (model, optimizer, scheduler and RNG states via
     Accelerate). Registers the scheduler for checkpointing: call once per run."""
@@ -175,6 +212,7 @@ def resume_state(run: TrainingRun, resume: bool, resume_from: str | None) -> Tra
         raise ValueError(f"cannot resume from {latest}: it was trained by {state.num_processes} process(es), this run has "
                          f"{run.accelerator.num_processes}; launch it as the run was launched (accelerate launch --num_processes "
                          f"{state.num_processes}), or start a new run in another --output_dir")
+    keep_the_best_model_of(run, state, latest)
     run.log("resumed from %s (epoch %d, step %d)", latest, state.epoch + 1, state.global_step)
     return state
 
@@ -324,8 +362,7 @@ def validate(run: TrainingRun, state: TrainState, end: EpochEnd, split, features
     if improved:
         state.best_metric, state.best_epoch = value, state.epoch + 1
         if accelerator.is_main_process:
-            save_pretrained_replacing(accelerator.unwrap_model(run.model), run.best_dir)
-            save_pretrained_replacing(run.processor, run.best_dir)
+            save_best_model(run, state)
     state.next_epoch()
     run.save_checkpoint(state)
 
