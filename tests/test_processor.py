@@ -1,6 +1,7 @@
 """The processor: bundled tokenizer, BatchFeature, clean decoding, bad input."""
 
 import hashlib
+import shutil
 
 import numpy as np
 import pytest
@@ -345,3 +346,26 @@ def test_a_typed_end_token_in_a_prompt_does_not_end_the_caption(processor):
 def test_decode_takes_one_id_as_the_tokenizer_does(processor):
     word = processor.tokenizer.convert_tokens_to_ids("dog")
     assert processor.decode(word) == processor.decode(torch.tensor(word)) == processor.tokenizer.decode(word) == "dog"
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer (what deletes the characters) needs Java")
+def test_evaluation_leaves_out_references_the_tokenizer_deletes_before_captioning(caplog, monkeypatch):
+    """A reference of characters PTB deletes ("😀 !", "𝓪 𝓭𝓸𝓰") passes a dataset's loader but cannot be scored: it is
+    left out, with a warning, before any image is captioned; an image left without references is not scored."""
+    from datasets import Dataset, Image as ImageFeature
+
+    from hf_imgcap.evaluation import generation
+    from hf_imgcap.evaluation.caption_metrics import compute_caption_metrics
+
+    from conftest import tiny_model, tiny_processor
+
+    processor, model = tiny_processor(), tiny_model()
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8)) for i in range(3)]
+    references = [["a dog runs", "😀 !"], ["𝓪 𝓭𝓸𝓰"], ["two cats sit on a wall"]]
+    split = Dataset.from_dict({"image": images, "image_id": ["a", "b", "c"], "captions": references}).cast_column("image", ImageFeature())
+    with caplog.at_level("WARNING"):
+        metrics, captions = generation.evaluate_captioner(model, processor, split, meteor=False, max_new_tokens=5, show_progress=False)
+    assert metrics["num_images"] == 2 and captions[1] is None
+    assert "2 reference captions" in caplog.text and "'b'" in caplog.text
+    expected = compute_caption_metrics([captions[0], captions[2]], [["a dog runs"], ["two cats sit on a wall"]], meteor=False)
+    assert all(metrics[name] == pytest.approx(expected[name]) for name in expected)

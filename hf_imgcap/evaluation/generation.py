@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from hf_imgcap.evaluation.caption_metrics import score_captions
+from hf_imgcap.evaluation.caption_metrics import score_captions, tokenize_captions
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +89,31 @@ def generate_captions(
     return captions
 
 
+def scoreable_references(split) -> list[list[str]]:
+    """Each image's references, without those the scoring tokenizer leaves no word of (characters PTB deletes, such
+    as emoji or mathematical letters, pass a dataset's loader but cannot be scored); logged with their images."""
+    references = [list(captions) for captions in split["captions"]]
+    tokens = iter(tokenize_captions([ref for refs in references for ref in refs]).texts)
+    kept = [[ref for ref in refs if next(tokens)] for refs in references]
+    dropped = [(image_id, ref) for image_id, refs, keep in zip(_image_ids(split), references, kept) for ref in refs if ref not in keep]
+    if dropped:
+        without = sum(1 for keep in kept if not keep)
+        logger.warning("%d reference captions have no word the scoring tokenizer keeps and are left out of the metrics%s: %s",
+                       len(dropped), f" ({without} images have no reference left and are not scored)" if without else "",
+                       "; ".join(f"image {image_id!r}: {ref!r}" for image_id, ref in dropped[:5]))
+    return kept
+
+
+def _image_ids(split) -> list:
+    return list(split["image_id"]) if "image_id" in split.column_names else list(range(len(split)))
+
+
 def evaluate_captioner(model, processor, split, *, meteor=None, **kwargs) -> tuple[CaptionMetrics, list[str]]:
     """Generate captions for `split` (see `generate_captions`) and score them against its references. Returns the
-    metrics (with the tokenizer that scored them) and the captions."""
+    metrics (with the tokenizer that scored them) and the captions (None for an image left out of the metrics)."""
+    references = scoreable_references(split)  # before captioning: a reference that cannot be scored costs no work
     predictions = generate_captions(model, processor, split, **kwargs)
-    references = [list(captions) for captions in split["captions"]]
+    predictions = [caption if refs else None for caption, refs in zip(predictions, references)]
     # An image the feature cache could not encode (a broken file, with verify_images off) has all-zero features:
     # its caption says nothing about the model, so it is left out of the metrics (its prediction is None).
     valid = getattr(kwargs.get("features"), "valid", None)
