@@ -363,7 +363,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainingAr
               "num_train_images": len(train_split)}
     # 6. Self-critical sequence training (CIDEr-D reward) from the best cross-entropy model; its best epoch is final.
     if args.scst_epochs:
-        scst = self_critical_training(run, train_split, caches, val_split, test_split)
+        with StopRequest() as stop:  # SIGTERM / Ctrl-C end SCST at the next step; the run then finishes
+            scst = self_critical_training(run, train_split, caches, val_split, test_split, stop)
         run, record["scst"] = dataclasses.replace(run, best_dir=scst.best_dir), scst.record
 
     # 7. Finish: the best model on the test split, with every metric; the Hub-ready folder.

@@ -205,3 +205,29 @@ def test_an_scst_stage_that_only_makes_the_model_worse_leaves_the_cross_entropy_
     cross_entropy_best = load_file(out / "checkpoints" / "best" / "model.safetensors")
     assert all(torch.equal(final[key], cross_entropy_best[key]) for key in final)
     assert results["test"]["cider"] == pytest.approx(scst["cross_entropy_test"]["cider"])
+
+
+@pytest.mark.slow
+def test_sigterm_during_scst_ends_the_stage_at_the_next_step_and_the_run_finishes(tmp_path, tiny_encoder, monkeypatch):
+    """A preempted SCST stage (SIGTERM) must not kill the run without a word: the interrupted epoch is not validated,
+    the best model so far is kept, and the run writes its folder."""
+    import signal
+
+    from hf_imgcap.training import scst
+
+    steps = []
+    real_step = scst.scst_step
+
+    def step_then_sigterm(*args, **kwargs):
+        steps.append(1)
+        result = real_step(*args, **kwargs)
+        if len(steps) == 1:
+            signal.raise_signal(signal.SIGTERM)  # as a cluster preempting the job sends it
+        return result
+
+    monkeypatch.setattr(scst, "scst_step", step_then_sigterm)
+    results = train_with_scst(tmp_path, tiny_encoder, "--num_epochs", "1", "--scst_epochs", "2", "--scst_num_samples", "2",
+                              "--eval_num_beams", "1")
+    assert len(steps) == 1 and results["scst"]["stopped_by"] == "SIGTERM"
+    assert results["scst"]["history"] == [] and results["scst"]["kept"] == "cross_entropy"
+    assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "metrics.json").is_file()

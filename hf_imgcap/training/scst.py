@@ -227,9 +227,11 @@ def _mean_over_processes(accelerator, values: list[float]) -> float:
     return float(totals[0] / totals[1].clamp(min=1))
 
 
-def self_critical_training(run, train_split, caches: dict, val_split, test_split) -> ScstResult:
+def self_critical_training(run, train_split, caches: dict, val_split, test_split, stop=None) -> ScstResult:
     """The SCST stage of train.py: start from the best cross-entropy model (`run.best_dir`), score it on the test
-    split (the "before" row), train `--scst_epochs` epochs, select on validation CIDEr-D after each."""
+    split (the "before" row), train `--scst_epochs` epochs, select on validation CIDEr-D after each. A stop request
+    (`preemption.StopRequest`: SIGTERM, Ctrl-C) ends the stage at the next step: the epoch it interrupts is not
+    validated, and the best model so far is kept."""
     accelerator, args, processor = run.accelerator, run.args, run.processor
     started = time.perf_counter()
     unwrapped = accelerator.unwrap_model(run.model)
@@ -257,6 +259,7 @@ def self_critical_training(run, train_split, caches: dict, val_split, test_split
         kept_dir = run.best_dir
     run.log("SCST: %d epochs from the cross-entropy model (test CIDEr-D %.3f), CIDEr-D reward, %s baseline, %d samples per image",
             args.scst_epochs, cross_entropy_test["cider"], args.scst_baseline, args.scst_num_samples)
+    stopped_by = None
     for epoch in range(args.scst_epochs):
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
@@ -265,6 +268,14 @@ def self_critical_training(run, train_split, caches: dict, val_split, test_split
             indices = indices.cpu().numpy()
             features = train_features.batch(indices).to(accelerator.device)
             stats.append(scst_step(accelerator, run.model, optimizer, processor, reward, features, indices, settings))
+            asked = float(stop is not None and stop.requested)
+            if accelerator.reduce(torch.tensor(asked, device=accelerator.device), "max").item() > 0:  # every process stops together
+                stopped_by = stop.signal_name or "signal"
+                break
+        if stopped_by:
+            logger.warning("SCST stopped by %s in epoch %d (not validated): the run finishes with the best model so far",
+                           stopped_by, epoch + 1)
+            break
         metrics, _ = evaluate_captioner(run.model, processor, val_split, features=caches.get("validation"), meteor=False, **run.evaluation)
         entry = {"epoch": epoch + 1, "reward": round(_mean_over_processes(accelerator, [s["reward"] for s in stats]), 4)}
         if args.scst_baseline == "greedy":
@@ -285,7 +296,7 @@ def self_critical_training(run, train_split, caches: dict, val_split, test_split
     seconds = time.perf_counter() - started
     record = {"epochs": args.scst_epochs, "learning_rate": args.scst_learning_rate, "num_samples": args.scst_num_samples,
               "baseline": args.scst_baseline, "reward": "CIDEr-D, document frequencies of the training references",
-              "history": history, "validation_best_cider": round(best_cider, 4),
+              "history": history, "validation_best_cider": round(best_cider, 4), "stopped_by": stopped_by,
               "kept": "scst" if kept_dir == best_dir else "cross_entropy",
               "cross_entropy_test": cross_entropy_test, "seconds": round(seconds, 1)}
     if cross_entropy_validation_cider is not None:
