@@ -252,7 +252,8 @@ def test_bf16_mixed_precision_trains(data, tmp_path, tiny_encoder):
 def test_impossible_option_combinations_are_refused_before_training():
     for argv, message in ((["--blind", "--finetune_encoder"], "--blind"), (["--push_to_hub"], "--hub_model_id"),
                           (["--scst_baseline", "mean", "--scst_num_samples", "1"], "--scst_baseline mean needs --scst_num_samples ≥ 2"),
-                          (["--scst_epochs", "2", "--finetune_encoder"], "--scst_epochs .* --finetune_encoder")):
+                          (["--scst_epochs", "2", "--finetune_encoder"], "--scst_epochs .* --finetune_encoder"),
+                          (["--warmup_ratio", "0.1"], "--warmup_ratio .* --lr_scheduler_type")):
         model_args, data_args, args = train_script.parse_args(argv)
         with pytest.raises(ValueError, match=message):
             train_script.train(model_args, data_args, args)

@@ -256,6 +256,9 @@ def validate_arguments(model_args, data_args, args):
         problems.append("--blind zeroes the cached image features; it cannot be combined with --finetune_encoder")
     if args.scst_baseline == "mean" and args.scst_num_samples == 1:
         problems.append(f"--scst_baseline mean needs --scst_num_samples ≥ 2 (the mean of an image's other samples), got {args.scst_num_samples}")
+    if args.warmup_ratio and args.lr_scheduler_type == "reduce_lr_on_plateau":
+        problems.append(f"--warmup_ratio {args.warmup_ratio} warms up a step-based schedule; reduce_lr_on_plateau has none: "
+                        "pass --lr_scheduler_type linear (or cosine, ...) with it, or leave it out")
     if args.scst_epochs and args.finetune_encoder:
         problems.append("--scst_epochs trains on the cached features of the frozen encoder; it cannot be combined with --finetune_encoder")
     problems.extend(_folders_inside_the_dataset(data_args.dataset, {"output_dir": args.output_dir, "cache_dir": data_args.cache_dir}))
