@@ -187,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run METEOR (needs Java); default: when Java is found",
     )
     evaluate.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    evaluate.add_argument(
+        "--captions", metavar="FILE", type=Path,
+        help="also write the scored captions to FILE (JSON: image_id, caption, references per image, as train.py's "
+        "test_captions.json; caption null for an image left out of the metrics)",
+    )
 
     push = commands.add_parser(
         "push",
@@ -600,7 +605,9 @@ def evaluate_command(args) -> int:
     if args.max_images is not None:
         split = split.select(range(min(args.max_images, len(split))))
 
-    metrics, _ = evaluate_captioner(
+    if args.captions is not None and not args.captions.parent.is_dir():  # before hours of captioning
+        raise UsageError(f"--captions: folder not found: {terminal_safe(str(args.captions.parent))}")
+    metrics, captions = evaluate_captioner(
         model,
         processor,
         split,
@@ -610,6 +617,10 @@ def evaluate_command(args) -> int:
         max_new_tokens=args.max_new_tokens,
         meteor=args.meteor,
     )
+    if args.captions is not None:
+        scored = [{"image_id": image_id, "caption": caption, "references": list(references)}
+                  for image_id, caption, references in zip(split["image_id"], captions, split["captions"])]
+        args.captions.write_text(json.dumps(scored, indent=1, ensure_ascii=False), encoding="utf-8")
     tokenizer = TOKENIZER_LABELS[metrics.tokenizer]  # "ptb", or the approximation's warning label
     if args.json:
         print(json.dumps({**metrics, "tokenizer": tokenizer}))

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from hf_imgcap.evaluation.attention_maps import grid_size
-from hf_imgcap.evaluation.caption_metrics import TOKENIZER_LABELS, tokenize_captions
+from hf_imgcap.evaluation.caption_metrics import TOKENIZER_LABELS, compute_caption_metrics, tokenize_captions
 from hf_imgcap.cli import main
 from hf_imgcap.demo.scenes import write_synthetic_flickr8k
 
@@ -262,6 +262,14 @@ def test_evaluate_prints_metrics(saved, tmp_path, capsys):
     assert main([*common, "--split", "validation", "--max-images", "1"]) == 0
     table = capsys.readouterr().out
     assert "[validation], 1 images" in table and "bleu_4" in table and "cider" in table
+    # The captions it scored, to read or to score with other tools: the same numbers.
+    assert main([*common, "--json", "--captions", str(tmp_path / "scored.json")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    scored = json.loads((tmp_path / "scored.json").read_text())
+    assert len(scored) == 3 and all(set(entry) == {"image_id", "caption", "references"} for entry in scored)
+    again = compute_caption_metrics([e["caption"] for e in scored], [e["references"] for e in scored], meteor=False)
+    assert all(metrics[name] == pytest.approx(again[name]) for name in again)
+    assert main([*common, "--captions", str(tmp_path / "no_such_folder" / "scored.json")]) == 2
 
 
 def test_evaluate_leaves_out_test_images_that_are_also_training_images_unless_allowed(saved, tmp_path, capsys):
