@@ -84,6 +84,24 @@ def test_compute_metrics_built_for_another_dataset_says_so():
         caption_metrics_for_trainer(processor, ["a", "b"], ["x"])
 
 
+def test_compute_metrics_built_for_another_dataset_of_the_same_size_says_so_from_the_labels():
+    """trainer.predict(test_pairs) with a compute_metrics built from the validation rows: the rows' labels show it."""
+    processor = tiny_processor()
+    image_ids, predictions, captions = rows_of(IMAGES)
+    compute_metrics = caption_metrics_for_trainer(processor, image_ids, captions)
+
+    def with_labels(texts, keep=None):
+        labels = np.array(processor(text=texts).input_ids)[:, :keep]
+        labels[labels == processor.tokenizer.pad_token_id] = -100
+        return EvalPrediction(predictions=eval_prediction(processor, predictions).predictions, label_ids=labels)
+
+    assert compute_metrics(with_labels(captions))["bleu_1"] > 0  # this dataset's rows
+    assert compute_metrics(with_labels(captions, keep=4))["bleu_1"] > 0  # truncated by a collator
+    other = [f"{caption} on another day" if n % 2 else "a completely different photo" for n, caption in enumerate(captions)]
+    with pytest.raises(ValueError, match="labels"):
+        compute_metrics(with_labels(other[::-1]))
+
+
 @needs_java
 def test_the_readme_seq2seq_recipe_reports_pycocoevalcaps_multi_reference_scores(tmp_path):
     root = write_synthetic_flickr8k(tmp_path / "ds", num_train=2, num_val=4, num_test=1, image_size=64, seed=3)

@@ -75,8 +75,8 @@ def caption_metrics_for_trainer(
         meteor, tokenizer: as for :func:`compute_caption_metrics` (METEOR is off by default: it starts a JVM that
             loads for tens of seconds).
 
-    The returned function raises ValueError when the number of predictions is not the number of rows given here
-    (it was built for another dataset).
+    The returned function raises ValueError when it was built for another dataset: the number of predictions is not
+    the number of rows given here, or most rows' labels are not these captions.
     """
     image_ids, captions = list(image_ids), list(captions)
     if len(image_ids) != len(captions):
@@ -94,7 +94,32 @@ def caption_metrics_for_trainer(
                 f"compute_metrics got {len(predictions)} predictions for an evaluation dataset of {len(image_ids)} "
                 f"rows: build it from the image ids and captions of the dataset being evaluated, in its order"
             )
+        labels = getattr(eval_prediction, "label_ids", None)
+        if labels is not None:
+            _check_labels_are_these_captions(processor, labels, captions, caption_texts)
         grouped_predictions, references = group_rows_by_image(image_ids, predictions, captions)
         return compute_caption_metrics(grouped_predictions, references, meteor=meteor, tokenizer=tokenizer)
 
+    caption_texts = {}  # the captions as the processor writes and reads them back, made on the first call
     return compute_metrics
+
+
+def _check_labels_are_these_captions(processor, labels, captions, caption_texts: dict):
+    """The rows' labels (the references as the collator tokenised them, perhaps truncated) must read as the
+    captions `compute_metrics` was built with: else it was built for another dataset of the same size, and would
+    score the predictions against the wrong references. Most rows must agree; a few may differ (unusual text)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[0] != len(captions):
+        return  # not one row of ids per caption (a custom label layout): nothing to compare
+    pad = processor.tokenizer.pad_token_id
+    read = processor.batch_decode(np.where(labels < 0, pad, labels).tolist())
+    if "texts" not in caption_texts:
+        caption_texts["texts"] = processor.batch_decode(processor(text=list(captions)).input_ids.tolist())
+    differ = [row for row, (label, caption) in enumerate(zip(read, caption_texts["texts"]))
+              if label and not caption.startswith(label) and not label.startswith(caption)]
+    if len(differ) * 2 > len(captions):
+        row = differ[0]
+        raise ValueError(
+            f"the labels of {len(differ)} of {len(captions)} evaluation rows are not the captions compute_metrics was built "
+            f"with (row {row}: labels {read[row]!r}, caption {caption_texts['texts'][row]!r}): build it from the image ids "
+            f"and captions of the dataset being evaluated, in its order")
