@@ -405,7 +405,7 @@ def test_a_run_ended_by_max_steps_mid_epoch_leaves_a_checkpoint_that_resume_cont
     out, cache = tmp_path / "out", tmp_path / "cache"
     run(tiny_args(data, tiny_encoder, out, cache, "--num_train_epochs", "2", "--max_steps", "3", "--eval_num_beams", "1"))
     assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_00000003"]
-    assert "no validation" in (out / "README.md").read_text()  # no model was selected on validation
+    assert "no model was selected on validation" in (out / "README.md").read_text()
     with caplog.at_level("INFO"):
         run(tiny_args(data, tiny_encoder, out, cache, "--num_train_epochs", "2", "--max_steps", "5", "--eval_num_beams", "1", "--resume"))
     assert "starting from scratch" not in caplog.text

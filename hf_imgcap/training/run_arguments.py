@@ -55,9 +55,9 @@ RUN_OUTPUT_PATTERNS = (
 RUN_MARKERS = (TRAINING_ARGS_FILE, "checkpoints", "config.json", "model.safetensors", "metrics.json")
 
 # Arguments that decide the model's shapes, its processor or its data: a resumed run must use the same values. (The
-# splits themselves are compared too, once read: `data_fingerprint`.)
-# A resumed run skips the batches the checkpoint has trained on, in the checkpoint's data order, and continues with
-# its optimizer state (learning rates included): what sets those must be what the run used, or the record would lie.
+# splits themselves are compared too, once read: `data_fingerprint`.) So must what sets the data order and the
+# optimizer: a resumed run skips the batches its checkpoint trained on, in that run's order, and continues with its
+# optimizer state (learning rates included), so other values would train on other data and be recorded unused.
 RESUME_MUST_MATCH = {
     "data": ("dataset", "dataset_config"),
     "model": ("encoder", "tokenizer", "caption_vocab_size", "embedding_size", "attention_size", "hidden_size", "image_size",
