@@ -97,6 +97,9 @@ def test_compute_metrics_built_for_another_dataset_of_the_same_size_says_so_from
 
     assert compute_metrics(with_labels(captions))["bleu_1"] > 0  # this dataset's rows
     assert compute_metrics(with_labels(captions, keep=4))["bleu_1"] > 0  # truncated by a collator
+    labels = with_labels(captions).label_ids
+    per_batch = EvalPrediction(predictions=eval_prediction(processor, predictions).predictions, label_ids=[labels[:3], labels[3:, :-1]])
+    assert compute_metrics(per_batch)["bleu_1"] > 0  # eval_do_concat_batches=False
     other = [f"{caption} on another day" if n % 2 else "a completely different photo" for n, caption in enumerate(captions)]
     with pytest.raises(ValueError, match="labels"):
         compute_metrics(with_labels(other[::-1]))
@@ -138,3 +141,19 @@ def test_the_readme_seq2seq_recipe_reports_pycocoevalcaps_multi_reference_scores
                                   meteor=False)
     assert oracle["bleu_4"] > 0.3
     assert {k: metrics[f"test_{k}"] for k in oracle} == pytest.approx(oracle, abs=1e-9)
+
+
+def test_compute_metrics_names_predictions_that_are_not_generated_ids():
+    """Plain Trainer hands over logits; eval_do_concat_batches=False a list of batches; a bad id is named."""
+    processor = tiny_processor()
+    image_ids, predictions, captions = rows_of(IMAGES)
+    compute_metrics = caption_metrics_for_trainer(processor, image_ids, captions)
+    ids = eval_prediction(processor, predictions).predictions
+    with pytest.raises(ValueError, match="predict_with_generate"):
+        compute_metrics(EvalPrediction(predictions=np.zeros((len(ids), 5, 30), dtype=np.float32), label_ids=None))
+    batches = [ids[:3], ids[3:, :-2]]  # per-batch arrays of their own widths
+    assert compute_metrics(EvalPrediction(predictions=batches, label_ids=None)) == compute_metrics(EvalPrediction(predictions=ids, label_ids=None))
+    bad = ids.copy()
+    bad[2, 1] = -7
+    with pytest.raises(ValueError, match="-7"):
+        compute_metrics(EvalPrediction(predictions=bad, label_ids=None))

@@ -83,12 +83,9 @@ def caption_metrics_for_trainer(
         raise ValueError(f"got {len(image_ids)} image ids for {len(captions)} captions: pass one of each per row")
 
     def compute_metrics(eval_prediction) -> dict[str, float]:
-        generated = eval_prediction.predictions
-        if isinstance(generated, tuple):  # models that return more than the sequences put them first
-            generated = generated[0]
-        generated = np.asarray(generated)
         pad = processor.tokenizer.pad_token_id
-        predictions = processor.batch_decode(np.where(generated == LABEL_PAD, pad, generated).tolist())
+        rows = [[pad if token == LABEL_PAD else token for token in row] for row in _generated_rows(eval_prediction.predictions)]
+        predictions = processor.batch_decode(rows)
         if len(predictions) != len(image_ids):
             raise ValueError(
                 f"compute_metrics got {len(predictions)} predictions for an evaluation dataset of {len(image_ids)} "
@@ -104,15 +101,37 @@ def caption_metrics_for_trainer(
     return compute_metrics
 
 
+def _generated_rows(generated) -> list[list[int]]:
+    """The generated token ids of every row, from what Trainer hands compute_metrics: one (rows, length) array padded
+    with -100, or (eval_do_concat_batches=False) a list of such arrays, one per batch. Logits, or ids that are not
+    token ids, are refused by name."""
+    if isinstance(generated, tuple):  # models that return more than the sequences put them first
+        generated = generated[0]
+    batches = generated if isinstance(generated, list) and generated and not np.isscalar(generated[0]) else [generated]
+    rows = []
+    for batch in batches:
+        batch = np.asarray(batch)
+        if batch.ndim != 2 or batch.dtype.kind not in "iu":
+            raise ValueError(
+                f"compute_metrics needs the generated token ids, (rows, length) integers: got a {batch.dtype} array of shape "
+                f"{batch.shape} (logits?); evaluate with Seq2SeqTrainer and Seq2SeqTrainingArguments(predict_with_generate=True)")
+        bad = batch[(batch < 0) & (batch != LABEL_PAD)]
+        if bad.size:
+            raise ValueError(f"the generated ids contain {int(bad[0])}, which is neither a token id nor the padding {LABEL_PAD}")
+        rows.extend(batch.tolist())
+    return rows
+
+
 def _check_labels_are_these_captions(processor, labels, captions, caption_texts: dict):
     """The rows' labels (the references as the collator tokenised them, perhaps truncated) must read as the
     captions `compute_metrics` was built with: else it was built for another dataset of the same size, and would
     score the predictions against the wrong references. Most rows must agree; a few may differ (unusual text)."""
-    labels = np.asarray(labels)
-    if labels.ndim != 2 or labels.shape[0] != len(captions):
+    batches = labels if isinstance(labels, list) and labels and not np.isscalar(labels[0]) else [labels]  # per batch or not
+    batches = [np.asarray(batch) for batch in batches]
+    if any(batch.ndim != 2 or batch.dtype.kind not in "iu" for batch in batches) or sum(len(b) for b in batches) != len(captions):
         return  # not one row of ids per caption (a custom label layout): nothing to compare
     pad = processor.tokenizer.pad_token_id
-    read = processor.batch_decode(np.where(labels < 0, pad, labels).tolist())
+    read = processor.batch_decode([[pad if token < 0 else token for token in row] for batch in batches for row in batch.tolist()])
     if "texts" not in caption_texts:
         caption_texts["texts"] = processor.batch_decode(processor(text=list(captions)).input_ids.tolist())
     differ = [row for row, (label, caption) in enumerate(zip(read, caption_texts["texts"]))
