@@ -101,16 +101,20 @@ def caption_metrics_for_trainer(
     return compute_metrics
 
 
+def _batches(values) -> list[np.ndarray]:
+    """Trainer's arrays as a list of per-batch arrays: one array, or (eval_do_concat_batches=False) a list of them."""
+    batches = values if isinstance(values, list) and values and not np.isscalar(values[0]) else [values]
+    return [np.asarray(batch) for batch in batches]
+
+
 def _generated_rows(generated) -> list[list[int]]:
     """The generated token ids of every row, from what Trainer hands compute_metrics: one (rows, length) array padded
     with -100, or (eval_do_concat_batches=False) a list of such arrays, one per batch. Logits, or ids that are not
     token ids, are refused by name."""
     if isinstance(generated, tuple):  # models that return more than the sequences put them first
         generated = generated[0]
-    batches = generated if isinstance(generated, list) and generated and not np.isscalar(generated[0]) else [generated]
     rows = []
-    for batch in batches:
-        batch = np.asarray(batch)
+    for batch in _batches(generated):
         if batch.ndim != 2 or batch.dtype.kind not in "iu":
             raise ValueError(
                 f"compute_metrics needs the generated token ids, (rows, length) integers: got a {batch.dtype} array of shape "
@@ -126,8 +130,7 @@ def _check_labels_are_these_captions(processor, labels, captions, caption_texts:
     """The rows' labels (the references as the collator tokenised them, perhaps truncated) must read as the
     captions `compute_metrics` was built with: else it was built for another dataset of the same size, and would
     score the predictions against the wrong references. Most rows must agree; a few may differ (unusual text)."""
-    batches = labels if isinstance(labels, list) and labels and not np.isscalar(labels[0]) else [labels]  # per batch or not
-    batches = [np.asarray(batch) for batch in batches]
+    batches = _batches(labels)
     if any(batch.ndim != 2 or batch.dtype.kind not in "iu" for batch in batches) or sum(len(b) for b in batches) != len(captions):
         return  # not one row of ids per caption (a custom label layout): nothing to compare
     pad = processor.tokenizer.pad_token_id
